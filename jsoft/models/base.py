@@ -1,0 +1,44 @@
+"""What every backbone shares: the common config fields and the position bookkeeping."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from jsoft.models.layers import KVCache
+
+
+@dataclasses.dataclass
+class TransformerConfig:
+    """Fields every architecture fills; the tuners and PEFT export read only these."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    pad_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    bos_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+    is_encoder_decoder: bool = False
+    name_or_path: str = ""
+
+    @property
+    def kv_width(self) -> int:
+        """Width of one layer's keys (and values): what a prefix stores per layer."""
+        return self.num_kv_heads * self.head_dim
+
+
+def past_length(prefix_kv, cache: KVCache | None):
+    """How many key slots come before the current tokens: the prefix (PEFT passes it as
+    `past_key_values`, so real tokens take positions V..V+T-1) and what the cache holds."""
+    n = 0 if prefix_kv is None else prefix_kv.shape[3]
+    return n if cache is None else n + cache.index
+
+
+def default_positions(B: int, T: int, prefix_kv, cache: KVCache | None):
+    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + past_length(prefix_kv, cache), (B, T))

@@ -1,0 +1,168 @@
+"""GPT-2 (pre-LayerNorm decoder, learned positions, tied LM head).
+
+Module tree mirrors transformers' (`transformer.h.0.attn.c_attn`, `score`, `classifier`) so
+checkpoint names map one to one; GPT-2's Conv1D weights are already `[in, out]`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jsoft.models import heads
+from jsoft.models.base import TransformerConfig, default_positions
+from jsoft.models.layers import (
+    DropoutRng, KVCache, ModelOutput, Precision, activation, attention_mask_4d, dense,
+    dot_product_attention, embed, layer_norm, merge_heads, self_attention_kv, split_heads, stack_cache,
+)
+
+TASKS = (None, "causal_lm", "seq_cls", "token_cls")
+BASE_PREFIX = "transformer"
+
+
+@dataclasses.dataclass
+class Config(TransformerConfig):
+    max_positions: int = 1024
+    inner_size: int = 0
+    activation: str = "gelu_new"
+    layer_norm_eps: float = 1e-5
+    resid_dropout: float = 0.1
+    embd_dropout: float = 0.1
+    attn_dropout: float = 0.1
+    classifier_dropout: float = 0.1
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Config:
+        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+            if hf.get(flag):
+                raise ValueError(f"GPT-2 config option {flag}=True is not supported by jsoft")
+        d, h = hf["n_embd"], hf["n_head"]
+        return cls(
+            model_type="gpt2", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf["n_layer"],
+            num_heads=h, num_kv_heads=h, head_dim=d // h, pad_token_id=hf.get("pad_token_id"),
+            eos_token_id=hf.get("eos_token_id"), bos_token_id=hf.get("bos_token_id"),
+            max_positions=hf.get("n_positions", 1024), inner_size=hf.get("n_inner") or 4 * d,
+            activation=hf.get("activation_function", "gelu_new"),
+            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            resid_dropout=hf.get("resid_pdrop", 0.1), embd_dropout=hf.get("embd_pdrop", 0.1),
+            attn_dropout=hf.get("attn_pdrop", 0.1),
+            classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
+        )
+
+
+class Attention(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c = c
+        self.c_attn = dense(c.hidden_size, 3 * c.hidden_size, ("embed", "joined_kv"), p, rngs=rngs)
+        self.c_proj = dense(c.hidden_size, c.hidden_size, ("joined_kv", "embed"), p, rngs=rngs)
+
+    def __call__(self, x, mask, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (split_heads(t, self.c.num_heads) for t in (q, k, v))
+        k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
+                                                  prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
+                                    dropout_rate=self.c.attn_dropout)
+        return drop(self.c_proj(merge_heads(out)), self.c.resid_dropout), new_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c = c
+        self.act = activation(c.activation)
+        self.c_fc = dense(c.hidden_size, c.inner_size, ("embed", "mlp"), p, rngs=rngs)
+        self.c_proj = dense(c.inner_size, c.hidden_size, ("mlp", "embed"), p, rngs=rngs)
+
+    def __call__(self, x, drop: DropoutRng):
+        return drop(self.c_proj(self.act(self.c_fc(x))), self.c.resid_dropout)
+
+
+class Block(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.ln_1 = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+        self.attn = Attention(c, p, rngs)
+        self.ln_2 = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+        self.mlp = MLP(c, p, rngs)
+        self.dtype = p.dtype
+
+    def __call__(self, x, mask, **kw):
+        a, new_cache = self.attn(self.ln_1(x).astype(self.dtype), mask, **kw)
+        x = x + a
+        return x + self.mlp(self.ln_2(x).astype(self.dtype), kw["drop"]), new_cache
+
+
+class GPT2Model(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c = c
+        self.dtype = p.dtype
+        self.wte = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
+        self.wpe = embed(c.max_positions, c.hidden_size, p, rngs=rngs, names=(None, "embed"))
+        self.h = nnx.List([Block(c, p, rngs) for _ in range(c.num_layers)])
+        self.ln_f = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                 prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
+        drop = drop or DropoutRng(None)
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        B, T = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = default_positions(B, T, prefix_kv, cache)
+        x = drop((inputs_embeds + self.wpe(position_ids)).astype(self.dtype), self.c.embd_dropout)
+        S = T if cache is None else cache.k.shape[2]
+        mask = attention_mask_4d(attention_mask, T, S, causal=True,
+                                 q_offset=0 if cache is None else cache.index)
+        layer_caches = []
+        for i, block in enumerate(self.h):
+            x, lc = block(x, mask, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
+                          drop=drop)
+            layer_caches.append(lc)
+        return self.ln_f(x).astype(self.dtype), stack_cache(cache, layer_caches, T)
+
+
+class GPT2(nnx.Module):
+    """GPT-2 with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
+
+    def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
+        self.config, self.task, self.num_labels = c, task, num_labels
+        self.transformer = GPT2Model(c, p, rngs)
+        if task == "seq_cls":
+            self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
+        elif task == "token_cls":
+            self.classifier = dense(c.hidden_size, num_labels, ("embed", None), p, rngs=rngs)
+
+    @property
+    def word_embeddings(self) -> nnx.Embed:
+        return self.transformer.wte
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
+                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
+                 dropout_rng: jax.Array | None = None) -> ModelOutput:
+        if token_type_ids is not None:
+            raise ValueError("GPT-2 in jsoft takes no token_type_ids")
+        drop = DropoutRng(dropout_rng)
+        h, cache = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds, prefix_kv,
+                                    prefix_mask, cache, drop)
+        if self.task == "causal_lm":
+            logits = heads.tied_lm_logits(h, self.transformer.wte.embedding[...])
+        elif self.task == "seq_cls":
+            idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1])
+            logits = self.score(heads.pool_at(h, idx)).astype(jnp.float32)
+        elif self.task == "token_cls":
+            logits = self.classifier(drop(h, self.config.classifier_dropout)).astype(jnp.float32)
+        else:
+            return ModelOutput(last_hidden_state=h, cache=cache)
+        return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)
+
+
+def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> GPT2:
+    return GPT2(c, task, num_labels, p, rngs)
+
+
+def checkpoint_key(path: tuple) -> tuple[str, bool]:
+    *mod, leaf = map(str, path)
+    hf_leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
+    transpose = leaf == "kernel" and mod[-1] in ("score", "classifier")  # torch nn.Linear
+    return ".".join([*mod, hf_leaf]), transpose

@@ -1,0 +1,34 @@
+"""Task heads shared by the backbones: LM projection and classification pooling."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array) -> Array:
+    return jnp.einsum("btd,vd->btv", hidden_BxTxD, embedding_VxD.astype(hidden_BxTxD.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def last_token_index(input_ids_BxT: Array | None, pad_token_id: int | None, T: int) -> Array | int:
+    """The token a decoder-only classifier reads, as transformers picks it: the last token that
+    is not `pad_token_id` (right padding), or the last position when only embeddings are given."""
+    if input_ids_BxT is None or pad_token_id is None:
+        return T - 1
+    non_pad = (input_ids_BxT != pad_token_id).astype(jnp.int32)
+    return jnp.argmax(jnp.arange(T, dtype=jnp.int32)[None] * non_pad, axis=-1)
+
+
+def pool_at(hidden_BxTxD: Array, index_B: Array | int) -> Array:
+    if isinstance(index_B, int):
+        return hidden_BxTxD[:, index_B]
+    return jnp.take_along_axis(hidden_BxTxD, index_B[:, None, None], axis=1)[:, 0]
+
+
+def classifier_dropout_rate(hf: dict, default_key: str) -> float:
+    """transformers' rule: `classifier_dropout` when set, else the model's hidden dropout."""
+    rate = hf.get("classifier_dropout")
+    return float(hf.get(default_key, 0.1) if rate is None else rate)

@@ -1,0 +1,233 @@
+"""Hugging Face checkpoints -> jsoft backbones.
+
+`from_pretrained` resolves a local directory or a Hub id (through the HF cache; offline works
+when cached), reads config.json, builds the module *abstractly* (no weights allocated), then
+streams each tensor from the memory-mapped safetensors files straight into its parameter.
+Parameters the checkpoint lacks (a new task head, a pooler) are initialised by a jit of the
+module's own initialisers from which XLA keeps only those parameters.
+
+Every architecture module (gpt2, bert, t5, llama) provides:
+  Config.from_hf(dict) -> Config      the typed config
+  TASKS                                tasks it can do
+  build(config, task, num_labels, precision, rngs) -> nnx.Module
+  checkpoint_key(path) -> (hf_name, transpose: bool)   for each parameter path
+  BASE_PREFIX                          HF's base_model_prefix ("transformer", "bert", ...)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jsoft.models.layers import Precision
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
+                 "llama": "jsoft.models.llama"}
+TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
+DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
+          "float16": jnp.float16, "fp16": jnp.float16}
+_CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json")
+
+
+def architecture(model_type: str) -> ModuleType:
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"unsupported model_type {model_type!r} in config.json; "
+                         f"supported: {sorted(ARCHITECTURES)}")
+    return importlib.import_module(ARCHITECTURES[model_type])
+
+
+def as_dtype(dtype, name: str = "dtype"):
+    if dtype is None or not isinstance(dtype, str):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"{name}={dtype!r} is not a known dtype; valid: {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local model directory, or the HF-cache snapshot of a Hub id (downloaded if online)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    looks_local = str(name_or_path).startswith((".", "/", "~")) or path.exists()
+    if looks_local:
+        raise FileNotFoundError(f"name_or_path={str(name_or_path)!r}: no such directory")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"]
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns,
+                                      local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        raise FileNotFoundError(
+            f"name_or_path={str(name_or_path)!r} is neither a local directory nor a Hub id in the "
+            f"HF cache, and it could not be downloaded ({type(e).__name__}: {e})") from None
+
+
+def read_config(model_dir: Path) -> dict:
+    f = model_dir / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json")
+    return json.loads(f.read_text())
+
+
+class Checkpoint:
+    """Read-only view of a checkpoint's tensors by name; safetensors files stay memory-mapped,
+    so a tensor is copied once, into its parameter."""
+
+    def __init__(self, model_dir: Path):
+        self.dir = model_dir
+        self._where: dict[str, Path] = {}
+        self._torch_state: dict | None = None
+        if (model_dir / "model.safetensors").is_file():
+            self._index_safetensors([model_dir / "model.safetensors"])
+        elif (model_dir / "model.safetensors.index.json").is_file():
+            index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+            self._index_safetensors(sorted({model_dir / f for f in index["weight_map"].values()}))
+        elif (model_dir / "pytorch_model.bin").is_file() or (model_dir / "pytorch_model.bin.index.json").is_file():
+            self._load_torch(model_dir)
+        else:
+            raise FileNotFoundError(f"{model_dir} has no checkpoint; expected one of {list(_CHECKPOINT_FILES)}")
+        self._handles: dict[Path, object] = {}
+
+    def _index_safetensors(self, files: list[Path]):
+        from safetensors import safe_open
+
+        for f in files:
+            with safe_open(f, framework="numpy") as h:
+                for k in h.keys():
+                    self._where[k] = f
+
+    def _load_torch(self, model_dir: Path):
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"{model_dir} holds pytorch_model.bin, which needs torch to read; "
+                              "install torch or convert the checkpoint to safetensors") from None
+        files = [model_dir / "pytorch_model.bin"]
+        if not files[0].is_file():
+            index = json.loads((model_dir / "pytorch_model.bin.index.json").read_text())
+            files = sorted({model_dir / f for f in index["weight_map"].values()})
+        self._torch_state = {}
+        for f in files:
+            self._torch_state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        self._where = dict.fromkeys(self._torch_state, model_dir)
+
+    def keys(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def get(self, name: str) -> np.ndarray:
+        if self._torch_state is not None:
+            t = self._torch_state[name]
+            return t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
+        from safetensors import safe_open
+
+        f = self._where[name]
+        if f not in self._handles:
+            self._handles[f] = safe_open(f, framework="numpy")
+        return self._handles[f].get_tensor(name)
+
+
+def _find(ckpt: Checkpoint, name: str, prefix: str) -> str | None:
+    """HF saves base models without their prefix and task models with it; accept both."""
+    candidates = [name]
+    if prefix and name.startswith(prefix + "."):
+        candidates.append(name[len(prefix) + 1:])
+    elif prefix:
+        candidates.append(f"{prefix}.{name}")
+    return next((c for c in candidates if c in ckpt), None)
+
+
+def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, param_dtype,
+               init_fn) -> nnx.Module:
+    """Fill an abstract module from the checkpoint; initialise what the checkpoint lacks."""
+    graphdef, state = nnx.split(abstract_model)
+    flat = list(nnx.to_flat_state(state))
+    loaded, missing = [], []
+    for path, var in flat:
+        hf_name, transpose = arch.checkpoint_key(path)
+        key = _find(ckpt, hf_name, arch.BASE_PREFIX)
+        if key is None:
+            missing.append(path)
+            loaded.append((path, var))
+            continue
+        arr = ckpt.get(key)
+        if transpose:
+            arr = arr.T
+        want = tuple(var.get_value().shape)
+        if tuple(arr.shape) != want:
+            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(arr.shape)} but config.json "
+                             f"implies {want} (for jsoft parameter {'.'.join(map(str, path))})")
+        value = jnp.asarray(arr, dtype=var.get_value().dtype if param_dtype is None else param_dtype)
+        loaded.append((path, var.replace(value)))
+    if len(missing) == len(flat):
+        raise ValueError(f"no tensor of the checkpoint in {ckpt.dir} matches this architecture "
+                         f"({arch.__name__.rsplit('.', 1)[-1]})")
+    if missing:
+        names = ", ".join(".".join(map(str, p)) for p in missing)
+        log.warning("initialised parameters absent from the checkpoint: %s", names)
+        fresh = dict(init_fn(tuple(missing)))
+        loaded = [(p, v.replace(fresh[p]) if p in fresh else v) for p, v in loaded]
+    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+
+
+def from_pretrained(name_or_path, task: str | None = None, num_labels: int | None = None, *,
+                    dtype="float32", param_dtype=None, revision: str | None = None, seed: int = 0,
+                    **config_overrides) -> nnx.Module:
+    """Load a Hugging Face checkpoint as a frozen jsoft backbone with the head for `task`.
+
+    task: None (hidden states), "causal_lm", "seq2seq_lm", "seq_cls", "token_cls".
+    dtype: compute dtype; param_dtype: storage dtype of the weights (default: dtype)."""
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is not valid; choose one of {list(TASKS)}")
+    model_dir = resolve(name_or_path, revision)
+    hf = read_config(model_dir)
+    hf.update(config_overrides)
+    if "model_type" not in hf:
+        raise ValueError(f"{model_dir}/config.json has no model_type; supported: {sorted(ARCHITECTURES)}")
+    arch = architecture(hf["model_type"])
+    if task not in arch.TASKS:
+        raise ValueError(f"task={task!r} is not available for model_type {hf['model_type']!r}; "
+                         f"it supports {list(arch.TASKS)}")
+    if task in ("seq_cls", "token_cls"):
+        num_labels = num_labels or hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
+        if num_labels < 1:
+            raise ValueError(f"num_labels={num_labels} must be >= 1")
+    config = arch.Config.from_hf(hf)
+    config.name_or_path = str(name_or_path)
+    dtype = as_dtype(dtype)
+    precision = Precision(dtype=dtype, param_dtype=as_dtype(param_dtype, "param_dtype") or dtype)
+    ckpt = Checkpoint(model_dir)
+
+    def build(key):
+        return arch.build(config, task, num_labels, precision, nnx.Rngs(params=key))
+
+    def init_fn(paths):
+        def init(key):  # XLA drops every initialiser whose parameter is not returned
+            values = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(build(key)))}
+            return [values[p] for p in paths]
+
+        return zip(paths, jax.jit(init)(jax.random.key(seed)))
+
+    abstract = nnx.eval_shape(lambda: build(jax.random.key(seed)))
+    return load_state(abstract, arch, ckpt, precision.param_dtype, init_fn)

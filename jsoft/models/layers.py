@@ -1,0 +1,235 @@
+"""Shared building blocks of the frozen backbones.
+
+Conventions (used by every backbone and by the tuners):
+  * activations are `[B, T, D]`; attention heads are `[B, T, H, K]` (K = head dim);
+  * a per-layer key/value prefix is one array `prefix_kv[L, 2, B, V, G, K]` (G = key/value
+    heads) with a mask `prefix_mask[B, V]`; prefixes are used as given (no RoPE, no
+    projection), exactly like a filled KV cache;
+  * the decoding cache (`KVCache`) holds keys/values of the real tokens in preallocated
+    slots `[L, B, S, G, K]`; `index` is the next slot to write;
+  * masks are boolean, True = may attend.
+Parameters carry logical sharding axes (`vocab`, `embed`, `mlp`, `heads`, `kv`, `joined_kv`)
+that `jsoft.sharding` maps onto a device mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def axes(*names: str | None) -> dict:
+    """Variable metadata naming the logical sharding axes of a parameter."""
+    return {"out_sharding": names, "eager_sharding": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    dtype: jnp.dtype = jnp.float32  # compute
+    param_dtype: jnp.dtype = jnp.float32  # storage of the frozen weights
+
+
+def dense(d_in: int, d_out: int, names: tuple, p: Precision, *, bias: bool = True, rngs: nnx.Rngs,
+          init_std: float = 0.02) -> nnx.Linear:
+    return nnx.Linear(
+        d_in, d_out, use_bias=bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
+        kernel_init=nnx.initializers.normal(init_std),
+        kernel_metadata=axes(*names), bias_metadata=axes(names[-1]),
+    )
+
+
+def embed(n: int, d: int, p: Precision, *, rngs: nnx.Rngs, names=("vocab", "embed"),
+          init_std: float = 0.02) -> nnx.Embed:
+    return nnx.Embed(n, d, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
+                     embedding_init=nnx.initializers.normal(init_std), embedding_metadata=axes(*names))
+
+
+def layer_norm(d: int, eps: float, p: Precision, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(d, epsilon=eps, dtype=jnp.float32, param_dtype=p.param_dtype, rngs=rngs,
+                         scale_metadata=axes("embed"), bias_metadata=axes("embed"))
+
+
+class RMSNorm(nnx.Module):
+    """RMS norm computed in fp32, as T5 and Llama do (`weight * x / rms(x)`)."""
+
+    def __init__(self, d: int, eps: float, p: Precision):
+        self.eps = eps
+        self.dtype = p.dtype
+        self.weight = nnx.Param(jnp.ones((d,), p.param_dtype), **axes("embed"))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...].astype(jnp.float32) * x32).astype(self.dtype)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+class DropoutRng:
+    """Hands out a fresh key per dropout site; `None` key means deterministic (eval)."""
+
+    def __init__(self, key: Array | None):
+        self.key = key
+        self.count = 0
+
+    def __call__(self, x: Array, rate: float) -> Array:
+        if self.key is None or rate == 0.0:
+            return x
+        self.count += 1
+        keep = jax.random.bernoulli(jax.random.fold_in(self.key, self.count), 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def causal_mask(q_slots: Array, k_slots: Array) -> Array:
+    """`[T, S]` True where key slot <= query slot."""
+    return k_slots[None, :] <= q_slots[:, None]
+
+
+def attention_mask_4d(key_mask_BxS: Array | None, T: int, S: int, *, causal: bool,
+                      q_offset: Array | int = 0) -> Array:
+    """Boolean `[B or 1, 1, T, S]`: padding of the keys and, optionally, causality.
+
+    `q_offset` is the slot of the first query among the keys (a decoding cache's index)."""
+    m = jnp.ones((1, 1, T, S), bool)
+    if causal:
+        m = m & causal_mask(jnp.arange(T) + q_offset, jnp.arange(S))[None, None]
+    if key_mask_BxS is not None:
+        m = m & key_mask_BxS.astype(bool)[:, None, None, :]
+    return m
+
+
+# --------------------------------------------------------------------------- attention
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Preallocated decoding cache of one stack of self-attention layers."""
+
+    k: Array  # [L, B, S, G, K]
+    v: Array  # [L, B, S, G, K]
+    index: Array  # int32 scalar: next slot to write
+
+    @classmethod
+    def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype):
+        shape = (num_layers, batch, slots, kv_heads, head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+
+def update_cache(cache_k: Array, cache_v: Array, index: Array, k: Array, v: Array):
+    """Write `k, v [B, T, G, K]` into one layer's cache slots starting at `index`."""
+    start = (0, index, 0, 0)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+    return cache_k, cache_v
+
+
+def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_v: Array | None,
+                prefix_mask: Array | None):
+    """Put prefix keys/values `[B, V, G, K]` in front of the keys; extend the 4-D mask."""
+    if prefix_k is None:
+        return k, v, mask
+    B, V = prefix_k.shape[:2]
+    pm = jnp.ones((B, V), bool) if prefix_mask is None else prefix_mask.astype(bool)
+    T = mask.shape[2]
+    pm = jnp.broadcast_to(pm[:, None, None, :], (B, 1, T, V))
+    mask = jnp.concatenate([pm, jnp.broadcast_to(mask, (B,) + mask.shape[1:])], axis=-1)
+    k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=1)
+    v = jnp.concatenate([prefix_v.astype(v.dtype), v], axis=1)
+    return k, v, mask
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float,
+                          bias: Array | None = None, dropout: DropoutRng | None = None,
+                          dropout_rate: float = 0.0) -> Array:
+    """q `[B, T, H, K]`, k/v `[B, S, G, K]` with H a multiple of G (grouped-query attention),
+    mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores. Softmax in fp32."""
+    B, T, H, K = q.shape
+    G = k.shape[2]
+    q = q.reshape(B, T, G, H // G, K)
+    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, H // G, *bias.shape[2:])
+    if mask is not None:
+        scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        probs = dropout(probs, dropout_rate)
+    out = jnp.einsum("bgrts,bsgk->btgrk", probs.astype(v.dtype), v)
+    return out.reshape(B, T, H, K)
+
+
+def split_heads(x: Array, n: int) -> Array:
+    return x.reshape(*x.shape[:-1], n, x.shape[-1] // n)
+
+
+def merge_heads(x: Array) -> Array:
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def layer_prefix(prefix_kv: Array | None, i: int):
+    """Layer i's `(prefix_k, prefix_v)` from `prefix_kv[L, 2, B, V, G, K]`."""
+    if prefix_kv is None:
+        return None, None
+    return prefix_kv[i, 0], prefix_kv[i, 1]
+
+
+def self_attention_kv(k: Array, v: Array, mask: Array, *, layer: int, cache: KVCache | None,
+                      prefix_kv: Array | None, prefix_mask: Array | None):
+    """The keys/values a self-attention layer attends to: its prefix, then either the current
+    tokens or (when decoding) the cache after writing the current tokens into it.
+
+    Returns `(k, v, mask, (new_cache_k, new_cache_v) | None)`."""
+    new_layer_cache = None
+    if cache is not None:
+        ck, cv = update_cache(cache.k[layer], cache.v[layer], cache.index, k, v)
+        k, v, new_layer_cache = ck, cv, (ck, cv)
+    pk, pv = layer_prefix(prefix_kv, layer)
+    k, v, mask = with_prefix(k, v, mask, pk, pv, prefix_mask)
+    return k, v, mask, new_layer_cache
+
+
+def stack_cache(cache: KVCache | None, layers: list, written: int) -> KVCache | None:
+    """The cache after one forward: the per-layer `(k, v)` that `self_attention_kv` returned,
+    and the index advanced past the `written` new tokens."""
+    if cache is None:
+        return None
+    return KVCache(k=jnp.stack([k for k, _ in layers]), v=jnp.stack([v for _, v in layers]),
+                   index=cache.index + written)
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    logits: Array | None = None
+    last_hidden_state: Array | None = None
+    pooler_output: Array | None = None
+    encoder_last_hidden_state: Array | None = None
+    cache: KVCache | None = None

@@ -1,0 +1,58 @@
+"""Tiny random Hugging Face models (odd sizes) for parity tests; nothing is downloaded."""
+
+from __future__ import annotations
+
+import torch
+import transformers as tf
+
+VOCAB = 101
+
+CONFIGS = {
+    "gpt2": lambda **kw: tf.GPT2Config(
+        vocab_size=VOCAB, n_positions=64, n_embd=48, n_layer=3, n_head=4, pad_token_id=0,
+        **kw),
+    "bert": lambda **kw: tf.BertConfig(
+        vocab_size=VOCAB, hidden_size=40, num_hidden_layers=3, num_attention_heads=5,
+        intermediate_size=72, max_position_embeddings=64, type_vocab_size=2, pad_token_id=0, **kw),
+    "t5": lambda **kw: tf.T5Config(**{
+        "vocab_size": VOCAB, "d_model": 32, "d_kv": 8, "d_ff": 56, "num_layers": 3, "num_decoder_layers": 2,
+        "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
+        "feed_forward_proj": "relu", "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1,
+        "decoder_start_token_id": 0, **kw}),
+    "llama": lambda **kw: tf.LlamaConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+        "tie_word_embeddings": False, **kw}),
+}
+
+CLASSES = {
+    ("gpt2", None): tf.GPT2Model, ("gpt2", "causal_lm"): tf.GPT2LMHeadModel,
+    ("gpt2", "seq_cls"): tf.GPT2ForSequenceClassification, ("gpt2", "token_cls"): tf.GPT2ForTokenClassification,
+    ("bert", None): tf.BertModel, ("bert", "seq_cls"): tf.BertForSequenceClassification,
+    ("bert", "token_cls"): tf.BertForTokenClassification,
+    ("t5", None): tf.T5Model, ("t5", "seq2seq_lm"): tf.T5ForConditionalGeneration,
+    ("llama", None): tf.LlamaModel, ("llama", "causal_lm"): tf.LlamaForCausalLM,
+    ("llama", "seq_cls"): tf.LlamaForSequenceClassification,
+    ("llama", "token_cls"): tf.LlamaForTokenClassification,
+}
+
+TASK_MATRIX = sorted(CLASSES, key=str)
+
+
+def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    num_labels = overrides.pop("num_labels", 3)
+    config = CONFIGS[kind](**overrides)
+    if task in ("seq_cls", "token_cls"):
+        config.num_labels = num_labels
+    model = CLASSES[(kind, task)](config).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a wrong mapping shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln" in name or "norm" in name.lower():
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def save(kind: str, task: str | None, path, **overrides):
+    build(kind, task, **overrides).save_pretrained(path)
