@@ -17,7 +17,7 @@ def tiny_dir(tmp_path_factory):
     cache = {}
 
     def make(kind: str, task: str | None = None, **overrides):
-        key = (kind, task, tuple(sorted(overrides.items())))
+        key = (kind, task, repr(sorted(overrides.items())))
         if key not in cache:
             path = tmp_path_factory.mktemp(f"{kind}-{task}")
             tiny.save(kind, task, path, **overrides)

@@ -14,12 +14,25 @@ from flax import nnx
 from jsoft.models import heads
 from jsoft.models.base import TransformerConfig, default_positions
 from jsoft.models.layers import (
-    DropoutRng, KVCache, ModelOutput, Precision, activation, attention_mask_4d, dense,
-    dot_product_attention, embed, layer_norm, merge_heads, self_attention_kv, split_heads, stack_cache,
+    DropoutRng,
+    KVCache,
+    ModelOutput,
+    Precision,
+    activation,
+    attention_mask_4d,
+    dense,
+    dot_product_attention,
+    embed,
+    layer_norm,
+    merge_heads,
+    self_attention_kv,
+    split_heads,
+    stack_cache,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 BASE_PREFIX = "transformer"
+HEAD_NAMES = {"seq_cls": "score", "token_cls": "classifier"}  # attribute (and HF module) of each head
 
 
 @dataclasses.dataclass
@@ -132,6 +145,7 @@ class GPT2(nnx.Module):
             self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
         elif task == "token_cls":
             self.classifier = dense(c.hidden_size, num_labels, ("embed", None), p, rngs=rngs)
+        self.head_name = HEAD_NAMES.get(task)
 
     @property
     def word_embeddings(self) -> nnx.Embed:
@@ -139,7 +153,8 @@ class GPT2(nnx.Module):
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
-                 dropout_rng: jax.Array | None = None) -> ModelOutput:
+                 dropout_rng: jax.Array | None = None, head=None) -> ModelOutput:
+        """`head` replaces the classification head (a PEFT adapter's trained copy of it)."""
         if token_type_ids is not None:
             raise ValueError("GPT-2 in jsoft takes no token_type_ids")
         drop = DropoutRng(dropout_rng)
@@ -149,9 +164,9 @@ class GPT2(nnx.Module):
             logits = heads.tied_lm_logits(h, self.transformer.wte.embedding[...])
         elif self.task == "seq_cls":
             idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1])
-            logits = self.score(heads.pool_at(h, idx)).astype(jnp.float32)
+            logits = (head or self.score)(heads.pool_at(h, idx)).astype(jnp.float32)
         elif self.task == "token_cls":
-            logits = self.classifier(drop(h, self.config.classifier_dropout)).astype(jnp.float32)
+            logits = (head or self.classifier)(drop(h, self.config.classifier_dropout)).astype(jnp.float32)
         else:
             return ModelOutput(last_hidden_state=h, cache=cache)
         return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)

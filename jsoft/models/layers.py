@@ -233,3 +233,4 @@ class ModelOutput:
     pooler_output: Array | None = None
     encoder_last_hidden_state: Array | None = None
     cache: KVCache | None = None
+    loss: Array | None = None

@@ -1,0 +1,481 @@
+"""Data sets -> tokenized, length-bucketed, static-shape numpy batches.
+
+    ds = data.load(config.data.train, key="data.train")
+    feat = data.Featurizer(tokenizer, "seq_cls", max_length=128, text_columns=("sentence",), num_labels=2)
+    feat = feat.fit(ds)                         # fixes the label list when labels are strings
+    train = feat(ds, key="data.train")          # data.Encoded: unpadded token ids
+    for batch in data.Batches(train, batch_size=32, seed=0, process_index=jax.process_index(),
+                              process_count=jax.process_count()):
+        ...                                     # endless; batch["input_ids"]: int32 [32 // P, bucket]
+
+A batch is a dict of numpy arrays: `input_ids`, `attention_mask`, `token_type_ids` (BERT-like
+tokenizers), `labels` (int32; -100 where no loss is taken) and `weights` (float32 [B]; 0 marks the dummy
+rows that fill the last eval batch). Every batch is padded to the smallest of `bucket_lengths(max_length)`
+that fits its longest row, so a run compiles a handful of programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+
+TASKS = ("seq_cls", "token_cls", "causal_lm", "seq2seq_lm")
+IGNORE_INDEX = -100  # labels that take no loss (PyTorch / transformers convention)
+BUNDLED = {"jsoft:sentiment": ("train", "eval")}  # jsoft/assets/<name>/<split>.jsonl
+_CHUNK = 1024  # rows per tokenizer call
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load(spec: Mapping[str, Any], key: str = "data.train") -> datasets.Dataset:
+    """`datasets.load_dataset(**spec)`, which must name a split.
+
+    `{"path": "jsoft:sentiment", "split": "train" | "eval"}` loads the bundled sentiment set offline.
+    `key` (e.g. `data.eval`) names the config entry in errors.
+    """
+    spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)  # also an ml_collections ConfigDict
+    if "path" not in spec:
+        raise ValueError(f"{key} needs a `path` (a Hub data set, 'json', 'csv', or one of {list(BUNDLED)}); "
+                         f"got {spec}")
+    if "split" not in spec:
+        raise ValueError(f"{key} needs a `split` (e.g. 'train' or 'validation'); got {spec}")
+    path = spec["path"]
+    if isinstance(path, str) and path.startswith("jsoft:"):
+        splits = BUNDLED.get(path)
+        if splits is None:
+            raise ValueError(f"{key}.path={path!r} is not a bundled data set; bundled: {list(BUNDLED)}")
+        if spec["split"] not in splits:
+            raise ValueError(f"{key}.split={spec['split']!r} is not a split of {path}; valid: {list(splits)}")
+        folder = importlib.resources.files("jsoft") / "assets" / path.split(":", 1)[1]
+        extra = {k: v for k, v in spec.items() if k not in ("path", "split")}
+        spec = dict(path="json", data_files=str(folder / f"{spec['split']}.jsonl"), split="train", **extra)
+    try:
+        ds = datasets.load_dataset(**spec)
+    except Exception as e:
+        raise ValueError(f"{key}: datasets.load_dataset({spec}) failed: {e}") from e
+    if not isinstance(ds, datasets.Dataset):
+        raise ValueError(f"{key}: {spec} gave a {type(ds).__name__}, not one split; set {key}.split")
+    return ds
+
+
+# ------------------------------------------------------------------------------------ featurizing
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """Tokenized rows before padding: one int32 array per row (class ids: one int per row)."""
+
+    input_ids: list[np.ndarray]
+    labels: np.ndarray | list[np.ndarray]  # seq_cls: int32 [N]; otherwise one array per row
+    token_type_ids: list[np.ndarray] | None
+    pad_id: int
+    max_length: int
+    padding_side: str = "right"
+    target_max_length: int | None = None  # seq2seq_lm: labels have their own length and buckets
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def pad_token_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    # GPT-2-like tokenizers have no pad token. Padded positions are masked out (attention_mask 0, labels
+    # -100), so any id works; eos is the usual stand-in.
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError("the tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token")
+
+
+_DEFAULT_COLUMNS = {  # task -> (text_columns, label_column); causal_lm has labels only with a verbalizer
+    "seq_cls": (("text",), "label"),
+    "token_cls": (("tokens",), "ner_tags"),
+    "causal_lm": (("text",), "label"),
+    "seq2seq_lm": (("text",), "target"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Featurizer:
+    """Turns a `datasets.Dataset` into `Encoded` rows for one task.
+
+    seq_cls     text_columns (1, or 2 for a text pair) -> input_ids; label_column -> one class id.
+    token_cls   text_columns[0] holds words, label_column one tag per word; the first word piece of a
+                word gets its tag, other pieces and special tokens -100 (transformers' run_ner).
+    causal_lm   the text -> input_ids, labels = input_ids. With a `verbalizer`: input = prompt + target,
+                prompt = the text (or `template`), target = verbalizer[label]; labels are -100 on the prompt.
+    seq2seq_lm  the text (or `template`) -> input_ids; label_column (a string), or verbalizer[label] when
+                a verbalizer is given, -> labels.
+
+    `template` (e.g. "Review: {sentence} Sentiment:") is filled with the text columns by name; it
+    replaces the text for every task but token_cls. Class labels: integers are used as they are (checked
+    against `num_labels`), `ClassLabel` features are respected, strings are mapped with `label2id`, which
+    `fit(train)` sets to the sorted label list when it is not given. Verbalizer words are used verbatim:
+    give " positive" with its leading space where the tokenizer needs it (GPT-2).
+    """
+
+    tokenizer: Any  # a transformers PreTrainedTokenizerFast (word_ids() is needed for token_cls)
+    task: str
+    max_length: int
+    text_columns: Sequence[str] | None = None
+    label_column: str | None = None
+    num_labels: int | None = None
+    label2id: Mapping[str, int] | None = None
+    template: str | None = None
+    verbalizer: Sequence[str] | None = None
+    target_max_length: int | None = None
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}; valid: {TASKS}")
+        texts, label = _DEFAULT_COLUMNS[self.task]
+        texts = (self.text_columns,) if isinstance(self.text_columns, str) else self.text_columns or texts
+        object.__setattr__(self, "text_columns", tuple(texts))
+        if self.label_column is None:
+            label = "label" if self.verbalizer is not None else label
+            object.__setattr__(self, "label_column", label)
+        n_text = len(self.text_columns)
+        if n_text == 0 or (self.template is None and n_text > (2 if self.task == "seq_cls" else 1)):
+            raise ValueError(f"data.text_columns={list(self.text_columns)}: {self.task} takes "
+                             f"{'one or two columns' if self.task == 'seq_cls' else 'one column'}"
+                             " (or several with data.template)")
+        if self.task == "token_cls" and self.template is not None:
+            raise ValueError("data.template does not apply to token_cls (its input is a list of words)")
+        if self.verbalizer is not None and self.task not in ("causal_lm", "seq2seq_lm"):
+            raise ValueError(f"data.verbalizer applies to causal_lm and seq2seq_lm, not {self.task}")
+        if self.verbalizer is not None and self.num_labels not in (None, len(self.verbalizer)):
+            raise ValueError(f"data.verbalizer has {len(self.verbalizer)} entries but num_labels="
+                             f"{self.num_labels}; give one word per class")
+        if self.max_length < 2:
+            raise ValueError(f"data.max_length={self.max_length} is too small")
+
+    # -- labels
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        return None if self.label2id is None else {i: name for name, i in self.label2id.items()}
+
+    def fit(self, ds: datasets.Dataset) -> Featurizer:
+        """A copy whose `label2id` / `num_labels` come from the training split's label feature."""
+        if not self._has_class_labels():
+            return self
+        feature = self._label_feature(ds, "data.train")
+        if isinstance(feature, datasets.ClassLabel):
+            label2id = self.label2id or {name: i for i, name in enumerate(feature.names)}
+            num_labels = self.num_labels or feature.num_classes
+            if num_labels != feature.num_classes:
+                raise ValueError(f"num_labels={num_labels}, but data.label_column={self.label_column!r} "
+                                 f"has {feature.num_classes} classes: {feature.names}")
+            return dataclasses.replace(self, label2id=label2id, num_labels=num_labels)
+        values = _flat(ds[self.label_column]) if self.task == "token_cls" else list(ds[self.label_column])
+        if self.label2id is not None or not any(isinstance(v, str) for v in values):
+            return self
+        names = sorted({v for v in values if isinstance(v, str)})
+        if self.num_labels not in (None, len(names)):
+            raise ValueError(f"num_labels={self.num_labels}, but data.label_column={self.label_column!r} "
+                             f"of data.train has {len(names)} labels: {names}")
+        return dataclasses.replace(self, label2id={name: i for i, name in enumerate(names)})
+
+    def _has_class_labels(self) -> bool:
+        return self.task in ("seq_cls", "token_cls") or self.verbalizer is not None
+
+    def _label_feature(self, ds: datasets.Dataset, key: str):
+        if self.label_column not in ds.column_names:
+            raise ValueError(f"data.label_column={self.label_column!r} is not a column of {key}; "
+                             f"columns: {ds.column_names}")
+        feature = ds.features[self.label_column]
+        return getattr(feature, "feature", feature) if self.task == "token_cls" else feature
+
+    def _class_id(self, value, row: int, key: str, n: int | None) -> int:
+        if isinstance(value, str):
+            if self.label2id is None:
+                raise ValueError(f"{key} has string labels ({value!r}); call Featurizer.fit(train) first "
+                                 "or set data.label2id")
+            if value not in self.label2id:
+                raise ValueError(f"{key} row {row}: label {value!r} is not one of {sorted(self.label2id)}")
+            value = self.label2id[value]
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ValueError(f"{key} row {row}: label {value!r} is neither an integer nor a string")
+        if n is None:
+            raise ValueError(f"{key} has integer labels; set num_labels")
+        if not 0 <= value < n:
+            raise ValueError(f"{key} row {row}: label {value} is outside the valid range [0, {n}) "
+                             f"(num_labels={n})")
+        return int(value)
+
+    def _num_classes(self, ds: datasets.Dataset, key: str) -> int | None:
+        feature = self._label_feature(ds, key)
+        for n in (self.num_labels,
+                  None if self.verbalizer is None else len(self.verbalizer),
+                  feature.num_classes if isinstance(feature, datasets.ClassLabel) else None,
+                  None if self.label2id is None else len(self.label2id)):
+            if n is not None:
+                return n
+        return None
+
+    def _class_ids(self, ds: datasets.Dataset, key: str) -> np.ndarray:
+        n = self._num_classes(ds, key)
+        return np.asarray([self._class_id(v, i, key, n) for i, v in enumerate(ds[self.label_column])],
+                          np.int32)
+
+    # -- text
+
+    def _texts(self, ds: datasets.Dataset, key: str) -> list[list[str]]:
+        """One list per text column, or a single list of filled templates."""
+        missing = [c for c in self.text_columns if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"data.text_columns: {missing} not in {key}; columns: {ds.column_names}")
+        columns = [list(ds[c]) for c in self.text_columns]
+        for column, values in zip(self.text_columns, columns):
+            for i, v in enumerate(values):
+                if v is None or (v.strip() == "" if isinstance(v, str) else len(v) == 0):
+                    raise ValueError(f"{key} row {i}: column {column!r} is empty")
+        if self.template is None:
+            return columns
+        try:
+            return [[self.template.format(**dict(zip(self.text_columns, row))) for row in zip(*columns)]]
+        except (KeyError, IndexError) as e:
+            raise ValueError(f"data.template={self.template!r} names {e}, but only data.text_columns "
+                             f"{list(self.text_columns)} are filled in") from e
+
+    def _tokenize(self, *texts: list, **kwargs) -> dict[str, list[list[int]]]:
+        out: dict[str, list] = {}
+        for start in range(0, len(texts[0]), _CHUNK):
+            enc = self.tokenizer(*[t[start:start + _CHUNK] for t in texts], return_attention_mask=False,
+                                 **kwargs)
+            for name in ("input_ids", "token_type_ids"):
+                if name in enc:
+                    out.setdefault(name, []).extend(enc[name])
+            if kwargs.get("is_split_into_words"):
+                out.setdefault("word_ids", []).extend(enc.word_ids(i) for i in range(len(enc["input_ids"])))
+        return out
+
+    def verbalizer_token_ids(self) -> list[list[int]]:
+        """The target token ids of each class (causal_lm / seq2seq_lm with a verbalizer)."""
+        if self.verbalizer is None:
+            raise ValueError("no data.verbalizer is set")
+        special = self.task == "seq2seq_lm"  # T5 ends a target with </s>
+        return [self.tokenizer(w, add_special_tokens=special)["input_ids"] for w in self.verbalizer]
+
+    # -- the tasks
+
+    def __call__(self, ds: datasets.Dataset, key: str = "data.train") -> Encoded:
+        if len(ds) == 0:
+            raise ValueError(f"{key} has no rows")
+        trunc = dict(truncation=True, max_length=self.max_length)
+        keep_types = self.task in ("seq_cls", "token_cls") and "token_type_ids" in getattr(
+            self.tokenizer, "model_input_names", ())
+        target_max_length = None
+        if self.task == "seq_cls":
+            labels = self._class_ids(ds, key)  # first: label errors before tokenizing
+            enc = self._tokenize(*self._texts(ds, key), **trunc)
+        elif self.task == "token_cls":
+            n = self._num_classes(ds, key)  # first: a missing label column is named before tokenizing
+            tags = [[self._class_id(t, i, key, n) for t in row]
+                    for i, row in enumerate(ds[self.label_column])]
+            (words,) = self._texts(ds, key)
+            for i, (w, t) in enumerate(zip(words, tags)):
+                if len(w) != len(t):
+                    raise ValueError(f"{key} row {i}: {len(w)} words in {self.text_columns[0]!r} but "
+                                     f"{len(t)} tags in {self.label_column!r}")
+            enc = self._tokenize(words, is_split_into_words=True, **trunc)
+            labels = [_align(word_ids, row_tags) for word_ids, row_tags in zip(enc["word_ids"], tags)]
+        elif self.task == "causal_lm" and self.verbalizer is None:
+            enc = self._tokenize(*self._texts(ds, key), **trunc)
+            labels = enc["input_ids"]
+        elif self.task == "causal_lm":
+            classes = self._class_ids(ds, key)
+            targets = self.verbalizer_token_ids()
+            (prompts,) = self._prompts(ds, key)
+            prompt_ids = self._tokenize(prompts)["input_ids"]
+            ids, labels = [], []
+            for i, (prompt, c) in enumerate(zip(prompt_ids, classes)):
+                target = targets[c]
+                keep = self.max_length - len(target)  # truncate the prompt, never the target
+                if keep < 1:
+                    raise ValueError(f"{key} row {i}: the target {self.verbalizer[c]!r} needs "
+                                     f"{len(target)} tokens; data.max_length={self.max_length} is too small")
+                ids.append(prompt[:keep] + target)
+                labels.append([IGNORE_INDEX] * len(prompt[:keep]) + target)
+            enc = {"input_ids": ids}
+        else:  # seq2seq_lm
+            target_max_length = self.target_max_length or self.max_length
+            (sources,) = self._prompts(ds, key)
+            if self.verbalizer is not None:
+                targets = [self.verbalizer[c] for c in self._class_ids(ds, key)]
+            else:
+                if self.label_column not in ds.column_names:
+                    raise ValueError(f"data.label_column={self.label_column!r} is not a column of {key}; "
+                                     f"columns: {ds.column_names}")
+                targets = list(ds[self.label_column])
+                for i, t in enumerate(targets):
+                    if not isinstance(t, str) or not t.strip():
+                        raise ValueError(f"{key} row {i}: column {self.label_column!r} is empty")
+            enc = self._tokenize(sources, **trunc)
+            labels = self._tokenize(targets, truncation=True, max_length=target_max_length)["input_ids"]
+        as_arrays = lambda rows: [np.asarray(r, np.int32) for r in rows]
+        return Encoded(
+            input_ids=as_arrays(enc["input_ids"]),
+            labels=labels if isinstance(labels, np.ndarray) else as_arrays(labels),
+            token_type_ids=as_arrays(enc["token_type_ids"]) if keep_types and "token_type_ids" in enc
+            else None,
+            pad_id=pad_token_id(self.tokenizer),
+            max_length=self.max_length,
+            padding_side=getattr(self.tokenizer, "padding_side", "right"),
+            target_max_length=target_max_length,
+        )
+
+    def _prompts(self, ds: datasets.Dataset, key: str) -> list[list[str]]:
+        texts = self._texts(ds, key)
+        if len(texts) != 1:
+            raise ValueError(f"data.text_columns={list(self.text_columns)}: {self.task} takes one text "
+                             "(use data.template to join several columns)")
+        return texts
+
+
+def _flat(rows) -> list:
+    return [v for row in rows for v in row]
+
+
+def _align(word_ids: Sequence[int | None], tags: Sequence[int]) -> list[int]:
+    """run_ner: a word's first piece gets its tag; later pieces and special tokens get -100."""
+    out, previous = [], None
+    for w in word_ids:
+        out.append(IGNORE_INDEX if w is None or w == previous else tags[w])
+        previous = w
+    return out
+
+
+# ----------------------------------------------------------------------------------------- batching
+
+
+def bucket_lengths(max_length: int, min_length: int = 16) -> tuple[int, ...]:
+    """Powers of two from `min_length` below `max_length`, then `max_length`: (16, 32, 64, 100) for 100."""
+    lengths, n = [], min_length
+    while n < max_length:
+        lengths.append(n)
+        n *= 2
+    return (*lengths, max_length)
+
+
+def _bucket(length: int, max_length: int) -> int:
+    return next(b for b in bucket_lengths(max_length) if b >= length)
+
+
+def _pad(rows: Sequence[np.ndarray], length: int, value: int, side: str) -> np.ndarray:
+    out = np.full((len(rows), length), value, np.int32)
+    for i, row in enumerate(rows):
+        if side == "left":
+            out[i, length - len(row):] = row
+        else:
+            out[i, :len(row)] = row
+    return out
+
+
+def collate(data: Encoded, rows: Sequence[int], length: int | None = None,
+            target_length: int | None = None) -> dict[str, np.ndarray]:
+    """Pads `rows` to `length` (default: the bucket of the longest) into a batch without `weights`."""
+    ids = [data.input_ids[i] for i in rows]
+    length = length or _bucket(max(len(r) for r in ids), data.max_length)
+    side = data.padding_side
+    batch = {"input_ids": _pad(ids, length, data.pad_id, side),
+             "attention_mask": _pad([np.ones(len(r), np.int32) for r in ids], length, 0, side)}
+    if data.token_type_ids is not None:
+        batch["token_type_ids"] = _pad([data.token_type_ids[i] for i in rows], length, 0, side)
+    if isinstance(data.labels, np.ndarray):
+        batch["labels"] = data.labels[np.asarray(rows, np.int64)]
+    elif data.target_max_length is not None:
+        labels = [data.labels[i] for i in rows]
+        target_length = target_length or _bucket(max(len(r) for r in labels), data.target_max_length)
+        # Decoder inputs are the labels shifted right after a start token, so they pad on the right.
+        batch["labels"] = _pad(labels, target_length, IGNORE_INDEX, "right")
+    else:
+        batch["labels"] = _pad([data.labels[i] for i in rows], length, IGNORE_INDEX, side)
+    return batch
+
+
+class Batches:
+    """Static-shape batches of `Encoded` rows, resumable, one slice per process.
+
+    train=True: endless; epoch e visits the rows in `np.random.default_rng(seed + e).permutation`, and
+    drops the last partial batch. train=False: one pass in order; the last batch is filled with dummy
+    rows (copies of a real row, `weights` 0, token labels -100) so every batch has the same batch size.
+
+    `batch_size` is global. Process p of P gets rows [p*B/P, (p+1)*B/P) of every global batch, padded to
+    the global batch's bucket, so all processes agree on the order and on the shapes. `state()` is the
+    position ({"epoch", "index"}: batches already taken in that epoch); `Batches(..., state=s)` or
+    `restore(s)` continues from it exactly.
+    """
+
+    def __init__(self, data: Encoded, batch_size: int, *, train: bool = True, seed: int = 0,
+                 process_index: int = 0, process_count: int = 1, state: Mapping[str, int] | None = None):
+        key = "train.batch_size" if train else "eval.batch_size"
+        if batch_size < 1 or batch_size % process_count:
+            raise ValueError(f"{key}={batch_size} must be a positive multiple of the process count "
+                             f"({process_count})")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} is outside [0, {process_count})")
+        if len(data) == 0:
+            raise ValueError("the data set has no rows")
+        if train and len(data) < batch_size:
+            raise ValueError(f"{key}={batch_size} is larger than the training set ({len(data)} rows), "
+                             "so not one full batch fits; lower it or use more data")
+        self.data, self.batch_size, self.train, self.seed = data, batch_size, train, seed
+        self.process_index, self.process_count = process_index, process_count
+        n, b = len(data), batch_size
+        self.steps_per_epoch = n // b if train else -(-n // b)
+        self._epoch, self._index, self._order = 0, 0, None
+        if state is not None:
+            self.restore(state)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "index": self._index}
+
+    def restore(self, state: Mapping[str, int]) -> None:
+        epoch, index = int(state["epoch"]), int(state["index"])
+        if epoch < 0 or not 0 <= index <= self.steps_per_epoch:
+            raise ValueError(f"data state {dict(state)} is outside this data set "
+                             f"({self.steps_per_epoch} batches per epoch)")
+        self._epoch, self._index = epoch, index
+
+    def _rows(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            n = len(self.data)
+            order = np.random.default_rng(self.seed + epoch).permutation(n) if self.train else np.arange(n)
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._index >= self.steps_per_epoch:
+            if not self.train:
+                raise StopIteration
+            self._epoch, self._index = self._epoch + 1, 0
+        b = self.batch_size
+        rows = self._rows(self._epoch)[self._index * b:(self._index + 1) * b]
+        self._index += 1
+        valid = len(rows)
+        weights = np.zeros(b, np.float32)
+        weights[:valid] = 1.0
+        rows = np.concatenate([rows, np.full(b - valid, rows[-1])])
+        # The bucket comes from the whole global batch, so every process pads to the same length.
+        data = self.data
+        length = _bucket(max(len(data.input_ids[i]) for i in rows), data.max_length)
+        target_length = None
+        if data.target_max_length is not None:
+            target_length = _bucket(max(len(data.labels[i]) for i in rows), data.target_max_length)
+        local = slice(self.process_index * b // self.process_count,
+                      (self.process_index + 1) * b // self.process_count)
+        batch = collate(data, rows[local], length, target_length)
+        batch["weights"] = weights[local]
+        if valid < b and batch["labels"].ndim == 2:
+            batch["labels"][batch["weights"] == 0] = IGNORE_INDEX
+        return batch

@@ -1,0 +1,203 @@
+"""Adapters on disk: Hugging Face PEFT's format, and jsoft's own for what PEFT cannot hold.
+
+PEFT format (shared/reference/peft-adapter-format.md): `adapter_config.json` +
+`adapter_model.safetensors` holding `prompt_embeddings` (the prompt, the P-Tuning encoder's
+output, or the projected prefix) and the head as `base_model.<head>.weight|bias`.
+
+jsoft format: the same config (with jsoft-only fields) + `jsoft_adapter.safetensors` holding every
+trainable leaf by path, so encoders (LSTM/MLP, prefix MLP) resume training exactly; it also
+holds the paper-only forms (encoder-decoder prefixes everywhere, P-Tuning templates).
+
+Writes are atomic: files go to a temporary sibling directory that replaces the target at the end,
+so an interrupted save never leaves a half-written adapter where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jsoft.tuners.config import CONFIG_NAME, PromptLearningConfig
+from jsoft.tuners.peft_model import Adapter, PeftModel, prepare_config
+from jsoft.tuners.variables import Trainable, trainable
+
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_WEIGHTS_BIN = "adapter_model.bin"
+JSOFT_WEIGHTS = "jsoft_adapter.safetensors"
+FORMATS = ("peft", "jsoft")
+
+
+def _atomic_dir(target: Path):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def _commit_dir(tmp: Path, target: Path) -> None:
+    """Move tmp's files into target; each file is replaced atomically and a previous adapter's
+    weights of the other format are removed only after the new files are in place."""
+    target.mkdir(parents=True, exist_ok=True)
+    written = set()
+    for f in tmp.iterdir():
+        os.replace(f, target / f.name)
+        written.add(f.name)
+    for stale in (PEFT_WEIGHTS, PEFT_WEIGHTS_BIN, JSOFT_WEIGHTS):
+        if stale not in written and (target / stale).exists():
+            (target / stale).unlink()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise ValueError(f"adapter weights {path} are corrupt or truncated ({type(e).__name__}: {e})") from None
+
+
+def peft_tensors(adapter: Adapter, head_name: str | None) -> dict[str, np.ndarray]:
+    tensors = {"prompt_embeddings": np.asarray(adapter.prompt.export(), np.float32)}
+    if adapter.head is not None:
+        tensors[f"base_model.{head_name}.weight"] = np.asarray(adapter.head.kernel[...], np.float32).T
+        if adapter.head.bias is not None:
+            tensors[f"base_model.{head_name}.bias"] = np.asarray(adapter.head.bias[...], np.float32)
+    return tensors
+
+
+def save_adapter(pm: PeftModel, directory: str | os.PathLike, adapter_name: str | None = None,
+                 format: str | None = None) -> str:
+    """Write one adapter; returns the format used. format=None: PEFT's when PEFT can hold it."""
+    name = adapter_name or pm.active_adapter
+    pm._check_names([name])
+    adapter = pm.adapters[name]
+    config = adapter.config
+    if format not in (None, *FORMATS):
+        raise ValueError(f"format={format!r} is not valid; choose one of {list(FORMATS)} (or None)")
+    if format == "peft" and not config.is_peft_compatible:
+        raise ValueError(
+            f"this adapter uses a jsoft-only form ({_jsoft_only_reason(config)}) that PEFT cannot load; "
+            "save it with format='jsoft'")
+    format = format or ("peft" if config.is_peft_compatible else "jsoft")
+    target = Path(directory)
+    tmp = _atomic_dir(target)
+    try:
+        config.save_pretrained(tmp)
+        if format == "peft":
+            _save_safetensors(peft_tensors(adapter, pm.base_model.head_name), tmp / PEFT_WEIGHTS)
+        else:
+            flat = nnx.to_flat_state(nnx.state(adapter, Trainable))
+            _save_safetensors({".".join(map(str, p)): np.asarray(v.get_value(), np.float32) for p, v in flat},
+                              tmp / JSOFT_WEIGHTS)
+            import json
+
+            d = json.loads((tmp / CONFIG_NAME).read_text())
+            d.update(config.to_dict(), jsoft_format=1, inference_mode=config.inference_mode)
+            d.pop("jsoft_prompt_tuning_init", None)
+            d["prompt_tuning_init"] = getattr(config, "prompt_tuning_init", None) and config.prompt_tuning_init.value
+            if d["prompt_tuning_init"] is None:
+                d.pop("prompt_tuning_init")
+            (tmp / CONFIG_NAME).write_text(json.dumps(d, indent=2, sort_keys=True))
+        _commit_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return format
+
+
+def _jsoft_only_reason(config) -> str:
+    if getattr(config, "prefix_targets", "decoder") != "decoder":
+        return "prefix_targets='all': PEFT prefixes only the decoder's self-attention"
+    if getattr(config, "template", None):
+        return "a P-Tuning template with virtual tokens inside the input: PEFT only prepends them"
+    return "jsoft-only options"
+
+
+def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None) -> Adapter:
+    """Read an adapter directory (PEFT's or jsoft's) into a complete Adapter for pm's model,
+    checking every shape; nothing is attached to pm here."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"adapter directory {str(directory)!r} does not exist")
+    config = PromptLearningConfig.from_pretrained(directory)
+    model = pm.base_model
+    if (directory / JSOFT_WEIGHTS).is_file():
+        config = prepare_config(config, model)
+        adapter = Adapter(config, model, jax.random.key(0), tokenizer=_NoTokenizer())
+        tensors = _load_safetensors(directory / JSOFT_WEIGHTS)
+        flat = list(nnx.to_flat_state(nnx.state(adapter, Trainable)))
+        expected = {".".join(map(str, p)) for p, _ in flat}
+        if set(tensors) != expected:
+            raise ValueError(f"{directory / JSOFT_WEIGHTS} does not match its config: missing "
+                             f"{sorted(expected - set(tensors))}, unexpected {sorted(set(tensors) - expected)}")
+        new = []
+        for p, v in flat:
+            arr = tensors[".".join(map(str, p))]
+            _check_shape(arr, v.get_value().shape, ".".join(map(str, p)), directory)
+            new.append((p, v.replace(jnp.asarray(arr))))
+        nnx.update(adapter, nnx.from_flat_state(new))
+        return adapter
+    config.inference_mode = True  # PEFT stores computed prompts, not encoders
+    config = prepare_config(config, model)
+    adapter = Adapter(config, model, jax.random.key(0), tokenizer=_NoTokenizer())
+    tensors = _read_peft_weights(directory)
+    if "prompt_embeddings" not in tensors:
+        raise ValueError(f"{directory} holds no 'prompt_embeddings' tensor; is it a prompt-learning adapter?")
+    prompt = tensors["prompt_embeddings"]
+    _check_shape(prompt, adapter.prompt.embedding.shape, "prompt_embeddings", directory)
+    adapter.prompt.embedding = trainable(jnp.asarray(prompt, jnp.float32))
+    if adapter.head is not None:
+        head = model.head_name
+        w = tensors.get(f"base_model.{head}.weight")
+        if w is None:
+            raise ValueError(f"{directory} has no trained head 'base_model.{head}.weight' for task "
+                             f"{config.task_type.value}")
+        _check_shape(w.T, adapter.head.kernel.shape, f"base_model.{head}.weight (transposed)", directory)
+        adapter.head.kernel = trainable(jnp.asarray(w.T, jnp.float32))
+        if adapter.head.bias is not None:
+            b = tensors.get(f"base_model.{head}.bias")
+            if b is None:
+                raise ValueError(f"{directory} has no 'base_model.{head}.bias'")
+            _check_shape(b, adapter.head.bias.shape, f"base_model.{head}.bias", directory)
+            adapter.head.bias = trainable(jnp.asarray(b, jnp.float32))
+    return adapter
+
+
+def _check_shape(arr, want, name, directory):
+    if tuple(arr.shape) != tuple(want):
+        raise ValueError(f"{name} in {directory} has shape {tuple(arr.shape)} but this base model needs "
+                         f"{tuple(want)}: the adapter was made for another base model or config")
+
+
+def _read_peft_weights(directory: Path) -> dict[str, np.ndarray]:
+    if (directory / PEFT_WEIGHTS).is_file():
+        return _load_safetensors(directory / PEFT_WEIGHTS)
+    if (directory / PEFT_WEIGHTS_BIN).is_file():
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"{directory / PEFT_WEIGHTS_BIN} needs torch to read") from None
+        try:
+            state = torch.load(directory / PEFT_WEIGHTS_BIN, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{directory / PEFT_WEIGHTS_BIN} is corrupt ({type(e).__name__}: {e})") from None
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise FileNotFoundError(f"{directory} has no {PEFT_WEIGHTS}, {PEFT_WEIGHTS_BIN} or {JSOFT_WEIGHTS}")
+
+
+class _NoTokenizer:
+    """Loaded adapters overwrite their initial values; TEXT/CLASS_LABEL inits need no tokenizer."""
+
+    def __call__(self, text, **kw):
+        return {"input_ids": [0]}

@@ -1,0 +1,264 @@
+"""Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP).
+
+Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
+checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jsoft.models import heads
+from jsoft.models.base import TransformerConfig, default_positions
+from jsoft.models.layers import (
+    DropoutRng,
+    KVCache,
+    ModelOutput,
+    Precision,
+    RMSNorm,
+    activation,
+    attention_mask_4d,
+    dense,
+    dot_product_attention,
+    embed,
+    merge_heads,
+    self_attention_kv,
+    split_heads,
+    stack_cache,
+)
+
+TASKS = (None, "causal_lm", "seq_cls", "token_cls")
+BASE_PREFIX = "model"
+ROPE_TYPES = ("default", "linear", "llama3")
+HEAD_NAMES = {"seq_cls": "score", "token_cls": "score"}  # attribute (and HF module) of each head
+
+
+@dataclasses.dataclass
+class Config(TransformerConfig):
+    intermediate_size: int = 11008
+    activation: str = "silu"
+    rms_norm_eps: float = 1e-6
+    max_positions: int = 2048
+    rope_type: str = "default"
+    rope_theta: float = 10000.0
+    rope_factor: float = 1.0  # linear and llama3
+    rope_low_freq_factor: float = 1.0  # llama3
+    rope_high_freq_factor: float = 4.0  # llama3
+    rope_original_max_positions: int = 8192  # llama3
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    attn_dropout: float = 0.0
+    tie_word_embeddings: bool = False
+    classifier_dropout: float = 0.1
+    token_cls_bias: bool = True
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Config:
+        d, h = hf["hidden_size"], hf["num_attention_heads"]
+        rope = _rope_from_hf(hf)
+        return cls(
+            model_type="llama", vocab_size=hf["vocab_size"], hidden_size=d,
+            num_layers=hf["num_hidden_layers"], num_heads=h,
+            num_kv_heads=hf.get("num_key_value_heads") or h, head_dim=hf.get("head_dim") or d // h,
+            pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
+            bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
+            activation=hf.get("hidden_act", "silu"), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            max_positions=hf.get("max_position_embeddings", 2048),
+            rope_type=rope["rope_type"], rope_theta=float(rope["rope_theta"]),
+            rope_factor=float(rope.get("factor", 1.0)),
+            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+            rope_original_max_positions=int(rope.get("original_max_position_embeddings")
+                                            or hf.get("max_position_embeddings", 2048)),
+            attention_bias=bool(hf.get("attention_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)),
+            attn_dropout=float(hf.get("attention_dropout") or 0.0),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
+            token_cls_bias=bool(hf.get("token_classification_bias", True)),
+        )
+
+
+def _rope_from_hf(hf: dict) -> dict:
+    """One flat dict with rope_type and rope_theta, from either config.json spelling:
+    transformers 5 `rope_parameters`, or the older top-level `rope_theta` + `rope_scaling`."""
+    if hf.get("rope_parameters"):
+        key, rope = "rope_parameters", dict(hf["rope_parameters"])
+    else:
+        key, rope = "rope_scaling", dict(hf.get("rope_scaling") or {})
+    type_key = "rope_type" if "rope_type" in rope else "type"
+    rope["rope_type"] = rope.get(type_key, "default")
+    rope.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
+    if rope["rope_type"] not in ROPE_TYPES:
+        raise ValueError(f"config.json {key}[{type_key!r}]={rope['rope_type']!r} is not supported by jsoft's "
+                         f"Llama; valid: {list(ROPE_TYPES)}")
+    need = {"default": (), "linear": ("factor",),
+            "llama3": ("factor", "low_freq_factor", "high_freq_factor")}[rope["rope_type"]]
+    for name in need:
+        if name not in rope:
+            raise ValueError(f"config.json {key} of rope_type {rope['rope_type']!r} lacks {name!r}")
+    return rope
+
+
+def rope_inv_freq(c: Config) -> np.ndarray:
+    """Inverse frequencies `[K/2]` as transformers computes them, in fp32 like torch so rotations
+    match to the last bit that matters."""
+    f32 = np.float32
+    inv = f32(1.0) / (f32(c.rope_theta) ** (np.arange(0, c.head_dim, 2).astype(f32) / f32(c.head_dim)))
+    if c.rope_type == "linear":
+        inv = inv / f32(c.rope_factor)
+    elif c.rope_type == "llama3":  # Llama 3.1: slow down low frequencies, interpolate in between
+        factor, lo, hi = f32(c.rope_factor), f32(c.rope_low_freq_factor), f32(c.rope_high_freq_factor)
+        old = f32(c.rope_original_max_positions)
+        wavelen = f32(2 * math.pi) / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        inv = np.where(medium, smoothed, scaled)
+    return inv.astype(f32)
+
+
+def rope_cos_sin(c: Config, positions_BxT: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """`cos, sin [B, T, K]` (frequencies repeated twice, HF's rotate_half layout)."""
+    freqs = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(c))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x_BxTxNxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x_BxTxNxK, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x_BxTxNxK * cos_BxTxK[:, :, None] + rotated * sin_BxTxK[:, :, None]
+
+
+class Attention(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c = c
+        d, q_width, kv_width = c.hidden_size, c.num_heads * c.head_dim, c.kv_width
+        self.q_proj = dense(d, q_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+        self.k_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+        self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+        self.o_proj = dense(q_width, d, ("joined_kv", "embed"), p, bias=c.attention_bias, rngs=rngs)
+
+    def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
+        q = apply_rope(split_heads(self.q_proj(x), self.c.num_heads), *cos_sin)
+        k = apply_rope(split_heads(self.k_proj(x), self.c.num_kv_heads), *cos_sin)
+        v = split_heads(self.v_proj(x), self.c.num_kv_heads)
+        # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
+        k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
+                                                  prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
+                                    dropout_rate=self.c.attn_dropout)
+        return self.o_proj(merge_heads(out)), new_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.act = activation(c.activation)
+        d, f = c.hidden_size, c.intermediate_size
+        self.gate_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
+        self.up_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
+        self.down_proj = dense(f, d, ("mlp", "embed"), p, bias=c.mlp_bias, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.self_attn = Attention(c, p, rngs)
+        self.mlp = MLP(c, p, rngs)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, p)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, p)
+
+    def __call__(self, x, mask, cos_sin, **kw):
+        a, new_cache = self.self_attn(self.input_layernorm(x), mask, cos_sin, **kw)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+
+
+class LlamaModel(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c = c
+        self.dtype = p.dtype
+        self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(c, p, rngs) for _ in range(c.num_layers)])
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, p)
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                 prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
+        drop = drop or DropoutRng(None)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, T = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = default_positions(B, T, prefix_kv, cache)
+        x = inputs_embeds.astype(self.dtype)
+        cos_sin = rope_cos_sin(self.c, position_ids, self.dtype)
+        S = T if cache is None else cache.k.shape[2]
+        mask = attention_mask_4d(attention_mask, T, S, causal=True,
+                                 q_offset=0 if cache is None else cache.index)
+        layer_caches = []
+        for i, layer in enumerate(self.layers):
+            x, lc = layer(x, mask, cos_sin, layer=i, cache=cache, prefix_kv=prefix_kv,
+                          prefix_mask=prefix_mask, drop=drop)
+            layer_caches.append(lc)
+        return self.norm(x), stack_cache(cache, layer_caches, T)
+
+
+class Llama(nnx.Module):
+    """Llama with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
+
+    def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
+        self.config, self.task, self.num_labels = c, task, num_labels
+        self.model = LlamaModel(c, p, rngs)
+        if task == "causal_lm" and not c.tie_word_embeddings:
+            self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
+        elif task == "seq_cls":
+            self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
+        elif task == "token_cls":
+            self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=c.token_cls_bias,
+                               rngs=rngs)
+        self.head_name = HEAD_NAMES.get(task)
+
+    @property
+    def word_embeddings(self) -> nnx.Embed:
+        return self.model.embed_tokens
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
+                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
+                 dropout_rng: jax.Array | None = None, head=None) -> ModelOutput:
+        """`head` replaces the classification head (a PEFT adapter's trained copy of it)."""
+        if token_type_ids is not None:
+            raise ValueError("Llama in jsoft takes no token_type_ids")
+        drop = DropoutRng(dropout_rng)
+        h, cache = self.model(input_ids, attention_mask, position_ids, inputs_embeds, prefix_kv,
+                              prefix_mask, cache, drop)
+        if self.task == "causal_lm":
+            if self.config.tie_word_embeddings:
+                logits = heads.tied_lm_logits(h, self.model.embed_tokens.embedding[...])
+            else:
+                logits = self.lm_head(h).astype(jnp.float32)
+        elif self.task == "seq_cls":
+            idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1])
+            logits = (head or self.score)(heads.pool_at(h, idx)).astype(jnp.float32)
+        elif self.task == "token_cls":
+            logits = (head or self.score)(drop(h, self.config.classifier_dropout)).astype(jnp.float32)
+        else:
+            return ModelOutput(last_hidden_state=h, cache=cache)
+        return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)
+
+
+def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> Llama:
+    return Llama(c, task, num_labels, p, rngs)
+
+
+def checkpoint_key(path: tuple) -> tuple[str, bool]:
+    *mod, leaf = map(str, path)
+    hf_leaf = {"kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
+    return ".".join([*mod, hf_leaf]), leaf == "kernel"  # every kernel is a torch nn.Linear

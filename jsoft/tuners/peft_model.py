@@ -1,0 +1,384 @@
+"""PeftModel: a frozen backbone, one or more soft-prompt adapters, and their task heads.
+
+Every method reduces to (DESIGN.md section 1) extra input embeddings and/or per-layer key/value
+prefixes. A batch may mix adapters (`adapter_names`, one per row): each adapter's prompt is
+computed once, the prompts are stacked (left-padded to the longest, with a mask) and gathered per
+row; positions are passed explicitly so each row sees exactly what it would see alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jsoft.models.layers import ModelOutput
+from jsoft.tuners import losses
+from jsoft.tuners.config import (
+    TASK_OF,
+    PeftType,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptLearningConfig,
+    PromptTuningConfig,
+    TaskType,
+)
+from jsoft.tuners.p_tuning import PromptEncoder
+from jsoft.tuners.prefix_tuning import PrefixEncoder, peft_decoder_layers, to_prefix_kv
+from jsoft.tuners.prompt_tuning import PromptEmbedding
+from jsoft.tuners.variables import Trainable, trainable
+
+
+class Head(nnx.Module):
+    """The adapter's trainable copy of the backbone's classification head (PEFT's
+    `modules_to_save`): the backbone's own head stays frozen."""
+
+    def __init__(self, base_head: nnx.Linear):
+        self.kernel = trainable(jnp.asarray(base_head.kernel[...], jnp.float32))
+        bias = getattr(base_head, "bias", None)
+        self.bias = nnx.data(None) if bias is None else trainable(jnp.asarray(bias[...], jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x.astype(jnp.float32) @ self.kernel[...]
+        return y if self.bias is None else y + self.bias[...]
+
+
+def prefix_layer_count(config: PrefixTuningConfig, mc) -> int:
+    """How many attention layers the stored prefix table covers."""
+    if mc.is_encoder_decoder and config.prefix_targets == "all":
+        return mc.num_layers + 2 * mc.num_decoder_layers
+    return config.num_layers
+
+
+def prepare_config(config: PromptLearningConfig, model: nnx.Module) -> PromptLearningConfig:
+    """Fill what PEFT derives from the base model; check what an adapter file already states."""
+    config = copy.deepcopy(config)
+    mc = model.config
+    task = TASK_OF.get(config.task_type) if config.task_type else model.task
+    if config.task_type is None:
+        config.task_type = next(t for t, v in TASK_OF.items() if v == model.task) if model.task else None
+    if task != model.task:
+        raise ValueError(f"task_type={config.task_type.value!r} needs a model loaded with task={task!r}, "
+                         f"but this {mc.model_type} model has task={model.task!r}")
+    if task is None:
+        raise ValueError("the model has no task head; load it with task=... "
+                         f"(one of {[v for v in TASK_OF.values()]})")
+    gqa = config.peft_type == PeftType.PREFIX_TUNING and mc.num_kv_heads != mc.num_heads
+    derived = {
+        "num_layers": mc.num_layers,
+        "token_dim": mc.kv_width if gqa else mc.hidden_size,
+        "num_attention_heads": mc.num_kv_heads if gqa else mc.num_heads,
+        "num_transformer_submodules": 2 if config.task_type == TaskType.SEQ_2_SEQ_LM else 1,
+    }
+    for field, value in derived.items():
+        given = getattr(config, field)
+        if given is None:
+            setattr(config, field, value)
+        elif given != value:
+            raise ValueError(f"adapter was made for another base model: {field}={given} in the adapter config "
+                             f"but {value} for this {mc.model_type} model ({mc.name_or_path or 'unnamed'})")
+    if config.peft_type == PeftType.PREFIX_TUNING and config.token_dim != mc.kv_width:
+        raise ValueError(f"prefix tuning needs token_dim == key/value width; this model has attention width "
+                         f"{mc.kv_width} but token_dim={config.token_dim}")
+    if getattr(config, "encoder_hidden_size", "absent") is None:
+        config.encoder_hidden_size = config.token_dim
+    if getattr(config, "prefix_targets", "decoder") == "all" and not mc.is_encoder_decoder:
+        raise ValueError("prefix_targets='all' is for encoder-decoder models; use 'decoder' (the default)")
+    if isinstance(config, PromptEncoderConfig) and config.template and mc.is_encoder_decoder:
+        raise ValueError("PromptEncoderConfig.template is supported for encoder-only and decoder-only models")
+    head = getattr(model, "head_name", None)
+    if head and not config.modules_to_save:
+        config.modules_to_save = [head]
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = mc.name_or_path or None
+    return config
+
+
+class Adapter(nnx.Module):
+    """One named adapter: its prompt module and, for classification, its head."""
+
+    def __init__(self, config: PromptLearningConfig, model: nnx.Module, key: jax.Array, tokenizer=None):
+        self.config = config
+        k_prompt, _ = jax.random.split(key)
+        if isinstance(config, PromptTuningConfig):
+            emb = model.word_embeddings.embedding[...]
+            self.prompt = PromptEmbedding(config, emb, k_prompt, tokenizer)
+        elif isinstance(config, PromptEncoderConfig):
+            self.prompt = PromptEncoder(config, k_prompt)
+        else:
+            self.prompt = PrefixEncoder(config, prefix_layer_count(config, model.config), k_prompt)
+        head = getattr(model, "head_name", None)
+        self.head = Head(getattr(model, head)) if head else None
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.config.peft_type == PeftType.PREFIX_TUNING
+
+
+@dataclasses.dataclass
+class _Prompts:
+    """Per-row prompt pieces of one batch (any of them may be absent)."""
+
+    embeds: jax.Array | None = None  # [B, Ve, D]
+    embeds_mask: jax.Array | None = None  # [B, Ve]
+    prefix: jax.Array | None = None  # [N, 2, B, Vk, G, K] over all prefixed layers
+    prefix_mask: jax.Array | None = None  # [B, Vk]
+
+
+def _left_pad(x: jax.Array, n: int, axis: int) -> jax.Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (n - x.shape[axis], 0)
+    return jnp.pad(x, pad)
+
+
+def _rows(stack: jax.Array, rows: jax.Array | None, B: int, axis: int = 0) -> jax.Array:
+    """Per-row gather of stacked per-adapter values (broadcast when there is one adapter)."""
+    if rows is None:
+        x = jnp.squeeze(stack, axis)
+        return jnp.broadcast_to(jnp.expand_dims(x, axis), x.shape[:axis] + (B,) + x.shape[axis:])
+    return jnp.take(stack, rows, axis=axis)
+
+
+class PeftModel(nnx.Module):
+    """Named like PEFT: `get_peft_model(model, config)`, `print_trainable_parameters()`,
+    `save_pretrained(dir)`, `PeftModel.from_pretrained(model, dir)`, `load_adapter`,
+    `set_adapter`, and `adapter_names=[...]` (one per row) on `__call__`."""
+
+    def __init__(self, model: nnx.Module, peft_config: PromptLearningConfig | None, adapter_name: str = "default",
+                 *, seed: int = 0, tokenizer=None):
+        self.base_model = model
+        self.adapters = nnx.Dict()
+        self.active_adapter = adapter_name
+        if peft_config is not None:
+            self.add_adapter(adapter_name, peft_config, seed=seed, tokenizer=tokenizer)
+
+    # ------------------------------------------------------------------ files (jsoft.interop)
+
+    def save_pretrained(self, save_directory, adapter_name: str | None = None, format: str | None = None) -> str:
+        """Write the adapter as PEFT does (or in jsoft's format for jsoft-only forms, or with
+        format="jsoft" to keep encoders for further training). Returns the format written."""
+        from jsoft import interop
+
+        return interop.save_adapter(self, save_directory, adapter_name, format)
+
+    @classmethod
+    def from_pretrained(cls, model: nnx.Module, model_id, adapter_name: str = "default") -> PeftModel:
+        """Load an adapter directory written by PEFT or jsoft onto `model`."""
+        pm = cls(model, None, adapter_name)
+        pm.load_adapter(model_id, adapter_name)
+        return pm
+
+    def load_adapter(self, model_id, adapter_name: str = "default") -> None:
+        """Load another adapter next to the loaded ones (it is complete before it is attached)."""
+        from jsoft import interop
+
+        if adapter_name in self.adapters:
+            raise ValueError(f"adapter_name={adapter_name!r} is already loaded; loaded: {list(self.adapters)}")
+        self.adapters[adapter_name] = interop.build_adapter(self, model_id)
+        if self.active_adapter not in self.adapters:
+            self.active_adapter = adapter_name
+
+    # ------------------------------------------------------------------ adapters
+
+    @property
+    def peft_config(self) -> dict[str, PromptLearningConfig]:
+        return {name: a.config for name, a in self.adapters.items()}
+
+    @property
+    def active_peft_config(self) -> PromptLearningConfig:
+        return self.adapters[self.active_adapter].config
+
+    def add_adapter(self, adapter_name: str, peft_config: PromptLearningConfig, *, seed: int = 0,
+                    tokenizer=None) -> None:
+        if adapter_name in self.adapters:
+            raise ValueError(f"adapter_name={adapter_name!r} is already loaded; loaded: {list(self.adapters)}")
+        config = prepare_config(peft_config, self.base_model)
+        self.adapters[adapter_name] = Adapter(config, self.base_model, jax.random.key(seed), tokenizer)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        self._check_names([adapter_name])
+        self.active_adapter = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._check_names([adapter_name])
+        del self.adapters[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = next(iter(self.adapters), None)
+
+    def _check_names(self, names) -> None:
+        unknown = sorted({n for n in names if n not in self.adapters})
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; loaded adapters: {list(self.adapters)}")
+
+    def fold(self) -> None:
+        """Evaluate every prompt encoder (LSTM/MLP, prefix MLP) once and keep only its output:
+        inference then carries no encoder and gives identical outputs."""
+        for a in self.adapters.values():
+            a.prompt.fold()
+            a.config = dataclasses.replace(a.config, inference_mode=True)
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all) counted as PEFT counts them (its head copy included in `all`)."""
+        count = lambda state: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+        trainable_n = count(nnx.state(self, Trainable))
+        return trainable_n, count(nnx.state(self, nnx.Param))
+
+    def print_trainable_parameters(self) -> None:
+        t, n = self.get_nb_trainable_parameters()
+        print(f"trainable params: {t:,d} || all params: {n:,d} || trainable%: {100 * t / n:.4f}")
+
+    # ------------------------------------------------------------------ forward
+
+    def _prompts(self, names: tuple[str, ...], rows: jax.Array | None, B: int,
+                 dropout_rng: jax.Array | None) -> _Prompts:
+        adapters = [self.adapters[n] for n in names]
+        mc = self.base_model.config
+        keys = [None] * len(names) if dropout_rng is None else list(jax.random.split(dropout_rng, len(names)))
+        out = _Prompts()
+        embeds = [(a.prompt(k)[:a.config.num_virtual_tokens], a.config.num_virtual_tokens) if not a.is_prefix
+                  else (None, 0) for a, k in zip(adapters, keys)]
+        Ve = max(v for _, v in embeds)
+        if Ve:
+            D = mc.hidden_size
+            stack = jnp.stack([_left_pad(jnp.zeros((0, D)) if e is None else e, Ve, 0) for e, _ in embeds])
+            valid = jnp.asarray(np.stack([np.arange(Ve) >= Ve - v for _, v in embeds]))
+            out.embeds, out.embeds_mask = _rows(stack, rows, B), _rows(valid, rows, B)
+        tables = [(a.prompt(k), a.config.num_virtual_tokens) if a.is_prefix else (None, 0)
+                  for a, k in zip(adapters, keys)]
+        Vk = max(v for _, v in tables)
+        if Vk:
+            N = max(t.shape[1] for t, _ in tables if t is not None) // (2 * mc.kv_width)
+            kvs = [to_prefix_kv(_left_pad(jnp.zeros((0, N * 2 * mc.kv_width)) if t is None else t, Vk, 0),
+                                N, mc.num_kv_heads, mc.head_dim) for t, _ in tables]
+            valid = jnp.asarray(np.stack([np.arange(Vk) >= Vk - v for _, v in tables]))
+            out.prefix = _rows(jnp.stack(kvs, axis=2), rows, B, axis=2)
+            out.prefix_mask = _rows(valid, rows, B)
+        return out
+
+    def _split_prefix(self, prefix: jax.Array | None, config: PromptLearningConfig) -> dict:
+        """Route the stored layers to the backbone's prefix arguments."""
+        mc = self.base_model.config
+        if prefix is None:
+            return {}
+        if not mc.is_encoder_decoder:
+            return {"prefix_kv": prefix}
+        if getattr(config, "prefix_targets", "decoder") == "all":
+            Le, Ld = mc.num_layers, mc.num_decoder_layers
+            return {"encoder_prefix_kv": prefix[:Le], "prefix_kv": prefix[Le:Le + Ld],
+                    "cross_prefix_kv": prefix[Le + Ld:]}
+        return {"prefix_kv": prefix[np.asarray(peft_decoder_layers(prefix.shape[0], mc.num_decoder_layers))]}
+
+    def _head(self, names, rows):
+        heads = [self.adapters[n].head for n in names]
+        if heads[0] is None:
+            return None
+        if rows is None:
+            return heads[0]
+        kernel = jnp.stack([h.kernel[...] for h in heads])[rows]
+        bias = None if heads[0].bias is None else jnp.stack([h.bias[...] for h in heads])[rows]
+
+        def per_row(x):
+            y = jnp.einsum("b...d,bdc->b...c", x.astype(jnp.float32), kernel)
+            return y if bias is None else y + bias.reshape(bias.shape[:1] + (1,) * (y.ndim - 2) + bias.shape[1:])
+
+        return per_row
+
+    def _names_and_rows(self, adapter_names, B: int):
+        if adapter_names is None:
+            return (self.active_adapter,), None
+        if isinstance(adapter_names, str) or len(adapter_names) != B:
+            raise ValueError(f"adapter_names must list one adapter per row ({B} rows), got {adapter_names!r}")
+        self._check_names(adapter_names)
+        names = tuple(dict.fromkeys(adapter_names))
+        configs = [self.adapters[n].config for n in names]
+        if len({getattr(c, "prefix_targets", "decoder") for c in configs}) > 1:
+            raise ValueError("adapter_names mixes prefix_targets='all' and 'decoder' adapters in one batch")
+        if len(names) == 1:
+            return names, None
+        return names, jnp.asarray([names.index(n) for n in adapter_names], jnp.int32)
+
+    def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
+                 position_ids=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None,
+                 prompt_positions=None, adapter_names: list[str] | None = None,
+                 dropout_rng: jax.Array | None = None) -> ModelOutput:
+        """Like PEFT's forward. `prompt_positions [B, V]` places P-Tuning virtual tokens inside the
+        input (templates) instead of in front. `dropout_rng` switches on training-mode dropout."""
+        base = self.base_model
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        names, rows = self._names_and_rows(adapter_names, B)
+        config = self.adapters[names[0]].config
+        k_prompt = k_model = None
+        if dropout_rng is not None:
+            k_prompt, k_model = jax.random.split(dropout_rng)
+        p = self._prompts(names, rows, B, k_prompt)
+        if attention_mask is None:
+            attention_mask = jnp.ones((B, T), jnp.int32)
+        attention_mask = jnp.asarray(attention_mask)
+        kw = self._split_prefix(p.prefix, config)
+        if p.prefix is not None:
+            kw["prefix_mask"] = p.prefix_mask
+        n_prefix = 0 if p.prefix_mask is None else p.prefix_mask.sum(-1, dtype=jnp.int32)
+        Ve = 0
+        if p.embeds is not None:
+            if inputs_embeds is None:
+                inputs_embeds = base.word_embeddings(input_ids)
+            if prompt_positions is not None:
+                inputs_embeds = _scatter_prompt(inputs_embeds, p.embeds, prompt_positions)
+            else:
+                Ve = p.embeds.shape[1]
+                inputs_embeds = jnp.concatenate([p.embeds.astype(inputs_embeds.dtype), inputs_embeds], axis=1)
+                attention_mask = jnp.concatenate([p.embeds_mask.astype(attention_mask.dtype), attention_mask], 1)
+                if token_type_ids is not None:
+                    token_type_ids = jnp.concatenate([jnp.zeros((B, Ve), jnp.int32), jnp.asarray(token_type_ids)], 1)
+            kw["inputs_embeds"] = inputs_embeds
+        elif inputs_embeds is not None:
+            kw["inputs_embeds"] = inputs_embeds
+        else:
+            kw["input_ids"] = input_ids
+        kw["attention_mask"] = attention_mask
+        if base.config.is_encoder_decoder:
+            if decoder_input_ids is None and labels is not None:
+                decoder_input_ids = base.shift_right(labels)
+            kw.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+        else:
+            if token_type_ids is not None:
+                kw["token_type_ids"] = token_type_ids
+            kw["position_ids"] = _positions(B, T, Ve, p.embeds_mask, n_prefix, position_ids)
+        head = self._head(names, rows)
+        if head is not None:
+            kw["head"] = head
+        out = base(**kw, dropout_rng=k_model)
+        if labels is not None:
+            out = out.replace(loss=losses.task_loss(base.task, out.logits, jnp.asarray(labels), Ve,
+                                                    getattr(base, "num_labels", None)))
+        return out
+
+
+def _positions(B: int, T: int, Ve: int, embeds_mask, n_prefix, position_ids):
+    """Absolute positions of [prompt block | tokens]: a row's prompt of n virtual tokens takes
+    positions 0..n-1 (pads before it are clipped to 0 and masked), its tokens n.., both after the
+    row's n_prefix key/value prefix tokens (PEFT: the prefix counts as past length)."""
+    n_embed = 0 if embeds_mask is None else embeds_mask.sum(-1, dtype=jnp.int32)[:, None]
+    tokens = jnp.arange(T, dtype=jnp.int32)[None] if position_ids is None else jnp.asarray(position_ids, jnp.int32)
+    tokens = jnp.broadcast_to(tokens + n_embed, (B, T))
+    if Ve:
+        prompt = jnp.maximum(jnp.arange(Ve, dtype=jnp.int32)[None] - (Ve - n_embed), 0)
+        tokens = jnp.concatenate([jnp.broadcast_to(prompt, (B, Ve)), tokens], axis=1)
+    return tokens + (n_prefix[:, None] if not isinstance(n_prefix, int) else n_prefix)
+
+
+def _scatter_prompt(embeds_BxTxD, prompt_BxVxD, positions_BxV):
+    b = jnp.arange(embeds_BxTxD.shape[0])[:, None]
+    return embeds_BxTxD.at[b, jnp.asarray(positions_BxV)].set(prompt_BxVxD.astype(embeds_BxTxD.dtype))
+
+
+def get_peft_model(model: nnx.Module, peft_config: PromptLearningConfig, adapter_name: str = "default", *,
+                   seed: int = 0, tokenizer=None) -> PeftModel:
+    """Wrap a jsoft model (from `jsoft.from_pretrained`) with a soft-prompt adapter."""
+    return PeftModel(model, peft_config, adapter_name, seed=seed, tokenizer=tokenizer)

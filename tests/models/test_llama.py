@@ -1,0 +1,114 @@
+"""Llama specifics beyond the shared parity matrix: config variants, RoPE scaling, KV prefixes."""
+
+import numpy as np
+import peft
+import pytest
+import torch
+import transformers as tf
+
+import jsoft
+from jsoft.models import llama
+from tests import tiny
+from tests.models.test_parity import batch
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+VARIANTS = {
+    # short original context, so positions < 40 cross all three llama3 frequency bands
+    "llama3_rope": {"rope_parameters": LLAMA3_ROPE},
+    "linear_rope": {"rope_parameters": {"rope_type": "linear", "rope_theta": 100.0, "factor": 4.0}},
+    "tied": {"tie_word_embeddings": True},
+    "head_dim_bias_mha": {"head_dim": 12, "attention_bias": True, "mlp_bias": True, "num_key_value_heads": 6},
+}
+
+
+def saved(tmp_path_factory, task, overrides):
+    """Like the `tiny_dir` fixture, which cannot take a dict override (its cache key hashes them)."""
+    path = tmp_path_factory.mktemp("llama")
+    tiny.save("llama", task, path, **overrides)
+    return path
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_logits_match_transformers(tmp_path_factory, variant):
+    overrides = VARIANTS[variant]
+    path = saved(tmp_path_factory, "causal_lm", overrides)
+    ids, mask = batch("llama", T=40, side="left")
+    with torch.no_grad():
+        ref = tiny.build("llama", "causal_lm", **overrides)(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    model = jsoft.from_pretrained(path, task="causal_lm")
+    if variant == "tied":
+        assert not hasattr(model, "lm_head")
+    got = np.asarray(model(input_ids=ids, attention_mask=mask).logits)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=0)
+
+
+def hf_dict(**kw) -> dict:
+    return tiny.CONFIGS["llama"](**kw).to_dict()
+
+
+def test_config_reads_old_and_new_rope_spellings():
+    new = llama.Config.from_hf(hf_dict(rope_parameters=dict(LLAMA3_ROPE)))
+    old = hf_dict()
+    old.pop("rope_parameters")
+    old.update(rope_theta=5e5, rope_scaling={k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"})
+    assert llama.Config.from_hf(old) == new
+    assert (new.rope_type, new.rope_theta, new.rope_original_max_positions) == ("llama3", 5e5, 16)
+    legacy_linear = llama.Config.from_hf({**old, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    assert (legacy_linear.rope_type, legacy_linear.rope_factor) == ("linear", 2.0)
+    plain = llama.Config.from_hf({**old, "rope_scaling": None})
+    assert (plain.rope_type, plain.rope_theta) == ("default", 5e5)
+
+
+@pytest.mark.parametrize("inv_freq_config", [{}, {"rope_parameters": LLAMA3_ROPE},
+                                             {"rope_parameters": VARIANTS["linear_rope"]["rope_parameters"]}])
+def test_inverse_frequencies_match_transformers(inv_freq_config):
+    hf = tiny.CONFIGS["llama"](**inv_freq_config)
+    ref = tf.models.llama.modeling_llama.LlamaRotaryEmbedding(hf).inv_freq.numpy()
+    np.testing.assert_allclose(llama.rope_inv_freq(llama.Config.from_hf(hf.to_dict())), ref, rtol=1e-6)
+
+
+def test_unknown_rope_type_names_key_and_valid_values():
+    hf = hf_dict()
+    hf["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}
+    with pytest.raises(ValueError, match=r"rope_parameters\['rope_type'\]='dynamic'.*'llama3'"):
+        llama.Config.from_hf(hf)
+    hf.pop("rope_parameters")
+    hf["rope_scaling"] = {"type": "yarn", "factor": 2.0}
+    with pytest.raises(ValueError, match=r"rope_scaling\['type'\]='yarn'.*'linear'"):
+        llama.Config.from_hf(hf)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_prefix_matches_transformers_cache_and_peft(tiny_dir, side):
+    """A prefix `[L, 2, B, V, G, K]` equals HF's past_key_values filled with it, as PEFT passes it
+    (DynamicCache of `[B, G, V, K]` per layer, V ones in front of the mask), and PEFT's own
+    prefix-tuning forward with the same prefix as its `prompt_embeddings`."""
+    c = tiny.CONFIGS["llama"]()
+    L, G, K, V = c.num_hidden_layers, c.num_key_value_heads, c.head_dim, 4
+    ids, mask = batch("llama", side=side)
+    B = ids.shape[0]
+    table = np.random.default_rng(3).normal(size=(V, L * 2 * G * K)).astype(np.float32)  # PEFT layout
+    prefix_LxTwoxVxGxK = table.reshape(V, L, 2, G, K).transpose(1, 2, 0, 3, 4)
+    prefix_kv = np.broadcast_to(prefix_LxTwoxVxGxK[:, :, None], (L, 2, B, V, G, K))
+
+    ref_model = tiny.build("llama", "causal_lm")
+    kv = torch.tensor(np.ascontiguousarray(prefix_kv.transpose(0, 1, 2, 4, 3, 5)))  # [L, 2, B, G, V, K]
+    full_mask = torch.tensor(np.concatenate([np.ones((B, V), np.int64), mask], axis=1))
+    past = tf.DynamicCache([(kv[i, 0], kv[i, 1]) for i in range(L)])
+    peft_config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=V)
+    with torch.no_grad():
+        ref = ref_model(input_ids=torch.tensor(ids), attention_mask=full_mask, past_key_values=past)
+        ref = ref.logits.numpy()
+        pm = peft.get_peft_model(ref_model, peft_config)
+        pm.prompt_encoder["default"].embedding.weight.copy_(torch.tensor(table))
+        ref_peft = pm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+
+    model = jsoft.from_pretrained(tiny_dir("llama", "causal_lm"), task="causal_lm")
+    got = np.asarray(model(input_ids=ids, attention_mask=mask, prefix_kv=prefix_kv).logits)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[keep], ref_peft[keep], atol=1e-4, rtol=0)

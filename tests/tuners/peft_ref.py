@@ -1,0 +1,71 @@
+"""Helpers that run the same adapter in jsoft and in PEFT on PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import peft
+import torch
+
+import jsoft
+from tests import tiny
+
+TASK_TYPES = {"causal_lm": "CAUSAL_LM", "seq2seq_lm": "SEQ_2_SEQ_LM", "seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS"}
+
+METHODS = {
+    "prompt": lambda tt: dict(cls="PromptTuningConfig", task_type=tt, num_virtual_tokens=4),
+    "prefix": lambda tt: dict(cls="PrefixTuningConfig", task_type=tt, num_virtual_tokens=5),
+    "prefix_proj": lambda tt: dict(cls="PrefixTuningConfig", task_type=tt, num_virtual_tokens=3,
+                                   prefix_projection=True, encoder_hidden_size=24),
+    "ptuning_mlp": lambda tt: dict(cls="PromptEncoderConfig", task_type=tt, num_virtual_tokens=4,
+                                   encoder_hidden_size=20),
+    "ptuning_lstm": lambda tt: dict(cls="PromptEncoderConfig", task_type=tt, num_virtual_tokens=3,
+                                    encoder_reparameterization_type="LSTM", encoder_hidden_size=12),
+}
+
+# every (backbone, task) PEFT supports for prompt learning
+MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("llama", "causal_lm"), ("llama", "seq_cls"),
+          ("t5", "seq2seq_lm"), ("bert", "seq_cls"), ("bert", "token_cls")]
+
+
+def configs(method: str, task: str):
+    spec = dict(METHODS[method](TASK_TYPES[task]))
+    cls = spec.pop("cls")
+    return getattr(jsoft, cls)(**spec), getattr(peft, cls)(**spec)
+
+
+def batch(kind: str, B: int = 3, T: int = 9, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, tiny.VOCAB, size=(B, T))
+    mask = np.ones((B, T), np.int64)
+    for b, n in enumerate([0, 2, 4][:B]):
+        if n:
+            ids[b, T - n:] = 0
+            mask[b, T - n:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if kind == "t5":
+        out["decoder_input_ids"] = rng.integers(0, tiny.VOCAB, size=(B, 6))
+    return out
+
+
+def hf_base(kind: str, task: str, model_dir):
+    return tiny.CLASSES[(kind, task)].from_pretrained(model_dir).eval()
+
+
+def peft_logits(model, inputs) -> np.ndarray:
+    with torch.no_grad():
+        out = model(**{k: torch.tensor(v) for k, v in inputs.items()})
+    return out.logits.float().numpy()
+
+
+def jsoft_logits(pm, inputs) -> np.ndarray:
+    return np.asarray(pm(**inputs).logits)
+
+
+def compare(got: np.ndarray, ref: np.ndarray, task: str, inputs, virtual: int, atol: float = 1e-4):
+    """Per-token outputs are compared at real tokens (and virtual tokens, which both expose)."""
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    if task in ("causal_lm", "token_cls"):
+        mask = inputs["attention_mask"].astype(bool)
+        keep = np.concatenate([np.ones((mask.shape[0], got.shape[1] - mask.shape[1]), bool), mask], axis=1)
+        got, ref = got[keep], ref[keep]
+    np.testing.assert_allclose(got, ref, atol=atol, rtol=0)

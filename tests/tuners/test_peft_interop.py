@@ -1,0 +1,54 @@
+"""Adapters move both ways between jsoft and PEFT with the same logits, for every method x
+backbone x task PEFT supports; trainable-parameter counts equal PEFT's."""
+
+import peft
+import pytest
+
+import jsoft
+from tests.tuners import peft_ref
+
+CASES = [(kind, task, method) for kind, task in peft_ref.MATRIX for method in peft_ref.METHODS]
+
+
+def _skip_unavailable(kind):
+    pytest.importorskip(f"jsoft.models.{kind}")
+
+
+@pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
+def test_jsoft_adapter_loads_in_peft(tiny_dir, tmp_path, kind, task, method):
+    _skip_unavailable(kind)
+    model_dir = tiny_dir(kind, task)
+    config, _ = peft_ref.configs(method, task)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
+    assert pm.save_pretrained(tmp_path / "adapter") == "peft"
+    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "adapter").eval()
+    inputs = peft_ref.batch(kind)
+    peft_ref.compare(peft_ref.jsoft_logits(pm, inputs), peft_ref.peft_logits(ref, inputs), task, inputs,
+                     config.num_virtual_tokens)
+
+
+@pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
+def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
+    _skip_unavailable(kind)
+    model_dir = tiny_dir(kind, task)
+    jconfig, pconfig = peft_ref.configs(method, task)
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
+    ref.save_pretrained(tmp_path / "adapter")
+    ref.eval()
+    pm = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model_dir, task=task, num_labels=3),
+                                         tmp_path / "adapter")
+    inputs = peft_ref.batch(kind)
+    got = peft_ref.jsoft_logits(pm, inputs)
+    want = peft_ref.peft_logits(peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir),
+                                                                tmp_path / "adapter").eval(), inputs)
+    peft_ref.compare(got, want, task, inputs, jconfig.num_virtual_tokens)
+
+
+@pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
+def test_trainable_parameter_counts_match_peft(tiny_dir, kind, task, method):
+    _skip_unavailable(kind)
+    model_dir = tiny_dir(kind, task)
+    jconfig, pconfig = peft_ref.configs(method, task)
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig)
+    assert pm.get_nb_trainable_parameters() == ref.get_nb_trainable_parameters()
