@@ -9,39 +9,13 @@ import datasets
 import numpy as np
 import pytest
 import transformers
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from jsoft import data
+from tests import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORDS = ("the a movie film plot was is not very good great bad awful i loved hated it and but this "
-         "review sentiment positive negative eu rejects german call to boycott british lamb").split()
-
-
-def wordpiece(post: str = "bert", pad: bool = True, padding_side: str = "right"):
-    """A tiny offline WordPiece tokenizer: BERT-like ("bert"), decoder-like ("gpt"), or T5-like ("t5")."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
-    vocab = {w: i for i, w in enumerate(specials + list(WORDS) + ["##s", "##z", "##x", "z", "x", ":", "."])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    kwargs = {}
-    if post == "bert":
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-        kwargs = dict(cls_token="[CLS]", sep_token="[SEP]",
-                      model_input_names=["input_ids", "token_type_ids", "attention_mask"])
-    elif post == "t5":
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
-        kwargs = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
-    else:
-        kwargs = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
-    if pad:
-        kwargs["pad_token"] = "[PAD]"
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                                padding_side=padding_side, **kwargs)
+WORDS = tiny.WORDS
+wordpiece = tiny.tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import torch
+import transformers
 import transformers as tf
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 VOCAB = 101
 
 CONFIGS = {
-    "gpt2": lambda **kw: tf.GPT2Config(
-        vocab_size=VOCAB, n_positions=64, n_embd=48, n_layer=3, n_head=4, pad_token_id=0,
-        **kw),
-    "bert": lambda **kw: tf.BertConfig(
-        vocab_size=VOCAB, hidden_size=40, num_hidden_layers=3, num_attention_heads=5,
-        intermediate_size=72, max_position_embeddings=64, type_vocab_size=2, pad_token_id=0, **kw),
+    "gpt2": lambda **kw: tf.GPT2Config(**{
+        "vocab_size": VOCAB, "n_positions": 64, "n_embd": 48, "n_layer": 3, "n_head": 4, "pad_token_id": 0, **kw}),
+    "bert": lambda **kw: tf.BertConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 40, "num_hidden_layers": 3, "num_attention_heads": 5,
+        "intermediate_size": 72, "max_position_embeddings": 64, "type_vocab_size": 2, "pad_token_id": 0, **kw}),
     "t5": lambda **kw: tf.T5Config(**{
         "vocab_size": VOCAB, "d_model": 32, "d_kv": 8, "d_ff": 56, "num_layers": 3, "num_decoder_layers": 2,
         "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
@@ -56,3 +57,33 @@ def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
 
 def save(kind: str, task: str | None, path, **overrides):
     build(kind, task, **overrides).save_pretrained(path)
+
+
+WORDS = ("the a movie film plot was is not very good great bad awful i loved hated it and but this "
+         "review sentiment positive negative eu rejects german call to boycott british lamb").split()
+
+
+def tokenizer(post: str = "bert", pad: bool = True, padding_side: str = "right"):
+    """A tiny offline WordPiece tokenizer: BERT-like ("bert"), decoder-like ("gpt"), or T5-like ("t5")."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + list(WORDS) + ["##s", "##z", "##x", "z", "x", ":", "."])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    kwargs = {}
+    if post == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        kwargs = dict(cls_token="[CLS]", sep_token="[SEP]",
+                      model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    elif post == "t5":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+        kwargs = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    else:
+        kwargs = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    if pad:
+        kwargs["pad_token"] = "[PAD]"
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                padding_side=padding_side, **kwargs)

@@ -10,7 +10,7 @@ Every architecture module (gpt2, bert, t5, llama) provides:
   Config.from_hf(dict) -> Config      the typed config
   TASKS                                tasks it can do
   build(config, task, num_labels, precision, rngs) -> nnx.Module
-  checkpoint_key(path) -> (hf_name, transpose: bool)   for each parameter path
+  checkpoint_key(path) -> (hf_name | (names...), transpose: bool)   for each parameter path
   BASE_PREFIX                          HF's base_model_prefix ("transformer", "bert", ...)
 """
 
@@ -34,7 +34,7 @@ from jsoft.models.layers import Precision
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
-                 "llama": "jsoft.models.llama"}
+                 "mt5": "jsoft.models.t5", "llama": "jsoft.models.llama"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
@@ -165,8 +165,9 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
     flat = list(nnx.to_flat_state(state))
     loaded, missing = [], []
     for path, var in flat:
-        hf_name, transpose = arch.checkpoint_key(path)
-        key = _find(ckpt, hf_name, arch.BASE_PREFIX)
+        hf_names, transpose = arch.checkpoint_key(path)  # a name, or names tried in order
+        hf_names = (hf_names,) if isinstance(hf_names, str) else hf_names
+        key = next((k for n in hf_names if (k := _find(ckpt, n, arch.BASE_PREFIX))), None)
         if key is None:
             missing.append(path)
             loaded.append((path, var))

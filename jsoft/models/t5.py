@@ -237,6 +237,8 @@ class Stack(nnx.Module):
         # cache holds). Keys are laid out [prefix | tokens or cache slots], so key j is at position j.
         # The encoder prefix (no transformers reference) follows the same rule, so the encoder's
         # prefix keys look like tokens to the left of the input; cross-attention has no position bias.
+        # T5 biases depend only on key - query, so a row whose shorter prefix is left-padded to V
+        # (mixed-adapter batches) sees the same distances as with its own prefix alone.
         V = 0 if prefix_kv is None else prefix_kv.shape[3]
         S = T if cache is None else cache.k.shape[2]
         offset = 0 if cache is None else cache.index
@@ -264,10 +266,15 @@ class T5(nnx.Module):
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.config, self.task, self.num_labels = c, task, num_labels
+        self.head_name = None  # no classification head: nothing of the backbone goes into an adapter
         self.shared = embed(c.vocab_size, c.hidden_size, p, rngs=rngs, init_std=1.0)
         self.encoder = Stack(c, p, rngs, decoder=False)
         self.decoder = Stack(c, p, rngs, decoder=True)
-        if task == "seq2seq_lm" and not c.tie_word_embeddings:
+        # transformers 5 writes tie_word_embeddings=True even for untied (FLAN/mT5) checkpoints and
+        # keeps the truth in scale_decoder_outputs=False; such a head loads from `lm_head.weight`,
+        # or from `shared.weight` when the checkpoint has no separate head.
+        self.separate_head = not c.tie_word_embeddings or not c.scale_decoder_outputs
+        if task == "seq2seq_lm" and self.separate_head:
             self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
 
     @property
@@ -309,7 +316,7 @@ class T5(nnx.Module):
             return ModelOutput(last_hidden_state=h, cache=cache)
         c = self.config
         scaled = h * c.hidden_size ** -0.5 if c.scale_decoder_outputs else h
-        weight = self.shared.embedding[...] if c.tie_word_embeddings else self.lm_head.kernel[...].T
+        weight = self.lm_head.kernel[...].T if self.separate_head else self.shared.embedding[...]
         return ModelOutput(logits=heads.tied_lm_logits(scaled, weight), last_hidden_state=h, cache=cache)
 
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
@@ -329,7 +336,9 @@ def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> T5:
     return T5(c, task, num_labels, p, rngs)
 
 
-def checkpoint_key(path: tuple) -> tuple[str, bool]:
+def checkpoint_key(path: tuple) -> tuple[str | tuple[str, ...], bool]:
     *mod, leaf = map(str, path)
     hf_leaf = {"kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
+    if mod == ["lm_head"]:
+        return ("lm_head.weight", "shared.weight"), True
     return ".".join([*mod, hf_leaf]), leaf == "kernel"  # every kernel is a torch nn.Linear [out, in]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jsoft.models.layers import ModelOutput
+from jsoft.models.layers import KVCache, ModelOutput
 from jsoft.tuners import losses
 from jsoft.tuners.config import (
     TASK_OF,
@@ -357,6 +357,70 @@ class PeftModel(nnx.Module):
         if labels is not None:
             out = out.replace(loss=losses.task_loss(base.task, out.logits, jnp.asarray(labels), Ve,
                                                     getattr(base, "num_labels", None)))
+        return out
+
+
+    # ------------------------------------------------------------------ generation (jsoft.generate)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs) -> jax.Array:
+        """Like transformers' `generate`: greedy, sampling or beam search with a preallocated KV
+        cache in one jit-compiled loop; see `jsoft.generate.generate` for the arguments."""
+        from jsoft import generate
+
+        return generate.generate(self, input_ids, attention_mask, **kwargs)
+
+    def prompt_cache(self, adapter_name: str | None = None) -> jax.Array:
+        """The adapter's prompt as a key/value prefix `[L, 2, 1, V, G, K]` for a decoder-only model.
+
+        Prefix methods return their prefix. An embedding prompt (Prompt Tuning, P-Tuning) precedes
+        every token, so its keys and values do not depend on the input: the backbone runs once over
+        the prompt alone (positions 0..V-1) and decoding from this prefix, real tokens at positions
+        V.., equals the embedding path."""
+        name = adapter_name or self.active_adapter
+        self._check_names([name])
+        a, base = self.adapters[name], self.base_model
+        mc = base.config
+        if mc.is_encoder_decoder or base.task != "causal_lm":
+            raise ValueError(f"prompt_cache is for decoder-only causal LMs, not this {mc.model_type} model with "
+                             f"task={base.task!r}")
+        if a.is_prefix:
+            return to_prefix_kv(a.prompt(), mc.num_layers, mc.num_kv_heads, mc.head_dim)[:, :, None]
+        if getattr(a.config, "template", None):
+            raise ValueError(f"adapter {name!r} places its virtual tokens inside a template, so its prompt "
+                             "depends on the input and has no prompt cache")
+        V = a.config.num_virtual_tokens
+        emb = base.word_embeddings
+        dtype = emb.dtype or emb.embedding.dtype
+        cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
+        out = base(inputs_embeds=a.prompt()[None, :V].astype(dtype), position_ids=jnp.arange(V)[None],
+                   cache=cache)
+        return jnp.stack([out.cache.k, out.cache.v], axis=1)
+
+    def prepare_generation(self, input_ids: jax.Array, attention_mask: jax.Array, names: tuple[str, ...],
+                           rows: jax.Array | None) -> dict[str, jax.Array]:
+        """Backbone inputs for decoding a batch whose row b uses adapter `names[rows[b]]` (rows None:
+        all use `names[0]`; no names: the backbone alone). Decoder-only: every adapter becomes a
+        key/value prefix (`prompt_cache`), left-padded to the longest with `prefix_mask`.
+        Encoder-decoder: the encoder gets the prompt embeddings in front (mask extended), the
+        decoder the prefixes (`_split_prefix`)."""
+        base = self.base_model
+        B = input_ids.shape[0]
+        out = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if not names:  # no adapter loaded: the frozen backbone alone
+            return out
+        if not base.config.is_encoder_decoder:
+            kvs = [self.prompt_cache(n)[:, :, 0] for n in names]  # [L, 2, V, G, K] each
+            Vk, dtype = max(kv.shape[2] for kv in kvs), jnp.result_type(*kvs)
+            stack = jnp.stack([_left_pad(kv.astype(dtype), Vk, 2) for kv in kvs], axis=2)
+            valid = jnp.asarray(np.stack([np.arange(Vk) >= Vk - kv.shape[2] for kv in kvs]))
+            return out | {"prefix_kv": _rows(stack, rows, B, axis=2), "prefix_mask": _rows(valid, rows, B)}
+        p = self._prompts(names, rows, B, None)
+        if p.embeds is not None:
+            embeds = base.word_embeddings(input_ids)
+            out = {"inputs_embeds": jnp.concatenate([p.embeds.astype(embeds.dtype), embeds], axis=1),
+                   "attention_mask": jnp.concatenate([p.embeds_mask.astype(attention_mask.dtype), attention_mask], 1)}
+        if p.prefix is not None:
+            out |= self._split_prefix(p.prefix, self.adapters[names[0]].config) | {"prefix_mask": p.prefix_mask}
         return out
 
 

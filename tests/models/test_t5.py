@@ -14,7 +14,6 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 import jsoft
-from jsoft.models import hub
 from jsoft.models.layers import KVCache
 from tests import tiny
 from tests.models.test_parity import batch
@@ -74,8 +73,7 @@ def test_untied_lm_head_checkpoint(tiny_dir, tmp_path):
                                atol=1e-4, rtol=0)
 
 
-def test_mt5_with_hub_mapping(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(hub.ARCHITECTURES, "mt5", "jsoft.models.t5")
+def test_mt5_with_hub_mapping(tiny_dir, tmp_path):
     cfg = tiny.CONFIGS["t5"](feed_forward_proj="gated-gelu").to_dict()
     cfg.pop("model_type", None)
     torch.manual_seed(0)

@@ -1,0 +1,388 @@
+"""Decoding with a preallocated KV cache: greedy, sampling (temperature, top-k, top-p) and beam
+search, each one jit-compiled `while_loop` that stops early once every row is finished.
+
+Semantics follow transformers' `generate` (and PEFT's on a prompt-learning model):
+  * decoder-only: returns `[B, T + max_new_tokens]`, the input ids then the new tokens; a row
+    that emitted EOS emits `pad_token_id` after it. Batches are left-padded; every adapter is
+    decoded as a key/value prefix (`PeftModel.prompt_cache`: an embedding prompt's keys and values
+    do not depend on the input), so a row's soft prompt sits right before its first real token,
+    its tokens take positions V, V+1, ... and each row equals that row generated alone;
+  * encoder-decoder: returns the decoder ids `[B, 1 + max_new_tokens]` starting with
+    `decoder_start_token_id`; the encoder runs once.
+The prompt is prefilled in one call (all but its last token, whose logits are the only ones
+needed, so the LM head never runs over the prompt), then one token per step.
+
+CLI, printing one JSON line per prompt (or writing them to --output):
+    python -m jsoft.generate --model MODEL_DIR --adapter ADAPTER_DIR --prompt "some text" \\
+        [--input prompts.jsonl] [--max-new-tokens 32] [--num-beams 1] [--do-sample --top-p 0.9] \\
+        [--output out.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jsoft.models.layers import KVCache
+
+Array = jax.Array
+NEG = -1.0e9  # transformers' "impossible" beam score
+Step = Callable[[Array, Array, KVCache], tuple[Array, KVCache]]  # (tokens [R], step, cache) -> (logits [R, V], cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """The static part of a `generate` call (a new value compiles a new program)."""
+
+    max_new_tokens: int = 20
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    output_scores: bool = False
+
+
+def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do_sample: bool = False,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_beams: int = 1,
+             length_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
+             pad_token_id: int | None = None, adapter_names: Sequence[str] | None = None,
+             output_scores: bool = False) -> Array | tuple[Array, Array]:
+    """Generate with `pm` (a `jsoft.PeftModel` on a causal-LM or seq2seq-LM backbone).
+
+    eos_token_id / pad_token_id default to the model config (pad: else the first EOS id, else 0);
+    pass `eos_token_id=[]` to always generate `max_new_tokens`. `adapter_names` gives one adapter
+    per row (default: the active one). `output_scores=True` (greedy or sampling) also returns the
+    processed logits `[B, max_new_tokens, vocab]` each new token was chosen from."""
+    base = pm.base_model
+    mc = base.config
+    if base.task not in ("causal_lm", "seq2seq_lm"):
+        raise ValueError(f"generate needs a model loaded with task='causal_lm' or 'seq2seq_lm', not {base.task!r}")
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be an integer array [batch, length], got {ids.dtype} {ids.shape}")
+    B, T = ids.shape
+    mask = np.ones_like(ids, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {mask.shape} but input_ids {ids.shape}")
+    if not mc.is_encoder_decoder and (np.any(np.diff(mask, axis=1) < 0) or not mask[:, -1].all()):
+        raise ValueError("decoder-only generation needs left padding: each attention_mask row must be 0...0 1...1 "
+                         "(tokenizer.padding_side = 'left')")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if num_beams < 1 or (num_beams > 1 and (do_sample or output_scores)):
+        raise ValueError(f"num_beams={num_beams}: must be >= 1, and beam search is deterministic here "
+                         "(do_sample=False) without output_scores")
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1 and top_k >= 0):
+        raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0; got temperature="
+                         f"{temperature}, top_p={top_p}, top_k={top_k}")
+    max_positions = getattr(mc, "max_positions", None) if mc.model_type == "gpt2" else None
+    if pm.adapters:
+        names, rows = pm._names_and_rows(None if adapter_names is None else list(adapter_names), B)
+    elif adapter_names is not None:
+        raise ValueError(f"adapter_names={adapter_names!r} given but no adapter is loaded")
+    else:  # a PeftModel without adapters generates with the backbone alone
+        names, rows = (), None
+    if max_positions is not None:  # learned positions: an index past the table would be clamped silently
+        longest = max((pm.adapters[n].config.num_virtual_tokens for n in names), default=0) + T + max_new_tokens - 1
+        if longest > max_positions:
+            raise ValueError(f"virtual tokens + {T} input tokens + max_new_tokens={max_new_tokens} reach position "
+                             f"{longest - 1}, past this model's {max_positions} positions")
+    eos = mc.eos_token_id if eos_token_id is None else eos_token_id
+    eos = () if eos is None else (int(eos),) if np.isscalar(eos) else tuple(int(e) for e in eos)
+    pad = pad_token_id if pad_token_id is not None else mc.pad_token_id
+    pad = pad if pad is not None else (eos[0] if eos else 0)
+    cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
+                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                           num_beams=int(num_beams), length_penalty=float(length_penalty), eos_token_ids=eos,
+                           pad_token_id=int(pad), output_scores=bool(output_scores))
+    out = _generate(pm, jnp.asarray(ids, jnp.int32), jnp.asarray(mask), rows, jax.random.key(seed), names, cfg)
+    new, scores = out if output_scores else (out, None)
+    start = jnp.full((B, 1), mc.decoder_start_token_id, jnp.int32) if mc.is_encoder_decoder else jnp.asarray(ids)
+    seqs = jnp.concatenate([start.astype(jnp.int32), new], axis=1)
+    return (seqs, scores) if output_scores else seqs
+
+
+@nnx.jit(static_argnames=("names", "cfg"))
+def _generate(pm, input_ids, attention_mask, rows, key, names: tuple[str, ...], cfg: GenerationConfig):
+    inputs = pm.prepare_generation(input_ids, attention_mask, names, rows)
+    build = _seq2seq if pm.base_model.config.is_encoder_decoder else _causal
+    step, cache, first = build(pm.base_model, inputs, cfg)
+    if cfg.num_beams > 1:
+        return _beam_search(step, cache, first, input_ids.shape[0], cfg)
+    return _sample(step, cache, first, key, cfg)
+
+
+# --------------------------------------------------------------------------- backbones as step functions
+
+
+def _repeat(x: Array | None, n: int, axis: int = 0) -> Array | None:
+    """Each row n times in a row (beam b of row r is row r * n + b)."""
+    return x if x is None or n == 1 else jnp.repeat(x, n, axis=axis)
+
+
+def _compute_dtype(base):
+    emb = base.word_embeddings
+    return emb.dtype or emb.embedding.dtype
+
+
+def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array]:
+    nb, N = cfg.num_beams, cfg.max_new_tokens
+    ids, mask = _repeat(inputs["input_ids"], nb), _repeat(inputs["attention_mask"], nb)
+    prefix_kv, prefix_mask = _repeat(inputs.get("prefix_kv"), nb, 2), _repeat(inputs.get("prefix_mask"), nb)
+    R, T = ids.shape
+    # slot t of row r holds position start[r] + t: real tokens count from the row's own first token,
+    # after its prefix; left pads get clipped positions and are masked out
+    start = -(T - mask.sum(-1, dtype=jnp.int32))
+    if prefix_mask is not None:
+        start = start + prefix_mask.sum(-1, dtype=jnp.int32)
+    mask_S = jnp.concatenate([mask, jnp.ones((R, N - 1), mask.dtype)], axis=1)
+    c = base.config
+    cache = KVCache.zeros(c.num_layers, R, T + N - 1, c.num_kv_heads, c.head_dim, _compute_dtype(base))
+
+    def forward(ids_RxT, positions_RxT, cache):
+        return base(input_ids=ids_RxT, attention_mask=mask_S, position_ids=positions_RxT, prefix_kv=prefix_kv,
+                    prefix_mask=prefix_mask, cache=cache)
+
+    if T > 1:  # the logits of this call are unused, so XLA drops the LM head
+        cache = forward(ids[:, :-1], jnp.maximum(start[:, None] + jnp.arange(T - 1), 0), cache).cache
+
+    def step(tokens_R, i, cache):
+        out = forward(tokens_R[:, None], (start + T - 1 + i)[:, None], cache)
+        return out.logits[:, -1], out.cache
+
+    return step, cache, ids[:, -1]
+
+
+def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array]:
+    nb, N = cfg.num_beams, cfg.max_new_tokens
+    enc = base.encode(input_ids=inputs.get("input_ids"), attention_mask=inputs["attention_mask"],
+                      inputs_embeds=inputs.get("inputs_embeds"), encoder_prefix_kv=inputs.get("encoder_prefix_kv"),
+                      prefix_mask=inputs.get("prefix_mask"))
+    enc, enc_mask = _repeat(enc, nb), _repeat(inputs["attention_mask"], nb)
+    prefix = {k: _repeat(inputs.get(k), nb, 2) for k in ("prefix_kv", "cross_prefix_kv")}
+    prefix_mask = _repeat(inputs.get("prefix_mask"), nb)
+    R = enc.shape[0]
+    c = base.config
+    cache = KVCache.zeros(c.num_decoder_layers, R, N, c.num_kv_heads, c.head_dim, _compute_dtype(base))
+    dec_mask = jnp.ones((R, N), jnp.int32)
+
+    def step(tokens_R, i, cache):
+        out = base.decode(decoder_input_ids=tokens_R[:, None], encoder_hidden_states=enc, attention_mask=enc_mask,
+                          decoder_attention_mask=dec_mask, prefix_mask=prefix_mask, cache=cache, **prefix)
+        return out.logits[:, -1], out.cache
+
+    return step, cache, jnp.full((R,), c.decoder_start_token_id, jnp.int32)
+
+
+# --------------------------------------------------------------------------- token choice
+
+
+def process_logits(logits_BxV: Array, cfg: GenerationConfig) -> Array:
+    """transformers' sampling warpers in its order: temperature, top-k, top-p (nucleus)."""
+    x = logits_BxV.astype(jnp.float32)
+    if cfg.temperature != 1.0:
+        x = x / cfg.temperature
+    if 0 < cfg.top_k < x.shape[-1]:
+        kth = jax.lax.top_k(x, cfg.top_k)[0][:, -1:]
+        x = jnp.where(x < kth, -jnp.inf, x)
+    if cfg.top_p < 1.0:  # drop the least likely tokens whose total mass is <= 1 - top_p; keep at least one
+        order = jnp.argsort(x, axis=-1)
+        cum = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(x, order, -1), -1), -1)
+        drop_sorted = (cum <= 1.0 - cfg.top_p).at[:, -1].set(False)
+        drop = jnp.zeros_like(drop_sorted).at[jnp.arange(x.shape[0])[:, None], order].set(drop_sorted)
+        x = jnp.where(drop, -jnp.inf, x)
+    return x
+
+
+def _is_eos(tokens: Array, cfg: GenerationConfig) -> Array:
+    hit = jnp.zeros(tokens.shape, bool)
+    for e in cfg.eos_token_ids:
+        hit = hit | (tokens == e)
+    return hit
+
+
+def _sample(step: Step, cache: KVCache, first_R: Array, key: Array, cfg: GenerationConfig):
+    """Greedy or sampling: new tokens `[R, N]` (pad after EOS) and optionally the scores."""
+    R, N = first_R.shape[0], cfg.max_new_tokens
+    tokens = jnp.full((R, N), cfg.pad_token_id, jnp.int32)
+    scores = None
+    done = jnp.zeros((R,), bool)
+
+    def cond(carry):
+        i, _, _, done, _, _ = carry
+        return (i < N) & ~jnp.all(done)
+
+    def body(carry):
+        i, prev, cache, done, tokens, scores = carry
+        logits, cache = step(prev, i, cache)
+        if cfg.do_sample:
+            logits = process_logits(logits, cfg)
+            tok = jax.random.categorical(jax.random.fold_in(key, i), logits, axis=-1)
+        else:
+            tok = jnp.argmax(logits, axis=-1)
+        tok = jnp.where(done, cfg.pad_token_id, tok.astype(jnp.int32))
+        tokens = tokens.at[:, i].set(tok)
+        if scores is not None:
+            scores = scores.at[:, i].set(logits.astype(jnp.float32))
+        return i + 1, tok, cache, done | _is_eos(tok, cfg), tokens, scores
+
+    if cfg.output_scores:
+        vocab = jax.eval_shape(step, first_R, jnp.int32(0), cache)[0].shape[-1]
+        scores = jnp.zeros((R, N, vocab), jnp.float32)
+    carry = (jnp.int32(0), first_R.astype(jnp.int32), cache, done, tokens, scores)
+    *_, tokens, scores = jax.lax.while_loop(cond, body, carry)
+    return (tokens, scores) if cfg.output_scores else tokens
+
+
+# --------------------------------------------------------------------------- beam search
+
+
+def _gather(x_BxKx: Array, idx_BxM: Array) -> Array:
+    idx = idx_BxM.reshape(idx_BxM.shape + (1,) * (x_BxKx.ndim - 2))
+    return jnp.take_along_axis(x_BxKx, idx, axis=1)
+
+
+def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, cfg: GenerationConfig) -> Array:
+    """transformers' vectorised beam search (`_beam_search`, early_stopping=False): keep the best
+    2*num_beams continuations, the best num_beams unfinished ones run on, finished ones (EOS, or
+    the length limit) compete on score / length**length_penalty for the num_beams final slots; a
+    row stops when its best running beam can no longer beat its worst final one."""
+    nb, N, pad, lp = cfg.num_beams, cfg.max_new_tokens, cfg.pad_token_id, cfg.length_penalty
+    K = max(2, 1 + len(cfg.eos_token_ids)) * nb
+    top_nb = jnp.arange(K) < nb
+    running = jnp.full((B, nb, N), pad, jnp.int32)
+    running_scores = jnp.tile(jnp.where(jnp.arange(nb) == 0, 0.0, NEG), (B, 1))  # only beam 0 starts
+    final = jnp.full((B, nb, N), pad, jnp.int32)
+    final_scores = jnp.full((B, nb), NEG)
+    final_done = jnp.zeros((B, nb), bool)
+    improvable = jnp.ones((B, 1), bool)
+
+    def cond(carry):
+        i, *_, improvable, go = carry
+        return (i < N) & go
+
+    def body(carry):
+        i, prev, cache, running, running_scores, final, final_scores, final_done, improvable, _ = carry
+        logits, cache = step(prev, i, cache)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        V = logp.shape[-1]
+        logp = (logp.reshape(B, nb, V) + running_scores[:, :, None]).reshape(B, nb * V)
+        top_logp, top_idx = jax.lax.top_k(logp, K)
+        src, tok = top_idx // V, (top_idx % V).astype(jnp.int32)
+        cand = _gather(running, src).at[:, :, i].set(tok)  # [B, K, N]
+        hits = _is_eos(tok, cfg) | (i + 1 >= N)
+        # the best num_beams unfinished candidates run on
+        run_logp = top_logp + hits * NEG
+        keep = jax.lax.top_k(run_logp, nb)[1]
+        running, running_scores = _gather(cand, keep), _gather(run_logp, keep)
+        beam_src = jnp.arange(B)[:, None] * nb + _gather(src, keep)
+        # finished candidates among the top num_beams compete for the final slots
+        finished = hits & top_nb[None]
+        fin_scores = top_logp / (i + 1.0) ** lp + (~improvable) * NEG + (~finished) * NEG
+        merged = jnp.concatenate([final_scores, fin_scores], 1)
+        best = jax.lax.top_k(merged, nb)[1]
+        final = _gather(jnp.concatenate([final, cand], 1), best)
+        final_done = _gather(jnp.concatenate([final_done, finished], 1), best)
+        final_scores = _gather(merged, best)
+        cache = jax.tree.map(lambda x: x if x.ndim == 0 else x[:, beam_src.reshape(-1)], cache)
+        worst = jnp.where(final_done, final_scores.min(1, keepdims=True), NEG)
+        improvable = improvable & jnp.any(running_scores[:, :1] / (i + 1.0) ** lp > worst, -1, keepdims=True)
+        go = jnp.any(improvable) & ~jnp.all(hits)
+        return (i + 1, running[:, :, i].reshape(-1), cache, running, running_scores, final, final_scores,
+                final_done, improvable, go)
+
+    carry = (jnp.int32(0), first_R.astype(jnp.int32), cache, running, running_scores, final, final_scores,
+             final_done, improvable, jnp.bool_(True))
+    final = jax.lax.while_loop(cond, body, carry)[5]
+    return final[:, 0]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.input:
+        with open(args.input) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if isinstance(item, dict):
+                    key = next((k for k in ("prompt", "text", "input") if k in item), None)
+                    if key is None:
+                        raise ValueError(f"{args.input}:{n}: expected a 'prompt' (or 'text', 'input') field")
+                    item = item[key]
+                if not isinstance(item, str):
+                    raise ValueError(f"{args.input}:{n}: the prompt must be a string")
+                prompts.append(item)
+    if not prompts:
+        raise ValueError("no prompts: give --prompt TEXT and/or --input FILE.jsonl")
+    return prompts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m jsoft.generate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="base model: local dir or Hub id (tokenizer loaded from it)")
+    ap.add_argument("--adapter", required=True, help="adapter dir (PEFT's or jsoft's format)")
+    ap.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    ap.add_argument("--input", help="JSON lines: strings or objects with a 'prompt' field")
+    ap.add_argument("--output", help="write JSON lines {prompt, completion} here instead of stdout")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--num-beams", type=int, default=1)
+    ap.add_argument("--do-sample", action="store_true")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    args = ap.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    import jsoft
+    from jsoft.tuners.config import TASK_OF, PromptLearningConfig
+
+    prompts = _read_prompts(args)
+    task = TASK_OF[PromptLearningConfig.from_pretrained(args.adapter).task_type]
+    pm = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(args.model, task=task), args.adapter)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    tok.padding_side = "left" if task == "causal_lm" else "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    eos = set(pm.base_model.config.eos_token_id if isinstance(pm.base_model.config.eos_token_id, list)
+              else [pm.base_model.config.eos_token_id])
+    lines = []
+    for s in range(0, len(prompts), args.batch_size):
+        batch = prompts[s:s + args.batch_size]
+        filled = batch + [batch[0]] * (args.batch_size - len(batch))  # one batch shape: one compile
+        enc = tok(filled, padding=True, pad_to_multiple_of=16, return_tensors="np")
+        out = np.asarray(generate(pm, enc["input_ids"], enc["attention_mask"], max_new_tokens=args.max_new_tokens,
+                                  do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
+                                  top_p=args.top_p, seed=args.seed + s, num_beams=args.num_beams))
+        new = out[:, enc["input_ids"].shape[1]:] if task == "causal_lm" else out[:, 1:]
+        for prompt, ids in zip(batch, new.tolist()):
+            end = next((j for j, t in enumerate(ids) if t in eos), len(ids))
+            lines.append(json.dumps({"prompt": prompt, "completion": tok.decode(ids[:end], skip_special_tokens=True)}))
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Evaluation metrics and the run's metric files.
+
+Classification: accuracy and macro-F1 from a confusion matrix (rows: true class, columns: predicted).
+Token classification: entity-level precision/recall/F1 over BIO / IOB2 / IOBES spans, micro-averaged,
+as seqeval computes them in its default (non-strict) mode. Language modelling: token-mean loss and
+perplexity. `Writer` appends to `metrics.jsonl` and writes TensorBoard events (process 0 only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------ classification
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int,
+                     weights: np.ndarray | None = None) -> np.ndarray:
+    """`[C, C]` float64 counts; rows are true classes. Rows with weight 0 (eval padding) do not count."""
+    labels, preds = np.asarray(labels).reshape(-1), np.asarray(preds).reshape(-1)
+    w = np.ones(labels.shape, np.float64) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    out = np.zeros((num_classes, num_classes), np.float64)
+    np.add.at(out, (labels, preds), w)
+    return out
+
+
+def classification(confusion: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 (the mean of per-class F1 over classes with a true or predicted example,
+    like scikit-learn's `f1_score(average="macro")` over the labels present)."""
+    c = np.asarray(confusion, np.float64)
+    total = c.sum()
+    tp = np.diag(c)
+    true, pred = c.sum(1), c.sum(0)
+    present = (true + pred) > 0
+    denom = true + pred
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-300), 0.0)
+    return {"accuracy": float(tp.sum() / total) if total else 0.0,
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0}
+
+
+# ------------------------------------------------------------------------------------ entities
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    """"B-PER" -> ("B", "PER"); "O" -> ("O", "_")."""
+    return tag[0], tag[1:].split("-", maxsplit=1)[-1] or "_"
+
+
+def _ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (prev_tag in ("E", "S")
+            or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
+            or (prev_tag not in ("O", ".") and prev_type != type_))
+
+
+def _starts(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (tag in ("B", "S")
+            or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
+            or (tag not in ("O", ".") and prev_type != type_))
+
+
+def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+    """`(type, first, last)` of each entity in one sentence's tags (seqeval's get_entities: an I- after O
+    or after another type starts an entity, so IOB1 and sloppy predictions are read as seqeval reads them)."""
+    out = []
+    prev_tag, prev_type, begin = "O", "", 0
+    for i, tag in enumerate([*tags, "O"]):
+        t, type_ = _split_tag(tag)
+        if _ends(prev_tag, t, prev_type, type_):
+            out.append((prev_type, begin, i - 1))
+        if _starts(prev_tag, t, prev_type, type_):
+            begin = i
+        prev_tag, prev_type = t, type_
+    return out
+
+
+def entity_counts(true: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> np.ndarray:
+    """[correct, predicted, true] entity counts over sentences (to sum over batches)."""
+    counts = np.zeros(3, np.int64)
+    for t, p in zip(true, pred):
+        if len(t) != len(p):
+            raise ValueError(f"a sentence has {len(t)} true tags but {len(p)} predicted tags")
+        ts, ps = set(entity_spans(t)), set(entity_spans(p))
+        counts += (len(ts & ps), len(ps), len(ts))
+    return counts
+
+
+def entity_f1(counts: np.ndarray) -> dict[str, float]:
+    correct, predicted, true = (float(x) for x in counts)
+    p = correct / predicted if predicted else 0.0
+    r = correct / true if true else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def token_tags(labels_BxT: np.ndarray, preds_BxT: np.ndarray, id2label: Mapping[int, str],
+               weights_B: np.ndarray | None = None, ignore: int = -100):
+    """Per sentence, the tag strings at labelled positions (first word pieces): (true, pred)."""
+    true, pred = [], []
+    for b in range(labels_BxT.shape[0]):
+        if weights_B is not None and weights_B[b] == 0:
+            continue
+        keep = labels_BxT[b] != ignore
+        true.append([id2label[int(i)] for i in labels_BxT[b][keep]])
+        pred.append([id2label.get(int(i), "O") for i in preds_BxT[b][keep]])
+    return true, pred
+
+
+# ------------------------------------------------------------------------------------ language modelling
+
+
+def language_model(nll_sum: float, tokens: float) -> dict[str, float]:
+    loss = nll_sum / tokens if tokens else float("nan")
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+# which way is better, for picking the best checkpoint
+LOWER_IS_BETTER = ("loss", "perplexity", "mse")
+
+
+def mode(metric: str) -> str:
+    return "min" if metric in LOWER_IS_BETTER else "max"
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+class Writer:
+    """`metrics.jsonl` (one JSON object per line: step, split, metrics) and TensorBoard events under
+    `tb/`, both in the workdir. Only the process with `enabled` writes."""
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if not enabled:
+            return
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tb"))
+
+    def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _jsonable(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic | np.ndarray):
+        v = v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf
+    return v

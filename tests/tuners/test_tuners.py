@@ -1,0 +1,258 @@
+"""Method behaviour beyond PEFT parity: initialisers, gradients, folding, mixed-adapter batches,
+jsoft-only forms, and bad input."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import peft
+import pytest
+import torch
+from flax import nnx
+
+import jsoft
+from tests import tiny
+from tests.tuners import peft_ref
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tok")
+    tiny.tokenizer(post="gpt").save_pretrained(path)
+    return str(path)
+
+
+def gpt2(tiny_dir, task="causal_lm"):
+    return jsoft.from_pretrained(tiny_dir("gpt2", task), task=task, num_labels=3)
+
+
+# ------------------------------------------------------------------ initialisers
+
+
+def test_text_init_matches_peft(tiny_dir, tok_dir):
+    kw = dict(task_type="CAUSAL_LM", num_virtual_tokens=7, prompt_tuning_init="TEXT",
+              prompt_tuning_init_text="the movie was good", tokenizer_name_or_path=tok_dir)
+    pm = jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(**kw))
+    ref = peft.get_peft_model(peft_ref.hf_base("gpt2", "causal_lm", tiny_dir("gpt2", "causal_lm")),
+                              peft.PromptTuningConfig(**kw))
+    want = ref.prompt_encoder["default"].embedding.weight.detach().numpy()
+    np.testing.assert_allclose(np.asarray(pm.adapters["default"].prompt.embedding[...]), want, atol=1e-6)
+
+
+def test_class_label_init_is_mean_label_embedding(tiny_dir, tok_dir):
+    model = gpt2(tiny_dir)
+    cfg = jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, prompt_tuning_init="CLASS_LABEL",
+                                   prompt_tuning_class_labels=["good", "very bad"], tokenizer_name_or_path=tok_dir)
+    prompt = np.asarray(jsoft.get_peft_model(model, cfg).adapters["default"].prompt.embedding[...])
+    tok = tiny.tokenizer(post="gpt")
+    emb = np.asarray(model.word_embeddings.embedding[...])
+    np.testing.assert_allclose(prompt[0], emb[tok("good", add_special_tokens=False)["input_ids"]].mean(0), atol=1e-6)
+    np.testing.assert_allclose(prompt[1], emb[tok("very bad", add_special_tokens=False)["input_ids"]].mean(0),
+                               atol=1e-6)
+    vocab_rows = {tuple(np.round(r, 5)) for r in emb}
+    assert all(tuple(np.round(r, 5)) in vocab_rows for r in prompt[2:])  # the rest: sampled vocabulary
+
+
+def test_sample_vocab_rows_come_from_the_vocabulary(tiny_dir):
+    model = gpt2(tiny_dir)
+    cfg = jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6, prompt_tuning_init="SAMPLE_VOCAB")
+    prompt = np.asarray(jsoft.get_peft_model(model, cfg).adapters["default"].prompt.embedding[...])
+    emb = np.asarray(model.word_embeddings.embedding[...])
+    assert all(np.abs(emb - row).max(-1).min() < 1e-6 for row in prompt)
+
+
+# ------------------------------------------------------------------ training state
+
+
+@pytest.mark.parametrize("method", list(peft_ref.METHODS))
+@pytest.mark.parametrize("kind,task", [("gpt2", "causal_lm"), ("bert", "seq_cls")])
+def test_gradients_reach_every_trainable_leaf_and_only_them(tiny_dir, kind, task, method):
+    config, _ = peft_ref.configs(method, task)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir(kind, task), task=task, num_labels=3), config)
+    inputs = peft_ref.batch(kind)
+    labels = inputs["input_ids"] if task == "causal_lm" else np.array([0, 1, 2])
+    graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
+    assert all(type(v) is nnx.Param for v in jax.tree.leaves(frozen, is_leaf=lambda x: isinstance(x, nnx.Variable))
+               if isinstance(v, nnx.Variable))
+
+    def loss(t):
+        return nnx.merge(graphdef, t, frozen)(**inputs, labels=labels, dropout_rng=jax.random.key(0)).loss
+
+    grads = jax.jit(jax.grad(loss))(trainable)
+    for path, g in nnx.to_flat_state(grads):
+        assert np.abs(np.asarray(g.get_value())).sum() > 0, f"no gradient reaches {path}"
+    n_trainable, n_all = pm.get_nb_trainable_parameters()
+    assert n_trainable == sum(x.size for x in jax.tree.leaves(trainable)) < n_all
+
+
+@pytest.mark.parametrize("method", ["prefix_proj", "ptuning_mlp", "ptuning_lstm"])
+def test_fold_keeps_outputs_and_drops_encoders(tiny_dir, method):
+    config, _ = peft_ref.configs(method, "causal_lm")
+    pm = jsoft.get_peft_model(gpt2(tiny_dir), config)
+    inputs = peft_ref.batch("gpt2")
+    before = np.asarray(pm(**inputs).logits)
+    n_before = pm.get_nb_trainable_parameters()[0]
+    pm.fold()
+    np.testing.assert_allclose(np.asarray(pm(**inputs).logits), before, atol=1e-5)
+    assert pm.get_nb_trainable_parameters()[0] < n_before
+
+
+@pytest.mark.parametrize("method", ["ptuning_lstm", "prefix_proj"])
+def test_jsoft_format_keeps_encoders_for_more_training(tiny_dir, tmp_path, method):
+    config, _ = peft_ref.configs(method, "causal_lm")
+    pm = jsoft.get_peft_model(gpt2(tiny_dir), config, seed=3)
+    assert pm.save_pretrained(tmp_path / "a", format="jsoft") == "jsoft"
+    back = jsoft.PeftModel.from_pretrained(gpt2(tiny_dir), tmp_path / "a")
+    for (p1, v1), (p2, v2) in zip(nnx.to_flat_state(nnx.state(pm, jsoft.Trainable)),
+                                  nnx.to_flat_state(nnx.state(back, jsoft.Trainable))):
+        assert p1 == p2
+        np.testing.assert_array_equal(np.asarray(v1.get_value()), np.asarray(v2.get_value()))
+    assert back.get_nb_trainable_parameters() == pm.get_nb_trainable_parameters()
+
+
+# ------------------------------------------------------------------ many adapters
+
+
+def test_mixed_adapter_batch_equals_each_row_alone(tiny_dir):
+    model = gpt2(tiny_dir)
+    pm = jsoft.get_peft_model(model, peft_ref.configs("prompt", "causal_lm")[0], "a", seed=1)
+    pm.add_adapter("b", jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=7), seed=2)
+    pm.add_adapter("c", jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2), seed=3)
+    pm.add_adapter("d", jsoft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), seed=4)
+    inputs = peft_ref.batch("gpt2", B=3)
+    names = ["b", "a", "d"]
+    mixed = pm(**inputs, adapter_names=names).logits
+    for b, name in enumerate(names):
+        row = {k: v[b:b + 1] for k, v in inputs.items()}
+        pm.set_adapter(name)
+        alone = np.asarray(pm(**row).logits)[0]
+        got = np.asarray(mixed[b])[-alone.shape[0]:]  # mixed rows carry left pads for shorter prompts
+        keep = np.concatenate([np.ones(alone.shape[0] - row["attention_mask"].shape[1], bool),
+                               row["attention_mask"][0].astype(bool)])
+        np.testing.assert_allclose(got[keep], alone[keep], atol=1e-5)
+
+
+def test_mixed_heads_per_row(tiny_dir):
+    model = jsoft.from_pretrained(tiny_dir("bert", "seq_cls"), task="seq_cls", num_labels=3)
+    pm = jsoft.get_peft_model(model, jsoft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4), "x")
+    pm.add_adapter("y", jsoft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4), seed=5)
+    pm.adapters["y"].head.kernel[...] = pm.adapters["y"].head.kernel[...] + 1.0
+    inputs = peft_ref.batch("bert", B=2)
+    mixed = np.asarray(pm(**inputs, adapter_names=["y", "x"]).logits)
+    for b, name in enumerate(["y", "x"]):
+        pm.set_adapter(name)
+        alone = np.asarray(pm(**{k: v[b:b + 1] for k, v in inputs.items()}).logits)[0]
+        np.testing.assert_allclose(mixed[b], alone, atol=1e-5)
+
+
+# ------------------------------------------------------------------ P-Tuning templates
+
+
+def test_template_puts_virtual_tokens_inside_the_input(tiny_dir, tmp_path):
+    tok = tiny.tokenizer(post="gpt")
+    cfg = jsoft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3,
+                                    template="[P][P] the movie [X] was [P]")
+    pm = jsoft.get_peft_model(gpt2(tiny_dir), cfg)
+    ids, mask, pos = jsoft.tuners.p_tuning.apply_template(cfg.template, ["good", "not very good"], tok)
+    assert pos[0].tolist() == [0, 1, ids.shape[1] - 2 if mask[0].sum() == ids.shape[1] else pos[0][2]]
+    out = pm(input_ids=ids, attention_mask=mask, prompt_positions=pos)
+    assert out.logits.shape == (*ids.shape, tiny.VOCAB)
+    # the prompt is really used at those positions: changing it changes the output there
+    pm.adapters["default"].prompt.embedding[...] = pm.adapters["default"].prompt.embedding[...] + 1
+    assert not np.allclose(np.asarray(pm(input_ids=ids, attention_mask=mask, prompt_positions=pos).logits),
+                           np.asarray(out.logits))
+    with pytest.raises(ValueError, match="PEFT cannot load"):
+        pm.save_pretrained(tmp_path / "peft", format="peft")
+    assert pm.save_pretrained(tmp_path / "own") == "jsoft"
+    back = jsoft.PeftModel.from_pretrained(gpt2(tiny_dir), tmp_path / "own")
+    np.testing.assert_array_equal(np.asarray(back(input_ids=ids, attention_mask=mask, prompt_positions=pos).logits),
+                                  np.asarray(pm(input_ids=ids, attention_mask=mask, prompt_positions=pos).logits))
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: jsoft.PromptTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+    (lambda: jsoft.PrefixTuningConfig(num_virtual_tokens=-3), "num_virtual_tokens"),
+    (lambda: jsoft.PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT",
+                                      tokenizer_name_or_path="x"), "prompt_tuning_init_text"),
+    (lambda: jsoft.PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT",
+                                      prompt_tuning_init_text="hi"), "tokenizer_name_or_path"),
+    (lambda: jsoft.PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="FANCY"), "prompt_tuning_init"),
+    (lambda: jsoft.PromptEncoderConfig(num_virtual_tokens=4, encoder_reparameterization_type="GRU"),
+     "encoder_reparameterization_type.*MLP.*LSTM"),
+    (lambda: jsoft.PromptTuningConfig(num_virtual_tokens=4, task_type="QA"), "task_type"),
+])
+def test_bad_configs_name_the_field(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_task_the_model_cannot_do(tiny_dir):
+    with pytest.raises(ValueError, match="token_cls"):
+        jsoft.from_pretrained(tiny_dir("gpt2", "causal_lm"), task="seq2seq_lm")
+    with pytest.raises(ValueError, match="TOKEN_CLS|token_cls"):
+        jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(task_type="TOKEN_CLS", num_virtual_tokens=2))
+
+
+def test_adapter_for_another_base_model_names_both_values(tiny_dir, tmp_path):
+    pm = jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    pm.save_pretrained(tmp_path / "a")
+    other = jsoft.from_pretrained(tiny_dir("gpt2", "causal_lm", n_embd=64), task="causal_lm")
+    with pytest.raises(ValueError, match="token_dim=48.*64"):
+        jsoft.PeftModel.from_pretrained(other, tmp_path / "a")
+
+
+def test_corrupt_adapter_is_refused_and_nothing_is_attached(tiny_dir, tmp_path):
+    pm = jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    pm.save_pretrained(tmp_path / "a")
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        pm.load_adapter(tmp_path / "a", adapter_name="broken")
+    assert list(pm.adapters) == ["default"]
+    (tmp_path / "a" / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        jsoft.PeftModel.from_pretrained(gpt2(tiny_dir), tmp_path / "a")
+
+
+def test_save_replaces_an_existing_adapter_whole(tiny_dir, tmp_path):
+    pm = jsoft.get_peft_model(gpt2(tiny_dir), peft_ref.configs("ptuning_lstm", "causal_lm")[0])
+    pm.save_pretrained(tmp_path / "a", format="jsoft")
+    pm.save_pretrained(tmp_path / "a")  # now as a PEFT adapter: no stale jsoft weights left behind
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["inference_mode"] is True
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".a.")]  # no temp dirs left
+
+
+def test_missing_model_path_and_unsupported_type(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        jsoft.from_pretrained(str(tmp_path / "nope"))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "opt"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'opt'.*bert.*gpt2.*llama.*t5"):
+        jsoft.from_pretrained(tmp_path / "m")
+
+
+def test_checkpoint_shape_mismatch_names_tensor(tiny_dir, tmp_path):
+    model = tiny.build("gpt2", "causal_lm")
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["n_inner"] = 100
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    shapes = r"mlp.c_fc.(weight|bias).* has shape \(.*192,?\) but config.json implies \(.*100,?\)"
+    with pytest.raises(ValueError, match=shapes):
+        jsoft.from_pretrained(tmp_path, task="causal_lm")
+
+
+def test_config_roundtrip_keeps_peft_fields():
+    cfg = jsoft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4, prefix_projection=True)
+    d = cfg.to_dict()
+    assert d["peft_type"] == "PREFIX_TUNING" and "prefix_targets" not in d
+    back = jsoft.PromptLearningConfig.from_dict(d)
+    assert dataclasses.asdict(back) == dataclasses.asdict(cfg)
+    assert torch is not None and jnp is not None
