@@ -60,8 +60,13 @@ def _to_json(obj: Any, what: str) -> Any:
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
+    """One line for a log: the error and its cause (TensorStore's reason is in the cause), without spec dumps."""
+    parts = []
+    while e is not None and len(parts) < 3:
+        msg = " ".join(str(e).split()).split(" See full TensorStore details")[0]
+        parts.append(f"{type(e).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}")
+        e = e.__cause__
+    return " <- ".join(parts)
 
 
 def _all_processes(ok: bool) -> bool:

@@ -52,3 +52,30 @@ def test_trainable_parameter_counts_match_peft(tiny_dir, kind, task, method):
     ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig)
     assert pm.get_nb_trainable_parameters() == ref.get_nb_trainable_parameters()
+
+
+TRAINED = [("gpt2", "causal_lm", "ptuning_lstm"), ("gpt2", "causal_lm", "prefix_proj"), ("bert", "seq_cls", "prefix"),
+           ("llama", "seq_cls", "prompt")]
+
+
+@pytest.mark.parametrize("kind,task,method", TRAINED, ids=lambda x: str(x))
+def test_adapter_trained_in_peft_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
+    import torch
+
+    model_dir = tiny_dir(kind, task)
+    jconfig, pconfig = peft_ref.configs(method, task)
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
+    inputs = {k: torch.tensor(v) for k, v in peft_ref.batch(kind).items()}
+    labels = inputs["input_ids"] if task == "causal_lm" else torch.tensor([0, 2, 1])
+    opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        ref(**inputs, labels=labels).loss.backward()
+        opt.step()
+    ref.save_pretrained(tmp_path / "adapter")
+    pm = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model_dir, task=task, num_labels=3),
+                                         tmp_path / "adapter")
+    reloaded = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "adapter").eval()
+    batch = peft_ref.batch(kind)
+    peft_ref.compare(peft_ref.jsoft_logits(pm, batch), peft_ref.peft_logits(reloaded, batch), task, batch,
+                     jconfig.num_virtual_tokens)

@@ -256,3 +256,27 @@ def test_config_roundtrip_keeps_peft_fields():
     back = jsoft.PromptLearningConfig.from_dict(d)
     assert dataclasses.asdict(back) == dataclasses.asdict(cfg)
     assert torch is not None and jnp is not None
+
+
+def test_encoder_decoder_prefixes_everywhere_paper_form(tiny_dir, tmp_path):
+    model_dir = tiny_dir("t5", "seq2seq_lm")
+    model = jsoft.from_pretrained(model_dir, task="seq2seq_lm")
+    cfg = jsoft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prefix_targets="all",
+                                   prefix_projection=True, encoder_hidden_size=16)
+    pm = jsoft.get_peft_model(model, cfg)
+    c = model.config
+    # one prefix per attention layer: encoder self, decoder self, decoder cross
+    assert pm.adapters["default"].prompt().shape == (3, (c.num_layers + 2 * c.num_decoder_layers) * 2 * c.kv_width)
+    inputs = peft_ref.batch("t5")
+    out = np.asarray(pm(**inputs).logits)
+    assert np.isfinite(out).all()
+    with pytest.raises(ValueError, match="PEFT prefixes only the decoder"):
+        pm.save_pretrained(tmp_path / "p", format="peft")
+    assert pm.save_pretrained(tmp_path / "own") == "jsoft"
+    back = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model_dir, task="seq2seq_lm"), tmp_path / "own")
+    np.testing.assert_array_equal(np.asarray(back(**inputs).logits), out)
+    decoder_only = jsoft.get_peft_model(model, dataclasses.replace(cfg, prefix_targets="decoder"))
+    assert not np.allclose(np.asarray(decoder_only(**inputs).logits), out)
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2,
+                                                                     prefix_targets="all"))
