@@ -42,3 +42,16 @@ def past_length(prefix_kv, cache: KVCache | None):
 
 def default_positions(B: int, T: int, prefix_kv, cache: KVCache | None):
     return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + past_length(prefix_kv, cache), (B, T))
+
+
+_HF_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+
+
+def hf_name(path: tuple) -> str:
+    """The transformers checkpoint name of a parameter whose module tree mirrors transformers'."""
+    *mod, leaf = map(str, path)
+    return ".".join([*mod, _HF_LEAF.get(leaf, leaf)])
+
+
+def is_kernel(path: tuple) -> bool:
+    return str(path[-1]) == "kernel"

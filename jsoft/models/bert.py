@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models import heads
-from jsoft.models.base import TransformerConfig, default_positions, past_length
+from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel, past_length
 from jsoft.models.layers import (
     DropoutRng,
     ModelOutput,
@@ -222,6 +222,4 @@ def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> Bert:
 
 
 def checkpoint_key(path: tuple) -> tuple[str, bool]:
-    *mod, leaf = map(str, path)
-    hf_leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
-    return ".".join([*mod, hf_leaf]), leaf == "kernel"  # every kernel is a torch nn.Linear [out, in]
+    return hf_name(path), is_kernel(path)  # every kernel is a torch nn.Linear [out, in]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models import heads
-from jsoft.models.base import TransformerConfig, default_positions
+from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
     KVCache,
@@ -177,7 +177,5 @@ def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> GPT2:
 
 
 def checkpoint_key(path: tuple) -> tuple[str, bool]:
-    *mod, leaf = map(str, path)
-    hf_leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(leaf, leaf)
-    transpose = leaf == "kernel" and mod[-1] in ("score", "classifier")  # torch nn.Linear
-    return ".".join([*mod, hf_leaf]), transpose
+    # GPT-2's Conv1D weights are already [in, out]; only the heads are torch nn.Linear
+    return hf_name(path), is_kernel(path) and str(path[-2]) in ("score", "classifier")

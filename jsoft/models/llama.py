@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from jsoft.models import heads
-from jsoft.models.base import TransformerConfig, default_positions
+from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
     KVCache,
@@ -259,6 +259,4 @@ def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> Llama:
 
 
 def checkpoint_key(path: tuple) -> tuple[str, bool]:
-    *mod, leaf = map(str, path)
-    hf_leaf = {"kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
-    return ".".join([*mod, hf_leaf]), leaf == "kernel"  # every kernel is a torch nn.Linear
+    return hf_name(path), is_kernel(path)  # every kernel is a torch nn.Linear [out, in]

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models import heads
-from jsoft.models.base import TransformerConfig
+from jsoft.models.base import TransformerConfig, hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
     KVCache,
@@ -337,8 +337,6 @@ def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> T5:
 
 
 def checkpoint_key(path: tuple) -> tuple[str | tuple[str, ...], bool]:
-    *mod, leaf = map(str, path)
-    hf_leaf = {"kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
-    if mod == ["lm_head"]:
+    if tuple(map(str, path)) == ("lm_head", "kernel"):
         return ("lm_head.weight", "shared.weight"), True
-    return ".".join([*mod, hf_leaf]), leaf == "kernel"  # every kernel is a torch nn.Linear [out, in]
+    return hf_name(path), is_kernel(path)  # every kernel is a torch nn.Linear [out, in]
