@@ -4,8 +4,9 @@ unreadable steps.
 A step directory holds two items, `state` (a pytree of arrays, `StandardSave`) and `meta` (a JSON dict:
 data position, seeds, config hash...), plus Orbax's own `metrics` item when a best metric is tracked.
 Saves are asynchronous: `save` returns once the arrays are copied off the device (the caller may donate
-them right away); Orbax writes into a temporary directory and renames it only after every process has
-committed, so a step that appears in `all_steps()` is complete. All methods must be called by every
+them right away) and `wait` blocks until the step is committed. Orbax writes into `<step>.orbax-checkpoint-tmp`
+and renames it to `<step>` only after every process has written its part, so a step directory on disk is
+complete (`all_steps()` lists a step as soon as its save starts). All methods must be called by every
 process, in the same order (Orbax synchronises them); only the primary process writes the JSON files.
 """
 
@@ -141,8 +142,8 @@ class Checkpointer:
     def save(self, step: int, state, meta: dict, metrics: dict | None = None, force: bool = False) -> bool:
         """Starts saving `state` and `meta` at `step`; True if a save was started.
 
-        Without `force`, a step not after the latest one is skipped. A step that already exists is never
-        overwritten (False), except one that `restore` found unreadable.
+        Without `force`, a step not after the latest (readable) one is skipped. A step that already exists is
+        never overwritten (False), except one that `restore` found unreadable.
         """
         step = int(step)
         meta = _to_json(meta, "meta")
@@ -155,13 +156,18 @@ class Checkpointer:
         if step in self._mngr.all_steps():
             log.info("checkpoint step %d already exists in %s; not saving it again", step, self.directory)
             return False
+        latest = self.latest_step()
+        if not force and latest is not None and step <= latest:
+            return False
         tracked = None
         if metrics is not None and self.best_metric is not None:
             tracked = _to_json(metrics, "metrics")
             if self.best_metric not in tracked:
                 log.warning("metrics of step %d lack best_metric %r; the step is ranked last", step, self.best_metric)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        return bool(self._mngr.save(step, args=args, metrics=tracked, force=force))
+        # The step check above is Orbax's `should_save` (every step is on its save interval) minus the steps
+        # known to be unreadable, which Orbax would still count as the latest.
+        return bool(self._mngr.save(step, args=args, metrics=tracked, force=True))
 
     def restore(self, abstract_state, step: int | str | None = None) -> tuple[Any, dict] | None:
         """`(state, meta)` of `step`, with arrays placed by `abstract_state`'s shardings and dtypes.
@@ -181,7 +187,7 @@ class Checkpointer:
         elif isinstance(step, str):
             raise ValueError(f"step must be an int, 'best' or None, got {step!r}")
         step = int(step)
-        if step not in self._mngr.all_steps():
+        if step not in self._mngr.all_steps():  # an unreadable one is tried again: its error is the answer
             raise FileNotFoundError(f"no checkpoint step {step} in {self.directory}; steps: {self.all_steps()}")
         out, err = self._try_restore(abstract_state, step)
         if err is not None:
@@ -226,12 +232,13 @@ class Checkpointer:
     def _pass_restore_barrier(self):
         # The prefix is the checkpointer's own: AsyncCheckpointer turns the options' None into "".
         mp = self._options.multiprocessing_options
-        prefix = getattr(self._mngr._checkpointer, "_barrier_sync_key_prefix", mp.barrier_sync_key_prefix)
+        checkpointer = getattr(self._mngr, "_checkpointer", None)
+        prefix = getattr(checkpointer, "_barrier_sync_key_prefix", mp.barrier_sync_key_prefix)
         ocp_multihost.sync_global_processes(ocp_multihost.unique_barrier_key(_RESTORE_BARRIER, prefix=prefix),
                                             processes=mp.active_processes)
 
     def latest_step(self) -> int | None:
-        return self._mngr.latest_step()
+        return max(self.all_steps(), default=None)
 
     def best_step(self) -> int | None:
         """The step with the best `best_metric` among those saved with metrics; None without `best_metric`."""
@@ -240,7 +247,8 @@ class Checkpointer:
         return self._mngr.best_step()
 
     def all_steps(self) -> list[int]:
-        return sorted(self._mngr.all_steps())
+        """Committed steps, less those `restore` found unreadable (still on disk until the next save)."""
+        return sorted(s for s in self._mngr.all_steps() if s not in self._unreadable)
 
     def wait(self):
         """Blocks until the pending save is committed (and old steps deleted); raises if it failed."""
