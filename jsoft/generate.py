@@ -1,5 +1,6 @@
 """Decoding with a preallocated KV cache: greedy, sampling (temperature, top-k, top-p) and beam
-search, each one jit-compiled `while_loop` that stops early once every row is finished.
+search, each one jit-compiled `while_loop` that stops early (every row hit EOS; for beams: no
+running beam can beat the finished ones, as in transformers).
 
 Semantics follow transformers' `generate` (and PEFT's on a prompt-learning model):
   * decoder-only: returns `[B, T + max_new_tokens]`, the input ids then the new tokens; a row
@@ -40,18 +41,24 @@ Step = Callable[[Array, Array, KVCache], tuple[Array, KVCache]]  # (tokens [R], 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-    """The static part of a `generate` call (a new value compiles a new program)."""
+    """The static part of a `generate` call: a new value compiles a new program (top_p only
+    says whether nucleus filtering runs; its value, like the other knobs, is an argument)."""
 
     max_new_tokens: int = 20
     do_sample: bool = False
-    temperature: float = 1.0
     top_k: int = 0
-    top_p: float = 1.0
+    top_p: bool = False
     num_beams: int = 1
-    length_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int = 0
+    num_eos: int = 0
     output_scores: bool = False
+
+
+def knobs(temperature: float = 1.0, top_p: float = 1.0, length_penalty: float = 1.0,
+          eos_token_ids: Sequence[int] = (), pad_token_id: int = 0) -> dict[str, Array]:
+    """The dynamic part of a `generate` call (changing it does not recompile)."""
+    return {"temperature": jnp.float32(temperature), "top_p": jnp.float32(top_p),
+            "length_penalty": jnp.float32(length_penalty), "eos": jnp.asarray(eos_token_ids, jnp.int32).reshape(-1),
+            "pad": jnp.int32(pad_token_id)}
 
 
 def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do_sample: bool = False,
@@ -65,63 +72,72 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
     pass `eos_token_id=[]` to always generate `max_new_tokens`. `adapter_names` gives one adapter
     per row (default: the active one). `output_scores=True` (greedy or sampling) also returns the
     processed logits `[B, max_new_tokens, vocab]` each new token was chosen from."""
-    base = pm.base_model
-    mc = base.config
-    if base.task not in ("causal_lm", "seq2seq_lm"):
-        raise ValueError(f"generate needs a model loaded with task='causal_lm' or 'seq2seq_lm', not {base.task!r}")
-    ids = np.asarray(input_ids)
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"input_ids must be an integer array [batch, length], got {ids.dtype} {ids.shape}")
-    B, T = ids.shape
-    mask = np.ones_like(ids, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
-    if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask has shape {mask.shape} but input_ids {ids.shape}")
-    if not mc.is_encoder_decoder and (np.any(np.diff(mask, axis=1) < 0) or not mask[:, -1].all()):
-        raise ValueError("decoder-only generation needs left padding: each attention_mask row must be 0...0 1...1 "
-                         "(tokenizer.padding_side = 'left')")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    mc = pm.base_model.config
+    ids, mask = _checked_inputs(pm, input_ids, attention_mask, max_new_tokens)
     if num_beams < 1 or (num_beams > 1 and (do_sample or output_scores)):
         raise ValueError(f"num_beams={num_beams}: must be >= 1, and beam search is deterministic here "
                          "(do_sample=False) without output_scores")
     if do_sample and not (temperature > 0 and 0 < top_p <= 1 and top_k >= 0):
         raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0; got temperature="
                          f"{temperature}, top_p={top_p}, top_k={top_k}")
-    max_positions = getattr(mc, "max_positions", None) if mc.model_type == "gpt2" else None
     if pm.adapters:
-        names, rows = pm._names_and_rows(None if adapter_names is None else list(adapter_names), B)
+        names, rows = pm._names_and_rows(None if adapter_names is None else list(adapter_names), ids.shape[0])
     elif adapter_names is not None:
         raise ValueError(f"adapter_names={adapter_names!r} given but no adapter is loaded")
     else:  # a PeftModel without adapters generates with the backbone alone
         names, rows = (), None
-    if max_positions is not None:  # learned positions: an index past the table would be clamped silently
-        longest = max((pm.adapters[n].config.num_virtual_tokens for n in names), default=0) + T + max_new_tokens - 1
-        if longest > max_positions:
-            raise ValueError(f"virtual tokens + {T} input tokens + max_new_tokens={max_new_tokens} reach position "
-                             f"{longest - 1}, past this model's {max_positions} positions")
-    eos = mc.eos_token_id if eos_token_id is None else eos_token_id
-    eos = () if eos is None else (int(eos),) if np.isscalar(eos) else tuple(int(e) for e in eos)
+    if mc.model_type == "gpt2":  # learned positions: an index past the table would be clamped silently
+        longest = max((pm.adapters[n].config.num_virtual_tokens for n in names), default=0) + ids.shape[1]
+        if longest + max_new_tokens - 1 > mc.max_positions:
+            raise ValueError(f"virtual tokens + {ids.shape[1]} input tokens + max_new_tokens={max_new_tokens} "
+                             f"exceed this model's {mc.max_positions} positions")
+    eos = _ids(mc.eos_token_id if eos_token_id is None else eos_token_id)
     pad = pad_token_id if pad_token_id is not None else mc.pad_token_id
     pad = pad if pad is not None else (eos[0] if eos else 0)
     cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
-                           temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                           num_beams=int(num_beams), length_penalty=float(length_penalty), eos_token_ids=eos,
-                           pad_token_id=int(pad), output_scores=bool(output_scores))
-    out = _generate(pm, jnp.asarray(ids, jnp.int32), jnp.asarray(mask), rows, jax.random.key(seed), names, cfg)
-    new, scores = out if output_scores else (out, None)
-    start = jnp.full((B, 1), mc.decoder_start_token_id, jnp.int32) if mc.is_encoder_decoder else jnp.asarray(ids)
-    seqs = jnp.concatenate([start.astype(jnp.int32), new], axis=1)
-    return (seqs, scores) if output_scores else seqs
+                           top_k=int(top_k) if do_sample else 0, top_p=bool(do_sample and top_p < 1.0),
+                           num_beams=int(num_beams), num_eos=len(eos), output_scores=bool(output_scores))
+    k = knobs(temperature, top_p, length_penalty, eos, pad)
+    return _generate(pm, jnp.asarray(ids), jnp.asarray(mask), rows, jax.random.key(seed), k, names, cfg)
+
+
+def _ids(x: int | Sequence[int] | None) -> tuple[int, ...]:
+    return () if x is None else (int(x),) if np.isscalar(x) else tuple(int(e) for e in x)
+
+
+def _checked_inputs(pm, input_ids, attention_mask, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    base = pm.base_model
+    if base.task not in ("causal_lm", "seq2seq_lm"):
+        raise ValueError(f"generate needs a model loaded with task='causal_lm' or 'seq2seq_lm', not {base.task!r}")
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be an integer array [batch, length], got {ids.dtype} {ids.shape}")
+    mask = np.ones(ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask, np.int32)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {mask.shape} but input_ids {ids.shape}")
+    if not base.config.is_encoder_decoder and (np.any(np.diff(mask, axis=1) < 0) or not mask[:, -1].all()):
+        raise ValueError("decoder-only generation needs left padding: each attention_mask row must be 0...0 1...1 "
+                         "(tokenizer.padding_side = 'left')")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    return ids.astype(np.int32), mask
 
 
 @nnx.jit(static_argnames=("names", "cfg"))
-def _generate(pm, input_ids, attention_mask, rows, key, names: tuple[str, ...], cfg: GenerationConfig):
+def _generate(pm, input_ids, attention_mask, rows, key, knobs: dict, names: tuple[str, ...],
+              cfg: GenerationConfig):
     inputs = pm.prepare_generation(input_ids, attention_mask, names, rows)
     build = _seq2seq if pm.base_model.config.is_encoder_decoder else _causal
     step, cache, first = build(pm.base_model, inputs, cfg)
+    B = input_ids.shape[0]
     if cfg.num_beams > 1:
-        return _beam_search(step, cache, first, input_ids.shape[0], cfg)
-    return _sample(step, cache, first, key, cfg)
+        new, scores = _beam_search(step, cache, first, B, knobs, cfg), None
+    else:
+        new, scores = _sample(step, cache, first, key, knobs, cfg)
+    c = pm.base_model.config
+    lead = jnp.full((B, 1), c.decoder_start_token_id, jnp.int32) if c.is_encoder_decoder else input_ids
+    seqs = jnp.concatenate([lead, new], axis=1)
+    return (seqs, scores) if cfg.output_scores else seqs
 
 
 # --------------------------------------------------------------------------- backbones as step functions
@@ -189,34 +205,29 @@ def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, 
 # --------------------------------------------------------------------------- token choice
 
 
-def process_logits(logits_BxV: Array, cfg: GenerationConfig) -> Array:
+def process_logits(logits_BxV: Array, knobs: dict, cfg: GenerationConfig) -> Array:
     """transformers' sampling warpers in its order: temperature, top-k, top-p (nucleus)."""
-    x = logits_BxV.astype(jnp.float32)
-    if cfg.temperature != 1.0:
-        x = x / cfg.temperature
+    x = logits_BxV.astype(jnp.float32) / knobs["temperature"]
     if 0 < cfg.top_k < x.shape[-1]:
         kth = jax.lax.top_k(x, cfg.top_k)[0][:, -1:]
         x = jnp.where(x < kth, -jnp.inf, x)
-    if cfg.top_p < 1.0:  # drop the least likely tokens whose total mass is <= 1 - top_p; keep at least one
+    if cfg.top_p:  # drop the least likely tokens whose total mass is <= 1 - top_p; keep at least one
         order = jnp.argsort(x, axis=-1)
         cum = jnp.cumsum(jax.nn.softmax(jnp.take_along_axis(x, order, -1), -1), -1)
-        drop_sorted = (cum <= 1.0 - cfg.top_p).at[:, -1].set(False)
+        drop_sorted = (cum <= 1.0 - knobs["top_p"]).at[:, -1].set(False)
         drop = jnp.zeros_like(drop_sorted).at[jnp.arange(x.shape[0])[:, None], order].set(drop_sorted)
         x = jnp.where(drop, -jnp.inf, x)
     return x
 
 
-def _is_eos(tokens: Array, cfg: GenerationConfig) -> Array:
-    hit = jnp.zeros(tokens.shape, bool)
-    for e in cfg.eos_token_ids:
-        hit = hit | (tokens == e)
-    return hit
+def _is_eos(tokens: Array, eos: Array) -> Array:
+    return jnp.any(tokens[..., None] == eos, axis=-1)
 
 
-def _sample(step: Step, cache: KVCache, first_R: Array, key: Array, cfg: GenerationConfig):
-    """Greedy or sampling: new tokens `[R, N]` (pad after EOS) and optionally the scores."""
-    R, N = first_R.shape[0], cfg.max_new_tokens
-    tokens = jnp.full((R, N), cfg.pad_token_id, jnp.int32)
+def _sample(step: Step, cache: KVCache, first_R: Array, key: Array, knobs: dict, cfg: GenerationConfig):
+    """Greedy or sampling: new tokens `[R, N]` (pad after EOS) and the scores (None unless asked)."""
+    R, N, pad = first_R.shape[0], cfg.max_new_tokens, knobs["pad"]
+    tokens = jnp.full((R, N), pad, jnp.int32)
     scores = None
     done = jnp.zeros((R,), bool)
 
@@ -228,22 +239,22 @@ def _sample(step: Step, cache: KVCache, first_R: Array, key: Array, cfg: Generat
         i, prev, cache, done, tokens, scores = carry
         logits, cache = step(prev, i, cache)
         if cfg.do_sample:
-            logits = process_logits(logits, cfg)
+            logits = process_logits(logits, knobs, cfg)
             tok = jax.random.categorical(jax.random.fold_in(key, i), logits, axis=-1)
         else:
             tok = jnp.argmax(logits, axis=-1)
-        tok = jnp.where(done, cfg.pad_token_id, tok.astype(jnp.int32))
+        tok = jnp.where(done, pad, tok.astype(jnp.int32))
         tokens = tokens.at[:, i].set(tok)
         if scores is not None:
             scores = scores.at[:, i].set(logits.astype(jnp.float32))
-        return i + 1, tok, cache, done | _is_eos(tok, cfg), tokens, scores
+        return i + 1, tok, cache, done | _is_eos(tok, knobs["eos"]), tokens, scores
 
     if cfg.output_scores:
         vocab = jax.eval_shape(step, first_R, jnp.int32(0), cache)[0].shape[-1]
         scores = jnp.zeros((R, N, vocab), jnp.float32)
     carry = (jnp.int32(0), first_R.astype(jnp.int32), cache, done, tokens, scores)
     *_, tokens, scores = jax.lax.while_loop(cond, body, carry)
-    return (tokens, scores) if cfg.output_scores else tokens
+    return tokens, scores
 
 
 # --------------------------------------------------------------------------- beam search
@@ -254,13 +265,13 @@ def _gather(x_BxKx: Array, idx_BxM: Array) -> Array:
     return jnp.take_along_axis(x_BxKx, idx, axis=1)
 
 
-def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, cfg: GenerationConfig) -> Array:
+def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, knobs: dict, cfg: GenerationConfig) -> Array:
     """transformers' vectorised beam search (`_beam_search`, early_stopping=False): keep the best
     2*num_beams continuations, the best num_beams unfinished ones run on, finished ones (EOS, or
     the length limit) compete on score / length**length_penalty for the num_beams final slots; a
     row stops when its best running beam can no longer beat its worst final one."""
-    nb, N, pad, lp = cfg.num_beams, cfg.max_new_tokens, cfg.pad_token_id, cfg.length_penalty
-    K = max(2, 1 + len(cfg.eos_token_ids)) * nb
+    nb, N, pad, lp = cfg.num_beams, cfg.max_new_tokens, knobs["pad"], knobs["length_penalty"]
+    K = max(2, 1 + cfg.num_eos) * nb
     top_nb = jnp.arange(K) < nb
     running = jnp.full((B, nb, N), pad, jnp.int32)
     running_scores = jnp.tile(jnp.where(jnp.arange(nb) == 0, 0.0, NEG), (B, 1))  # only beam 0 starts
@@ -282,7 +293,7 @@ def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, cfg: Genera
         top_logp, top_idx = jax.lax.top_k(logp, K)
         src, tok = top_idx // V, (top_idx % V).astype(jnp.int32)
         cand = _gather(running, src).at[:, :, i].set(tok)  # [B, K, N]
-        hits = _is_eos(tok, cfg) | (i + 1 >= N)
+        hits = _is_eos(tok, knobs["eos"]) | (i + 1 >= N)
         # the best num_beams unfinished candidates run on
         run_logp = top_logp + hits * NEG
         keep = jax.lax.top_k(run_logp, nb)[1]
@@ -362,8 +373,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tok.padding_side = "left" if task == "causal_lm" else "right"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    eos = set(pm.base_model.config.eos_token_id if isinstance(pm.base_model.config.eos_token_id, list)
-              else [pm.base_model.config.eos_token_id])
+    eos = set(_ids(pm.base_model.config.eos_token_id))
     lines = []
     for s in range(0, len(prompts), args.batch_size):
         batch = prompts[s:s + args.batch_size]
