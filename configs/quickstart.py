@@ -11,7 +11,7 @@ backbone for comparison.
 
 import os
 
-from jsoft.train import default_config
+from jsoft.build import default_config
 
 
 def minilm_dir() -> str:

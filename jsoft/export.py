@@ -17,7 +17,7 @@ import jax
 from flax import nnx
 
 import jsoft
-from jsoft import metrics, optim, sharding, train
+from jsoft import build, metrics, optim, sharding, train
 from jsoft.checkpoint import Checkpointer
 
 log = logging.getLogger("jsoft.export")
@@ -27,11 +27,11 @@ def export(workdir, out, step: int | None = None, best: bool = False, format: st
     """Writes the adapter of `step` (default: latest; `best`: the best by the run's metric) to `out`.
     Returns {"step", "format", "out"}."""
     workdir = Path(workdir)
-    config = train.load_config(workdir)
+    config = build.load_config(workdir)
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"{workdir} has no checkpoints/; has the run saved a checkpoint yet?")
-    pm, _, _ = train.build(config)
+    pm, _, _ = build.build(config)
     _, trainable, _ = nnx.split(pm, jsoft.Trainable, ...)
     tx, _ = optim.make(config.train, config.train.num_steps or 1)
     mesh = sharding.make_mesh({"data": 1}, jax.local_devices()[:1])

@@ -34,7 +34,6 @@ RULES: dict[str, tuple[str, ...]] = {
     "embed": ("fsdp",),
     "kv": (),
 }
-MIN_SHARDED_SIZE = 2 ** 14  # smaller arrays (norms, biases, tiny heads) stay replicated
 
 
 def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -69,7 +68,7 @@ def make_mesh(axis_sizes: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
 
 def logical_to_spec(names: tuple | None, shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> PartitionSpec:
     """Resolve logical axis names to a PartitionSpec with the rules above."""
-    if not names or math.prod(shape) < MIN_SHARDED_SIZE or len(shape) < 2:
+    if not names or len(shape) < 2:  # vectors (norms, biases) are small: replicated
         return PartitionSpec()
     used: set[str] = set()
     spec = []
@@ -82,7 +81,7 @@ def logical_to_spec(names: tuple | None, shape: tuple[int, ...], mesh: jax.shard
             take.append(axis)
         used.update(take)
         spec.append(None if not take else take[0] if len(take) == 1 else tuple(take))
-    return PartitionSpec(*spec)
+    return PartitionSpec(*spec) if any(spec) else PartitionSpec()
 
 
 def _is_variable(x) -> bool:

@@ -11,7 +11,6 @@ Workdir: `config.json` (the resolved config), `checkpoints/` (Orbax), `metrics.j
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import json
@@ -22,7 +21,6 @@ import resource
 import signal
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -34,244 +32,11 @@ import optax
 from flax import nnx
 
 import jsoft
-from jsoft import data, metrics, optim, sharding
-from jsoft.models import hub
-from jsoft.models.layers import Precision
-from jsoft.tuners.config import CONFIG_CLASSES, TASK_OF, PeftType, PromptTuningInit, _enum
+from jsoft import build, data, metrics, optim, sharding
 
 log = logging.getLogger("jsoft.train")
 
-PEFT_TASK_TYPES = {v: k.value for k, v in TASK_OF.items()}  # "seq_cls" -> "SEQ_CLS"
-FREE_FORM = ("peft", "data.train", "data.eval")  # checked by the PEFT config class / datasets.load_dataset
 IGNORE = data.IGNORE_INDEX
-
-
-# ============================================================================================ config
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Every config key with its default. Config files start from it (`config = default_config()`), so a
-    misspelt key, in the file or on the command line, is an error that names it."""
-    c = ml_collections.ConfigDict()
-    c.model = dict(
-        name_or_path="",  # Hub id or local directory of a Hugging Face checkpoint
-        task="",  # seq_cls | token_cls | causal_lm | seq2seq_lm
-        num_labels=None,  # classes (seq_cls, token_cls); default: from the data's labels
-        dtype="float32",  # compute dtype: float32 | bfloat16
-        param_dtype=None,  # storage dtype of the frozen weights (default: dtype)
-        tokenizer=None,  # default: name_or_path
-        random_init=False,  # a randomly initialised backbone of the same architecture (a baseline)
-    )
-    c.peft = ml_collections.ConfigDict()  # PEFT's field names: peft_type, num_virtual_tokens, ...
-    c.data = dict(
-        train=ml_collections.ConfigDict(),  # keyword arguments of datasets.load_dataset (with a split)
-        eval=None,  # same, or None for no evaluation
-        text_columns=None,  # default per task: ("text",) or ("tokens",) for token_cls
-        label_column=None,  # default per task: "label", "ner_tags" or "target"
-        label_names=None,  # class names by id (token_cls needs tag names like "B-PER" for entity F1)
-        max_length=128,
-        target_max_length=None,  # seq2seq_lm targets (default: max_length)
-        template=None,  # e.g. "Review: {text} Sentiment:" (causal_lm / seq2seq_lm / seq_cls)
-        verbalizer=None,  # one target word per class: classification with an LM (" negative", " positive")
-    )
-    c.train = dict(
-        batch_size=32,  # global
-        eval_batch_size=None,  # default: batch_size
-        num_steps=None,  # or num_epochs
-        num_epochs=None,
-        learning_rate=1e-2,
-        schedule="constant",  # after warmup: constant | linear | cosine
-        warmup_steps=0,
-        optimizer="adamw",  # adamw | adafactor (Lester et al.: lr 0.3) | sgd
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        weight_decay=None,  # default: 0 for adamw and sgd, 1e-5 for adafactor
-        max_grad_norm=1.0,  # global-norm clipping; 0 turns it off
-        grad_accum_steps=1,  # microbatches per step (batch_size must divide)
-        remat=False,  # recompute each layer's activations in the backward pass
-        dropout=True,  # the frozen model's dropout in training mode, as PEFT trains
-        seed=0,
-        eval_every=0,  # steps; 0: only at the end
-        checkpoint_every=500,  # steps; also at every eval and at the end
-        keep_checkpoints=3,
-        best_metric=None,  # default: accuracy (classification), f1 (token_cls), loss (LM)
-        log_every=10,
-        async_checkpoints=True,
-        progress=True,  # tqdm progress bar (process 0)
-    )
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
-    c.lock()
-    for key in FREE_FORM:
-        if _get(c, key) is not None:
-            _get(c, key).unlock()
-    return c
-
-
-def _get(c, dotted: str):
-    for part in dotted.split("."):
-        c = c[part]
-    return c
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """Unknown keys (with a suggestion), missing required keys and invalid values, before any work."""
-    ref = default_config()
-
-    def walk(got, want, prefix):
-        for key in got.keys():
-            name = f"{prefix}{key}"
-            if name in FREE_FORM:
-                continue
-            if key not in want:
-                close = difflib.get_close_matches(key, list(want.keys()), n=1)
-                hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {sorted(want.keys())}"
-                raise ValueError(f"unknown config key {name}{hint}")
-            if isinstance(want[key], ml_collections.ConfigDict):
-                if not isinstance(got[key], ml_collections.ConfigDict):
-                    raise ValueError(f"config key {name} must be a section with keys {sorted(want[key].keys())}")
-                walk(got[key], want[key], name + ".")
-
-    walk(config, ref, "")
-    m, t = config.model, config.train
-    if not m.name_or_path:
-        raise ValueError("model.name_or_path is required (a Hub id or a local directory)")
-    if m.task not in data.TASKS:
-        raise ValueError(f"model.task={m.task!r} is not valid; choose one of {list(data.TASKS)}")
-    if not config.data.train or "path" not in config.data.train:
-        raise ValueError("data.train is required: keyword arguments of datasets.load_dataset, "
-                         "e.g. dict(path='glue', name='sst2', split='train')")
-    if (t.num_steps is None) == (t.num_epochs is None):
-        raise ValueError("set exactly one of train.num_steps and train.num_epochs")
-    for key in ("num_steps", "num_epochs", "batch_size", "grad_accum_steps", "log_every"):
-        v = t[key]
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise ValueError(f"train.{key}={v!r} must be a positive integer")
-    for key in ("eval_every", "checkpoint_every", "warmup_steps"):
-        if not isinstance(t[key], int) or t[key] < 0:
-            raise ValueError(f"train.{key}={t[key]!r} must be an integer >= 0")
-    if t.batch_size % t.grad_accum_steps:
-        raise ValueError(f"train.batch_size={t.batch_size} is not a multiple of "
-                         f"train.grad_accum_steps={t.grad_accum_steps}")
-    if t.optimizer not in optim.OPTIMIZERS:
-        raise ValueError(f"train.optimizer={t.optimizer!r} is not valid; choose one of {list(optim.OPTIMIZERS)}")
-    if t.schedule not in optim.SCHEDULES:
-        raise ValueError(f"train.schedule={t.schedule!r} is not valid; choose one of {list(optim.SCHEDULES)}")
-    hub.as_dtype(m.dtype, "model.dtype")
-    hub.as_dtype(m.param_dtype, "model.param_dtype")
-    sharding.mesh_shape(config.mesh, len(jax.devices()))
-    peft_config(config)  # the PEFT config class names a bad field
-
-
-def peft_config(config, tokenizer_path: str | None = None):
-    """The jsoft (PEFT-named) method config from the `peft` section; task_type follows model.task."""
-    fields = dict(config.peft.to_dict() if hasattr(config.peft, "to_dict") else config.peft)
-    if "peft_type" not in fields:
-        raise ValueError(f"peft.peft_type is required; choose one of {[p.value for p in PeftType]}")
-    try:
-        peft_type = _enum(PeftType, fields.pop("peft_type"), "peft.peft_type")
-    except ValueError as e:
-        raise ValueError(str(e).replace("peft_type", "peft.peft_type", 1)) from None
-    cls = CONFIG_CLASSES[peft_type]
-    task_type = PEFT_TASK_TYPES.get(config.model.task)
-    given = fields.setdefault("task_type", task_type)
-    if given is not None and str(given).upper() != task_type:
-        raise ValueError(f"peft.task_type={given!r} does not match model.task={config.model.task!r} "
-                         f"(which is {task_type!r}); drop peft.task_type")
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in fields:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"did you mean peft.{close[0]}?" if close else f"valid: {sorted(known)}"
-            raise ValueError(f"peft.{key} is not a field of {cls.__name__} (peft_type={peft_type.value}); {hint}")
-    if peft_type == PeftType.PROMPT_TUNING:
-        init = str(fields.get("prompt_tuning_init", "RANDOM")).upper()
-        if init in (PromptTuningInit.TEXT, PromptTuningInit.CLASS_LABEL) and not fields.get("tokenizer_name_or_path"):
-            fields["tokenizer_name_or_path"] = tokenizer_path or config.model.tokenizer or config.model.name_or_path
-    for key, value in fields.items():  # ConfigDict sequences arrive as tuples
-        if isinstance(value, tuple):
-            fields[key] = list(value)
-    try:
-        return cls(**fields)
-    except ValueError as e:
-        raise ValueError(f"peft: {e}") from None
-
-
-def named_seed(seed: int, name: str) -> int:
-    """One seed, split by name (params, dropout, data): independent streams, stable across runs."""
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]).generate_state(1)[0] >> 1)
-
-
-# ============================================================================================ building
-
-
-def load_tokenizer(config):
-    from transformers import AutoTokenizer
-
-    path = config.model.tokenizer or config.model.name_or_path
-    try:
-        return AutoTokenizer.from_pretrained(str(hub.resolve(path)) if Path(str(path)).expanduser().is_dir()
-                                             else path)
-    except Exception as e:
-        raise ValueError(f"model.tokenizer: no tokenizer could be loaded from {str(path)!r} "
-                         f"({type(e).__name__}: {e})") from None
-
-
-def featurizer(config, tokenizer) -> data.Featurizer:
-    d = config.data
-    tup = lambda v: None if v is None else (v if isinstance(v, str) else tuple(v))
-    names = d.label_names
-    return data.Featurizer(
-        tokenizer, config.model.task, max_length=d.max_length, text_columns=tup(d.text_columns),
-        label_column=d.label_column, num_labels=config.model.num_labels,
-        label2id=None if names is None else {n: i for i, n in enumerate(names)},
-        template=d.template, verbalizer=tup(d.verbalizer), target_max_length=d.target_max_length)
-
-
-def num_labels_of(config, feat: data.Featurizer) -> int | None:
-    if config.model.task not in ("seq_cls", "token_cls"):
-        return None
-    n = config.model.num_labels or feat.num_labels or (len(feat.label2id) if feat.label2id else None)
-    return n
-
-
-def random_backbone(name_or_path, task, num_labels, dtype, param_dtype, seed: int) -> nnx.Module:
-    """The architecture of `name_or_path` with freshly initialised weights (no checkpoint read)."""
-    hf = hub.read_config(hub.resolve(name_or_path))
-    arch = hub.architecture(hf.get("model_type"))
-    if task in ("seq_cls", "token_cls"):
-        num_labels = num_labels or hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
-    c = arch.Config.from_hf(hf)
-    c.name_or_path = str(name_or_path)
-    dtype = hub.as_dtype(dtype)
-    precision = Precision(dtype=dtype, param_dtype=hub.as_dtype(param_dtype) or dtype)
-    return arch.build(c, task, num_labels, precision, nnx.Rngs(params=seed))
-
-
-def build_model(config, tokenizer, feat: data.Featurizer) -> jsoft.PeftModel:
-    """The backbone (pretrained, or freshly initialised with model.random_init) with the `peft` adapter."""
-    m, seed = config.model, config.train.seed
-    n = num_labels_of(config, feat)
-    if m.task in ("seq_cls", "token_cls") and n is None:
-        raise ValueError("model.num_labels is not set and the training labels have no names to count; "
-                         "set model.num_labels (or data.label_names)")
-    if m.random_init:
-        model = random_backbone(m.name_or_path, m.task, n, m.dtype, m.param_dtype, named_seed(seed, "params"))
-    else:
-        model = jsoft.from_pretrained(m.name_or_path, task=m.task, num_labels=n, dtype=m.dtype,
-                                      param_dtype=m.param_dtype, seed=named_seed(seed, "head"))
-    return jsoft.get_peft_model(model, peft_config(config, getattr(tokenizer, "name_or_path", None)),
-                                seed=named_seed(seed, "params"), tokenizer=tokenizer)
-
-
-def build(config, train_ds=None):
-    """`(peft_model, tokenizer, featurizer)`, as train builds them (export rebuilds a run with it). With
-    `train_ds` the featurizer is fitted to it (label names; the class count when model.num_labels is unset)."""
-    tok = load_tokenizer(config)
-    feat = featurizer(config, tok)
-    if train_ds is not None:
-        feat = feat.fit(train_ds)
-    return build_model(config, tok, feat), tok, feat
 
 
 # ============================================================================================ the steps
@@ -355,15 +120,50 @@ def _is_array_tree(v) -> bool:
 def initial_state(params, tx: optax.GradientTransformation, seed: int) -> dict:
     """What a checkpoint holds: trainable parameters, optimizer state, step and the dropout key."""
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(named_seed(seed, "dropout")))}
+            "rng": jax.random.key_data(jax.random.key(build.named_seed(seed, "dropout")))}
 
 
-def load_config(workdir) -> ml_collections.ConfigDict:
-    """The resolved config a run saved in its workdir."""
-    f = Path(workdir) / "config.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{workdir} has no config.json; is it the --workdir of a jsoft.train run?")
-    return ml_collections.ConfigDict(json.loads(f.read_text()))
+def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule, *, grad_accum_steps: int = 1,
+                    dropout: bool = True):
+    """The training step `(state, frozen, batch) -> (state, metrics)` (not jitted; `train` jits it with its
+    shardings and donates `state`). Gradients are taken over `state["params"]` (the trainable leaves) only;
+    the model is merged from `graphdef`, those and the frozen state inside the step. Dropout keys are
+    `fold_in(state["rng"], step)`, so a resumed run draws the same masks. With `grad_accum_steps` > 1 the
+    batch is split into that many microbatches whose gradients are averaged."""
+    accum = grad_accum_steps
+
+    def train_step(state, frozen, batch):
+        def loss_fn(params, batch, rng):
+            model = nnx.merge(graphdef, params, frozen)
+            return model(**model_inputs(batch), labels=batch["labels"], dropout_rng=rng).loss
+
+        step = state["step"]
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step) if dropout else None
+        batch = {k: v for k, v in batch.items() if k != "weights"}
+        grad_fn = jax.value_and_grad(loss_fn)
+        if accum == 1:
+            loss, grads = grad_fn(state["params"], batch, rng)
+        else:
+            # row r of device d's slice goes to microbatch r % accum, so microbatches need no communication
+            micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1),
+                                 batch)
+
+            def one(carry, xs):
+                i, mb = xs
+                loss, grads = grad_fn(state["params"], mb, None if rng is None else jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state["params"]))
+            (loss, grads), _ = jax.lax.scan(one, zeros, (jnp.arange(accum), micro))
+            loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), params))
+        out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr_schedule(step),
+               "params_finite": finite}
+        return {"params": params, "opt_state": opt_state, "step": step + 1, "rng": state["rng"]}, out
+
+    return train_step
 
 
 def to_saveable(tree) -> dict:
@@ -400,7 +200,8 @@ def _key(k) -> str:
 
 
 class _Stop:
-    """SIGTERM (e.g. TPU preemption) asks the loop to checkpoint and exit at the next step."""
+    """SIGTERM (e.g. TPU preemption) asks the loop to checkpoint and exit. With several processes they agree
+    every `every` steps (a small all-gather), so all of them save the same step."""
 
     def __init__(self):
         self.signal = None
@@ -408,10 +209,21 @@ class _Stop:
     def __call__(self, signum, frame):
         self.signal = signum
 
+    def check(self, step: int, every: int) -> bool:
+        if jax.process_count() == 1:
+            return self.signal is not None
+        if step % every:
+            return False
+        from jax.experimental import multihost_utils
+
+        got = multihost_utils.process_allgather(np.int32(self.signal or 0))
+        self.signal = self.signal or (int(np.max(got)) or None)
+        return self.signal is not None
+
 
 def _debug_signal(step: int) -> None:
-    """JSOFT_DEBUG_SIGNAL_AT_STEP="9:5" sends signal 9 to this process right after step 5 is dispatched
-    (tests kill a run at an exact step)."""
+    """JSOFT_DEBUG_SIGNAL_AT_STEP="9:5" sends signal 9 to this process once step 5 is dispatched and its
+    checkpoint (if any) started saving: tests kill a run at an exact step, possibly mid-save."""
     spec = os.environ.get("JSOFT_DEBUG_SIGNAL_AT_STEP")
     if spec:
         sig, at = (int(x) for x in spec.split(":"))
@@ -434,7 +246,7 @@ def _peak_memory() -> dict:
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Runs (or resumes) the training described by `config` in `workdir`; returns the summary."""
     # ---------------------------------------------------------------- setup
-    check_config(config)
+    build.check_config(config)
     workdir = Path(workdir)
     primary = jax.process_index() == 0
     if primary:
@@ -446,15 +258,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     # Everything that can be wrong with the data fails here, before a model is loaded.
     train_ds = data.load(config.data.train, key="data.train")
     eval_ds = None if config.data.eval is None else data.load(config.data.eval, key="data.eval")
-    tokenizer = load_tokenizer(config)
-    feat = featurizer(config, tokenizer).fit(train_ds)
+    tokenizer = build.load_tokenizer(config)
+    feat = build.featurizer(config, tokenizer).fit(train_ds)
     train_enc = feat(train_ds, key="data.train")
     eval_enc = None if eval_ds is None else feat(eval_ds, key="data.eval")
-    batches = data.Batches(train_enc, t.batch_size, train=True, seed=named_seed(t.seed, "data"),
+    batches = data.Batches(train_enc, t.batch_size, train=True, seed=build.named_seed(t.seed, "data"),
                            process_index=jax.process_index(), process_count=jax.process_count())
     num_steps = t.num_steps or t.num_epochs * batches.steps_per_epoch
     eval_batch_size = t.eval_batch_size or t.batch_size
-    num_labels = num_labels_of(config, feat)
+    num_labels = build.num_labels_of(config, feat)
     verbalizer_ids = None
     if feat.verbalizer is not None:
         firsts = [ids[0] for ids in feat.verbalizer_token_ids()]
@@ -496,7 +308,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                              f"a multiple of mesh.data x mesh.fsdp = {n_batch}")
 
     # ---------------------------------------------------------------- model
-    pm = build_model(config, tokenizer, feat)
+    pm = build.build_model(config, tokenizer, feat)
     if t.remat:
         log.info("rematerialising %d layers", remat_layers(pm.base_model))
     graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
@@ -515,48 +327,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
 
     # ---------------------------------------------------------------- the train step
-    accum = t.grad_accum_steps
-
-    def train_step(state, frozen, batch):
-        def loss_fn(params, batch, rng):
-            model = nnx.merge(graphdef, params, frozen)
-            return model(**model_inputs(batch), labels=batch["labels"], dropout_rng=rng).loss
-
-        step = state["step"]
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step) if t.dropout else None
-        batch = {k: v for k, v in batch.items() if k != "weights"}
-        grad_fn = jax.value_and_grad(loss_fn)
-        if accum == 1:
-            loss, grads = grad_fn(state["params"], batch, rng)
-        else:
-            # row r of device d's slice goes to microbatch r % accum, so microbatches need no communication
-            micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1),
-                                 batch)
-
-            def one(carry, xs):
-                i, mb = xs
-                loss, grads = grad_fn(state["params"], mb, None if rng is None else jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state["params"]))
-            (loss, grads), _ = jax.lax.scan(one, zeros, (jnp.arange(accum), micro))
-            loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
-        out = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr_schedule(step),
-               "params_finite": finite}
-        return {"params": params, "opt_state": opt_state, "step": step + 1, "rng": state["rng"]}, out
-
+    train_step = make_train_step(graphdef, tx, lr_schedule, grad_accum_steps=t.grad_accum_steps, dropout=t.dropout)
     train_step = jax.jit(train_step, in_shardings=(replicated, frozen_sh, batch_sh),
                          out_shardings=(replicated, replicated), donate_argnums=(0,))
 
     # ---------------------------------------------------------------- the eval step
     def eval_step(params, frozen, batch):
         model = nnx.merge(graphdef, params, frozen)
-        logits = model(**model_inputs(batch)).logits.astype(jnp.float32)
         labels, w = batch["labels"], batch["weights"]
-        out = {}
+        extra = {"labels": labels} if task == "seq2seq_lm" else {}  # decoder inputs are the shifted labels
+        logits = model(**model_inputs(batch), **extra).logits.astype(jnp.float32)
         if task == "seq_cls" and num_labels == 1:
             se = (logits[:, 0] - labels.astype(jnp.float32)) ** 2
             return {"se_sum": jnp.sum(se * w), "count": jnp.sum(w)}
@@ -635,31 +415,34 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     tokens_seen = int(meta.get("tokens", 0))
     writer = metrics.Writer(workdir, enabled=primary)
 
+    saved_step = None
+
     def save(step, eval_metrics=None, force=False):
+        nonlocal saved_step
+        saved_step = step
         ckpt.save(step, to_saveable(state),
                   {"step": step, "data": batches.state(), "tokens": tokens_seen, "num_steps": num_steps},
                   metrics=eval_metrics, force=force)
 
     # ---------------------------------------------------------------- loop
-    stop = _Stop()
-    if jax.process_count() == 1 and hasattr(signal, "SIGTERM"):
-        try:
-            signal.signal(signal.SIGTERM, stop)
-        except ValueError:  # not the main thread
-            pass
+    stop, previous_handler = _Stop(), None
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: no preemption handling
+        pass
     from tqdm.auto import tqdm
 
     bar = tqdm(total=num_steps, initial=step, disable=not (primary and t.progress), dynamic_ncols=True,
                desc="train")
     train_shapes: set = set()
-    pending = None  # (step, device metrics, tokens): read after the next step is dispatched
+    pending = None  # (step, device metrics): read after the next step is dispatched
     window: list[dict] = []
     t_start, tokens_start = time.perf_counter(), tokens_seen
     last_train: dict = {}
 
     def read(p):
         """Host values of a step's metrics; stops the run on a non-finite loss or parameters."""
-        s, m, _ = p
+        s, m = p
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         if not math.isfinite(m["loss"]) or not m["params_finite"]:
             what = f"loss is {m['loss']}" if not math.isfinite(m["loss"]) else "parameters are not finite"
@@ -687,18 +470,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     try:
         while step < num_steps:
             host_batch = next(batches)
-            train_shapes.add(host_batch["input_ids"].shape)
+            if host_batch["input_ids"].shape not in train_shapes:
+                train_shapes.add(host_batch["input_ids"].shape)
+                log.info("train step for batch shape %s (program %d)", host_batch["input_ids"].shape,
+                         len(train_shapes))
             state, step_metrics = train_step(state, frozen, sharding.put_batch(host_batch, mesh))
             step += 1
             tokens_seen += int(host_batch["attention_mask"].sum()) * jax.process_count()
             if pending is not None:
                 log_train(*read(pending))
-            pending = (step, step_metrics, tokens_seen)
+            pending = (step, step_metrics)
             bar.update(1)
-            _debug_signal(step)
             do_eval = eval_enc is not None and t.eval_every and step % t.eval_every == 0 and step < num_steps
-            do_save = step < num_steps and ((t.checkpoint_every and step % t.checkpoint_every == 0) or do_eval
-                                            or stop.signal)
+            do_save = step < num_steps and ((t.checkpoint_every and step % t.checkpoint_every == 0) or do_eval)
             if do_save or do_eval:
                 log_train(*read(pending))  # never checkpoint a state whose step went bad
                 pending = None
@@ -709,7 +493,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 log.info("step %d eval %s", step, _fmt(eval_metrics))
             if do_save:
                 save(step, eval_metrics)
-            if stop.signal and step < num_steps:
+            _debug_signal(step)
+            if stop.check(step, t.log_every) and step < num_steps:
+                if pending is not None:
+                    log_train(*read(pending))
+                    pending = None
+                if saved_step != step:
+                    save(step)
                 ckpt.wait()
                 log.warning("stopped by signal %d at step %d; checkpoint saved; rerun to resume", stop.signal, step)
                 raise SystemExit(128 + stop.signal)
@@ -745,6 +535,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         writer.close()
         bar.close()
         ckpt.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 def _fmt(m: dict) -> str:
@@ -762,6 +554,37 @@ def _json_default(x):
 # ============================================================================================ CLI
 
 
+def _unknown_override(argv) -> str | None:
+    """"--config.train.learnig_rate: unknown config key train.learnig_rate; did you mean train.learning_rate?"
+    for the first override that names no key of the config file (None if all exist or the file fails)."""
+    path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+                 if a == "--config" or a.startswith("--config=")), None)
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_jsoft_config", path.split(":")[0])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    except Exception:
+        return None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        dotted = arg[len("--config."):].split("=", 1)[0]
+        section, parts = config, dotted.split(".")
+        for i, part in enumerate(parts):
+            if not hasattr(section, "keys") or part not in section.keys():
+                where = ".".join(parts[:i])
+                keys = list(section.keys()) if hasattr(section, "keys") else []
+                close = difflib.get_close_matches(part, keys, n=1)
+                hint = (f"; did you mean {'.'.join([*parts[:i], close[0]])}?" if close
+                        else f"; {where or 'the config'} has keys {sorted(keys)}")
+                return f"--config.{dotted}: unknown config key {dotted}{hint}"
+            section = section[part]
+    return None
+
+
 def main(argv=None) -> int:
     from absl import flags
     from ml_collections import config_flags
@@ -774,9 +597,12 @@ def main(argv=None) -> int:
     try:
         fl(argv)
         config = config_flag.value
+        if config is not None:
+            config.keys()  # a file that failed to load raises here, not at first use
     except Exception as e:  # absl wraps override errors; show what names the key
         cause = e.__cause__ or e.__context__ or e
-        msg = str(cause).strip("\"'").replace("\\n", " ").replace("\\'", "'")
+        msg = _unknown_override(argv) or (str(e) if str(e).startswith("flag --") else
+                                          str(cause).strip("\"'").replace("\\n", " "))
         print(f"config error: {msg or e}", file=sys.stderr)
         return 2
     if config is None or fl.workdir is None:
@@ -786,8 +612,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "datasets", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("JSOFT_DISTRIBUTED"):
-        jax.distributed.initialize()
+    # Orbax warns about every checkpoint saved between evaluations (they carry no metrics): expected here.
+    logging.getLogger("absl").addFilter(lambda r: "did not provide metrics" not in r.getMessage())
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # several processes (hosts); TPU pods are detected by JAX
+        n, i = os.environ.get("JSOFT_NUM_PROCESSES"), os.environ.get("JSOFT_PROCESS_ID")
+        jax.distributed.initialize(num_processes=None if n is None else int(n),
+                                   process_id=None if i is None else int(i))
     try:
         train(config, fl.workdir)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -10,7 +10,7 @@ import numpy as np
 import transformers
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from jsoft import train
+from jsoft import build
 
 POSITIVE = ["good", "great", "fine", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "sad"]
@@ -22,13 +22,17 @@ WORDS = POSITIVE + NEGATIVE + FILLER + NAMES + PLACES + ["positive", "negative",
 
 
 def tokenizer(kind: str):
-    """A word-level WordPiece tokenizer (BERT-like for "bert", decoder-like for "gpt2")."""
+    """A word-level WordPiece tokenizer: BERT-like ("bert"), T5-like ("t5": "</s>" after the text), or
+    decoder-like (anything else: no special tokens, no pad token)."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
     vocab = {w: i for i, w in enumerate(specials + WORDS + [":", ".", "##s"])}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    if kind == "bert":
+    if kind == "t5":
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+        kw = dict(eos_token="</s>", pad_token="[PAD]", model_input_names=["input_ids", "attention_mask"])
+    elif kind == "bert":
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
@@ -83,10 +87,10 @@ def ner(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def config(model: Path, train_file: Path, eval_file: Path | None, task: str = "seq_cls", **sections):
+def config(model_path: Path, train_file: Path, eval_file: Path | None, task: str = "seq_cls", **sections):
     """A small run: P-Tuning v2 by default; `sections` update config sections, e.g. train=dict(...)."""
-    c = train.default_config()
-    c.model.name_or_path = str(model)
+    c = build.default_config()
+    c.model.name_or_path = str(model_path)
     c.model.task = task
     c.model.num_labels = 2 if task == "seq_cls" else None
     c.peft = dict(peft_type="PREFIX_TUNING", num_virtual_tokens=4)
@@ -99,6 +103,7 @@ def config(model: Path, train_file: Path, eval_file: Path | None, task: str = "s
     c.train.learning_rate = 3e-2
     c.train.progress = False
     c.train.log_every = 1
+    c.train.dropout = False  # dropout triples XLA's compile time; the resume and mesh tests turn it on
     for name, values in sections.items():
         section = c[name]
         if name == "peft":

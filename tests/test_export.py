@@ -1,0 +1,143 @@
+"""Train -> `jsoft.export` -> Hugging Face PEFT loads the adapter, and PEFT's eval metric on the eval set equals
+the one in jsoft's summary.json (tiny BERT sequence classification with P-Tuning v2; tiny GPT-2 causal LM
+classification with Prompt Tuning and a verbalizer)."""
+
+import json
+
+import numpy as np
+import peft
+import pytest
+import torch
+
+from jsoft import build, data, export, train
+from tests import tiny
+from tests import train_utils as tu
+
+
+def _eval_batches(workdir):
+    config = build.load_config(workdir)
+    tok = build.load_tokenizer(config)
+    feat = build.featurizer(config, tok)
+    enc = feat(data.load(config.data.eval, "data.eval"), "data.eval")
+    return feat, list(data.Batches(enc, config.train.batch_size, train=False))
+
+
+def _peft_model(kind, task, model_dir, adapter):
+    base = tiny.CLASSES[(kind, task)].from_pretrained(model_dir).eval()
+    return peft.PeftModel.from_pretrained(base, adapter).eval()
+
+
+def _logits(model, batch, keys=("input_ids", "attention_mask", "token_type_ids")):
+    with torch.no_grad():
+        out = model(**{k: torch.tensor(np.asarray(batch[k], np.int64)) for k in keys if k in batch})
+    return out.logits.float().numpy()
+
+
+@pytest.fixture(scope="module")
+def bert_run(tiny_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bert_run")
+    model = tu.model_dir(tiny_dir, "bert", "seq_cls", num_labels=2)
+    c = tu.config(model, tu.write_jsonl(tmp / "t.jsonl", tu.sentiment(48)),
+                  tu.write_jsonl(tmp / "e.jsonl", tu.sentiment(27, 1)),
+                  train=dict(num_steps=8, eval_every=4, checkpoint_every=4, learning_rate=0.1))
+    summary = train.train(c, tmp / "wd")
+    return model, tmp / "wd", summary
+
+
+def test_bert_seq_cls_adapter_gives_the_same_accuracy_in_peft(bert_run, tmp_path):
+    model, workdir, summary = bert_run
+    result = export.export(workdir, tmp_path / "adapter")
+    assert result == {"step": 8, "format": "peft", "out": str(tmp_path / "adapter")}
+    assert json.loads((tmp_path / "adapter/adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+    ref = _peft_model("bert", "seq_cls", model, tmp_path / "adapter")
+    _, batches = _eval_batches(workdir)
+    correct = total = nll = 0.0
+    for b in batches:
+        logits = _logits(ref, b)
+        w = b["weights"]
+        correct += float(((logits.argmax(-1) == b["labels"]) * w).sum())
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float((logp[np.arange(len(w)), b["labels"]] * w).sum())
+        total += float(w.sum())
+    assert total == 27
+    assert correct / total == summary["eval"]["accuracy"]
+    assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+
+
+def test_export_step_best_and_format(bert_run, tmp_path, capsys):
+    _, workdir, summary = bert_run
+    assert export.main(["--workdir", str(workdir), "--step", "4", "--out", str(tmp_path / "s4")]) == 0
+    assert "from step 4" in capsys.readouterr().out
+    assert export.main(["--workdir", str(workdir), "--best", "--out", str(tmp_path / "best"),
+                        "--format", "jsoft"]) == 0
+    out = capsys.readouterr().out
+    assert f"from step {summary['best_step']}" in out and "wrote jsoft adapter" in out
+    assert (tmp_path / "best/jsoft_adapter.safetensors").is_file()
+    assert export.main(["--workdir", str(workdir), "--step", "5", "--out", str(tmp_path / "x")]) == 1
+    assert "no checkpoint step 5" in capsys.readouterr().err
+    assert export.main(["--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 1
+    assert "has no config.json" in capsys.readouterr().err
+
+
+def test_gpt2_prompt_tuning_with_a_verbalizer_gives_the_same_accuracy_in_peft(tiny_dir, tmp_path):
+    model = tu.model_dir(tiny_dir, "gpt2", "causal_lm")
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", tu.sentiment(32)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", tu.sentiment(21, 1)), task="causal_lm",
+                  peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=5, prompt_tuning_init="TEXT",
+                            prompt_tuning_init_text="the movie was"),
+                  data=dict(template="{text} :", verbalizer=("negative", "positive")),
+                  train=dict(num_steps=6, learning_rate=0.1))
+    summary = train.train(c, tmp_path / "wd")
+    assert {"accuracy", "macro_f1", "loss", "perplexity"} <= set(summary["eval"])
+    assert summary["eval"]["perplexity"] == pytest.approx(np.exp(summary["eval"]["loss"]))
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    ref = _peft_model("gpt2", "causal_lm", model, tmp_path / "adapter")
+    feat, batches = _eval_batches(tmp_path / "wd")
+    first = np.asarray([ids[0] for ids in feat.verbalizer_token_ids()])
+    correct = total = nll = tokens = 0.0
+    for b in batches:
+        logits = _logits(ref, b)[:, 5:]  # PEFT returns the virtual tokens' logits too
+        labels, w = b["labels"][:, 1:], b["weights"]
+        logits = logits[:, :-1]
+        valid = (labels != -100) & (w[:, None] > 0)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float(np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid].sum())
+        tokens += float(valid.sum())
+        pos = valid.argmax(1)
+        rows = np.arange(len(w))
+        pred = logits[rows, pos][:, first].argmax(-1)
+        true = (labels[rows, pos][:, None] == first[None]).argmax(-1)
+        correct += float(((pred == true) * w).sum())
+        total += float(w.sum())
+    assert total == 21
+    assert correct / total == summary["eval"]["accuracy"]
+    assert nll / tokens == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+
+
+def test_t5_prefix_tuning_adapter_gives_the_same_loss_in_peft(tiny_dir, tmp_path):
+    model = tiny_dir("t5", "seq2seq_lm")
+    if not (model / "tokenizer.json").exists():
+        tu.tokenizer("t5").save_pretrained(model)
+    rows = lambda n, seed: [{"text": r["text"], "target": ("great plot" if r["label"] else "bad")}
+                            for r in tu.sentiment(n, seed)]
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", rows(16, 0)), tu.write_jsonl(tmp_path / "e.jsonl",
+                                                                                           rows(11, 1)),
+                  task="seq2seq_lm", train=dict(num_steps=2, learning_rate=0.1),
+                  peft=dict(peft_type="PREFIX_TUNING", num_virtual_tokens=4, prefix_projection=True,
+                            encoder_hidden_size=16))
+    summary = train.train(c, tmp_path / "wd")
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    ref = _peft_model("t5", "seq2seq_lm", model, tmp_path / "adapter")
+    _, batches = _eval_batches(tmp_path / "wd")
+    nll = tokens = 0.0
+    for b in batches:
+        labels = b["labels"]
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor(b["input_ids"], dtype=torch.long),
+                         attention_mask=torch.tensor(b["attention_mask"], dtype=torch.long),
+                         labels=torch.tensor(labels, dtype=torch.long)).logits.float().numpy()
+        valid = (labels != -100) & (b["weights"][:, None] > 0)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float(np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid].sum())
+        tokens += float(valid.sum())
+    assert nll / tokens == pytest.approx(summary["eval"]["loss"], rel=1e-4)
