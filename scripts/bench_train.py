@@ -1,0 +1,317 @@
+"""Train-step throughput of jsoft (JAX) against PEFT (PyTorch) on the same shapes, in one command.
+
+    python scripts/bench_train.py --quick --plot bench.png        # a short run (CPU or a borrowed GPU)
+    python scripts/bench_train.py --steps 20 --warmup 3 --json bench.json
+    python scripts/bench_train.py --quick --peak-tflops 989        # on a GPU: MFU against a bf16 peak
+
+Cases (random weights: a GPT2Config / BertConfig saved with save_pretrained to a temp dir, loaded by both):
+  gpt2-prompt   GPT-2 small causal LM, prompt tuning
+  gpt2-prefix   GPT-2 small causal LM, prefix tuning with projection (encoder_hidden_size 768)
+  gpt2-ptuning  GPT-2 small causal LM, P-tuning with an LSTM encoder (encoder_hidden_size 768)
+  bert-ptv2     BERT-base seq_cls (2 labels), P-Tuning v2 (prefix tuning without projection)
+batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3), fp32. Each (case, framework) runs in its own
+subprocess, which reports its peak RSS (ru_maxrss). jsoft's compile time is measured separately (AOT
+lower + compile); the timed steps start after `--warmup` steps in both frameworks.
+
+FLOPs ("model FLOPs", the standard estimate): train = 3 x forward, forward = 2 * N * T + 4 * n_layer * d_model
+* S_q * S_k * B, with N the matmul parameters of the frozen backbone (per layer 4 d^2 + 2 d d_ff, plus the LM
+head vocab x d for causal LM; embeddings excluded), T the tokens through the layers (B * (L + 20) for
+prompt / P-tuning, B * L for prefix methods), S_q, S_k the query and key lengths (keys include the prefix).
+Soft-prompt training computes no weight gradients for the frozen backbone, so the work actually done is
+nearer 2 x forward; the 3x figure is the usual convention (compare with other reports), not a count.
+Achieved FLOP/s is set against this machine's measured fp32 2048 x 2048 matmul rate in each framework (and
+against --peak-tflops when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2")
+VT = 20
+LR = 1e-3
+
+
+# ============================================================================ shapes and FLOPs
+
+
+def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
+    if case.startswith("gpt2"):
+        d, n_layer, ff, vocab = cfg["n_embd"], cfg["n_layer"], cfg.get("n_inner") or 4 * cfg["n_embd"], cfg[
+            "vocab_size"]
+        head = vocab * d
+    else:
+        d, n_layer, ff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+        head = d * d + 2 * d  # pooler + classifier
+    n = n_layer * (4 * d * d + 2 * d * ff)
+    prefix = case.endswith(("prefix", "ptv2"))
+    s_q = length if prefix else length + VT
+    s_k = length + VT
+    fwd = 2 * n * batch * s_q + 4 * n_layer * d * s_q * s_k * batch
+    fwd += 2 * head * batch * (s_q if case.startswith("gpt2") else 1)
+    return 3.0 * fwd
+
+
+# ============================================================================ workers (one per subprocess)
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker_jax(case, model_dir, batch, length, steps, warmup, device):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    import jsoft
+    from jsoft import build, optim
+    from jsoft import train as jtrain
+
+    # matmul rate
+    a = jnp.ones((2048, 2048), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    mm(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(10):
+        r = mm(a)
+    r.block_until_ready()
+    mm_flops = 10 * 2 * 2048 ** 3 / (time.perf_counter() - t)
+
+    task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
+    tt = "CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS"
+    pcfg = {"gpt2-prompt": lambda: jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
+            "gpt2-prefix": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+                                                            prefix_projection=True, encoder_hidden_size=768),
+            "gpt2-ptuning": lambda: jsoft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
+                                                              encoder_reparameterization_type="LSTM",
+                                                              encoder_hidden_size=768),
+            "bert-ptv2": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+                                                          prefix_projection=False)}[case]()
+    model = jsoft.from_pretrained(model_dir, task=task, num_labels=2 if task == "seq_cls" else None)
+    pm = jsoft.get_peft_model(model, pcfg)
+    graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
+    tcfg = build.default_config().train
+    tcfg.optimizer, tcfg.learning_rate = "adamw", LR
+    tx, lr = optim.make(tcfg, steps + warmup)
+    state = jtrain.initial_state(trainable, tx, 0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 1000, (batch, length), dtype=np.int32)
+    b = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+         "labels": ids if task == "causal_lm" else rng.integers(0, 2, (batch,), dtype=np.int32)}
+    b = jax.tree.map(jnp.asarray, b)
+    step = jax.jit(jtrain.make_train_step(graphdef, tx, lr, dropout=True), donate_argnums=(0,))  # torch: train() mode
+    t = time.perf_counter()
+    compiled = step.lower(state, frozen, b).compile()
+    compile_s = time.perf_counter() - t
+    for _ in range(warmup):
+        state, m = compiled(state, frozen, b)
+    jax.block_until_ready(state)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = compiled(state, frozen, b)
+    jax.block_until_ready((state, m))
+    dt = time.perf_counter() - t
+    return dict(step_s=dt / steps, compile_s=compile_s, loss=float(m["loss"]), matmul_flops=mm_flops,
+                n_trainable=sum(x.size for x in jax.tree.leaves(trainable)), device=str(jax.devices()[0]))
+
+
+def worker_torch(case, model_dir, batch, length, steps, warmup, device):
+    import peft
+    import torch
+    import transformers
+
+    dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    a = torch.ones(2048, 2048, device=dev)
+    (a @ a).sum().item()
+    sync()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ a  # noqa: B018
+    sync()
+    mm_flops = 10 * 2 * 2048 ** 3 / (time.perf_counter() - t)
+
+    task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
+    tt = peft.TaskType.CAUSAL_LM if task == "causal_lm" else peft.TaskType.SEQ_CLS
+    pcfg = {"gpt2-prompt": lambda: peft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
+            "gpt2-prefix": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+                                                           prefix_projection=True, encoder_hidden_size=768),
+            "gpt2-ptuning": lambda: peft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
+                                                             encoder_reparameterization_type="LSTM",
+                                                             encoder_hidden_size=768),
+            "bert-ptv2": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+                                                         prefix_projection=False)}[case]()
+    if task == "causal_lm":
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    else:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    pm = peft.get_peft_model(model, pcfg).to(dev)
+    pm.train()
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (batch, length), generator=g).to(dev)
+    labels = ids if task == "causal_lm" else torch.randint(0, 2, (batch,), generator=g).to(dev)
+    mask = torch.ones_like(ids)
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        loss = pm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(warmup):
+        one()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = one()
+    loss = float(loss)
+    sync()
+    dt = time.perf_counter() - t
+    return dict(step_s=dt / steps, compile_s=None, loss=loss, matmul_flops=mm_flops,
+                n_trainable=sum(p.numel() for p in params), device=str(dev),
+                threads=torch.get_num_threads())
+
+
+# ============================================================================ driver
+
+
+def make_models(d: str) -> dict:
+    import transformers
+
+    cfgs = {}
+    g = transformers.GPT2Config()  # GPT-2 small
+    transformers.GPT2LMHeadModel(g).save_pretrained(os.path.join(d, "gpt2"))
+    b = transformers.BertConfig(num_labels=2)  # BERT-base
+    transformers.BertForSequenceClassification(b).save_pretrained(os.path.join(d, "bert"))
+    cfgs["gpt2"], cfgs["bert"] = g.to_dict(), b.to_dict()
+    return cfgs
+
+
+def run_worker(fw, case, model_dir, a) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", fw, "--case", case, "--model-dir", model_dir,
+           "--batch", str(a.batch), "--length", str(a.length), "--steps", str(a.steps), "--warmup",
+           str(a.warmup), "--device", a.device]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if a.device == "cpu":
+        env.setdefault("JAX_PLATFORMS", "cpu")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode:
+        return {"error": (r.stderr or r.stdout)[-1500:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    ap.add_argument("--frameworks", nargs="+", default=["jsoft", "peft"], choices=["jsoft", "peft"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="--steps 3 --warmup 1")
+    ap.add_argument("--device", default=None, choices=["cpu", "gpu"], help="default: gpu if jax sees one")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak (e.g. bf16) for MFU")
+    ap.add_argument("--plot", help="save a PNG bar chart here")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--worker", choices=["jsoft", "peft"], help=argparse.SUPPRESS)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.steps, a.warmup = 3, 1
+    if a.worker:
+        fn = worker_jax if a.worker == "jsoft" else worker_torch
+        r = fn(a.case, a.model_dir, a.batch, a.length, a.steps, a.warmup, a.device or "cpu")
+        r["peak_rss_mib"] = _peak_rss_mib()
+        print(json.dumps(r))
+        return r
+    if a.device is None:
+        import shutil
+        a.device = "gpu" if shutil.which("nvidia-smi") else "cpu"
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        cfgs = make_models(d)
+        for case in a.cases:
+            fam = case.split("-")[0]
+            flops = model_flops(case, cfgs[fam], a.batch, a.length)
+            row = dict(case=case, flops_per_step=flops)
+            for fw in a.frameworks:
+                t = time.perf_counter()
+                r = run_worker(fw, case, os.path.join(d, fam), a)
+                r["wall_s"] = time.perf_counter() - t
+                if "error" not in r:
+                    r["tokens_per_s"] = a.batch * a.length / r["step_s"]
+                    r["flops_per_s"] = flops / r["step_s"]
+                    r["frac_of_matmul"] = r["flops_per_s"] / r["matmul_flops"]
+                    if a.peak_tflops:
+                        r["mfu"] = r["flops_per_s"] / (a.peak_tflops * 1e12)
+                else:
+                    print(f"{case} {fw} FAILED:\n{r['error']}", file=sys.stderr)
+                row[fw] = r
+                print(f"# {case} {fw}: {json.dumps(r)[:300]}", file=sys.stderr, flush=True)
+            rows.append(row)
+
+    hdr = (f"{'case':13} {'fw':6} {'tok/s':>8} {'step ms':>8} {'compile s':>9} {'peak RSS MiB':>12} "
+           f"{'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'frac':>5}" + (f" {'MFU':>6}" if a.peak_tflops else "")
+           + f" {'loss':>7} {'jsoft/peft':>10}")
+    print(hdr)
+    print("-" * len(hdr))
+    for row in rows:
+        for fw in a.frameworks:
+            r = row[fw]
+            if "error" in r:
+                print(f"{row['case']:13} {fw:6} FAILED")
+                continue
+            ratio = ""
+            if fw == "jsoft" and "tokens_per_s" in row.get("peft", {}):
+                ratio = f"{r['tokens_per_s'] / row['peft']['tokens_per_s']:.2f}x"
+            c = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+            print(f"{row['case']:13} {fw:6} {r['tokens_per_s']:8.0f} {1e3 * r['step_s']:8.1f} {c:>9} "
+                  f"{r['peak_rss_mib']:12.0f} {r['flops_per_s'] / 1e9:8.1f} {r['matmul_flops'] / 1e9:14.1f} "
+                  f"{r['frac_of_matmul']:5.2f}" + (f" {r['mfu']:6.3f}" if a.peak_tflops else "")
+                  + f" {r['loss']:7.3f} {ratio:>10}")
+    print(f"\nbatch {a.batch} x {a.length} tokens, {VT} virtual tokens, {a.warmup} warmup + {a.steps} timed steps, "
+          f"device {a.device}. FLOPs = 3 x (2 N T + 4 n_layer d S_q S_k B), N = frozen matmul params (see --help). "
+          "frac = achieved / measured fp32 2048^2 matmul rate of the same framework.")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if a.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        x = np.arange(len(rows))
+        w = 0.8 / len(a.frameworks)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for i, fw in enumerate(a.frameworks):
+            ax.bar(x + i * w, [row[fw].get("tokens_per_s", 0) for row in rows], w, label=fw)
+        ax.set_xticks(x + w * (len(a.frameworks) - 1) / 2, [row["case"] for row in rows])
+        ax.set_ylabel("train tokens/s")
+        ax.set_title(f"train throughput, batch {a.batch} x {a.length}, {a.device}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(a.plot, dpi=120)
+        print(f"plot: {a.plot}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
