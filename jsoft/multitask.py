@@ -1,0 +1,471 @@
+"""Multi-task inference: many soft-prompt adapters on one frozen backbone, mixed in every batch.
+
+Each adapter is reduced once, when it is loaded, to what the backbone consumes (DESIGN.md
+section 1) and written into a fixed-size slot of a table that holds every registered adapter:
+
+  * decoder-only models (GPT-2, Llama): every adapter becomes a key/value prefix
+    (`PeftModel.prompt_cache`: an embedding prompt's keys and values do not depend on the input),
+    left-padded to the longest in `prefix_kv [L, 2, S, V, G, K]` with `prefix_mask [S, V]`;
+    batches are left-padded, so classification and generation share one layout;
+  * encoders (BERT) and encoder-decoders (T5): embedding prompts go to `embeds [S, Ve, D]`
+    (`n_embeds [S]` valid rows each) and are packed in front of each row's tokens, so a row's
+    first virtual token sits at index 0 (BERT pools there) and its tokens follow without a gap;
+    prefixes go to `prefix_kv` as above (T5: the decoder layers PEFT maps them to);
+  * classification heads go to `head_kernel [S, D, C]` / `head_bias [S, C]`.
+
+A batch passes one slot index per row as data, and batch sizes and lengths are bucketed to
+powers of two, so the compiled programs are few and fixed: loading an adapter or changing the
+mix of adapters in a batch never recompiles. Each row gives what `PeftModel` gives for that row
+alone (greedy decoding: `PeftModel.generate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jsoft import generate as gen
+from jsoft.models import from_pretrained
+from jsoft.models.hub import resolve
+from jsoft.models.layers import KVCache
+from jsoft.tuners.config import TASK_OF, PeftType, PromptLearningConfig
+from jsoft.tuners.peft_model import PeftModel
+from jsoft.tuners.prefix_tuning import to_prefix_kv
+
+Array = jax.Array
+MIN_LENGTH_BUCKET = 8
+CLASSIFY_TASKS = ("seq_cls", "token_cls")
+GENERATE_TASKS = ("causal_lm", "seq2seq_lm")
+DECODER_ONLY = ("gpt2", "llama")  # causal self-attention: every adapter can be a key/value prefix
+
+
+class UnknownAdapter(KeyError):
+    def __init__(self, name: str, known: Sequence[str]):
+        super().__init__(name)
+        self.name, self.known = name, list(known)
+
+    def __str__(self) -> str:
+        return f"unknown adapter {self.name!r}; registered adapters: {self.known}"
+
+
+class AdapterLoadError(RuntimeError):
+    """The adapter's directory could not be loaded for this model (the message says why)."""
+
+
+def bucket(n: int, top: int | None = None, bottom: int = 1) -> int:
+    """The power of two >= n (at least `bottom`), or `top` when that is smaller."""
+    b = max(bottom, 1 << max(n - 1, 0).bit_length())
+    return b if top is None else min(b, top)
+
+
+@flax.struct.dataclass
+class Tables:
+    """Every registered adapter, one slot each (see the module docstring)."""
+
+    prefix_kv: Array | None = None  # [N, 2, S, Vk, G, K], left-padded
+    prefix_mask: Array | None = None  # [S, Vk] bool
+    embeds: Array | None = None  # [S, Ve, D] f32, right-padded
+    n_embeds: Array | None = None  # [S] int32
+    head_kernel: Array | None = None  # [S, D, C] f32
+    head_bias: Array | None = None  # [S, C] f32
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """The sampling part of a generate call (rows that share it can share a batch)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class _Registered:
+    slot: int
+    path: Path
+    config: PromptLearningConfig | None
+    error: str | None = None  # why it cannot be loaded (set at registration or on the first load)
+    loaded: bool = False
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+def _read_config(path: Path) -> tuple[PromptLearningConfig | None, str | None]:
+    try:
+        return PromptLearningConfig.from_pretrained(path), None
+    except Exception as e:  # any unreadable config marks this adapter only
+        return None, f"{type(e).__name__}: {e}"
+
+
+class MultiTaskModel:
+    """A frozen backbone, its tokenizer, and lazily loaded adapters from `adapters_dir/<name>/`."""
+
+    def __init__(self, model: str | Path, adapters_dir: str | Path, task: str | None = None,
+                 dtype: str = "float32", max_batch_size: int = 16):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size={max_batch_size} must be >= 1")
+        self.max_batch_size = max_batch_size
+        adapters_dir = Path(adapters_dir)
+        if not adapters_dir.is_dir():
+            raise FileNotFoundError(f"adapters directory {str(adapters_dir)!r} does not exist")
+        subdirs = sorted(p for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self._adapters = {p.name: _Registered(i, p, *_read_config(p)) for i, p in enumerate(subdirs)}
+        self.task = task or self._infer_task()
+        model_dir = resolve(model)
+        self.base = from_pretrained(model, task=self.task, dtype=dtype)
+        self.pm = PeftModel(self.base, None)
+        mc = self.config = self.base.config
+        self.decoder_only = mc.model_type in DECODER_ONLY
+        self.tokenizer = _load_tokenizer(model_dir)
+        self.eos_token_ids = _ids(mc.eos_token_id)
+        # what PeftModel.generate emits after EOS; also fills pads (masked, but must index the vocabulary)
+        pad = next((v for v in (mc.pad_token_id, *self.eos_token_ids[:1], self.tokenizer.pad_token_id)
+                    if v is not None), 0)
+        self.pad_token_id = pad if 0 <= pad < mc.vocab_size else 0
+        hf = json.loads((model_dir / "config.json").read_text())
+        self.max_positions = getattr(mc, "max_positions", None) or _sane(self.tokenizer.model_max_length) or 512
+        self.id2label = {int(k): v for k, v in (hf.get("id2label") or {}).items()}
+        self._lock = threading.Lock()
+        self._tables = self._empty_tables()
+        self._graphdef, self._state = nnx.split(self.base)
+        self._kv_of_prompt = jax.jit(partial(_kv_of_prompt, self._graphdef))
+        self._forward = jax.jit(partial(_forward, self._graphdef, self.decoder_only))
+        self._generate = jax.jit(partial(_generate, self._graphdef, self.decoder_only), static_argnames="cfg")
+        self.stats = {"model_calls": 0, "rows": 0, "padded_rows": 0, "rows_per_call": {}}
+        self.shapes: set[tuple] = set()
+
+    # ------------------------------------------------------------------ registry
+
+    def _infer_task(self) -> str:
+        tasks = [TASK_OF[a.config.task_type] for a in self._adapters.values() if a.config and a.config.task_type]
+        if not tasks:
+            raise ValueError("cannot tell the model's task from the adapters (none has a readable task_type); "
+                             f"pass task= (one of {[*GENERATE_TASKS, *CLASSIFY_TASKS]})")
+        return max(set(tasks), key=tasks.count)
+
+    @property
+    def registered(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def loaded(self) -> list[str]:
+        return [n for n, a in self._adapters.items() if a.loaded]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {n: a.error for n, a in self._adapters.items() if a.error}
+
+    def check_known(self, name: str) -> None:
+        if name not in self._adapters:
+            raise UnknownAdapter(name, self.registered)
+
+    def virtual_tokens(self, name: str) -> int:
+        self.check_known(name)
+        config = self._adapters[name].config
+        return config.num_virtual_tokens if config else 0
+
+    def max_input_tokens(self, name: str, max_new_tokens: int = 0) -> int:
+        """The longest tokenized input this adapter accepts (positions left for real tokens)."""
+        new = max_new_tokens if self.task == "causal_lm" else 0
+        return self.max_positions - self.virtual_tokens(name) - new
+
+    def ensure_loaded(self, name: str) -> None:
+        """Load the adapter into its slot on first use (thread-safe, once; a failure is kept)."""
+        self.check_known(name)
+        a = self._adapters[name]
+        if a.loaded:
+            return
+        with a.lock:
+            if not a.loaded and a.error is None:
+                try:
+                    self._load(name, a)
+                    a.loaded = True
+                except Exception as e:  # a bad adapter must not take the others down
+                    a.error = f"{type(e).__name__}: {e}"
+            if a.error is not None:
+                raise AdapterLoadError(f"adapter {name!r} ({a.path}) could not be loaded: {a.error}")
+
+    def _empty_tables(self) -> Tables:
+        mc, S = self.config, max(len(self._adapters), 1)
+        configs = [a.config for a in self._adapters.values() if a.config is not None]
+        is_prefix = [c.peft_type == PeftType.PREFIX_TUNING for c in configs]
+        dtype = _compute_dtype(self.base)
+        kw = {}
+        Vk = max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if p or self.decoder_only), default=0)
+        Ve = 0 if self.decoder_only else max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if not p),
+                                             default=0)
+        if Vk:
+            N = mc.num_decoder_layers if mc.is_encoder_decoder else mc.num_layers
+            kw["prefix_kv"] = jnp.zeros((N, 2, S, Vk, mc.num_kv_heads, mc.head_dim), dtype)
+            kw["prefix_mask"] = jnp.zeros((S, Vk), bool)
+        if Ve:
+            kw["embeds"] = jnp.zeros((S, Ve, mc.hidden_size), jnp.float32)
+            kw["n_embeds"] = jnp.zeros((S,), jnp.int32)
+        head_name = getattr(self.base, "head_name", None)
+        if head_name:
+            head = getattr(self.base, head_name)
+            kernel = head.kernel[...]
+            kw["head_kernel"] = jnp.zeros((S, *kernel.shape), jnp.float32)
+            if getattr(head, "bias", None) is not None:
+                kw["head_bias"] = jnp.zeros((S, kernel.shape[1]), jnp.float32)
+        return Tables(**kw)
+
+    def _load(self, name: str, a: _Registered) -> None:
+        config = a.config
+        if getattr(config, "template", None):
+            raise ValueError("P-Tuning templates (virtual tokens inside the input) are not supported by the server")
+        if getattr(config, "prefix_targets", "decoder") != "decoder":
+            raise ValueError("prefix_targets='all' adapters are not supported by the server")
+        with self._lock:  # PeftModel.adapters is not safe to grow from two threads
+            if name not in self.pm.adapters:
+                self.pm.load_adapter(a.path, name)
+        adapter = self.pm.adapters[name]
+        V = adapter.config.num_virtual_tokens
+        if V != config.num_virtual_tokens:
+            raise ValueError(f"num_virtual_tokens changed on disk since the server started ({config.num_virtual_tokens}"
+                             f" -> {V}); restart the server")
+        updates: dict[str, Array] = {}
+        if self.decoder_only:
+            updates["prefix"] = _prompt_kv(self.pm, name, self._tables.prefix_kv.shape[3],
+                                           partial(self._kv_of_prompt, self._state))
+        else:
+            p = self.pm._prompts((name,), None, 1, None)
+            if p.embeds is not None:
+                updates["embeds"] = p.embeds[0, -V:]
+            if p.prefix is not None:
+                updates["prefix"] = self.pm._split_prefix(p.prefix, adapter.config)["prefix_kv"][:, :, 0]
+        head = adapter.head
+        with self._lock:
+            t = self._tables
+            s = a.slot
+            if "prefix" in updates:
+                Vk = t.prefix_kv.shape[3]
+                kv = jnp.zeros(t.prefix_kv.shape[:2] + t.prefix_kv.shape[3:], t.prefix_kv.dtype)
+                kv = kv.at[:, :, Vk - V:].set(updates["prefix"].astype(kv.dtype))
+                t = t.replace(prefix_kv=t.prefix_kv.at[:, :, s].set(kv),
+                              prefix_mask=t.prefix_mask.at[s].set(jnp.arange(Vk) >= Vk - V))
+            if "embeds" in updates:
+                t = t.replace(embeds=t.embeds.at[s].set(0).at[s, :V].set(updates["embeds"].astype(jnp.float32)),
+                              n_embeds=t.n_embeds.at[s].set(V))
+            if head is not None:
+                t = t.replace(head_kernel=t.head_kernel.at[s].set(head.kernel[...]))
+                if t.head_bias is not None:
+                    t = t.replace(head_bias=t.head_bias.at[s].set(head.bias[...]))
+            self._tables = t
+
+    # ------------------------------------------------------------------ batches
+
+    def _slots(self, names: Sequence[str]) -> list[int]:
+        for n in names:
+            if not self._adapters[n].loaded:
+                raise RuntimeError(f"adapter {n!r} is not loaded; call ensure_loaded first")
+        return [self._adapters[n].slot for n in names]
+
+    def _batch(self, names: Sequence[str], ids: Sequence[Sequence[int]], left: bool):
+        """Bucketed arrays: ids/mask [Bb, Tb] padded on the left or right, slots [Bb]; rows past
+        the real ones repeat row 0 (they are computed and dropped)."""
+        if not ids or any(len(x) == 0 for x in ids):
+            raise ValueError("every row needs at least one token")
+        B = len(ids)
+        if B > self.max_batch_size:
+            raise ValueError(f"{B} rows exceed max_batch_size={self.max_batch_size}")
+        Bb = bucket(B, self.max_batch_size)
+        Tb = bucket(max(map(len, ids)), bucket(self.max_positions), MIN_LENGTH_BUCKET)
+        arr = np.full((Bb, Tb), self.pad_token_id, np.int32)
+        mask = np.zeros((Bb, Tb), np.int32)
+        slots = self._slots(names)
+        slots = np.asarray(slots + [slots[0]] * (Bb - B), np.int32)
+        for b in range(Bb):
+            x = ids[b] if b < B else ids[0]
+            if left:
+                arr[b, Tb - len(x):], mask[b, Tb - len(x):] = x, 1
+            else:
+                arr[b, :len(x)], mask[b, :len(x)] = x, 1
+        with self._lock:
+            self.stats["model_calls"] += 1
+            self.stats["rows"] += B
+            self.stats["padded_rows"] += Bb
+            hist = self.stats["rows_per_call"]
+            hist[B] = hist.get(B, 0) + 1
+        return arr, mask, slots
+
+    def classify(self, names: Sequence[str], ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Class probabilities per row: `[C]` (seq_cls) or `[tokens, C]` (token_cls)."""
+        if self.task not in CLASSIFY_TASKS:
+            raise ValueError(f"classify needs a seq_cls or token_cls model, not task={self.task!r}")
+        arr, mask, slots = self._batch(names, ids, left=self.decoder_only)
+        self.shapes.add(("classify", *arr.shape))
+        probs = np.asarray(self._forward(self._state, self._tables, arr, mask, slots))
+        if self.task == "seq_cls":
+            return list(probs[:len(ids)])
+        T = arr.shape[1]
+        return [probs[b, T - len(x):] if self.decoder_only else probs[b, :len(x)] for b, x in enumerate(ids)]
+
+    def generate(self, names: Sequence[str], ids: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
+                 sampling: Sampling = Sampling()) -> list[np.ndarray]:
+        """New tokens per row (`max_new_tokens[b]` of them; `pad_token_id` after an EOS)."""
+        if self.task not in GENERATE_TASKS:
+            raise ValueError(f"generate needs a causal_lm or seq2seq_lm model, not task={self.task!r}")
+        arr, mask, slots = self._batch(names, ids, left=self.decoder_only)
+        N = bucket(max(max_new_tokens))
+        if self.task == "causal_lm":  # stay inside the position table for every row's real tokens
+            room = min(self.max_positions - self.virtual_tokens(n) - len(x) for n, x in zip(names, ids))
+            N = N if N <= room else max(max_new_tokens)
+        if not 0 < sampling.top_k < self.config.vocab_size:  # top_k >= vocabulary filters nothing
+            sampling = dataclasses.replace(sampling, top_k=0)
+        cfg, knobs = _decoding(N, sampling, self.eos_token_ids, self.pad_token_id)
+        self.shapes.add(("generate", *arr.shape, cfg))
+        new = np.asarray(self._generate(self._state, self._tables, arr, mask, slots, jax.random.key(sampling.seed),
+                                        knobs, cfg=cfg))
+        return [new[b, :n] for b, n in enumerate(max_new_tokens)]
+
+    def compiled_programs(self) -> int:
+        return self._forward._cache_size() + self._generate._cache_size()
+
+
+# --------------------------------------------------------------------------- compiled functions
+
+
+def _rows(t: Tables, slots: Array) -> dict:
+    """The backbone's prefix arguments for each row's adapter."""
+    if t.prefix_kv is None:
+        return {}
+    return {"prefix_kv": jnp.take(t.prefix_kv, slots, axis=2), "prefix_mask": t.prefix_mask[slots]}
+
+
+def _packed(base, t: Tables, ids: Array, mask: Array, slots: Array):
+    """Right-padded tokens with each row's embedding prompt packed in front:
+    `[p_1 .. p_n, x_1 .. x_m, pad ..]`, width Ve + T. Returns (embeds, mask, n_embeds)."""
+    x = base.word_embeddings(ids)
+    if t.embeds is None:
+        return x, mask, jnp.zeros(ids.shape[:1], jnp.int32)
+    B, T = ids.shape
+    n = t.n_embeds[slots]
+    prompts = t.embeds[slots].astype(x.dtype)
+    Ve = prompts.shape[1]
+    both = jnp.concatenate([prompts, x], 1)
+    both_mask = jnp.concatenate([jnp.arange(Ve)[None] < n[:, None], mask.astype(bool)], 1)
+    j = jnp.arange(Ve + T)[None]
+    src = jnp.where(j < n[:, None], j, Ve + j - n[:, None])
+    valid = src < Ve + T
+    src = jnp.minimum(src, Ve + T - 1)
+    embeds = jnp.take_along_axis(both, src[..., None], 1)
+    return embeds, jnp.take_along_axis(both_mask, src, 1) & valid, n
+
+
+def _head(t: Tables, slots: Array):
+    if t.head_kernel is None:
+        return None
+    kernel = t.head_kernel[slots]
+    bias = None if t.head_bias is None else t.head_bias[slots]
+
+    def per_row(x):
+        y = jnp.einsum("b...d,bdc->b...c", x.astype(jnp.float32), kernel)
+        return y if bias is None else y + bias.reshape(bias.shape[:1] + (1,) * (y.ndim - 2) + bias.shape[1:])
+
+    return per_row
+
+
+def _left_positions(mask: Array, n_prefix: Array) -> Array:
+    """Left padding: a row's real tokens take positions n_prefix, n_prefix + 1, ...; pads clip to 0."""
+    T = mask.shape[1]
+    start = n_prefix - (T - mask.sum(-1, dtype=jnp.int32))
+    return jnp.maximum(start[:, None] + jnp.arange(T, dtype=jnp.int32)[None], 0)
+
+
+def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -> Array:
+    base = nnx.merge(graphdef, state)
+    prefix = _rows(t, slots)
+    n_prefix = prefix["prefix_mask"].sum(-1, dtype=jnp.int32) if prefix else jnp.zeros(ids.shape[:1], jnp.int32)
+    if decoder_only:
+        out = base(input_ids=ids, attention_mask=mask, position_ids=_left_positions(mask, n_prefix),
+                   head=_head(t, slots), **prefix)
+        return jax.nn.softmax(out.logits.astype(jnp.float32), -1)
+    embeds, full_mask, n = _packed(base, t, ids, mask, slots)
+    W = embeds.shape[1]
+    positions = jnp.minimum(jnp.arange(W, dtype=jnp.int32)[None] + n_prefix[:, None], base.config.max_positions - 1)
+    out = base(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, head=_head(t, slots),
+               **prefix)
+    logits = out.logits.astype(jnp.float32)
+    if logits.ndim == 3:  # token_cls: each row's tokens start after its n virtual tokens
+        idx = n[:, None] + jnp.arange(ids.shape[1])[None]
+        logits = jnp.take_along_axis(logits, jnp.minimum(idx, W - 1)[..., None], 1)
+    return jax.nn.softmax(logits, -1)
+
+
+def _decoding(N: int, s: Sampling, eos: tuple[int, ...], pad: int) -> tuple[gen.GenerationConfig, dict]:
+    """jsoft.generate's static config and dynamic knobs for one batch."""
+    cfg = gen.GenerationConfig(max_new_tokens=N, do_sample=s.do_sample, top_k=s.top_k if s.do_sample else 0,
+                               top_p=s.do_sample and s.top_p < 1.0, num_eos=len(eos))
+    return cfg, gen.knobs(temperature=s.temperature, top_p=s.top_p, eos_token_ids=eos, pad_token_id=pad)
+
+
+def _generate(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots, key, knobs, cfg) -> Array:
+    base = nnx.merge(graphdef, state)
+    if decoder_only:
+        step, cache, first = gen._causal(base, {"input_ids": ids, "attention_mask": mask, **_rows(t, slots)}, cfg)
+    else:
+        embeds, full_mask, _ = _packed(base, t, ids, mask, slots)
+        inputs = {"inputs_embeds": embeds, "attention_mask": full_mask.astype(jnp.int32), **_rows(t, slots)}
+        step, cache, first = gen._seq2seq(base, inputs, cfg)
+    out = gen._sample(step, cache, first, key, knobs, cfg)
+    return out[0] if isinstance(out, tuple) else out  # (tokens, scores) or tokens
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _prompt_kv(pm: PeftModel, name: str, width: int, kv_fn) -> Array:
+    """A decoder-only adapter as a key/value prefix `[L, 2, V, G, K]`, what `PeftModel.prompt_cache`
+    gives (for causal LMs only; the prompt's keys and values do not depend on the head either).
+    The prompt is right-padded to the table's `width`, so one compiled `kv_fn` serves every V:
+    under causal attention the pads after it change nothing."""
+    a, mc = pm.adapters[name], pm.base_model.config
+    V = a.config.num_virtual_tokens
+    if a.is_prefix:
+        return to_prefix_kv(a.prompt(), mc.num_layers, mc.num_kv_heads, mc.head_dim)
+    prompt = jnp.zeros((1, width, mc.hidden_size), jnp.float32).at[0, :V].set(a.prompt()[:V])
+    return kv_fn(prompt)[:, :, :V]
+
+
+def _kv_of_prompt(graphdef, state, prompt_1xVxD: Array) -> Array:
+    base = nnx.merge(graphdef, state)
+    mc, V = base.config, prompt_1xVxD.shape[1]
+    dtype = _compute_dtype(base)
+    cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
+    out = base(inputs_embeds=prompt_1xVxD.astype(dtype), position_ids=jnp.arange(V)[None], cache=cache)
+    return jnp.stack([out.cache.k, out.cache.v], axis=1)[:, :, 0]
+
+
+def _compute_dtype(base):
+    emb = base.word_embeddings
+    return emb.dtype or emb.embedding.dtype
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:
+        raise ValueError(f"no usable tokenizer in {model_dir} ({type(e).__name__}: {e}); the server needs the "
+                         "base model's tokenizer saved next to it (tokenizer.save_pretrained)") from None
+
+
+def _ids(x) -> tuple[int, ...]:
+    return () if x is None else (int(x),) if np.isscalar(x) else tuple(int(e) for e in x)
+
+
+def _sane(n) -> int | None:
+    return int(n) if isinstance(n, int) and 0 < n < 1_000_000 else None
