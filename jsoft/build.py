@@ -77,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
         dropout=True,  # the frozen model's dropout in training mode, as PEFT trains
         seed=0,
         eval_every=0,  # steps; 0: only at the end
+        eval_generate_tokens=0,  # seq2seq: also generate up to N tokens per eval row (ROUGE-L, exact match, BLEU)
         checkpoint_every=500,  # steps; also at every eval and at the end
         keep_checkpoints=3,
         best_metric=None,  # default: accuracy (classification), f1 (token_cls), loss (LM)

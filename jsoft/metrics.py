@@ -175,3 +175,57 @@ def _jsonable(v):
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/Inf
     return v
+
+
+# ============================================================================ generation
+
+
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
+    row = [0] * (len(b) + 1)
+    for x in a:
+        prev = 0
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], prev + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F-measure over lower-cased whitespace tokens (beta = 1)."""
+    p, r = pred.lower().split(), ref.lower().split()
+    if not p or not r:
+        return float(p == r)
+    lcs = _lcs(p, r)
+    if lcs == 0:
+        return 0.0
+    prec, rec = lcs / len(p), lcs / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def bleu(preds: Sequence[str], refs: Sequence[str], max_n: int = 4) -> float:
+    """Corpus BLEU-4 (uniform weights, brevity penalty, no smoothing) over whitespace tokens."""
+    import collections
+    import math
+
+    matches, totals = [0] * max_n, [0] * max_n
+    pred_len = ref_len = 0
+    for pred, ref in zip(preds, refs):
+        p, r = pred.lower().split(), ref.lower().split()
+        pred_len, ref_len = pred_len + len(p), ref_len + len(r)
+        for n in range(1, max_n + 1):
+            pc = collections.Counter(tuple(p[i:i + n]) for i in range(len(p) - n + 1))
+            rc = collections.Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
+            matches[n - 1] += sum(min(c, rc[g]) for g, c in pc.items())
+            totals[n - 1] += max(len(p) - n + 1, 0)
+    if pred_len == 0 or min(matches) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    brevity = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
+    return brevity * math.exp(log_precision)
+
+
+def generation(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """ROUGE-L (summarization), exact match and BLEU (data-to-text) of generated texts."""
+    n = max(len(refs), 1)
+    return {"rouge_l": sum(rouge_l(p, r) for p, r in zip(preds, refs)) / n,
+            "exact_match": sum(p.strip() == r.strip() for p, r in zip(preds, refs)) / n,
+            "bleu": bleu(preds, refs)}

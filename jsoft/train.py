@@ -117,6 +117,28 @@ def _is_array_tree(v) -> bool:
     return bool(leaves) and all(isinstance(x, jax.Array | np.ndarray) for x in leaves)
 
 
+def generation_eval(pm, enc, batch_size: int, tokenizer, max_new_tokens: int) -> dict[str, float]:
+    """Generate for every eval row (greedy) and score against the labels' text: ROUGE-L, exact match,
+    BLEU. Each process scores its own rows; the means are combined across processes by row count."""
+    preds, refs = [], []
+    it = data.Batches(enc, batch_size, train=False, process_index=jax.process_index(),
+                      process_count=jax.process_count())
+    for batch in it:
+        out = np.asarray(pm.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens))
+        keep = batch["weights"] > 0
+        labels = np.where(batch["labels"] < 0, tokenizer.pad_token_id, batch["labels"])
+        preds += tokenizer.batch_decode(out[keep], skip_special_tokens=True)
+        refs += tokenizer.batch_decode(labels[keep], skip_special_tokens=True)
+    local = metrics.generation(preds, refs)
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    n = len(refs)
+    sums = multihost_utils.process_allgather(np.array([n] + [v * n for v in local.values()]))
+    return {k: float(sums[:, i + 1].sum() / max(sums[:, 0].sum(), 1)) for i, k in enumerate(local)}
+
+
 def initial_state(params, tx: optax.GradientTransformation, seed: int) -> dict:
     """What a checkpoint holds: trainable parameters, optimizer state, step and the dropout key."""
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
@@ -394,6 +416,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             result["mse"] = float(sums["se_sum"] / sums["count"])
         elif task in ("causal_lm", "seq2seq_lm"):
             result.update(metrics.language_model(float(sums["nll_sum"]), float(sums["count"])))
+        if task == "seq2seq_lm" and t.eval_generate_tokens > 0:
+            result.update(generation_eval(nnx.merge(graphdef, params, frozen), eval_enc, eval_batch_size,
+                                          tokenizer, t.eval_generate_tokens))
         else:
             result["loss"] = float(sums["nll_sum"] / max(sums["count"], 1))
         return result
