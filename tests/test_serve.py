@@ -252,15 +252,17 @@ def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     ref = jsoft.PeftModel(base, None)
     for n in ("p0", "p1"):
         ref.load_adapter(tmp_path / "ad" / n, n)
-    if task == "seq2seq_lm":
+    if task == "seq2seq_lm":  # reference: PeftModel on each adapter's rows, right-padded (masked in the encoder)
         got = model.generate(names, ids, [NEW] * len(rows))
-        for (n, _), x, g in zip(rows, ids, got):
-            want = np.asarray(ref.generate(np.asarray([x]), max_new_tokens=NEW, adapter_names=[n]))[0, 1:]
-            np.testing.assert_array_equal(g, want)
+        for n in ("p0", "p1"):
+            mine = [b for b, m in enumerate(names) if m == n]
+            enc = model.tokenizer([rows[b][1] for b in mine], padding=True, return_tensors="np")
+            want = ref.generate(enc["input_ids"], enc["attention_mask"], max_new_tokens=NEW, adapter_names=[n] * 2)
+            np.testing.assert_array_equal(np.stack([got[b] for b in mine]), np.asarray(want)[:, 1:])
         return
     got = model.classify(names, ids)
     for (n, _), x, g in zip(rows, ids, got):
-        want = np.asarray(jax.nn.softmax(ref(input_ids=np.asarray([x]), adapter_names=[n]).logits, -1))[0]
+        want = np.asarray(_probs(ref, np.asarray([x]), np.ones((1, len(x)), np.int32), (n,)))[0]
         if task == "token_cls" and n == "p0":  # PeftModel's logits include the virtual tokens
             want = want[3:]
         np.testing.assert_allclose(g, want, atol=1e-5, rtol=0)
