@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Create a Cloud TPU VM (one host or a multi-host slice) for jsoft.
 #
 #   create.sh [--dry-run] NAME ZONE ACCELERATOR_TYPE [RUNTIME_VERSION] [--spot] [--queued [--wait]]
@@ -13,6 +14,7 @@
 #
 #   create.sh my-v4 us-central2-b v4-8 --spot
 #   create.sh my-v5e us-west4-a v5litepod-16 --queued --spot --wait
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dry_run "$@"

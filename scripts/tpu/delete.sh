@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Delete a TPU VM (and its queued resource, if it was created with create.sh --queued). Unrecoverable:
 # fetch.sh what you need first (workdirs on the VMs' disks go with them; gs:// workdirs stay).
 #
@@ -10,6 +11,7 @@
 #   --async    return without waiting for the deletion
 #
 #   delete.sh my-v4 us-central2-b
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dry_run "$@"

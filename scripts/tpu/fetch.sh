@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Copy a run's exported PEFT adapter from worker 0 (or from GCS) to this machine, optionally exporting it first.
 #
 #   fetch.sh [--dry-run] NAME ZONE --workdir WORKDIR [--export [--best | --step N]] [--adapter DIR] [--out LOCAL]
@@ -12,6 +13,7 @@
 #
 #   fetch.sh my-v4 us-central2-b --workdir runs/sst2 --export --best
 #   fetch.sh my-v5e us-west4-a --workdir gs://my-bucket/imdb --export --out imdb-adapter
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dry_run "$@"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Install jsoft and jax[tpu] on every worker of a TPU VM, in a Python 3.11+ virtualenv made by uv
 # (TPU VM images ship Python 3.10; jsoft needs 3.11).
 #
@@ -17,6 +18,7 @@
 #
 #   install.sh my-v4 us-central2-b
 #   install.sh my-v5e us-west4-a --gcsfuse my-bucket --jax 0.10.2
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dry_run "$@"

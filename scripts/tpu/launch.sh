@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Start `python -m jsoft.train` on every worker of a TPU VM, in the background (nohup), one log per worker.
 #
 #   launch.sh [--dry-run] NAME ZONE --config CONFIG --workdir WORKDIR [--run RUN] [--env KEY=VALUE]...
@@ -18,6 +19,7 @@
 #
 #   launch.sh my-v4 us-central2-b --config configs/ptuning_v2_sst2.py --workdir runs/sst2
 #   launch.sh my-v5e us-west4-a --config configs/prompt_tuning_imdb.py --workdir gs://my-bucket/imdb
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dry_run "$@"

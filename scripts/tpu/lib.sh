@@ -25,7 +25,7 @@ die() {
 
 # usage_from_header FILE: the script's leading comment block, without the '#'.
 usage_from_header() {
-  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p;}' "$1"
+  sed -n '2,/^[^#]/{/^# shellcheck /d;/^#/s/^# \{0,1\}//p;}' "$1"
 }
 
 # take_dry_run ARGS...: sets DRY_RUN=1 if --dry-run is among ARGS; the other ARGS end up in REST.

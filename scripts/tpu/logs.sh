@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Show the log of a run: follow worker 0, or the last lines of every worker (each line prefixed by its host).
 #
 #   logs.sh [--dry-run] NAME ZONE [--worker N|all] [--run RUN] [-n LINES] [--follow|--no-follow]
@@ -10,6 +11,7 @@
 #
 #   logs.sh my-v4 us-central2-b
 #   logs.sh my-v5e us-west4-a --worker all -n 5
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dry_run "$@"

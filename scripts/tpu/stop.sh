@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Stop a run on every worker: SIGTERM to its process group (jsoft.train's own handling of SIGTERM applies),
 # then SIGKILL after a grace period.
 #
@@ -8,6 +9,7 @@
 #   --grace   seconds between SIGTERM and SIGKILL (default 60)
 #
 #   stop.sh my-v4 us-central2-b
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dry_run "$@"
