@@ -88,13 +88,29 @@ def read_config(model_dir: Path) -> dict:
     return json.loads(f.read_text())
 
 
+_ALIGN = 64  # XLA's CPU client adopts a host buffer aligned to this instead of copying it
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                       "BOOL": np.bool_}
+
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data is `_ALIGN`-byte aligned."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
 class Checkpoint:
-    """Read-only view of a checkpoint's tensors by name; safetensors files stay memory-mapped,
-    so a tensor is copied once, into its parameter."""
+    """Read-only view of a checkpoint's tensors by name. Safetensors files are read with plain file
+    reads (no memory map, so the file's pages never count in this process's RSS), each tensor
+    straight into the aligned host buffer that becomes its parameter."""
 
     def __init__(self, model_dir: Path):
         self.dir = model_dir
-        self._where: dict[str, Path] = {}
+        self._where: dict[str, tuple] = {}  # name -> (file, byte offset, dtype, shape)
         self._torch_state: dict | None = None
         if (model_dir / "model.safetensors").is_file():
             self._index_safetensors([model_dir / "model.safetensors"])
@@ -105,15 +121,19 @@ class Checkpoint:
             self._load_torch(model_dir)
         else:
             raise FileNotFoundError(f"{model_dir} has no checkpoint; expected one of {list(_CHECKPOINT_FILES)}")
-        self._handles: dict[Path, object] = {}
 
     def _index_safetensors(self, files: list[Path]):
-        from safetensors import safe_open
-
-        for f in files:
-            with safe_open(f, framework="numpy") as h:
-                for k in h.keys():
-                    self._where[k] = f
+        for f in files:  # format: u64 header length, JSON header, then the tensors' bytes
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            header.pop("__metadata__", None)
+            for k, info in header.items():
+                if info["dtype"] not in _SAFETENSORS_DTYPES:
+                    raise ValueError(f"{f}: tensor {k!r} has dtype {info['dtype']}, which jsoft cannot read; "
+                                     f"readable: {sorted(_SAFETENSORS_DTYPES)}")
+                dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+                self._where[k] = (f, 8 + n + info["data_offsets"][0], dtype, tuple(info["shape"]))
 
     def _load_torch(self, model_dir: Path):
         try:
@@ -137,15 +157,37 @@ class Checkpoint:
         return name in self._where
 
     def get(self, name: str) -> np.ndarray:
+        """The tensor as stored (bfloat16 as ml_dtypes' bfloat16)."""
         if self._torch_state is not None:
             t = self._torch_state[name]
-            return t.float().numpy() if str(t.dtype) == "torch.bfloat16" else t.numpy()
-        from safetensors import safe_open
+            if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: reinterpret the bits as ml_dtypes'
+                import torch
 
-        f = self._where[name]
-        if f not in self._handles:
-            self._handles[f] = safe_open(f, framework="numpy")
-        return self._handles[f].get_tensor(name)
+                return t.view(torch.int16).numpy().view(jnp.bfloat16)
+            return t.numpy()
+        f, offset, dtype, shape = self._where[name]
+        out = aligned_empty(shape, dtype)
+        with open(f, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+            while done < out.nbytes:  # readinto may return less than asked for
+                got = fh.readinto(view[done:])
+                if not got:
+                    raise OSError(f"{f} ended inside tensor {name!r}")
+                done += got
+        return out
+
+    def read(self, name: str, dtype, transpose: bool = False) -> np.ndarray:
+        """The tensor in `dtype`, optionally transposed, in an aligned buffer that a parameter can
+        adopt without a copy (`jax.device_put`). Holds at most one extra copy, only while converting."""
+        arr = self.get(name)
+        if transpose:
+            arr = arr.T
+        if arr.dtype == dtype and arr.flags.c_contiguous and arr.ctypes.data % _ALIGN == 0:
+            return arr
+        out = aligned_empty(arr.shape, dtype)
+        out[...] = arr
+        return out
 
 
 def _find(ckpt: Checkpoint, name: str, prefix: str) -> str | None:
@@ -172,15 +214,15 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
             missing.append(path)
             loaded.append((path, var))
             continue
-        arr = ckpt.get(key)
-        if transpose:
-            arr = arr.T
+        dtype = np.dtype(var.get_value().dtype if param_dtype is None else param_dtype)
+        arr = ckpt.read(key, dtype, transpose)
         want = tuple(var.get_value().shape)
         if tuple(arr.shape) != want:
             raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(arr.shape)} but config.json "
                              f"implies {want} (for jsoft parameter {'.'.join(map(str, path))})")
-        value = jnp.asarray(arr, dtype=var.get_value().dtype if param_dtype is None else param_dtype)
-        loaded.append((path, var.replace(value)))
+        # On CPU the parameter adopts the aligned host buffer (no copy); on an accelerator this is
+        # the one host-to-device transfer.
+        loaded.append((path, var.replace(jax.device_put(arr, may_alias=True))))
     if len(missing) == len(flat):
         raise ValueError(f"no tensor of the checkpoint in {ckpt.dir} matches this architecture "
                          f"({arch.__name__.rsplit('.', 1)[-1]})")
