@@ -115,16 +115,9 @@ def test_gpt2_prompt_tuning_with_a_verbalizer_gives_the_same_accuracy_in_peft(ti
 
 
 def test_t5_prefix_tuning_adapter_gives_the_same_loss_in_peft(tiny_dir, tmp_path):
-    model = tiny_dir("t5", "seq2seq_lm")
-    if not (model / "tokenizer.json").exists():
-        tu.tokenizer("t5").save_pretrained(model)
-    rows = lambda n, seed: [{"text": r["text"], "target": ("great plot" if r["label"] else "bad")}
-                            for r in tu.sentiment(n, seed)]
-    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", rows(16, 0)), tu.write_jsonl(tmp_path / "e.jsonl",
-                                                                                           rows(11, 1)),
-                  task="seq2seq_lm", train=dict(num_steps=2, learning_rate=0.1),
-                  peft=dict(peft_type="PREFIX_TUNING", num_virtual_tokens=4, prefix_projection=True,
-                            encoder_hidden_size=16))
+    model, c = tu.t5_summarize_config(tiny_dir, tmp_path, train=dict(num_steps=2, learning_rate=0.1),
+                                      peft=dict(peft_type="PREFIX_TUNING", num_virtual_tokens=4,
+                                                prefix_projection=True, encoder_hidden_size=16))
     summary = train.train(c, tmp_path / "wd")
     export.export(tmp_path / "wd", tmp_path / "adapter")
     ref = _peft_model("t5", "seq2seq_lm", model, tmp_path / "adapter")

@@ -28,15 +28,9 @@ def test_bleu_known_values():
 
 
 def test_seq2seq_training_eval_reports_generation_metrics(tiny_dir, tmp_path):
-    model = tiny_dir("t5", "seq2seq_lm")
-    if not (model / "tokenizer.json").exists():
-        tu.tokenizer("t5").save_pretrained(model)
-    rows = lambda n, seed: [{"text": r["text"], "target": ("great plot" if r["label"] else "bad")}
-                            for r in tu.sentiment(n, seed)]
-    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", rows(16, 0)),
-                  tu.write_jsonl(tmp_path / "e.jsonl", rows(11, 1)), task="seq2seq_lm",
-                  train=dict(num_steps=2, learning_rate=0.1, eval_generate_tokens=4),
-                  peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=3))
+    _, c = tu.t5_summarize_config(tiny_dir, tmp_path, train=dict(num_steps=2, learning_rate=0.1,
+                                                                 eval_generate_tokens=4),
+                                  peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=3))
     summary = train.train(c, tmp_path / "wd")
     ev = summary["eval"]
     assert {"rouge_l", "exact_match", "bleu", "loss"} <= set(ev)

@@ -112,3 +112,14 @@ def config(model_path: Path, train_file: Path, eval_file: Path | None, task: str
         for k, v in values.items():
             section[k] = v
     return c
+
+
+def t5_summarize_config(tiny_dir, tmp_path: Path, **sections):
+    """A tiny T5 seq2seq run (text -> short target) with its tokenizer saved beside the model."""
+    model = tiny_dir("t5", "seq2seq_lm")
+    if not (model / "tokenizer.json").exists():
+        tokenizer("t5").save_pretrained(model)
+    rows = lambda n, seed: [{"text": r["text"], "target": ("great plot" if r["label"] else "bad")}
+                            for r in sentiment(n, seed)]
+    return model, config(model, write_jsonl(tmp_path / "t.jsonl", rows(16, 0)),
+                         write_jsonl(tmp_path / "e.jsonl", rows(11, 1)), task="seq2seq_lm", **sections)
