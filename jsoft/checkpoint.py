@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,7 +137,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # leftovers of a run killed mid-save
         )
-        self._mngr = _Manager(directory, options=self._options)
+        self._mngr = _Manager(os.path.abspath(os.fspath(directory)), options=self._options)  # Orbax: absolute only
         self.directory = self._mngr.directory
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None, force: bool = False) -> bool:

@@ -26,7 +26,7 @@ log = logging.getLogger("jsoft.export")
 def export(workdir, out, step: int | None = None, best: bool = False, format: str | None = None) -> dict:
     """Writes the adapter of `step` (default: latest; `best`: the best by the run's metric) to `out`.
     Returns {"step", "format", "out"}."""
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # Orbax needs absolute paths
     config = build.load_config(workdir)
     ckpt_dir = workdir / "checkpoints"
     if not ckpt_dir.is_dir():

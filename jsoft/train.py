@@ -269,7 +269,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     """Runs (or resumes) the training described by `config` in `workdir`; returns the summary."""
     # ---------------------------------------------------------------- setup
     build.check_config(config)
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # Orbax needs absolute paths
     primary = jax.process_index() == 0
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)

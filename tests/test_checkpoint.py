@@ -88,6 +88,16 @@ def test_restore_casts_to_abstract_dtype(tmp_path):
     ck.close()
 
 
+def test_relative_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `--workdir runs/x` reaches the checkpointer as a relative path
+    ck = Checkpointer("runs/x/checkpoints", async_save=False)
+    ck.save(1, {"w": jnp.arange(3, dtype=jnp.float32)}, {"data": 1})
+    restored, meta = ck.restore({"w": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=CPU0)})
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(3))
+    assert meta == {"data": 1} and (tmp_path / "runs/x/checkpoints/1").is_dir()
+    ck.close()
+
+
 def test_empty_directory(tmp_path):
     ck = Checkpointer(tmp_path / "run", best_metric="acc")
     assert ck.restore(abstract(make_state())) is None
