@@ -153,8 +153,8 @@ class Pooler(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.dense = dense(c.hidden_size, c.hidden_size, ("embed", None), p, rngs=rngs)
 
-    def __call__(self, h_BxTxD):
-        return jnp.tanh(self.dense(h_BxTxD[:, 0]))  # the [CLS] token
+    def __call__(self, h_BxTxD, cls_index_B=None):
+        return jnp.tanh(self.dense(heads.pool_at(h_BxTxD, 0 if cls_index_B is None else cls_index_B)))
 
 
 class BertModel(nnx.Module):
@@ -165,7 +165,7 @@ class BertModel(nnx.Module):
         self.pooler = Pooler(c, p, rngs) if add_pooling_layer else None
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
-                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, drop=None):
+                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, drop=None, cls_index=None):
         drop = drop or DropoutRng(None)
         if inputs_embeds is None:
             inputs_embeds = self.embeddings.word_embeddings(input_ids)
@@ -181,11 +181,13 @@ class BertModel(nnx.Module):
         x = self.embeddings(inputs_embeds, position_ids, token_type_ids, drop)
         mask = attention_mask_4d(attention_mask, T, T, causal=False)
         h = self.encoder(x, mask, prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop)
-        return h, None if self.pooler is None else self.pooler(h)
+        return h, None if self.pooler is None else self.pooler(h, cls_index)
 
 
 class Bert(nnx.Module):
     """BERT with the head for `task` (None, seq_cls, token_cls)."""
+
+    cls_token = "first"  # the pooler reads [CLS], slot 0 (`cls_index` overrides it)
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.config, self.task, self.num_labels = c, task, num_labels
@@ -201,13 +203,14 @@ class Bert(nnx.Module):
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
-                 dropout_rng: jax.Array | None = None, head=None) -> ModelOutput:
-        """`head` replaces the classifier (a PEFT adapter's trained copy of it)."""
+                 dropout_rng: jax.Array | None = None, head=None, cls_index=None) -> ModelOutput:
+        """`head` replaces the classifier (a PEFT adapter's trained copy of it); `cls_index [B]` is
+        the slot the pooler reads (default 0, [CLS])."""
         if cache is not None:
             raise ValueError("BERT is an encoder: it takes no decoding cache (cache must be None)")
         drop = DropoutRng(dropout_rng)
         h, pooled = self.bert(input_ids, attention_mask, position_ids, token_type_ids, inputs_embeds,
-                              prefix_kv, prefix_mask, drop)
+                              prefix_kv, prefix_mask, drop, cls_index)
         if self.task == "seq_cls":
             logits = (head or self.classifier)(drop(pooled, self.config.classifier_dropout)).astype(jnp.float32)
         elif self.task == "token_cls":

@@ -138,6 +138,8 @@ class GPT2Model(nnx.Module):
 class GPT2(nnx.Module):
     """GPT-2 with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
 
+    cls_token = "last"  # the token seq_cls reads by default (transformers' rule; `cls_index` overrides it)
+
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.config, self.task, self.num_labels = c, task, num_labels
         self.transformer = GPT2Model(c, p, rngs)
@@ -153,8 +155,9 @@ class GPT2(nnx.Module):
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
-                 dropout_rng: jax.Array | None = None, head=None) -> ModelOutput:
-        """`head` replaces the classification head (a PEFT adapter's trained copy of it)."""
+                 dropout_rng: jax.Array | None = None, head=None, cls_index=None) -> ModelOutput:
+        """`head` replaces the classification head (a PEFT adapter's trained copy of it);
+        `cls_index [B]` is the position seq_cls reads (default: transformers' last-token rule)."""
         if token_type_ids is not None:
             raise ValueError("GPT-2 in jsoft takes no token_type_ids")
         drop = DropoutRng(dropout_rng)
@@ -163,7 +166,8 @@ class GPT2(nnx.Module):
         if self.task == "causal_lm":
             logits = heads.tied_lm_logits(h, self.transformer.wte.embedding[...])
         elif self.task == "seq_cls":
-            idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1])
+            idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1]) if cls_index is None \
+                else cls_index
             logits = (head or self.score)(heads.pool_at(h, idx)).astype(jnp.float32)
         elif self.task == "token_cls":
             logits = (head or self.classifier)(drop(h, self.config.classifier_dropout)).astype(jnp.float32)

@@ -2,8 +2,10 @@
 
 Every method reduces to (DESIGN.md section 1) extra input embeddings and/or per-layer key/value
 prefixes. A batch may mix adapters (`adapter_names`, one per row): each adapter's prompt is
-computed once, the prompts are stacked (left-padded to the longest, with a mask) and gathered per
-row; positions are passed explicitly so each row sees exactly what it would see alone.
+computed once, the prompts are stacked (padded to the longest, with a mask) and gathered per row;
+positions are passed explicitly so each row sees exactly what it would see alone. Each row's
+prompt ends where its tokens begin (T5's relative position bias sees slot distances), and a
+classifier is told which slot each row pools (`cls_index`).
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ def _left_pad(x: jax.Array, n: int, axis: int) -> jax.Array:
     return jnp.pad(x, pad)
 
 
+def _left_valid(lengths: list[int], n: int) -> jax.Array:
+    """[len(lengths), n] mask of the slots `_left_pad` filled with values."""
+    return jnp.asarray(np.arange(n)[None] >= n - np.asarray(lengths)[:, None])
+
+
 def _rows(stack: jax.Array, rows: jax.Array | None, B: int, axis: int = 0) -> jax.Array:
     """Per-row gather of stacked per-adapter values (broadcast when there is one adapter)."""
     if rows is None:
@@ -247,7 +254,7 @@ class PeftModel(nnx.Module):
         if Ve:
             D = mc.hidden_size
             stack = jnp.stack([_left_pad(jnp.zeros((0, D)) if e is None else e, Ve, 0) for e, _ in embeds])
-            valid = jnp.asarray(np.stack([np.arange(Ve) >= Ve - v for _, v in embeds]))
+            valid = _left_valid([v for _, v in embeds], Ve)
             out.embeds, out.embeds_mask = _rows(stack, rows, B), _rows(valid, rows, B)
         tables = [(a.prompt(k), a.config.num_virtual_tokens) if a.is_prefix else (None, 0)
                   for a, k in zip(adapters, keys)]
@@ -256,7 +263,7 @@ class PeftModel(nnx.Module):
             N = max(t.shape[1] for t, _ in tables if t is not None) // (2 * mc.kv_width)
             kvs = [to_prefix_kv(_left_pad(jnp.zeros((0, N * 2 * mc.kv_width)) if t is None else t, Vk, 0),
                                 N, mc.num_kv_heads, mc.head_dim) for t, _ in tables]
-            valid = jnp.asarray(np.stack([np.arange(Vk) >= Vk - v for _, v in tables]))
+            valid = _left_valid([v for _, v in tables], Vk)
             out.prefix = _rows(jnp.stack(kvs, axis=2), rows, B, axis=2)
             out.prefix_mask = _rows(valid, rows, B)
         return out
@@ -302,6 +309,21 @@ class PeftModel(nnx.Module):
         if len(names) == 1:
             return names, None
         return names, jnp.asarray([names.index(n) for n in adapter_names], jnp.int32)
+
+    def _cls_index(self, names, rows, input_ids, embeds_mask) -> jax.Array:
+        """The slot a classifier pools in each row of a mixed batch, as each row alone would.
+        Rows of shorter prompts (or none: prefix rows) start later in the left-padded prompt block.
+        BERT pools the first slot; a decoder-only model the last one for a prompt row (PEFT passes
+        it as embeddings) and the last non-pad token for a prefix row (passed as ids)."""
+        from jsoft.models.heads import last_token_index
+
+        base, Ve = self.base_model, embeds_mask.shape[1]
+        if base.cls_token == "first":
+            return Ve - embeds_mask.sum(-1, dtype=jnp.int32)
+        T = input_ids.shape[1]
+        by_ids = last_token_index(jnp.asarray(input_ids), base.config.pad_token_id, T)
+        embed_row = jnp.asarray([not self.adapters[n].is_prefix for n in names])[rows]
+        return Ve + jnp.where(embed_row, T - 1, by_ids)
 
     def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
                  position_ids=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None,
@@ -353,6 +375,8 @@ class PeftModel(nnx.Module):
         head = self._head(names, rows)
         if head is not None:
             kw["head"] = head
+        if base.task == "seq_cls" and rows is not None and Ve and (input_ids is not None or base.cls_token == "first"):
+            kw["cls_index"] = self._cls_index(names, rows, input_ids, p.embeds_mask)
         out = base(**kw, dropout_rng=k_model)
         if labels is not None:
             out = out.replace(loss=losses.task_loss(base.task, out.logits, jnp.asarray(labels), Ve,
@@ -412,7 +436,7 @@ class PeftModel(nnx.Module):
             kvs = [self.prompt_cache(n)[:, :, 0] for n in names]  # [L, 2, V, G, K] each
             Vk, dtype = max(kv.shape[2] for kv in kvs), jnp.result_type(*kvs)
             stack = jnp.stack([_left_pad(kv.astype(dtype), Vk, 2) for kv in kvs], axis=2)
-            valid = jnp.asarray(np.stack([np.arange(Vk) >= Vk - kv.shape[2] for kv in kvs]))
+            valid = _left_valid([kv.shape[2] for kv in kvs], Vk)
             return out | {"prefix_kv": _rows(stack, rows, B, axis=2), "prefix_mask": _rows(valid, rows, B)}
         p = self._prompts(names, rows, B, None)
         if p.embeds is not None:

@@ -115,23 +115,32 @@ def test_jsoft_format_keeps_encoders_for_more_training(tiny_dir, tmp_path, metho
 # ------------------------------------------------------------------ many adapters
 
 
-def test_mixed_adapter_batch_equals_each_row_alone(tiny_dir):
-    model = gpt2(tiny_dir)
-    pm = jsoft.get_peft_model(model, peft_ref.configs("prompt", "causal_lm")[0], "a", seed=1)
-    pm.add_adapter("b", jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=7), seed=2)
-    pm.add_adapter("c", jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2), seed=3)
-    pm.add_adapter("d", jsoft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), seed=4)
-    inputs = peft_ref.batch("gpt2", B=3)
-    names = ["b", "a", "d"]
-    mixed = pm(**inputs, adapter_names=names).logits
+@pytest.mark.parametrize("kind,task", peft_ref.MATRIX, ids=lambda x: str(x))
+def test_mixed_adapter_batch_equals_each_row_alone(tiny_dir, kind, task):
+    """Rows of different methods and virtual-token counts in one batch: each row's output equals
+    that row run alone with its adapter (right-padded rows included), on every backbone and head."""
+    model = jsoft.from_pretrained(tiny_dir(kind, task), task=task, num_labels=3)
+    tt = peft_ref.TASK_TYPES[task]
+    pm = jsoft.get_peft_model(model, jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=4), "a", seed=1)
+    pm.add_adapter("b", jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=7), seed=2)
+    pm.add_adapter("c", jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=2), seed=3)
+    pm.add_adapter("d", jsoft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=3), seed=4)
+    for name, adapter in pm.adapters.items():  # distinct heads, so a row that reads another's head fails
+        if adapter.head is not None:
+            adapter.head.kernel[...] = adapter.head.kernel[...] + 0.1 * (ord(name) - ord("a"))
+    inputs = peft_ref.batch(kind, B=4)
+    names = ["c", "b", "a", "d"]  # the shortest prompt on the unpadded row, the prefix on a padded one
+    mixed = np.asarray(pm(**inputs, adapter_names=names).logits)
     for b, name in enumerate(names):
         row = {k: v[b:b + 1] for k, v in inputs.items()}
         pm.set_adapter(name)
         alone = np.asarray(pm(**row).logits)[0]
-        got = np.asarray(mixed[b])[-alone.shape[0]:]  # mixed rows carry left pads for shorter prompts
-        keep = np.concatenate([np.ones(alone.shape[0] - row["attention_mask"].shape[1], bool),
-                               row["attention_mask"][0].astype(bool)])
-        np.testing.assert_allclose(got[keep], alone[keep], atol=1e-5)
+        got = mixed[b]
+        if task in ("causal_lm", "token_cls"):  # compare the real tokens (PEFT also returns prompt slots)
+            T = row["input_ids"].shape[1]
+            keep = row["attention_mask"][0].astype(bool)
+            got, alone = got[-T:][keep], alone[-T:][keep]
+        np.testing.assert_allclose(got, alone, atol=1e-5, err_msg=f"row {b} (adapter {name!r})")
 
 
 def test_mixed_heads_per_row(tiny_dir):
