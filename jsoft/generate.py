@@ -11,7 +11,12 @@ Semantics follow transformers' `generate` (and PEFT's on a prompt-learning model
   * encoder-decoder: returns the decoder ids `[B, 1 + max_new_tokens]` starting with
     `decoder_start_token_id`; the encoder runs once.
 The prompt is prefilled in one call (all but its last token, whose logits are the only ones
-needed, so the LM head never runs over the prompt), then one token per step.
+needed, so the LM head never runs over the prompt), then one token per step. Sampling draws each
+row from its own key (`row_keys`: the seed and the row's index), so a row samples the same tokens
+whatever it is batched with.
+
+`decode(base, inputs, keys, knobs, cfg)` is the loop on a bare backbone for callers that build
+the backbone inputs themselves (`jsoft.multitask`); `generate` is the `PeftModel` front end.
 
 CLI, printing one JSON line per prompt (or writing them to --output):
     python -m jsoft.generate --model MODEL_DIR --adapter ADAPTER_DIR --prompt "some text" \\
@@ -61,8 +66,15 @@ def knobs(temperature: float = 1.0, top_p: float = 1.0, length_penalty: float = 
             "pad": jnp.int32(pad_token_id)}
 
 
+def row_keys(seeds_B: Array, index_B: Array) -> Array:
+    """One PRNG key per row: the `index`-th row of a call seeded with `seed`."""
+    return jax.vmap(lambda s, j: jax.random.fold_in(jax.random.key(s), j))(
+        jnp.asarray(seeds_B, jnp.uint32), jnp.asarray(index_B, jnp.uint32))
+
+
 def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_beams: int = 1,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | Sequence[int] = 0,
+             num_beams: int = 1,
              length_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
              pad_token_id: int | None = None, adapter_names: Sequence[str] | None = None,
              output_scores: bool = False) -> Array | tuple[Array, Array]:
@@ -70,10 +82,18 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
 
     eos_token_id / pad_token_id default to the model config (pad: else the first EOS id, else 0);
     pass `eos_token_id=[]` to always generate `max_new_tokens`. `adapter_names` gives one adapter
-    per row (default: the active one). `output_scores=True` (greedy or sampling) also returns the
-    processed logits `[B, max_new_tokens, vocab]` each new token was chosen from."""
+    per row (default: the active one). `seed`: an int seeds row b with (seed, b); a list gives each
+    row its own seed (row b then samples what it samples alone with that seed).
+    `output_scores=True` (greedy or sampling) also returns the processed logits
+    `[B, max_new_tokens, vocab]` each new token was chosen from."""
     mc = pm.base_model.config
     ids, mask = _checked_inputs(pm, input_ids, attention_mask, max_new_tokens)
+    B = ids.shape[0]
+    seeds = np.full(B, seed) if np.isscalar(seed) else np.asarray(seed)
+    in_range = np.issubdtype(seeds.dtype, np.integer) and ((0 <= seeds) & (seeds < 2 ** 32)).all()
+    if seeds.shape != (B,) or not in_range:
+        raise ValueError(f"seed must be an int or one int per row ({B} rows), each in [0, 2**32); got {seed!r}")
+    index = np.arange(B) if np.isscalar(seed) else np.zeros(B, np.int64)
     if num_beams < 1 or (num_beams > 1 and (do_sample or output_scores)):
         raise ValueError(f"num_beams={num_beams}: must be >= 1, and beam search is deterministic here "
                          "(do_sample=False) without output_scores")
@@ -98,7 +118,7 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
                            top_k=int(top_k) if do_sample else 0, top_p=bool(do_sample and top_p < 1.0),
                            num_beams=int(num_beams), num_eos=len(eos), output_scores=bool(output_scores))
     k = knobs(temperature, top_p, length_penalty, eos, pad)
-    return _generate(pm, jnp.asarray(ids), jnp.asarray(mask), rows, jax.random.key(seed), k, names, cfg)
+    return _generate(pm, jnp.asarray(ids), jnp.asarray(mask), rows, row_keys(seeds, index), k, names, cfg)
 
 
 def _ids(x: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -124,20 +144,29 @@ def _checked_inputs(pm, input_ids, attention_mask, max_new_tokens: int) -> tuple
 
 
 @nnx.jit(static_argnames=("names", "cfg"))
-def _generate(pm, input_ids, attention_mask, rows, key, knobs: dict, names: tuple[str, ...],
+def _generate(pm, input_ids, attention_mask, rows, keys, knobs: dict, names: tuple[str, ...],
               cfg: GenerationConfig):
     inputs = pm.prepare_generation(input_ids, attention_mask, names, rows)
-    build = _seq2seq if pm.base_model.config.is_encoder_decoder else _causal
-    step, cache, first = build(pm.base_model, inputs, cfg)
+    new, scores = decode(pm.base_model, inputs, keys, knobs, cfg)
     B = input_ids.shape[0]
-    if cfg.num_beams > 1:
-        new, scores = _beam_search(step, cache, first, B, knobs, cfg), None
-    else:
-        new, scores = _sample(step, cache, first, key, knobs, cfg)
     c = pm.base_model.config
     lead = jnp.full((B, 1), c.decoder_start_token_id, jnp.int32) if c.is_encoder_decoder else input_ids
     seqs = jnp.concatenate([lead, new], axis=1)
     return (seqs, scores) if cfg.output_scores else seqs
+
+
+def decode(base, inputs: dict[str, Array], keys_B: Array, knobs: dict, cfg: GenerationConfig
+           ) -> tuple[Array, Array | None]:
+    """The decoding loop on a backbone: new tokens `[B, max_new_tokens]` (pad after EOS) and, with
+    `cfg.output_scores`, their processed logits. `inputs` are the backbone's arguments for the
+    batch (what `PeftModel.prepare_generation` returns): decoder-only `input_ids`, a left-padded
+    `attention_mask`, optional `prefix_kv`/`prefix_mask`; encoder-decoder `input_ids` or
+    `inputs_embeds`, `attention_mask` and the decoder's prefixes. `keys_B`: `row_keys`."""
+    build = _seq2seq if base.config.is_encoder_decoder else _causal
+    step, cache, first = build(base, inputs, cfg)
+    if cfg.num_beams > 1:
+        return _beam_search(step, cache, first, first.shape[0] // cfg.num_beams, knobs, cfg), None
+    return _sample(step, cache, first, keys_B, knobs, cfg)
 
 
 # --------------------------------------------------------------------------- backbones as step functions
@@ -224,8 +253,9 @@ def _is_eos(tokens: Array, eos: Array) -> Array:
     return jnp.any(tokens[..., None] == eos, axis=-1)
 
 
-def _sample(step: Step, cache: KVCache, first_R: Array, key: Array, knobs: dict, cfg: GenerationConfig):
-    """Greedy or sampling: new tokens `[R, N]` (pad after EOS) and the scores (None unless asked)."""
+def _sample(step: Step, cache: KVCache, first_R: Array, keys_R: Array, knobs: dict, cfg: GenerationConfig):
+    """Greedy or sampling (row r from its key `keys_R[r]`): new tokens `[R, N]` (pad after EOS) and
+    the scores (None unless asked)."""
     R, N, pad = first_R.shape[0], cfg.max_new_tokens, knobs["pad"]
     tokens = jnp.full((R, N), pad, jnp.int32)
     scores = None
@@ -240,7 +270,7 @@ def _sample(step: Step, cache: KVCache, first_R: Array, key: Array, knobs: dict,
         logits, cache = step(prev, i, cache)
         if cfg.do_sample:
             logits = process_logits(logits, knobs, cfg)
-            tok = jax.random.categorical(jax.random.fold_in(key, i), logits, axis=-1)
+            tok = jax.vmap(lambda k, x: jax.random.categorical(jax.random.fold_in(k, i), x))(keys_R, logits)
         else:
             tok = jnp.argmax(logits, axis=-1)
         tok = jnp.where(done, pad, tok.astype(jnp.int32))
@@ -357,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="prompt i samples with seed + i")
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
 
@@ -381,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         enc = tok(filled, padding=True, pad_to_multiple_of=16, return_tensors="np")
         out = np.asarray(generate(pm, enc["input_ids"], enc["attention_mask"], max_new_tokens=args.max_new_tokens,
                                   do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
-                                  top_p=args.top_p, seed=args.seed + s, num_beams=args.num_beams))
+                                  top_p=args.top_p, seed=[args.seed + s + j for j in range(len(filled))],
+                                  num_beams=args.num_beams))
         new = out[:, enc["input_ids"].shape[1]:] if task == "causal_lm" else out[:, 1:]
         for prompt, ids in zip(batch, new.tolist()):
             end = next((j for j, t in enumerate(ids) if t in eos), len(ids))

@@ -82,13 +82,13 @@ class Tables:
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    """The sampling part of a generate call (rows that share it can share a batch)."""
+    """The sampling part of a generate call (rows that share it can share a batch; each row has
+    its own seed)."""
 
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -313,8 +313,10 @@ class MultiTaskModel:
         return [probs[b, T - len(x):] if self.decoder_only else probs[b, :len(x)] for b, x in enumerate(ids)]
 
     def generate(self, names: Sequence[str], ids: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
-                 sampling: Sampling = Sampling()) -> list[np.ndarray]:
-        """New tokens per row (`max_new_tokens[b]` of them; `pad_token_id` after an EOS)."""
+                 sampling: Sampling = Sampling(), seeds: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
+        """New tokens per row (`max_new_tokens[b]` of them; `pad_token_id` after an EOS). When
+        sampling, row b draws from `seeds[b] = (seed, index)` (`jsoft.generate.row_keys`; default
+        (0, b)), so what it draws does not depend on the rows batched with it."""
         if self.task not in GENERATE_TASKS:
             raise ValueError(f"generate needs a causal_lm or seq2seq_lm model, not task={self.task!r}")
         arr, mask, slots = self._batch(names, ids, left=self.decoder_only)
@@ -326,8 +328,10 @@ class MultiTaskModel:
             sampling = dataclasses.replace(sampling, top_k=0)
         cfg, knobs = _decoding(N, sampling, self.eos_token_ids, self.pad_token_id)
         self.shapes.add(("generate", *arr.shape, cfg))
-        new = np.asarray(self._generate(self._state, self._tables, arr, mask, slots, jax.random.key(sampling.seed),
-                                        knobs, cfg=cfg))
+        seeds = list(seeds or [(0, b) for b in range(len(ids))])
+        seeds = np.asarray(seeds + seeds[:1] * (arr.shape[0] - len(seeds)), np.int64)  # like _batch's extra rows
+        keys = gen.row_keys(seeds[:, 0], seeds[:, 1])
+        new = np.asarray(self._generate(self._state, self._tables, arr, mask, slots, keys, knobs, cfg=cfg))
         return [new[b, :n] for b, n in enumerate(max_new_tokens)]
 
     def compiled_programs(self) -> int:
@@ -411,16 +415,14 @@ def _decoding(N: int, s: Sampling, eos: tuple[int, ...], pad: int) -> tuple[gen.
     return cfg, gen.knobs(temperature=s.temperature, top_p=s.top_p, eos_token_ids=eos, pad_token_id=pad)
 
 
-def _generate(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots, key, knobs, cfg) -> Array:
+def _generate(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots, keys, knobs, cfg) -> Array:
     base = nnx.merge(graphdef, state)
     if decoder_only:
-        step, cache, first = gen._causal(base, {"input_ids": ids, "attention_mask": mask, **_rows(t, slots)}, cfg)
+        inputs = {"input_ids": ids, "attention_mask": mask, **_rows(t, slots)}
     else:
         embeds, full_mask, _ = _packed(base, t, ids, mask, slots)
         inputs = {"inputs_embeds": embeds, "attention_mask": full_mask.astype(jnp.int32), **_rows(t, slots)}
-        step, cache, first = gen._seq2seq(base, inputs, cfg)
-    out = gen._sample(step, cache, first, key, knobs, cfg)
-    return out[0] if isinstance(out, tuple) else out  # (tokens, scores) or tokens
+    return gen.decode(base, inputs, keys, knobs, cfg)[0]
 
 
 # --------------------------------------------------------------------------- helpers

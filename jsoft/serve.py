@@ -18,9 +18,10 @@ Requests for different adapters are batched together: a queue collects rows for 
 --batch-wait-ms or --max-batch-size rows, takes the rows that can share one model call (same
 endpoint; for /generate the same sampling parameters and max_new_tokens bucket) and runs them as
 one mixed-adapter batch (`jsoft.multitask`) in a worker thread. Greedy decoding gives what
-`PeftModel.generate` gives for the row alone; sampling is reproducible for a given batch
-(rows share the seed's key). Errors are JSON `{"error": message, ...}` with a 4xx status for
-bad requests, 404 for an unknown adapter, 500 for an adapter whose files cannot be loaded.
+`PeftModel.generate` gives for the row alone; sampling draws prompt j of a request from
+(seed, j) whatever the batch, as `PeftModel.generate(prompts, seed=seed)` does. Errors are JSON
+`{"error": message, ...}` with a 4xx status for bad requests, 404 for an unknown adapter, 500
+for an adapter whose files cannot be loaded.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def _sampling(r: GenerateRequest, limit: int) -> Sampling:
     if not (temperature > 0 and 0 < r.top_p <= 1 and r.top_k >= 0 and 0 <= r.seed < 2 ** 32):
         raise ApiError(400, "sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 and 0 <= seed < 2**32; got "
                        f"temperature={temperature}, top_p={r.top_p}, top_k={r.top_k}, seed={r.seed}")
-    return Sampling(True, float(temperature), r.top_k, float(r.top_p), r.seed)
+    return Sampling(True, float(temperature), r.top_k, float(r.top_p))
 
 
 # --------------------------------------------------------------------------- the app
@@ -212,7 +213,7 @@ def create_app(model: MultiTaskModel, *, max_batch_size: int = 16, batch_wait_ms
         names, ids = [r[0] for r in rows], [r[1] for r in rows]
         if key[0] == "classify":
             return model.classify(names, ids)
-        return model.generate(names, ids, [r[2] for r in rows], key[2])
+        return model.generate(names, ids, [r[2] for r in rows], key[2], [r[3] for r in rows])
 
     batcher = Batcher(run, max_batch_size, batch_wait_ms / 1000)
 
@@ -301,7 +302,7 @@ def create_app(model: MultiTaskModel, *, max_batch_size: int = 16, batch_wait_ms
         sampling = _sampling(r, max_new_tokens_limit)
         ids = await prepare(r.adapter, prompts, "generate", r.max_new_tokens)
         key = ("generate", bucket(r.max_new_tokens), sampling)
-        new = await batched(key, [(r.adapter, x, r.max_new_tokens) for x in ids])
+        new = await batched(key, [(r.adapter, x, r.max_new_tokens, (r.seed, j)) for j, x in enumerate(ids)])
         eos = set(model.eos_token_ids)
         out = {"completions": [], "token_ids": [], "finish_reasons": []}
         for tokens in new:

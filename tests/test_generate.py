@@ -154,6 +154,15 @@ def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
         one, alone = pm.generate(row, max_new_tokens=NEW, output_scores=True)
         np.testing.assert_array_equal(np.asarray(got)[b, -NEW:], np.asarray(one)[0, -NEW:])
         assert_logits_close(np.asarray(scores)[b], np.asarray(alone)[0])
+    # sampling: each row draws from its own seed, so it samples what it samples alone
+    kw = dict(max_new_tokens=NEW, do_sample=True, temperature=1.5, eos_token_id=[])
+    seeds = [5, 6, 7]
+    sampled = np.asarray(pm.generate(ids, mask, adapter_names=names, seed=seeds, **kw))[:, -NEW:]
+    for b, name in enumerate(names):
+        pm.set_adapter(name)
+        alone = np.asarray(pm.generate(ids[b:b + 1, mask[b].astype(bool)], seed=seeds[b], **kw))[0, -NEW:]
+        np.testing.assert_array_equal(sampled[b], alone)
+    assert len({tuple(r) for r in sampled}) == 3
 
 
 def pad_after_eos(new_tokens, eos, pad=0):

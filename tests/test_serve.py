@@ -3,6 +3,7 @@
 is answered completely, correctly and in batches."""
 
 import asyncio
+import concurrent.futures
 import random
 import shutil
 import socket
@@ -154,7 +155,8 @@ def test_generate_equals_peft_model_on_each_row(gpt, gpt_expected):
 
 
 def test_sampling_is_reproducible_and_valid(gpt):
-    model, _ = gpt
+    model, ref = gpt
+    tok = model.tokenizer
     with TestClient(create_app(model, max_new_tokens_limit=LIMIT)) as c:
         req = {"adapter": "a5", "prompt": "the movie", "max_new_tokens": 8, "temperature": 0.8, "top_k": 20,
                "top_p": 0.9, "seed": 7}
@@ -163,6 +165,20 @@ def test_sampling_is_reproducible_and_valid(gpt):
         other = c.post("/generate", json=req | {"seed": 8}).json()
         assert all(0 <= t < tiny.VOCAB for t in first["token_ids"][0] + other["token_ids"][0])
         assert c.post("/generate", json=req | {"temperature": 0}).status_code == 200  # greedy
+        # concurrent requests with other seeds and adapters share batches; each draws what
+        # PeftModel.generate(prompts, seed=seed) draws for it
+        reqs = [req | {"adapter": f"a{i}", "seed": 10 + i, "prompt": None, "prompts": PROMPTS[i:i + 2]}
+                for i in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            bodies = list(pool.map(lambda r: c.post("/generate", json=r).json(), reqs))
+    for r, body in zip(reqs, bodies):
+        ids = [tok(p)["input_ids"] for p in r["prompts"]]
+        T = max(map(len, ids))
+        arr = np.asarray([[0] * (T - len(x)) + x for x in ids])
+        mask = np.asarray([[0] * (T - len(x)) + [1] * len(x) for x in ids])
+        want = np.asarray(ref.generate(arr, mask, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=20,
+                                       top_p=0.9, seed=r["seed"], adapter_names=[r["adapter"]] * 2))[:, T:].tolist()
+        assert body["token_ids"] == [row[:row.index(4)] if 4 in row else row for row in want]
 
 
 def test_classify_equals_peft_model_on_each_row(bert, bert_expected):
