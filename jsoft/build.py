@@ -51,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
         train=ml_collections.ConfigDict(),  # keyword arguments of datasets.load_dataset (with a split)
         eval=None,  # same, or None for no evaluation
         text_columns=None,  # default per task: ("text",) or ("tokens",) for token_cls
-        label_column=None,  # default per task: "label", "ner_tags" or "target"
+        label_column=None,  # default per task: "label", "ner_tags" or "target"; causal_lm: target text (optional)
         label_names=None,  # class names by id (token_cls needs tag names like "B-PER" for entity F1)
         max_length=128,
         target_max_length=None,  # seq2seq_lm targets (default: max_length)
@@ -77,7 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
         dropout=True,  # the frozen model's dropout in training mode, as PEFT trains
         seed=0,
         eval_every=0,  # steps; 0: only at the end
-        eval_generate_tokens=0,  # seq2seq: also generate up to N tokens per eval row (ROUGE-L, exact match, BLEU)
+        eval_generate_tokens=0,  # LMs: also generate up to N tokens per eval row (ROUGE-L, exact match, BLEU)
         checkpoint_every=500,  # steps; also at every eval and at the end
         keep_checkpoints=3,
         best_metric=None,  # default: accuracy (classification), f1 (token_cls), loss (LM)

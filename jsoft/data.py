@@ -93,10 +93,10 @@ def pad_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token")
 
 
-_DEFAULT_COLUMNS = {  # task -> (text_columns, label_column); causal_lm has labels only with a verbalizer
+_DEFAULT_COLUMNS = {  # task -> (text_columns, label_column); causal_lm: "label" only with a verbalizer
     "seq_cls": (("text",), "label"),
     "token_cls": (("tokens",), "ner_tags"),
-    "causal_lm": (("text",), "label"),
+    "causal_lm": (("text",), None),
     "seq2seq_lm": (("text",), "target"),
 }
 
@@ -108,8 +108,10 @@ class Featurizer:
     seq_cls     text_columns (1, or 2 for a text pair) -> input_ids; label_column -> one class id.
     token_cls   text_columns[0] holds words, label_column one tag per word; the first word piece of a
                 word gets its tag, other pieces and special tokens -100 (transformers' run_ner).
-    causal_lm   the text -> input_ids, labels = input_ids. With a `verbalizer`: input = prompt + target,
-                prompt = the text (or `template`), target = verbalizer[label]; labels are -100 on the prompt.
+    causal_lm   the text -> input_ids, labels = input_ids. With a `verbalizer` or a `label_column`:
+                input = prompt + target, prompt = the text (or `template`), target = verbalizer[label],
+                or the label_column's text followed by EOS (data-to-text, summaries); labels are -100
+                on the prompt. Targets are tokenized on their own: put the separator in the template.
     seq2seq_lm  the text (or `template`) -> input_ids; label_column (a string), or verbalizer[label] when
                 a verbalizer is given, -> labels.
 
@@ -286,20 +288,24 @@ class Featurizer:
                                      f"{len(t)} tags in {self.label_column!r}")
             enc = self._tokenize(words, is_split_into_words=True, **trunc)
             labels = [_align(word_ids, row_tags) for word_ids, row_tags in zip(enc["word_ids"], tags)]
-        elif self.task == "causal_lm" and self.verbalizer is None:
+        elif self.task == "causal_lm" and self.verbalizer is None and self.label_column is None:
             enc = self._tokenize(*self._texts(ds, key), **trunc)
             labels = enc["input_ids"]
         elif self.task == "causal_lm":
-            classes = self._class_ids(ds, key)
-            targets = self.verbalizer_token_ids()
             (prompts,) = self._prompts(ds, key)
+            if self.verbalizer is not None:
+                words = self.verbalizer_token_ids()
+                targets = [words[c] for c in self._class_ids(ds, key)]
+            else:
+                eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+                texts = self._tokenize(self._target_texts(ds, key), add_special_tokens=False)["input_ids"]
+                targets = [t[:self.max_length - 1 - len(eos)] + eos for t in texts]
             prompt_ids = self._tokenize(prompts)["input_ids"]
             ids, labels = [], []
-            for i, (prompt, c) in enumerate(zip(prompt_ids, classes)):
-                target = targets[c]
-                keep = self.max_length - len(target)  # truncate the prompt, never the target
+            for i, (prompt, target) in enumerate(zip(prompt_ids, targets)):
+                keep = self.max_length - len(target)  # truncate the prompt, never a verbalizer word
                 if keep < 1:
-                    raise ValueError(f"{key} row {i}: the target {self.verbalizer[c]!r} needs "
+                    raise ValueError(f"{key} row {i}: the target {self.tokenizer.decode(target)!r} needs "
                                      f"{len(target)} tokens; data.max_length={self.max_length} is too small")
                 ids.append(prompt[:keep] + target)
                 labels.append([IGNORE_INDEX] * len(prompt[:keep]) + target)
@@ -310,13 +316,7 @@ class Featurizer:
             if self.verbalizer is not None:
                 targets = [self.verbalizer[c] for c in self._class_ids(ds, key)]
             else:
-                if self.label_column not in ds.column_names:
-                    raise ValueError(f"data.label_column={self.label_column!r} is not a column of {key}; "
-                                     f"columns: {ds.column_names}")
-                targets = list(ds[self.label_column])
-                for i, t in enumerate(targets):
-                    if not isinstance(t, str) or not t.strip():
-                        raise ValueError(f"{key} row {i}: column {self.label_column!r} is empty")
+                targets = self._target_texts(ds, key)
             enc = self._tokenize(sources, **trunc)
             labels = self._tokenize(targets, truncation=True, max_length=target_max_length)["input_ids"]
         as_arrays = lambda rows: [np.asarray(r, np.int32) for r in rows]
@@ -331,12 +331,41 @@ class Featurizer:
             target_max_length=target_max_length,
         )
 
+    def _target_texts(self, ds: datasets.Dataset, key: str) -> list[str]:
+        if self.label_column not in ds.column_names:
+            raise ValueError(f"data.label_column={self.label_column!r} is not a column of {key}; "
+                             f"columns: {ds.column_names}")
+        targets = list(ds[self.label_column])
+        for i, t in enumerate(targets):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"{key} row {i}: column {self.label_column!r} is empty")
+        return targets
+
     def _prompts(self, ds: datasets.Dataset, key: str) -> list[list[str]]:
         texts = self._texts(ds, key)
         if len(texts) != 1:
             raise ValueError(f"data.text_columns={list(self.text_columns)}: {self.task} takes one text "
                              "(use data.template to join several columns)")
         return texts
+
+
+def generation_rows(data: Encoded) -> Encoded:
+    """Eval rows as generation inputs, the labels holding the reference: seq2seq rows as they are;
+    causal rows cut where their target starts (the first label that takes loss), left-padded for
+    decoding, the target becoming the label."""
+    if data.target_max_length is not None:
+        return data
+    prompts, targets = [], []
+    for i, (ids, labels) in enumerate(zip(data.input_ids, data.labels)):
+        start = int(np.argmax(labels != IGNORE_INDEX))
+        if start == 0:
+            raise ValueError(f"data.eval row {i} has no prompt before its target: generation-based eval "
+                             "(train.eval_generate_tokens) needs causal_lm rows of prompt + target "
+                             "(data.label_column or data.verbalizer)")
+        prompts.append(ids[:start])
+        targets.append(labels[start:])
+    return dataclasses.replace(data, input_ids=prompts, labels=targets, token_type_ids=None, padding_side="left",
+                               target_max_length=max(len(t) for t in targets))
 
 
 def _flat(rows) -> list:

@@ -118,17 +118,25 @@ def _is_array_tree(v) -> bool:
 
 
 def generation_eval(pm, enc, batch_size: int, tokenizer, max_new_tokens: int) -> dict[str, float]:
-    """Generate for every eval row (greedy) and score against the labels' text: ROUGE-L, exact match,
-    BLEU. Each process scores its own rows; the means are combined across processes by row count."""
+    """Generate for every row of `enc` (`data.generation_rows`; greedy) and score against the
+    labels' text: ROUGE-L, exact match, BLEU. Each process scores its own rows; the means are
+    combined across processes by row count."""
+    mc = pm.base_model.config
+    # stop at the model's EOS and at the tokenizer's (the one the targets end with)
+    eos = {*(() if mc.eos_token_id is None else np.atleast_1d(mc.eos_token_id).tolist()), tokenizer.eos_token_id}
+    eos = sorted(int(e) for e in eos if e is not None and 0 <= e < mc.vocab_size)
+    pad = data.pad_token_id(tokenizer)
     preds, refs = [], []
     it = data.Batches(enc, batch_size, train=False, process_index=jax.process_index(),
                       process_count=jax.process_count())
     for batch in it:
-        out = np.asarray(pm.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens))
+        out = np.asarray(pm.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                                     eos_token_id=eos, pad_token_id=pad))
+        new = out[:, -max_new_tokens:]  # after the input (causal) or the decoder start token (seq2seq)
         keep = batch["weights"] > 0
-        labels = np.where(batch["labels"] < 0, tokenizer.pad_token_id, batch["labels"])
-        preds += tokenizer.batch_decode(out[keep], skip_special_tokens=True)
-        refs += tokenizer.batch_decode(labels[keep], skip_special_tokens=True)
+        labels = np.where(batch["labels"] < 0, pad, batch["labels"])
+        preds += [tokenizer.decode(_until(row, eos), skip_special_tokens=True) for row in new[keep]]
+        refs += [tokenizer.decode(_until(row, eos), skip_special_tokens=True) for row in labels[keep]]
     local = metrics.generation(preds, refs)
     if jax.process_count() == 1:
         return local
@@ -137,6 +145,12 @@ def generation_eval(pm, enc, batch_size: int, tokenizer, max_new_tokens: int) ->
     n = len(refs)
     sums = multihost_utils.process_allgather(np.array([n] + [v * n for v in local.values()]))
     return {k: float(sums[:, i + 1].sum() / max(sums[:, 0].sum(), 1)) for i, k in enumerate(local)}
+
+
+def _until(ids: np.ndarray, stop: list[int]) -> np.ndarray:
+    """`ids` up to (without) the first of `stop`."""
+    hits = np.flatnonzero(np.isin(ids, stop))
+    return ids if hits.size == 0 else ids[:hits[0]]
 
 
 def initial_state(params, tx: optax.GradientTransformation, seed: int) -> dict:
@@ -284,6 +298,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     feat = build.featurizer(config, tokenizer).fit(train_ds)
     train_enc = feat(train_ds, key="data.train")
     eval_enc = None if eval_ds is None else feat(eval_ds, key="data.eval")
+    generate_enc = None
+    if eval_enc is not None and t.eval_generate_tokens > 0:
+        if task not in ("causal_lm", "seq2seq_lm"):
+            raise ValueError(f"train.eval_generate_tokens={t.eval_generate_tokens} needs model.task causal_lm or "
+                             f"seq2seq_lm, not {task!r}; set it to 0")
+        generate_enc = data.generation_rows(eval_enc)
     batches = data.Batches(train_enc, t.batch_size, train=True, seed=build.named_seed(t.seed, "data"),
                            process_index=jax.process_index(), process_count=jax.process_count())
     num_steps = t.num_steps or t.num_epochs * batches.steps_per_epoch
@@ -416,11 +436,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             result["mse"] = float(sums["se_sum"] / sums["count"])
         elif task in ("causal_lm", "seq2seq_lm"):
             result.update(metrics.language_model(float(sums["nll_sum"]), float(sums["count"])))
-        if task == "seq2seq_lm" and t.eval_generate_tokens > 0:
-            result.update(generation_eval(nnx.merge(graphdef, params, frozen), eval_enc, eval_batch_size,
+        result.setdefault("loss", float(sums["nll_sum"] / max(sums["count"], 1)))
+        if generate_enc is not None:
+            result.update(generation_eval(nnx.merge(graphdef, params, frozen), generate_enc, eval_batch_size,
                                           tokenizer, t.eval_generate_tokens))
-        else:
-            result["loss"] = float(sums["nll_sum"] / max(sums["count"], 1))
         return result
 
     # ---------------------------------------------------------------- restore

@@ -303,6 +303,27 @@ def test_causal_verbalizer_takes_loss_on_the_target_only(side):
     assert cut.input_ids[0].tolist() == ids("the movie was great")[:4] + ids("positive")
 
 
+def test_causal_target_text_takes_loss_and_becomes_the_generation_reference():
+    tok = wordpiece("gpt", pad=False)
+    ds = datasets.Dataset.from_dict({"text": ["the movie", "a very very long plot"], "target": ["good", "bad film"]})
+    feat = data.Featurizer(tok, "causal_lm", max_length=8, template="{text} :", label_column="target")
+    ids = lambda s: tok(s)["input_ids"]
+    eos = tok.eos_token_id
+    enc = feat(ds)
+    assert enc.input_ids[0].tolist() == ids("the movie :") + ids("good") + [eos]
+    assert enc.labels[0].tolist() == [-100] * len(ids("the movie :")) + ids("good") + [eos]
+    assert enc.input_ids[1].tolist() == ids("a very very long plot :")[:5] + ids("bad film") + [eos]  # prompt cut
+    gen = data.generation_rows(enc)
+    assert [r.tolist() for r in gen.input_ids] == [ids("the movie :"), ids("a very very long plot :")[:5]]
+    assert [r.tolist() for r in gen.labels] == [ids("good") + [eos], ids("bad film") + [eos]]
+    batch = next(data.Batches(gen, 2, train=False))
+    assert batch["attention_mask"][0].tolist() == [0] * (8 - 3) + [1] * 3  # left-padded prompts
+    assert batch["labels"][0].tolist()[:3] == ids("good") + [eos, -100]
+    plain = data.Featurizer(tok, "causal_lm", max_length=8)(ds)  # no target: nothing to generate towards
+    with pytest.raises(ValueError, match=r"eval_generate_tokens\) needs causal_lm rows of prompt \+ target"):
+        data.generation_rows(plain)
+
+
 def test_seq2seq_labels_have_their_own_bucket():
     tok = wordpiece("t5")
     ds = datasets.Dataset.from_dict({"text": ["the movie was very very very good good good good good good "

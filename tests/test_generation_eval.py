@@ -1,8 +1,12 @@
 """Generation-based evaluation: ROUGE-L, exact match and BLEU, and their place in the training eval."""
 
+import types
+
+import numpy as np
 import pytest
 
-from jsoft import metrics, train
+import jsoft
+from jsoft import build, data, metrics, train
 from tests import train_utils as tu
 
 
@@ -35,3 +39,45 @@ def test_seq2seq_training_eval_reports_generation_metrics(tiny_dir, tmp_path):
     ev = summary["eval"]
     assert {"rouge_l", "exact_match", "bleu", "loss"} <= set(ev)
     assert 0.0 <= ev["rouge_l"] <= 1.0 and 0.0 <= ev["exact_match"] <= 1.0
+
+
+def test_causal_training_eval_reports_generation_metrics(tiny_dir, tmp_path):
+    _, c = tu.gpt2_data_to_text_config(tiny_dir, tmp_path, train=dict(num_steps=2, eval_generate_tokens=4))
+    ev = train.train(c, tmp_path / "wd")["eval"]
+    assert {"rouge_l", "exact_match", "bleu", "loss", "perplexity"} <= set(ev)
+    assert 0.0 <= ev["rouge_l"] <= 1.0 and 0.0 <= ev["exact_match"] <= 1.0
+
+
+def _causal_eval_rows(tiny_dir, tmp_path):
+    model_dir, c = tu.gpt2_data_to_text_config(tiny_dir, tmp_path)
+    tok = build.load_tokenizer(c)
+    feat = build.featurizer(c, tok)
+    ds = data.load(c.data.eval)
+    return model_dir, tok, ds, data.generation_rows(feat(ds, key="data.eval"))
+
+
+def test_causal_generation_eval_scores_each_prompt_against_its_target(tiny_dir, tmp_path):
+    model_dir, tok, ds, rows = _causal_eval_rows(tiny_dir, tmp_path)
+    targets = {tuple(tok(r["text"] + " :")["input_ids"]): tok(r["target"])["input_ids"] + [tok.eos_token_id]
+               for r in ds}
+    base = jsoft.from_pretrained(model_dir, task="causal_lm")
+
+    def oracle(ids, mask, max_new_tokens, **kw):  # a model that answers every prompt with its target
+        out = [list(row[m.astype(bool)]) for row, m in zip(ids, mask)]
+        new = [(targets[tuple(x)] + [0] * max_new_tokens)[:max_new_tokens] for x in out]
+        return np.concatenate([ids, np.asarray(new)], 1)
+
+    perfect = train.generation_eval(types.SimpleNamespace(base_model=base, generate=oracle), rows, 4, tok, 6)
+    assert perfect == metrics.generation(list(ds["target"]), list(ds["target"]))
+    assert perfect["rouge_l"] == perfect["exact_match"] == 1.0
+
+    # a real model: the same scores as generating for each prompt alone (batching, left padding, EOS cut)
+    pm = jsoft.get_peft_model(base, jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), seed=1)
+    got = train.generation_eval(pm, rows, 4, tok, 5)
+    preds = []
+    for r in ds:
+        prompt = np.asarray([tok(r["text"] + " :")["input_ids"]])
+        new = np.asarray(pm.generate(prompt, max_new_tokens=5, eos_token_id=[tok.eos_token_id]))[0, prompt.shape[1]:]
+        new = new[:np.argmax(new == tok.eos_token_id)] if (new == tok.eos_token_id).any() else new
+        preds.append(tok.decode(new, skip_special_tokens=True))
+    assert got == pytest.approx(metrics.generation(preds, list(ds["target"])))

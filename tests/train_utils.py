@@ -123,3 +123,15 @@ def t5_summarize_config(tiny_dir, tmp_path: Path, **sections):
                             for r in sentiment(n, seed)]
     return model, config(model, write_jsonl(tmp_path / "t.jsonl", rows(16, 0)),
                          write_jsonl(tmp_path / "e.jsonl", rows(11, 1)), task="seq2seq_lm", **sections)
+
+
+def gpt2_data_to_text_config(tiny_dir, tmp_path: Path, **sections):
+    """A tiny GPT-2 causal run of prompt -> target text (the data-to-text setup of prefix tuning)."""
+    model = model_dir(tiny_dir, "gpt2", "causal_lm")
+    rows = lambda n, seed: [{"text": r["text"], "target": ("great plot" if r["label"] else "bad")}
+                            for r in sentiment(n, seed)]
+    c = config(model, write_jsonl(tmp_path / "t.jsonl", rows(16, 0)), write_jsonl(tmp_path / "e.jsonl", rows(11, 1)),
+               task="causal_lm", **sections)
+    c.data.template = "{text} :"
+    c.data.label_column = "target"
+    return model, c
