@@ -182,23 +182,35 @@ def _compute_dtype(base):
     return emb.dtype or emb.embedding.dtype
 
 
+def _cache(base, num_layers: int, R: int, slots: int, prefix_kv: Array | None,
+           prefix_mask: Array | None) -> tuple[KVCache, Array | None]:
+    """A cache of `slots` after the decoder's self-attention prefix (prefix slots first, so the
+    loop never concatenates it), and that prefix's key mask `[R, V]` (None without a prefix)."""
+    c, dtype = base.config, _compute_dtype(base)
+    if prefix_kv is None:
+        return KVCache.zeros(num_layers, R, slots, c.num_kv_heads, c.head_dim, dtype), None
+    V = prefix_kv.shape[3]
+    mask = jnp.ones((R, V), jnp.int32) if prefix_mask is None else prefix_mask.astype(jnp.int32)
+    return KVCache.from_prefix(prefix_kv, V + slots, dtype), mask
+
+
 def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array]:
     nb, N = cfg.num_beams, cfg.max_new_tokens
     ids, mask = _repeat(inputs["input_ids"], nb), _repeat(inputs["attention_mask"], nb)
-    prefix_kv, prefix_mask = _repeat(inputs.get("prefix_kv"), nb, 2), _repeat(inputs.get("prefix_mask"), nb)
     R, T = ids.shape
+    cache, prefix_mask = _cache(base, base.config.num_layers, R, T + N - 1, _repeat(inputs.get("prefix_kv"), nb, 2),
+                                _repeat(inputs.get("prefix_mask"), nb))
     # slot t of row r holds position start[r] + t: real tokens count from the row's own first token,
     # after its prefix; left pads get clipped positions and are masked out
     start = -(T - mask.sum(-1, dtype=jnp.int32))
+    masks = [mask, jnp.ones((R, N - 1), mask.dtype)]
     if prefix_mask is not None:
         start = start + prefix_mask.sum(-1, dtype=jnp.int32)
-    mask_S = jnp.concatenate([mask, jnp.ones((R, N - 1), mask.dtype)], axis=1)
-    c = base.config
-    cache = KVCache.zeros(c.num_layers, R, T + N - 1, c.num_kv_heads, c.head_dim, _compute_dtype(base))
+        masks.insert(0, prefix_mask.astype(mask.dtype))
+    mask_S = jnp.concatenate(masks, axis=1)
 
     def forward(ids_RxT, positions_RxT, cache):
-        return base(input_ids=ids_RxT, attention_mask=mask_S, position_ids=positions_RxT, prefix_kv=prefix_kv,
-                    prefix_mask=prefix_mask, cache=cache)
+        return base(input_ids=ids_RxT, attention_mask=mask_S, position_ids=positions_RxT, cache=cache)
 
     if T > 1:  # the logits of this call are unused, so XLA drops the LM head
         cache = forward(ids[:, :-1], jnp.maximum(start[:, None] + jnp.arange(T - 1), 0), cache).cache
@@ -216,16 +228,19 @@ def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, 
                       inputs_embeds=inputs.get("inputs_embeds"), encoder_prefix_kv=inputs.get("encoder_prefix_kv"),
                       prefix_mask=inputs.get("prefix_mask"))
     enc, enc_mask = _repeat(enc, nb), _repeat(inputs["attention_mask"], nb)
-    prefix = {k: _repeat(inputs.get(k), nb, 2) for k in ("prefix_kv", "cross_prefix_kv")}
-    prefix_mask = _repeat(inputs.get("prefix_mask"), nb)
+    cross_prefix_kv = _repeat(inputs.get("cross_prefix_kv"), nb, 2)
+    prefix_mask = _repeat(inputs.get("prefix_mask"), nb)  # the cross-attention prefix's too
     R = enc.shape[0]
     c = base.config
-    cache = KVCache.zeros(c.num_decoder_layers, R, N, c.num_kv_heads, c.head_dim, _compute_dtype(base))
+    cache, self_mask = _cache(base, c.num_decoder_layers, R, N, _repeat(inputs.get("prefix_kv"), nb, 2), prefix_mask)
     dec_mask = jnp.ones((R, N), jnp.int32)
+    if self_mask is not None:
+        dec_mask = jnp.concatenate([self_mask, dec_mask], axis=1)
 
     def step(tokens_R, i, cache):
         out = base.decode(decoder_input_ids=tokens_R[:, None], encoder_hidden_states=enc, attention_mask=enc_mask,
-                          decoder_attention_mask=dec_mask, prefix_mask=prefix_mask, cache=cache, **prefix)
+                          decoder_attention_mask=dec_mask, prefix_mask=prefix_mask, cache=cache,
+                          cross_prefix_kv=cross_prefix_kv)
         return out.logits[:, -1], out.cache
 
     return step, cache, jnp.full((R,), c.decoder_start_token_id, jnp.int32)
@@ -337,7 +352,7 @@ def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, knobs: dict
         final = _gather(jnp.concatenate([final, cand], 1), best)
         final_done = _gather(jnp.concatenate([final_done, finished], 1), best)
         final_scores = _gather(merged, best)
-        cache = jax.tree.map(lambda x: x if x.ndim == 0 else x[:, beam_src.reshape(-1)], cache)
+        cache = jax.tree.map(lambda x: x if x.ndim == 0 else x[beam_src.reshape(-1)], cache)
         worst = jnp.where(final_done, final_scores.min(1, keepdims=True), NEG)
         improvable = improvable & jnp.any(running_scores[:, :1] / (i + 1.0) ** lp > worst, -1, keepdims=True)
         go = jnp.any(improvable) & ~jnp.all(hits)

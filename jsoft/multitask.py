@@ -345,7 +345,7 @@ def _rows(t: Tables, slots: Array) -> dict:
     """The backbone's prefix arguments for each row's adapter."""
     if t.prefix_kv is None:
         return {}
-    return {"prefix_kv": jnp.take(t.prefix_kv, slots, axis=2), "prefix_mask": t.prefix_mask[slots]}
+    return {"prefix_kv": jnp.take(t.prefix_kv, slots, axis=2, mode="clip"), "prefix_mask": t.prefix_mask[slots]}
 
 
 def _packed(base, t: Tables, ids: Array, mask: Array, slots: Array):
@@ -447,7 +447,7 @@ def _kv_of_prompt(graphdef, state, prompt_1xVxD: Array) -> Array:
     dtype = _compute_dtype(base)
     cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
     out = base(inputs_embeds=prompt_1xVxD.astype(dtype), position_ids=jnp.arange(V)[None], cache=cache)
-    return jnp.stack([out.cache.k, out.cache.v], axis=1)[:, :, 0]
+    return out.cache.as_prefix()[:, :, 0]
 
 
 def _compute_dtype(base):

@@ -27,7 +27,7 @@ from jsoft.models.layers import (
     merge_heads,
     self_attention_kv,
     split_heads,
-    stack_cache,
+    updated_cache,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
@@ -124,7 +124,7 @@ class GPT2Model(nnx.Module):
         if position_ids is None:
             position_ids = default_positions(B, T, prefix_kv, cache)
         x = drop((inputs_embeds + self.wpe(position_ids)).astype(self.dtype), self.c.embd_dropout)
-        S = T if cache is None else cache.k.shape[2]
+        S = T if cache is None else cache.slots
         mask = attention_mask_4d(attention_mask, T, S, causal=True,
                                  q_offset=0 if cache is None else cache.index)
         layer_caches = []
@@ -132,7 +132,7 @@ class GPT2Model(nnx.Module):
             x, lc = block(x, mask, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                           drop=drop)
             layer_caches.append(lc)
-        return self.ln_f(x).astype(self.dtype), stack_cache(cache, layer_caches, T)
+        return self.ln_f(x).astype(self.dtype), updated_cache(cache, layer_caches, T)
 
 
 class GPT2(nnx.Module):

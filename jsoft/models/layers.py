@@ -132,21 +132,48 @@ def attention_mask_4d(key_mask_BxS: Array | None, T: int, S: int, *, causal: boo
 
 @flax.struct.dataclass
 class KVCache:
-    """Preallocated decoding cache of one stack of self-attention layers."""
+    """Preallocated decoding cache of one stack of self-attention layers. One buffer per layer,
+    so a decoding loop updates each in place and attention reads it whole (slices of a stacked
+    `[L, ...]` buffer would be copied at every step). A decoding loop may start with a key/value
+    prefix in the first slots (`from_prefix`), which then needs no concatenation per step."""
 
-    k: Array  # [L, B, S, G, K]
-    v: Array  # [L, B, S, G, K]
+    k: tuple[Array, ...]  # per layer [B, G, S, K] (heads-major: what attention reads, no transpose)
+    v: tuple[Array, ...]  # per layer [B, G, S, K]
     index: Array  # int32 scalar: next slot to write
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype):
-        shape = (num_layers, batch, slots, kv_heads, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+        shape = (batch, kv_heads, slots, head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+        return cls(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)), jnp.zeros((), jnp.int32))
+
+    @classmethod
+    def from_prefix(cls, prefix_kv: Array, slots: int, dtype) -> KVCache:
+        """A cache of `slots` whose first V hold the prefix `[L, 2, B, V, G, K]`; the next write goes
+        to slot V."""
+        V = prefix_kv.shape[3]
+        pad = ((0, 0), (0, 0), (0, slots - V), (0, 0))
+        k = tuple(jnp.pad(heads_major(layer[0].astype(dtype)), pad) for layer in prefix_kv)
+        v = tuple(jnp.pad(heads_major(layer[1].astype(dtype)), pad) for layer in prefix_kv)
+        return cls(k, v, jnp.asarray(V, jnp.int32))
+
+    @property
+    def slots(self) -> int:
+        return self.k[0].shape[2]
+
+    def as_prefix(self) -> Array:
+        """The cached keys and values in the prefix layout `[L, 2, B, S, G, K]`."""
+        return jnp.swapaxes(jnp.stack([jnp.stack(self.k), jnp.stack(self.v)], axis=1), 3, 4)
+
+
+def heads_major(x: Array) -> Array:
+    """Keys or values `[B, S, G, K]` (as projected) -> `[B, G, S, K]` (as attention and the cache hold them)."""
+    return jnp.swapaxes(x, 1, 2)
 
 
 def update_cache(cache_k: Array, cache_v: Array, index: Array, k: Array, v: Array):
-    """Write `k, v [B, T, G, K]` into one layer's cache slots starting at `index`."""
-    start = (0, index, 0, 0)
+    """Write `k, v [B, G, T, K]` into one layer's cache slots starting at `index`."""
+    start = (0, 0, index, 0)
     cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
     cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
     return cache_k, cache_v
@@ -154,7 +181,7 @@ def update_cache(cache_k: Array, cache_v: Array, index: Array, k: Array, v: Arra
 
 def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_v: Array | None,
                 prefix_mask: Array | None):
-    """Put prefix keys/values `[B, V, G, K]` in front of the keys; extend the 4-D mask."""
+    """Put prefix keys/values `[B, V, G, K]` in front of the keys `[B, G, S, K]`; extend the 4-D mask."""
     if prefix_k is None:
         return k, v, mask
     B, V = prefix_k.shape[:2]
@@ -162,20 +189,20 @@ def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_
     T = mask.shape[2]
     pm = jnp.broadcast_to(pm[:, None, None, :], (B, 1, T, V))
     mask = jnp.concatenate([pm, jnp.broadcast_to(mask, (B,) + mask.shape[1:])], axis=-1)
-    k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=1)
-    v = jnp.concatenate([prefix_v.astype(v.dtype), v], axis=1)
+    k = jnp.concatenate([heads_major(prefix_k.astype(k.dtype)), k], axis=2)
+    v = jnp.concatenate([heads_major(prefix_v.astype(v.dtype)), v], axis=2)
     return k, v, mask
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float,
                           bias: Array | None = None, dropout: DropoutRng | None = None,
                           dropout_rate: float = 0.0) -> Array:
-    """q `[B, T, H, K]`, k/v `[B, S, G, K]` with H a multiple of G (grouped-query attention),
+    """q `[B, T, H, K]`, k/v `[B, G, S, K]` with H a multiple of G (grouped-query attention),
     mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores. Softmax in fp32."""
     B, T, H, K = q.shape
-    G = k.shape[2]
+    G = k.shape[1]
     q = q.reshape(B, T, G, H // G, K)
-    scores = jnp.einsum("btgrk,bsgk->bgrts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("btgrk,bgsk->bgrts", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, H // G, *bias.shape[2:])
     if mask is not None:
@@ -183,7 +210,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout is not None:
         probs = dropout(probs, dropout_rate)
-    out = jnp.einsum("bgrts,bsgk->btgrk", probs.astype(v.dtype), v)
+    out = jnp.einsum("bgrts,bgsk->btgrk", probs.astype(v.dtype), v)
     return out.reshape(B, T, H, K)
 
 
@@ -205,9 +232,10 @@ def layer_prefix(prefix_kv: Array | None, i: int):
 def self_attention_kv(k: Array, v: Array, mask: Array, *, layer: int, cache: KVCache | None,
                       prefix_kv: Array | None, prefix_mask: Array | None):
     """The keys/values a self-attention layer attends to: its prefix, then either the current
-    tokens or (when decoding) the cache after writing the current tokens into it.
+    tokens `k, v [B, T, G, K]` or (when decoding) the cache after writing them into it.
 
-    Returns `(k, v, mask, (new_cache_k, new_cache_v) | None)`."""
+    Returns `(k, v, mask, (new_cache_k, new_cache_v) | None)`, keys and values `[B, G, S, K]`."""
+    k, v = heads_major(k), heads_major(v)
     new_layer_cache = None
     if cache is not None:
         ck, cv = update_cache(cache.k[layer], cache.v[layer], cache.index, k, v)
@@ -217,13 +245,12 @@ def self_attention_kv(k: Array, v: Array, mask: Array, *, layer: int, cache: KVC
     return k, v, mask, new_layer_cache
 
 
-def stack_cache(cache: KVCache | None, layers: list, written: int) -> KVCache | None:
+def updated_cache(cache: KVCache | None, layers: list, written: int) -> KVCache | None:
     """The cache after one forward: the per-layer `(k, v)` that `self_attention_kv` returned,
     and the index advanced past the `written` new tokens."""
     if cache is None:
         return None
-    return KVCache(k=jnp.stack([k for k, _ in layers]), v=jnp.stack([v for _, v in layers]),
-                   index=cache.index + written)
+    return KVCache(k=tuple(k for k, _ in layers), v=tuple(v for _, v in layers), index=cache.index + written)
 
 
 @flax.struct.dataclass

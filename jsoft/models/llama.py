@@ -29,7 +29,7 @@ from jsoft.models.layers import (
     merge_heads,
     self_attention_kv,
     split_heads,
-    stack_cache,
+    updated_cache,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
@@ -200,7 +200,7 @@ class LlamaModel(nnx.Module):
             position_ids = default_positions(B, T, prefix_kv, cache)
         x = inputs_embeds.astype(self.dtype)
         cos_sin = rope_cos_sin(self.c, position_ids, self.dtype)
-        S = T if cache is None else cache.k.shape[2]
+        S = T if cache is None else cache.slots
         mask = attention_mask_4d(attention_mask, T, S, causal=True,
                                  q_offset=0 if cache is None else cache.index)
         layer_caches = []
@@ -208,7 +208,7 @@ class LlamaModel(nnx.Module):
             x, lc = layer(x, mask, cos_sin, layer=i, cache=cache, prefix_kv=prefix_kv,
                           prefix_mask=prefix_mask, drop=drop)
             layer_caches.append(lc)
-        return self.norm(x), stack_cache(cache, layer_caches, T)
+        return self.norm(x), updated_cache(cache, layer_caches, T)
 
 
 class Llama(nnx.Module):

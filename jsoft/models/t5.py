@@ -31,11 +31,12 @@ from jsoft.models.layers import (
     dense,
     dot_product_attention,
     embed,
+    heads_major,
     layer_prefix,
     merge_heads,
     self_attention_kv,
     split_heads,
-    stack_cache,
+    updated_cache,
     with_prefix,
 )
 
@@ -137,7 +138,8 @@ class Attention(nnx.Module):
             k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                       prefix_kv=prefix_kv, prefix_mask=prefix_mask)
         else:
-            k, v, mask = with_prefix(k, v, mask, *layer_prefix(prefix_kv, layer), prefix_mask)
+            k, v, mask = with_prefix(heads_major(k), heads_major(v), mask, *layer_prefix(prefix_kv, layer),
+                                     prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=1.0, bias=bias, dropout=drop,
                                     dropout_rate=self.c.dropout_rate)
         return self.o(merge_heads(out)), new_cache
@@ -240,7 +242,7 @@ class Stack(nnx.Module):
         # T5 biases depend only on key - query, so a row whose shorter prefix is left-padded to V
         # (mixed-adapter batches) sees the same distances as with its own prefix alone.
         V = 0 if prefix_kv is None else prefix_kv.shape[3]
-        S = T if cache is None else cache.k.shape[2]
+        S = T if cache is None else cache.slots
         offset = 0 if cache is None else cache.index
         bias = self.position_bias(V + offset + jnp.arange(T), jnp.arange(V + S))
         mask = attention_mask_4d(mask_BxS, T, S, causal=self.decoder, q_offset=offset)
@@ -253,7 +255,7 @@ class Stack(nnx.Module):
                           enc=enc, enc_mask=enc_mask_4d, cross_prefix_kv=cross_prefix_kv, drop=drop)
             layer_caches.append(lc)
         x = drop(self.final_layer_norm(x), self.c.dropout_rate)
-        return x, stack_cache(cache, layer_caches, T)
+        return x, updated_cache(cache, layer_caches, T)
 
 
 def _drop(dropout_rng: Array | None, which: int) -> DropoutRng:

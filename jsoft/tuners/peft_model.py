@@ -147,7 +147,7 @@ def _rows(stack: jax.Array, rows: jax.Array | None, B: int, axis: int = 0) -> ja
     if rows is None:
         x = jnp.squeeze(stack, axis)
         return jnp.broadcast_to(jnp.expand_dims(x, axis), x.shape[:axis] + (B,) + x.shape[axis:])
-    return jnp.take(stack, rows, axis=axis)
+    return jnp.take(stack, rows, axis=axis, mode="clip")  # rows are valid: no fill-value select
 
 
 class PeftModel(nnx.Module):
@@ -418,7 +418,7 @@ class PeftModel(nnx.Module):
         cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
         out = base(inputs_embeds=a.prompt()[None, :V].astype(dtype), position_ids=jnp.arange(V)[None],
                    cache=cache)
-        return jnp.stack([out.cache.k, out.cache.v], axis=1)
+        return out.cache.as_prefix()
 
     def prepare_generation(self, input_ids: jax.Array, attention_mask: jax.Array, names: tuple[str, ...],
                            rows: jax.Array | None) -> dict[str, jax.Array]:
