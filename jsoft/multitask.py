@@ -13,10 +13,10 @@ section 1) and written into a fixed-size slot of a table that holds every regist
     prefixes go to `prefix_kv` as above (T5: the decoder layers PEFT maps them to);
   * classification heads go to `head_kernel [S, D, C]` / `head_bias [S, C]`.
 
-A batch passes one slot index per row as data, and batch sizes and lengths are bucketed to
-powers of two, so the compiled programs are few and fixed: loading an adapter or changing the
-mix of adapters in a batch never recompiles. Each row gives what `PeftModel` gives for that row
-alone (greedy decoding: `PeftModel.generate`).
+A batch passes one slot index per row as data, and batch sizes are bucketed to powers of two,
+lengths to powers of two and 1.5 x powers of two (`length_bucket`), so the compiled programs are
+few and fixed: loading an adapter or changing the mix of adapters in a batch never recompiles.
+Each row gives what `PeftModel` gives for that row alone (greedy decoding: `PeftModel.generate`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,15 @@ def bucket(n: int, top: int | None = None, bottom: int = 1) -> int:
     """The power of two >= n (at least `bottom`), or `top` when that is smaller."""
     b = max(bottom, 1 << max(n - 1, 0).bit_length())
     return b if top is None else min(b, top)
+
+
+def length_bucket(n: int, top: int) -> int:
+    """The padded length of a batch whose longest row has n tokens: the smallest power of two or
+    1.5 x power of two >= n (at least MIN_LENGTH_BUCKET, at most `top`). Twice the programs of
+    powers of two alone, and at most a third of a batch's slots are padding instead of half."""
+    b = bucket(n, bottom=MIN_LENGTH_BUCKET)
+    b = 3 * b // 4 if 3 * b // 4 >= max(n, MIN_LENGTH_BUCKET) else b
+    return min(b, top)
 
 
 @flax.struct.dataclass
@@ -281,7 +290,7 @@ class MultiTaskModel:
         if B > self.max_batch_size:
             raise ValueError(f"{B} rows exceed max_batch_size={self.max_batch_size}")
         Bb = bucket(B, self.max_batch_size)
-        Tb = bucket(max(map(len, ids)), bucket(self.max_positions), MIN_LENGTH_BUCKET)
+        Tb = length_bucket(max(map(len, ids)), self.max_positions)
         arr = np.full((Bb, Tb), self.pad_token_id, np.int32)
         mask = np.zeros((Bb, Tb), np.int32)
         slots = self._slots(names)

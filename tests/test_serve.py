@@ -21,7 +21,7 @@ httpx = pytest.importorskip("httpx")  # the optional `serve` extra
 uvicorn = pytest.importorskip("uvicorn")
 TestClient = pytest.importorskip("fastapi.testclient").TestClient
 
-from jsoft.multitask import MultiTaskModel, bucket  # noqa: E402
+from jsoft.multitask import MultiTaskModel, bucket, length_bucket  # noqa: E402
 from jsoft.serve import create_app  # noqa: E402
 from tests import tiny  # noqa: E402
 
@@ -366,3 +366,6 @@ def test_load_over_loopback_is_complete_correct_and_batched(gpt, bert, gpt_expec
 def test_bucket():
     assert [bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
     assert bucket(3, bottom=8) == 8 and bucket(20, top=16) == 16 and bucket(0) == 1 and bucket(64, top=48) == 48
+    assert [length_bucket(n, 1024) for n in (1, 8, 9, 12, 13, 17, 25, 33, 48, 49, 100)] == \
+        [8, 8, 12, 12, 16, 24, 32, 48, 48, 64, 128]
+    assert length_bucket(100, top=90) == 90
