@@ -2,6 +2,7 @@
 
     python scripts/bench_decode.py                          # GPT-2 small shape, batch 8, 64 + 64 tokens
     python scripts/bench_decode.py --layers 2 --new 8       # a quick smoke run
+    python scripts/bench_decode.py --dtype bfloat16         # bf16 frozen weights in both frameworks
 
 Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`)
 and the same adapter (made in jsoft, saved in PEFT's format, loaded by `peft.PeftModel`). Each
@@ -9,7 +10,11 @@ method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no pad
 counts new tokens of the whole batch. jsoft's first call (trace + compile) is reported apart;
 PyTorch runs under `torch.inference_mode()` with `torch.set_num_threads(<usable cores>)`. Rounds
 alternate between the frameworks and the table shows medians. EOS is the config's (50256); both
-outputs are checked to reach the full length and compared token for token.
+outputs are checked to reach the full length and compared token for token. `--dtype bfloat16`
+stores and runs the frozen backbone in bf16 in both (jsoft `from_pretrained(dtype=...)`, torch
+`.to(torch.bfloat16)`): batch-8 decoding reads every weight once per token, so it is bound by
+memory bandwidth, which bf16 halves (rounding then differs between the frameworks, so fewer
+greedy tokens agree).
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ def cores() -> int:
 
 
 def bench(method: str, args, tmp: str, ids: np.ndarray, mask: np.ndarray) -> tuple:
-    pm = jsoft.get_peft_model(jsoft.from_pretrained(f"{tmp}/model", task="causal_lm"), METHODS[method](args.virtual),
-                              seed=0)
+    base = jsoft.from_pretrained(f"{tmp}/model", task="causal_lm", dtype=args.dtype)
+    pm = jsoft.get_peft_model(base, METHODS[method](args.virtual), seed=0)
     pm.save_pretrained(f"{tmp}/{method}")
     ref = peft.PeftModel.from_pretrained(tf.GPT2LMHeadModel.from_pretrained(f"{tmp}/model"), f"{tmp}/{method}").eval()
+    ref = ref.to(getattr(torch, args.dtype))
 
     def run_jsoft():
         return np.asarray(jax.block_until_ready(pm.generate(ids, mask, max_new_tokens=args.new)))
@@ -81,6 +87,7 @@ def main() -> None:
     ap.add_argument("--virtual", type=int, default=20, help="num_virtual_tokens of each adapter")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--methods", default="prompt,prefix")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="frozen weights, both")
     args = ap.parse_args()
     torch.set_num_threads(cores())
     tmp = tempfile.mkdtemp()
@@ -90,7 +97,7 @@ def main() -> None:
     ids = np.random.default_rng(0).integers(0, 50000, size=(args.batch, args.prompt_len))
     mask = np.ones_like(ids)
     print(f"GPT-2 {args.layers}x768, vocab 50257; batch {args.batch}, prompt {args.prompt_len}, "
-          f"{args.new} new tokens, {args.virtual} virtual tokens; {cores()} cores, jax {jax.__version__} "
+          f"{args.new} new tokens, {args.virtual} virtual tokens, {args.dtype}; {cores()} cores, jax {jax.__version__} "
           f"({jax.default_backend()}), torch {torch.__version__}, peft {peft.__version__}")
     rows = [bench(method, args, tmp, ids, mask) for method in args.methods.split(",")]
     print(f"\n{'method':8} {'jsoft tok/s':>12} {'PEFT tok/s':>11} {'ratio':>6} {'jsoft compile s':>16} "

@@ -36,10 +36,18 @@ class Precision:
     param_dtype: jnp.dtype = jnp.float32  # storage of the frozen weights
 
 
+def _accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+    """A half-precision dot that accumulates (and returns) in fp32, then rounds to the inputs' dtype:
+    on XLA:CPU, a bf16-out dot converts the bf16 weights to fp32 first, at every call."""
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32, **kw)
+    return out.astype(lhs.dtype)
+
+
 def dense(d_in: int, d_out: int, names: tuple, p: Precision, *, bias: bool = True, rngs: nnx.Rngs,
           init_std: float = 0.02) -> nnx.Linear:
     return nnx.Linear(
         d_in, d_out, use_bias=bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
+        dot_general=_accumulate_f32 if jnp.dtype(p.dtype).itemsize < 4 else jax.lax.dot_general,
         kernel_init=nnx.initializers.normal(init_std),
         kernel_metadata=axes(*names), bias_metadata=axes(names[-1]),
     )

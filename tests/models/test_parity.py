@@ -57,3 +57,17 @@ def test_logits_match_transformers(tiny_dir, kind, task, side):
         keep = mask.astype(bool)
         got, ref = got[keep], ref[keep]
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_bf16_weights_stay_close_to_fp32(tiny_dir, kind):
+    """bf16 storage and compute (dots accumulate in fp32, layers.dense): logits near fp32's."""
+    path = tiny_dir(kind, "causal_lm")
+    ids = np.random.default_rng(0).integers(3, 90, size=(2, 9))
+    full = np.asarray(jsoft.from_pretrained(path, task="causal_lm")(input_ids=ids).logits)
+    half_model = jsoft.from_pretrained(path, task="causal_lm", dtype="bfloat16")
+    assert half_model.word_embeddings.embedding[...].dtype == np.dtype("bfloat16")
+    half = np.asarray(half_model(input_ids=ids).logits, np.float32)
+    scale = np.abs(full).max()
+    assert np.abs(half - full).max() < 0.03 * scale
+    assert (half.argmax(-1) == full.argmax(-1)).mean() > 0.8
