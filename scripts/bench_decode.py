@@ -1,6 +1,6 @@
 """Greedy decoding throughput: jsoft `PeftModel.generate` vs PEFT's `generate` on PyTorch.
 
-    python scripts/bench_decode.py                          # GPT-2 small shape, batch 8, 64 + 64 tokens
+    python scripts/bench_decode.py                          # GPT-2 small shape, batch 1, 8 and 32, 64 + 64 tokens
     python scripts/bench_decode.py --layers 2 --new 8       # a quick smoke run
     python scripts/bench_decode.py --dtype bfloat16         # bf16 frozen weights in both frameworks
 
@@ -48,7 +48,7 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def bench(method: str, args, tmp: str, ids: np.ndarray, mask: np.ndarray) -> tuple:
+def bench(method: str, batch: int, args, tmp: str, ids: np.ndarray, mask: np.ndarray) -> tuple:
     base = jsoft.from_pretrained(f"{tmp}/model", task="causal_lm", dtype=args.dtype)
     pm = jsoft.get_peft_model(base, METHODS[method](args.virtual), seed=0)
     pm.save_pretrained(f"{tmp}/{method}")
@@ -75,13 +75,13 @@ def bench(method: str, args, tmp: str, ids: np.ndarray, mask: np.ndarray) -> tup
             times[name].append(time.perf_counter() - t)
     js, pt = statistics.median(times["jsoft"]), statistics.median(times["peft"])
     same = want.shape == got.shape and float((want[:, -args.new:] == got[:, -args.new:]).mean())
-    return method, args.batch * args.new / js, args.batch * args.new / pt, pt / js, first - js, same
+    return method, batch, batch * args.new / js, batch * args.new / pt, pt / js, first - js, same
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--virtual", type=int, default=20, help="num_virtual_tokens of each adapter")
@@ -94,17 +94,18 @@ def main() -> None:
     torch.manual_seed(0)
     config = tf.GPT2Config(n_layer=args.layers, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
     tf.GPT2LMHeadModel(config).eval().save_pretrained(f"{tmp}/model")
-    ids = np.random.default_rng(0).integers(0, 50000, size=(args.batch, args.prompt_len))
-    mask = np.ones_like(ids)
+    batches = [int(b) for b in args.batch.split(",")]
+    ids = np.random.default_rng(0).integers(0, 50000, size=(max(batches), args.prompt_len))
     print(f"GPT-2 {args.layers}x768, vocab 50257; batch {args.batch}, prompt {args.prompt_len}, "
           f"{args.new} new tokens, {args.virtual} virtual tokens, {args.dtype}; {cores()} cores, jax {jax.__version__} "
           f"({jax.default_backend()}), torch {torch.__version__}, peft {peft.__version__}")
-    rows = [bench(method, args, tmp, ids, mask) for method in args.methods.split(",")]
-    print(f"\n{'method':8} {'jsoft tok/s':>12} {'PEFT tok/s':>11} {'ratio':>6} {'jsoft compile s':>16} "
+    rows = [bench(method, b, args, tmp, ids[:b], np.ones_like(ids[:b])) for b in batches
+            for method in args.methods.split(",")]
+    print(f"\n{'method':8} {'batch':>5} {'jsoft tok/s':>12} {'PEFT tok/s':>11} {'ratio':>6} {'jsoft compile s':>16} "
           f"{'same tokens':>12}")
-    for method, j, p, ratio, compile_s, same in rows:
+    for method, b, j, p, ratio, compile_s, same in rows:
         same_s = "length differs" if same is False else f"{same:.0%}"
-        print(f"{method:8} {j:12.1f} {p:11.1f} {ratio:6.2f} {compile_s:16.1f} {same_s:>12}")
+        print(f"{method:8} {b:5d} {j:12.1f} {p:11.1f} {ratio:6.2f} {compile_s:16.1f} {same_s:>12}")
 
 
 if __name__ == "__main__":

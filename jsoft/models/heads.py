@@ -8,9 +8,19 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+FEW_ROWS = 128  # at most this many tokens: the LM head computes its logits transposed
+
+
 def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array) -> Array:
-    return jnp.einsum("btd,vd->btv", hidden_BxTxD, embedding_VxD.astype(hidden_BxTxD.dtype),
-                      preferred_element_type=jnp.float32)
+    B, T, D = hidden_BxTxD.shape
+    embedding = embedding_VxD.astype(hidden_BxTxD.dtype)
+    if B * T <= FEW_ROWS:
+        # decoding: the step streams the whole embedding for a few rows; as `[V, rows]` XLA:CPU
+        # streams it about 1.4x faster (GPT-2 small, 8 rows: 11.3 -> 7.8 ms)
+        logits = jnp.einsum("vd,nd->vn", embedding, hidden_BxTxD.reshape(B * T, D),
+                            preferred_element_type=jnp.float32)
+        return jax.lax.optimization_barrier(logits).T.reshape(B, T, -1)  # else XLA folds the .T into the dot
+    return jnp.einsum("btd,vd->btv", hidden_BxTxD, embedding, preferred_element_type=jnp.float32)
 
 
 def last_token_index(input_ids_BxT: Array | None, pad_token_id: int | None, T: int) -> Array | int:
