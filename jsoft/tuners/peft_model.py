@@ -2,7 +2,7 @@
 
 Every method reduces to (DESIGN.md section 1) extra input embeddings and/or per-layer key/value
 prefixes. A batch may mix adapters (`adapter_names`, one per row): each adapter's prompt is
-computed once, the prompts are stacked (padded to the longest, with a mask) and gathered per row;
+computed once, the prompts are stacked (left-padded to the longest, with a mask) and gathered per row;
 positions are passed explicitly so each row sees exactly what it would see alone. Each row's
 prompt ends where its tokens begin (T5's relative position bias sees slot distances), and a
 classifier is told which slot each row pools (`cls_index`).
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jsoft.models.heads import last_token_index
 from jsoft.models.layers import KVCache, ModelOutput
 from jsoft.tuners import losses
 from jsoft.tuners.config import (
@@ -315,8 +316,6 @@ class PeftModel(nnx.Module):
         Rows of shorter prompts (or none: prefix rows) start later in the left-padded prompt block.
         BERT pools the first slot; a decoder-only model the last one for a prompt row (PEFT passes
         it as embeddings) and the last non-pad token for a prefix row (passed as ids)."""
-        from jsoft.models.heads import last_token_index
-
         base, Ve = self.base_model, embeds_mask.shape[1]
         if base.cls_token == "first":
             return Ve - embeds_mask.sum(-1, dtype=jnp.int32)
