@@ -74,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
         max_grad_norm=1.0,  # global-norm clipping; 0 turns it off
         grad_accum_steps=1,  # microbatches per step (batch_size must divide)
         remat=False,  # recompute each layer's activations in the backward pass
+        remat_policy="nothing_saveable",  # what remat keeps (REMAT_POLICIES): "dots_saveable", the matmul outputs
         dropout=True,  # the frozen model's dropout in training mode, as PEFT trains
         seed=0,
         eval_every=0,  # steps; 0: only at the end
@@ -97,6 +98,9 @@ def _get(c, dotted: str):
     for part in dotted.split("."):
         c = c[part]
     return c
+
+
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")  # jax.checkpoint_policies
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -138,6 +142,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if t.batch_size % t.grad_accum_steps:
         raise ValueError(f"train.batch_size={t.batch_size} is not a multiple of "
                          f"train.grad_accum_steps={t.grad_accum_steps}")
+    if t.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"train.remat_policy={t.remat_policy!r} is not valid; choose one of {list(REMAT_POLICIES)}")
     if t.optimizer not in optim.OPTIMIZERS:
         raise ValueError(f"train.optimizer={t.optimizer!r} is not valid; choose one of {list(optim.OPTIMIZERS)}")
     if t.schedule not in optim.SCHEDULES:

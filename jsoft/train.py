@@ -49,10 +49,14 @@ def model_inputs(batch) -> dict:
     return {k: batch[k] for k in MODEL_INPUTS if k in batch}
 
 
-def remat_layers(model: nnx.Module) -> int:
+def remat_layers(model: nnx.Module, policy: str = "nothing_saveable") -> int:
     """Rematerialise every transformer layer (the outermost `nnx.List`s of modules: each stack's blocks):
-    a layer's activations are recomputed in the backward pass instead of kept. Works for every method,
-    prefixes included (a prefix is an ordinary input of the layer). Returns the number of layers wrapped."""
+    a layer's activations are recomputed in the backward pass instead of kept, except what the
+    `jax.checkpoint_policies` `policy` saves (one of build.REMAT_POLICIES; "dots_saveable" keeps the matmul
+    outputs and recomputes only elementwise work). Works for every method, prefixes included (a prefix is
+    an ordinary input of the layer). Returns the number of layers wrapped."""
+    if policy not in build.REMAT_POLICIES:
+        raise ValueError(f"remat policy {policy!r} is not valid; choose one of {list(build.REMAT_POLICIES)}")
     lists = [(path, node) for path, node in nnx.iter_graph(model)
              if isinstance(node, nnx.List) and len(node) and all(isinstance(x, nnx.Module) for x in node)]
     done: list[tuple] = []
@@ -61,14 +65,14 @@ def remat_layers(model: nnx.Module) -> int:
             continue  # inside a layer that is already rematerialised
         done.append(tuple(path))
         for layer in node:
-            layer.__class__ = _remat_class(type(layer))
+            layer.__class__ = _remat_class(type(layer), policy)
     return sum(len(n) for p, n in lists if tuple(p) in done)
 
 
-_REMAT_CLASSES: dict[type, type] = {}
+_REMAT_CLASSES: dict[tuple[type, str], type] = {}
 
 
-def _remat_class(cls: type) -> type:
+def _remat_class(cls: type, policy: str) -> type:
     """A subclass whose `__call__` runs under `jax.checkpoint`. Arrays (and pytrees of arrays) pass through
     the checkpoint; everything else (layer index, None, flags) is closed over. The layers' `DropoutRng`
     travels as its key and counter, so dropout masks are the same as without rematerialisation."""
@@ -76,9 +80,10 @@ def _remat_class(cls: type) -> type:
 
     if getattr(cls, "_jsoft_remat", False):
         return cls
-    if cls in _REMAT_CLASSES:
-        return _REMAT_CLASSES[cls]
+    if (cls, policy) in _REMAT_CLASSES:
+        return _REMAT_CLASSES[cls, policy]
     original = cls.__call__
+    checkpoint_policy = getattr(jax.checkpoint_policies, policy)
 
     def __call__(self, *args, **kw):
         drop = kw.pop("drop", None)
@@ -101,14 +106,14 @@ def _remat_class(cls: type) -> type:
                 used["count"] = d.count
             return out
 
-        out = jax.checkpoint(call)(state, arrays, None if drop is None else drop.key)
+        out = jax.checkpoint(call, policy=checkpoint_policy)(state, arrays, None if drop is None else drop.key)
         if drop is not None:
             drop.count = used["count"]
         return out
 
     sub = type(cls.__name__, (cls,), {"__call__": __call__, "_jsoft_remat": True, "__module__": cls.__module__,
                                      "__qualname__": cls.__qualname__})
-    _REMAT_CLASSES[cls] = sub
+    _REMAT_CLASSES[cls, policy] = sub
     return sub
 
 
@@ -352,7 +357,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     # ---------------------------------------------------------------- model
     pm = build.build_model(config, tokenizer, feat)
     if t.remat:
-        log.info("rematerialising %d layers", remat_layers(pm.base_model))
+        log.info("rematerialising %d layers (%s)", remat_layers(pm.base_model, t.remat_policy), t.remat_policy)
     graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
     n_trainable, n_all = pm.get_nb_trainable_parameters()
     log.info("trainable params: %s || all params: %s || trainable%%: %.4f", f"{n_trainable:,d}", f"{n_all:,d}",

@@ -85,6 +85,7 @@ def test_peft_errors_name_the_field(bert, files, peft, match):
     (dict(model=dict(task="seq_classification")), r"model\.task='seq_classification'"),
     (dict(model=dict(dtype="float8")), r"model\.dtype='float8'"),
     (dict(mesh=dict(data=3)), r"mesh=.* needs 3 devices"),
+    (dict(train=dict(remat=True, remat_policy="dots")), r"train\.remat_policy='dots' is not valid"),
 ])
 def test_config_value_errors(bert, files, sections, match):
     with pytest.raises(ValueError, match=match):
@@ -261,11 +262,11 @@ def test_remat_gives_the_same_loss_and_gradients(tiny_dir):
 
     import jsoft
 
-    def grads(remat: bool, kind, task, config, key):
+    def grads(remat: str | None, kind, task, config, key):
         pm = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir(kind, task, num_labels=2), task=task, num_labels=2),
                                   config, seed=3)
         if remat:
-            assert train.remat_layers(pm.base_model) == 3
+            assert train.remat_layers(pm.base_model, remat) == 3
         graphdef, params, frozen = nnx.split(pm, jsoft.Trainable, ...)
         ids = jnp.asarray(np.random.default_rng(0).integers(3, 100, (2, 7)), jnp.int32)
         labels = jnp.asarray([0, 1]) if task == "seq_cls" else ids
@@ -280,11 +281,15 @@ def test_remat_gives_the_same_loss_and_gradients(tiny_dir):
 
     # prefix tuning (which PEFT cannot rematerialise), with dropout: the masks must not change
     config, key = jsoft.PrefixTuningConfig(num_virtual_tokens=3), jax.random.key(1)
-    (l0, g0), has0 = grads(False, "bert", "seq_cls", config, key)
-    (l1, g1), has1 = grads(True, "bert", "seq_cls", config, key)
-    assert has1 and not has0
-    np.testing.assert_allclose(l1, l0, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g0)
+    (l0, g0), has0 = grads(None, "bert", "seq_cls", config, key)
+    assert not has0
+    for policy in build.REMAT_POLICIES:
+        (l1, g1), has1 = grads(policy, "bert", "seq_cls", config, key)
+        assert has1, policy
+        np.testing.assert_allclose(l1, l0, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g0)
+    with pytest.raises(ValueError, match="remat policy 'dots' is not valid"):
+        grads("dots", "bert", "seq_cls", config, key)
 
 
 def _losses(workdir) -> list[float]:
