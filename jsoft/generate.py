@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jsoft.models.base import compute_dtype, token_ids
 from jsoft.models.layers import KVCache
 
 Array = jax.Array
@@ -111,7 +112,7 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
         if longest + max_new_tokens - 1 > mc.max_positions:
             raise ValueError(f"virtual tokens + {ids.shape[1]} input tokens + max_new_tokens={max_new_tokens} "
                              f"exceed this model's {mc.max_positions} positions")
-    eos = _ids(mc.eos_token_id if eos_token_id is None else eos_token_id)
+    eos = token_ids(mc.eos_token_id if eos_token_id is None else eos_token_id)
     pad = pad_token_id if pad_token_id is not None else mc.pad_token_id
     pad = pad if pad is not None else (eos[0] if eos else 0)
     cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
@@ -119,10 +120,6 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
                            num_beams=int(num_beams), num_eos=len(eos), output_scores=bool(output_scores))
     k = knobs(temperature, top_p, length_penalty, eos, pad)
     return _generate(pm, jnp.asarray(ids), jnp.asarray(mask), rows, row_keys(seeds, index), k, names, cfg)
-
-
-def _ids(x: int | Sequence[int] | None) -> tuple[int, ...]:
-    return () if x is None else (int(x),) if np.isscalar(x) else tuple(int(e) for e in x)
 
 
 def _checked_inputs(pm, input_ids, attention_mask, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,16 +174,11 @@ def _repeat(x: Array | None, n: int, axis: int = 0) -> Array | None:
     return x if x is None or n == 1 else jnp.repeat(x, n, axis=axis)
 
 
-def _compute_dtype(base):
-    emb = base.word_embeddings
-    return emb.dtype or emb.embedding.dtype
-
-
 def _cache(base, num_layers: int, R: int, slots: int, prefix_kv: Array | None,
            prefix_mask: Array | None) -> tuple[KVCache, Array | None]:
     """A cache of `slots` after the decoder's self-attention prefix (prefix slots first, so the
     loop never concatenates it), and that prefix's key mask `[R, V]` (None without a prefix)."""
-    c, dtype = base.config, _compute_dtype(base)
+    c, dtype = base.config, compute_dtype(base)
     if prefix_kv is None:
         return KVCache.zeros(num_layers, R, slots, c.num_kv_heads, c.head_dim, dtype), None
     V = prefix_kv.shape[3]
@@ -418,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tok.padding_side = "left" if task == "causal_lm" else "right"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    eos = set(_ids(pm.base_model.config.eos_token_id))
+    eos = set(token_ids(pm.base_model.config.eos_token_id))
     lines = []
     for s in range(0, len(prompts), args.batch_size):
         batch = prompts[s:s + args.batch_size]

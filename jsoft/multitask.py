@@ -36,6 +36,7 @@ from flax import nnx
 
 from jsoft import generate as gen
 from jsoft.models import from_pretrained
+from jsoft.models.base import compute_dtype, token_ids
 from jsoft.models.hub import resolve
 from jsoft.models.layers import KVCache
 from jsoft.tuners.config import TASK_OF, PeftType, PromptLearningConfig
@@ -137,7 +138,7 @@ class MultiTaskModel:
         mc = self.config = self.base.config
         self.decoder_only = mc.model_type in DECODER_ONLY
         self.tokenizer = _load_tokenizer(model_dir)
-        self.eos_token_ids = _ids(mc.eos_token_id)
+        self.eos_token_ids = token_ids(mc.eos_token_id)
         # what PeftModel.generate emits after EOS; also fills pads (masked, but must index the vocabulary)
         pad = next((v for v in (mc.pad_token_id, *self.eos_token_ids[:1], self.tokenizer.pad_token_id)
                     if v is not None), 0)
@@ -209,7 +210,7 @@ class MultiTaskModel:
         mc, S = self.config, max(len(self._adapters), 1)
         configs = [a.config for a in self._adapters.values() if a.config is not None]
         is_prefix = [c.peft_type == PeftType.PREFIX_TUNING for c in configs]
-        dtype = _compute_dtype(self.base)
+        dtype = compute_dtype(self.base)
         kw = {}
         Vk = max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if p or self.decoder_only), default=0)
         Ve = 0 if self.decoder_only else max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if not p),
@@ -453,15 +454,10 @@ def _prompt_kv(pm: PeftModel, name: str, width: int, kv_fn) -> Array:
 def _kv_of_prompt(graphdef, state, prompt_1xVxD: Array) -> Array:
     base = nnx.merge(graphdef, state)
     mc, V = base.config, prompt_1xVxD.shape[1]
-    dtype = _compute_dtype(base)
+    dtype = compute_dtype(base)
     cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
     out = base(inputs_embeds=prompt_1xVxD.astype(dtype), position_ids=jnp.arange(V)[None], cache=cache)
     return out.cache.as_prefix()[:, :, 0]
-
-
-def _compute_dtype(base):
-    emb = base.word_embeddings
-    return emb.dtype or emb.embedding.dtype
 
 
 def _load_tokenizer(model_dir: Path):
@@ -472,10 +468,6 @@ def _load_tokenizer(model_dir: Path):
     except Exception as e:
         raise ValueError(f"no usable tokenizer in {model_dir} ({type(e).__name__}: {e}); the server needs the "
                          "base model's tokenizer saved next to it (tokenizer.save_pretrained)") from None
-
-
-def _ids(x) -> tuple[int, ...]:
-    return () if x is None else (int(x),) if np.isscalar(x) else tuple(int(e) for e in x)
 
 
 def _sane(n) -> int | None:

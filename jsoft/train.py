@@ -33,6 +33,7 @@ from flax import nnx
 
 import jsoft
 from jsoft import build, data, metrics, optim, sharding
+from jsoft.models.base import token_ids
 
 log = logging.getLogger("jsoft.train")
 
@@ -128,7 +129,7 @@ def generation_eval(pm, enc, batch_size: int, tokenizer, max_new_tokens: int) ->
     combined across processes by row count."""
     mc = pm.base_model.config
     # stop at the model's EOS and at the tokenizer's (the one the targets end with)
-    eos = {*(() if mc.eos_token_id is None else np.atleast_1d(mc.eos_token_id).tolist()), tokenizer.eos_token_id}
+    eos = {*token_ids(mc.eos_token_id), tokenizer.eos_token_id}
     eos = sorted(int(e) for e in eos if e is not None and 0 <= e < mc.vocab_size)
     pad = data.pad_token_id(tokenizer)
     preds, refs = [], []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
 from jsoft.models.layers import KVCache
 
@@ -31,6 +32,17 @@ class TransformerConfig:
     def kv_width(self) -> int:
         """Width of one layer's keys (and values): what a prefix stores per layer."""
         return self.num_kv_heads * self.head_dim
+
+
+def compute_dtype(model):
+    """The dtype a backbone computes in (its word embeddings' output dtype)."""
+    emb = model.word_embeddings
+    return emb.dtype or emb.embedding.dtype
+
+
+def token_ids(x: int | list[int] | None) -> tuple[int, ...]:
+    """A config's token id field (None, one id or a list, e.g. `eos_token_id`) as a tuple."""
+    return () if x is None else (int(x),) if np.isscalar(x) else tuple(int(e) for e in x)
 
 
 def past_length(prefix_kv, cache: KVCache | None):

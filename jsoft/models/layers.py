@@ -151,9 +151,8 @@ class KVCache:
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype):
-        shape = (batch, kv_heads, slots, head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
-        return cls(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)), jnp.zeros((), jnp.int32))
+        zeros = lambda: tuple(jnp.zeros((batch, kv_heads, slots, head_dim), dtype) for _ in range(num_layers))
+        return cls(zeros(), zeros(), jnp.zeros((), jnp.int32))
 
     @classmethod
     def from_prefix(cls, prefix_kv: Array, slots: int, dtype) -> KVCache:

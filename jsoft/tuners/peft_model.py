@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jsoft.models.base import compute_dtype
 from jsoft.models.heads import last_token_index
 from jsoft.models.layers import KVCache, ModelOutput
 from jsoft.tuners import losses
@@ -412,8 +413,7 @@ class PeftModel(nnx.Module):
             raise ValueError(f"adapter {name!r} places its virtual tokens inside a template, so its prompt "
                              "depends on the input and has no prompt cache")
         V = a.config.num_virtual_tokens
-        emb = base.word_embeddings
-        dtype = emb.dtype or emb.embedding.dtype
+        dtype = compute_dtype(base)
         cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
         out = base(inputs_embeds=a.prompt()[None, :V].astype(dtype), position_ids=jnp.arange(V)[None],
                    cache=cache)
