@@ -15,6 +15,7 @@ from jsoft.models import heads
 from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel, past_length
 from jsoft.models.layers import (
     DropoutRng,
+    LayerNorm,
     ModelOutput,
     Precision,
     activation,
@@ -22,7 +23,6 @@ from jsoft.models.layers import (
     dense,
     dot_product_attention,
     embed,
-    layer_norm,
     merge_heads,
     self_attention_kv,
     split_heads,
@@ -75,7 +75,7 @@ class Embeddings(nnx.Module):
         self.position_embeddings = embed(c.max_positions, c.hidden_size, p, rngs=rngs, names=(None, "embed"))
         self.token_type_embeddings = embed(c.type_vocab_size, c.hidden_size, p, rngs=rngs,
                                            names=(None, "embed"))
-        self.LayerNorm = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+        self.LayerNorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
 
     def __call__(self, inputs_embeds, position_ids, token_type_ids, drop: DropoutRng):
         x = inputs_embeds + self.token_type_embeddings(token_type_ids)
@@ -104,7 +104,7 @@ class DenseNorm(nnx.Module):
     def __init__(self, c: Config, d_in: int, names: tuple, p: Precision, rngs: nnx.Rngs):
         self.c, self.dtype = c, p.dtype
         self.dense = dense(d_in, c.hidden_size, names, p, rngs=rngs)
-        self.LayerNorm = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+        self.LayerNorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
 
     def __call__(self, h, residual, drop: DropoutRng):
         return self.LayerNorm(drop(self.dense(h), self.c.hidden_dropout) + residual).astype(self.dtype)

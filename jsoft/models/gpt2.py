@@ -16,6 +16,7 @@ from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_
 from jsoft.models.layers import (
     DropoutRng,
     KVCache,
+    LayerNorm,
     ModelOutput,
     Precision,
     activation,
@@ -23,7 +24,6 @@ from jsoft.models.layers import (
     dense,
     dot_product_attention,
     embed,
-    layer_norm,
     merge_heads,
     self_attention_kv,
     split_heads,
@@ -94,9 +94,9 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.ln_1 = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+        self.ln_1 = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
         self.attn = Attention(c, p, rngs)
-        self.ln_2 = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+        self.ln_2 = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
         self.mlp = MLP(c, p, rngs)
         self.dtype = p.dtype
 
@@ -113,7 +113,7 @@ class GPT2Model(nnx.Module):
         self.wte = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
         self.wpe = embed(c.max_positions, c.hidden_size, p, rngs=rngs, names=(None, "embed"))
         self.h = nnx.List([Block(c, p, rngs) for _ in range(c.num_layers)])
-        self.ln_f = layer_norm(c.hidden_size, c.layer_norm_eps, p, rngs=rngs)
+        self.ln_f = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):

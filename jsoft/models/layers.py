@@ -15,12 +15,15 @@ that `jsoft.sharding` maps onto a device mesh.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jsoft.models import ops
 
 Array = jax.Array
 
@@ -59,9 +62,16 @@ def embed(n: int, d: int, p: Precision, *, rngs: nnx.Rngs, names=("vocab", "embe
                      embedding_init=nnx.initializers.normal(init_std), embedding_metadata=axes(*names))
 
 
-def layer_norm(d: int, eps: float, p: Precision, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(d, epsilon=eps, dtype=jnp.float32, param_dtype=p.param_dtype, rngs=rngs,
-                         scale_metadata=axes("embed"), bias_metadata=axes("embed"))
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in fp32 (parameters `scale`, `bias`, as `nnx.LayerNorm` names them)."""
+
+    def __init__(self, d: int, eps: float, p: Precision):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((d,), p.param_dtype), **axes("embed"))
+        self.bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes("embed"))
+
+    def __call__(self, x: Array) -> Array:
+        return ops.layer_norm(x, self.scale[...], self.bias[...], self.eps)
 
 
 class RMSNorm(nnx.Module):
@@ -73,16 +83,14 @@ class RMSNorm(nnx.Module):
         self.weight = nnx.Param(jnp.ones((d,), p.param_dtype), **axes("embed"))
 
     def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (self.weight[...].astype(jnp.float32) * x32).astype(self.dtype)
+        return ops.rms_norm(x, self.weight[...], self.eps).astype(self.dtype)
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": ops.gelu,
+    "gelu_new": ops.gelu_tanh,
+    "gelu_pytorch_tanh": ops.gelu_tanh,
+    "gelu_fast": ops.gelu_tanh,
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
@@ -107,11 +115,32 @@ class DropoutRng:
         self.count = 0
 
     def __call__(self, x: Array, rate: float) -> Array:
+        keep = self.keep_mask(x.shape, rate)
+        return x if keep is None else dropped(x, keep, rate)
+
+    def keep_mask(self, shape: tuple, rate: float) -> Array | None:
+        """The next site's boolean keep mask, or None when dropout is off."""
         if self.key is None or rate == 0.0:
-            return x
+            return None
         self.count += 1
-        keep = jax.random.bernoulli(jax.random.fold_in(self.key, self.count), 1.0 - rate, x.shape)
-        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+        return _keep_mask(jax.random.fold_in(self.key, self.count), shape, 1.0 - rate)
+
+
+def _keep_mask(key: Array, shape: tuple, keep_prob: float) -> Array:
+    """Bernoulli(keep_prob) bools, drawn 16 bits each (two per 32-bit draw; the keep probability is exact
+    to 2^-16) and written out packed, 8 per byte. XLA fuses a mask's uses with the comparison that makes
+    it, so a training step keeps whatever the mask is made from until the backward pass: the packed bytes
+    (a reduction, which it does not fuse), not the two 32-bit words per element that threefry produces."""
+    n = math.prod(shape)
+    draws = jax.random.bits(key, (-(-n // 2),), jnp.uint32)
+    halves = jnp.stack([draws & 0xFFFF, draws >> 16], axis=-1).reshape(-1)[:n]
+    keep = halves < round(keep_prob * 65536)
+    return jnp.unpackbits(jnp.packbits(keep, bitorder="little"), count=n, bitorder="little").astype(bool).reshape(
+        shape)
+
+
+def dropped(x: Array, keep: Array, rate: float) -> Array:
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 # --------------------------------------------------------------------------- masks
@@ -214,9 +243,10 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
         scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, H // G, *bias.shape[2:])
     if mask is not None:
         scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if dropout is not None:
-        probs = dropout(probs, dropout_rate)
+    probs = ops.softmax(scores)
+    keep = None if dropout is None else dropout.keep_mask(probs.shape, dropout_rate)
+    if keep is not None:
+        probs = dropped(probs, keep, dropout_rate)
     out = jnp.einsum("bgrts,bgsk->btgrk", probs.astype(v.dtype), v)
     return out.reshape(B, T, H, K)
 

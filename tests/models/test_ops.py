@@ -1,0 +1,136 @@
+"""jsoft.models.ops: same values and derivatives as the plain formulas, and less kept for the backward pass.
+
+The memory tests compile the gradient of an L-layer chain (`x <- op(x) @ w`, `w` frozen) and read the
+compiled program's temp buffer size per layer and element: the plain formulas keep more arrays per layer
+alive until the backward pass than the ops do.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jsoft.models import layers, ops
+
+B, D, L = 1024, 128, 8
+
+
+def _plain_layer_norm(x, s, b, eps):
+    m = x.mean(-1, keepdims=True)
+    return (x - m) * jax.lax.rsqrt(((x - m) ** 2).mean(-1, keepdims=True) + eps) * s + b
+
+
+def _plain_rms_norm(x, s, eps):
+    return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + eps) * s
+
+
+def _inputs():
+    k = jax.random.split(jax.random.key(0), 4)
+    x = 2.0 * jax.random.normal(k[0], (4, 6, 32))
+    s = 1.0 + jax.random.normal(k[1], (32,))
+    b = jax.random.normal(k[2], (32,))
+    w = jax.random.normal(k[3], x.shape)  # cotangent weights
+    return x, s, b, w
+
+
+PAIRS = {
+    "gelu": (ops.gelu, lambda x: jax.nn.gelu(x, approximate=False)),
+    "gelu_tanh": (ops.gelu_tanh, lambda x: jax.nn.gelu(x, approximate=True)),
+    "softmax": (ops.softmax, lambda x: jax.nn.softmax(x, axis=-1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_activation_values_and_derivatives_match_plain(name):
+    op, plain = PAIRS[name]
+    x, _, _, w = _inputs()
+    if name == "softmax":  # masked scores, as attention passes them
+        x = jnp.where(w > 1.0, x, jnp.finfo(jnp.float32).min)
+    np.testing.assert_allclose(op(x), plain(x), atol=1e-6)
+    g_op = jax.grad(lambda x: jnp.sum(op(x) * w))(x)
+    g_plain = jax.grad(lambda x: jnp.sum(plain(x) * w))(x)
+    np.testing.assert_allclose(g_op, g_plain, atol=1e-5)
+    _, t_op = jax.jvp(op, (x,), (w,))
+    _, t_plain = jax.jvp(plain, (x,), (w,))
+    np.testing.assert_allclose(t_op, t_plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_norm_values_and_derivatives_match_plain(kind):
+    x, s, b, w = _inputs()
+    if kind == "layer_norm":
+        op, plain = (lambda x, s, b: ops.layer_norm(x, s, b, 1e-5)), (lambda x, s, b: _plain_layer_norm(x, s, b, 1e-5))
+    else:
+        op, plain = (lambda x, s, b: ops.rms_norm(x, s, 1e-6)), (lambda x, s, b: _plain_rms_norm(x, s, 1e-6))
+    np.testing.assert_allclose(op(x, s, b), plain(x, s, b), atol=1e-5)
+    g_op = jax.grad(lambda *a: jnp.sum(op(*a) * w), argnums=(0, 1, 2))(x, s, b)
+    g_plain = jax.grad(lambda *a: jnp.sum(plain(*a) * w), argnums=(0, 1, 2))(x, s, b)
+    for a, e in zip(g_op, g_plain):
+        np.testing.assert_allclose(a, e, atol=1e-4)
+    # only x differentiated (frozen scale and bias): the same input gradient
+    g_x = jax.grad(lambda x: jnp.sum(op(x, s, b) * w))(x)
+    np.testing.assert_allclose(g_x, g_op[0], atol=1e-6)
+    # bf16 input: computed in fp32, same values to bf16 precision
+    np.testing.assert_allclose(op(x.astype(jnp.bfloat16), s, b), plain(x, s, b), atol=5e-2)
+
+
+def _temp_per_layer_element(layer, *args) -> float:
+    """Compiled temp bytes of grad(sum(chain)) per layer and activation element."""
+    w = jnp.eye(D) * 0.9
+
+    def loss(x, *args):
+        for _ in range(L):
+            x = layer(x, *args) @ w
+        return x.sum()
+
+    x = jnp.ones((B, D), jnp.float32)
+    compiled = jax.jit(jax.grad(loss)).lower(x, *args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / (B * D * L)
+
+
+def test_gelu_keeps_one_array_per_layer():
+    for op, plain in (PAIRS["gelu"], PAIRS["gelu_tanh"]):
+        kept, kept_plain = _temp_per_layer_element(op), _temp_per_layer_element(plain)
+        assert kept <= 4.5, kept  # one fp32 array per layer (the input)
+        assert kept < 0.6 * kept_plain, (kept, kept_plain)
+
+
+def test_rms_norm_keeps_no_more_than_plain():
+    s = jnp.ones((D,))
+    kept = _temp_per_layer_element(lambda x, s: ops.rms_norm(x, s, 1e-6), s)
+    kept_plain = _temp_per_layer_element(lambda x, s: _plain_rms_norm(x, s, 1e-6), s)
+    assert kept <= kept_plain + 0.1, (kept, kept_plain)
+
+
+def test_dropout_mask_is_kept_packed():
+    """A dropout mask costs an eighth of a byte per element until the backward pass; the 32-bit draws
+    (jax.random.bernoulli: two uint32 words per element under threefry) are not kept."""
+
+    def dropout_chain(x, key):
+        drop = layers.DropoutRng(key)
+        for _ in range(L):
+            x = drop(x, 0.1) @ (jnp.eye(D) * 0.9)
+        return x.sum()
+
+    def bernoulli_chain(x, key):
+        for i in range(L):
+            keep = jax.random.bernoulli(jax.random.fold_in(key, i), 0.9, x.shape)
+            x = jnp.where(keep, x / 0.9, 0.0) @ (jnp.eye(D) * 0.9)
+        return x.sum()
+
+    x, key = jnp.ones((B, D)), jax.random.key(0)
+    temp = {f.__name__: jax.jit(jax.grad(f)).lower(x, key).compile().memory_analysis().temp_size_in_bytes
+            / (B * D * L) for f in (dropout_chain, bernoulli_chain)}
+    assert temp["dropout_chain"] < temp["bernoulli_chain"] - 3.5, temp  # 4 bytes per element less, at least
+
+
+def test_dropout_keep_rate_and_scale():
+    x = jnp.ones((200_000,))
+    y = layers.DropoutRng(jax.random.key(1))(x, 0.25)
+    kept = np.asarray(y) != 0
+    assert abs(kept.mean() - 0.75) < 0.005
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)
+    # different sites draw different masks; no key means no dropout
+    drop = layers.DropoutRng(jax.random.key(1))
+    assert not np.array_equal(drop(x, 0.25) != 0, drop(x, 0.25) != 0)
+    assert layers.DropoutRng(None)(x, 0.25) is x
