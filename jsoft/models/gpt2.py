@@ -153,6 +153,10 @@ class GPT2(nnx.Module):
     def word_embeddings(self) -> nnx.Embed:
         return self.transformer.wte
 
+    def lm_logits(self, h: jax.Array) -> jax.Array:
+        """The (tied) LM head on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
+        return heads.tied_lm_logits(h, self.transformer.wte.embedding[...])
+
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
                  dropout_rng: jax.Array | None = None, head=None, cls_index=None) -> ModelOutput:
@@ -164,7 +168,7 @@ class GPT2(nnx.Module):
         h, cache = self.transformer(input_ids, attention_mask, position_ids, inputs_embeds, prefix_kv,
                                     prefix_mask, cache, drop)
         if self.task == "causal_lm":
-            logits = heads.tied_lm_logits(h, self.transformer.wte.embedding[...])
+            logits = self.lm_logits(h)
         elif self.task == "seq_cls":
             idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1]) if cls_index is None \
                 else cls_index

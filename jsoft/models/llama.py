@@ -232,6 +232,12 @@ class Llama(nnx.Module):
     def word_embeddings(self) -> nnx.Embed:
         return self.model.embed_tokens
 
+    def lm_logits(self, h: jax.Array) -> jax.Array:
+        """The LM head (tied or not) on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
+        if self.config.tie_word_embeddings:
+            return heads.tied_lm_logits(h, self.model.embed_tokens.embedding[...])
+        return self.lm_head(h).astype(jnp.float32)
+
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
                  dropout_rng: jax.Array | None = None, head=None, cls_index=None) -> ModelOutput:
@@ -243,10 +249,7 @@ class Llama(nnx.Module):
         h, cache = self.model(input_ids, attention_mask, position_ids, inputs_embeds, prefix_kv,
                               prefix_mask, cache, drop)
         if self.task == "causal_lm":
-            if self.config.tie_word_embeddings:
-                logits = heads.tied_lm_logits(h, self.model.embed_tokens.embedding[...])
-            else:
-                logits = self.lm_head(h).astype(jnp.float32)
+            logits = self.lm_logits(h)
         elif self.task == "seq_cls":
             idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1]) if cls_index is None \
                 else cls_index

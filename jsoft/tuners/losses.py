@@ -18,11 +18,10 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def task_loss(task: str, logits: jax.Array, labels: jax.Array, num_prompt_tokens: int,
               num_labels: int | None = None) -> jax.Array:
-    """`num_prompt_tokens` virtual tokens in front of the input get label -100 (as PEFT pads)."""
-    if task in ("causal_lm", "token_cls") and num_prompt_tokens:
+    """The loss of a classification or seq2seq head (causal LM: `causal_lm_loss`). `num_prompt_tokens`
+    virtual tokens in front of the input get label -100 (as PEFT pads)."""
+    if task == "token_cls" and num_prompt_tokens:
         labels = jnp.pad(labels, ((0, 0), (num_prompt_tokens, 0)), constant_values=IGNORE)
-    if task == "causal_lm":
-        return masked_cross_entropy(logits[:, :-1], labels[:, 1:])
     if task in ("seq2seq_lm", "token_cls"):
         return masked_cross_entropy(logits, labels)
     if task == "seq_cls":
@@ -30,3 +29,17 @@ def task_loss(task: str, logits: jax.Array, labels: jax.Array, num_prompt_tokens
             return jnp.mean((logits[:, 0] - labels.astype(jnp.float32)) ** 2)
         return masked_cross_entropy(logits, labels)
     raise ValueError(f"no loss for task={task!r}")
+
+
+def causal_loss_positions(hidden_BxTxD: jax.Array, num_prompt_tokens: int) -> tuple[int, jax.Array]:
+    """`(start, hidden[:, start:-1])`: the positions whose next-token prediction can carry a label.
+    With V prompt tokens in front (labels padded with V x -100), predictions start at the last prompt
+    token (it predicts the input's first token, as in PEFT); with none, at the first token."""
+    start = max(num_prompt_tokens - 1, 0)
+    return start, hidden_BxTxD[:, start:-1]
+
+
+def causal_lm_loss(logits: jax.Array, labels: jax.Array, start: int, num_prompt_tokens: int) -> jax.Array:
+    """transformers' shifted next-token loss, with PEFT's -100 labels for the `num_prompt_tokens` virtual tokens
+    in front, from the logits of positions `start:-1` only (`causal_loss_positions`)."""
+    return masked_cross_entropy(logits, labels[:, start + 1 - num_prompt_tokens:])

@@ -378,10 +378,16 @@ class PeftModel(nnx.Module):
         if base.task == "seq_cls" and rows is not None and Ve and (input_ids is not None or base.cls_token == "first"):
             kw["cls_index"] = self._cls_index(names, rows, input_ids, p.embeds_mask)
         out = base(**kw, dropout_rng=k_model)
-        if labels is not None:
-            out = out.replace(loss=losses.task_loss(base.task, out.logits, jnp.asarray(labels), Ve,
-                                                    getattr(base, "num_labels", None)))
-        return out
+        if labels is None:
+            return out
+        labels = jnp.asarray(labels)
+        if base.task == "causal_lm" and not base.config.is_encoder_decoder:
+            # the loss's own LM head reads only the positions that predict a label (not the virtual
+            # tokens before the last one, nor the last position); under jit the full `logits`, when
+            # unused (a training step), are never computed
+            start, h = losses.causal_loss_positions(out.last_hidden_state, Ve)
+            return out.replace(loss=losses.causal_lm_loss(base.lm_logits(h), labels, start, Ve))
+        return out.replace(loss=losses.task_loss(base.task, out.logits, labels, Ve, getattr(base, "num_labels", None)))
 
 
     # ------------------------------------------------------------------ generation (jsoft.generate)
