@@ -3,15 +3,21 @@
     python scripts/bench_train.py --quick --plot bench.png        # a short run (CPU or a borrowed GPU)
     python scripts/bench_train.py --steps 20 --warmup 3 --json bench.json
     python scripts/bench_train.py --quick --peak-tflops 989        # on a GPU: MFU against a bf16 peak
+    python scripts/bench_train.py --dtype bfloat16                 # bf16 frozen weights, both frameworks
 
 Cases (random weights: a GPT2Config / BertConfig saved with save_pretrained to a temp dir, loaded by both):
-  gpt2-prompt   GPT-2 small causal LM, prompt tuning
-  gpt2-prefix   GPT-2 small causal LM, prefix tuning with projection (encoder_hidden_size 768)
-  gpt2-ptuning  GPT-2 small causal LM, P-tuning with an LSTM encoder (encoder_hidden_size 768)
-  bert-ptv2     BERT-base seq_cls (2 labels), P-Tuning v2 (prefix tuning without projection)
-batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3), fp32. Each (case, framework) runs in its own
-subprocess, which reports its peak RSS (ru_maxrss). jsoft's compile time is measured separately (AOT
-lower + compile); the timed steps start after `--warmup` steps in both frameworks.
+  gpt2-prompt    GPT-2 small causal LM, prompt tuning
+  gpt2-prefix    GPT-2 small causal LM, prefix tuning with projection (encoder_hidden_size 768)
+  gpt2-ptuning   GPT-2 small causal LM, P-tuning with an LSTM encoder (encoder_hidden_size 768)
+  bert-ptv2      BERT-base seq_cls (2 labels), P-Tuning v2 (prefix tuning without projection)
+  gpt2m-prompt   GPT-2 medium causal LM, prompt tuning (the GPU MFU case; in the default cases on a GPU)
+batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3). Each (case, framework) runs in its own subprocess,
+which reports its peak memory: RSS (ru_maxrss) on CPU, the device allocator's peak on a GPU. jsoft's compile
+time is measured separately (AOT lower + compile); the timed steps start after `--warmup` steps in both.
+
+--dtype (default: float32 on CPU, bfloat16 on a GPU) is the frozen backbone's storage and compute dtype in
+both frameworks: jsoft `from_pretrained(dtype=...)` (prompts and optimizer state stay fp32), PyTorch
+`from_pretrained(dtype=...)` with PEFT's adapter as PEFT makes it.
 
 FLOPs ("model FLOPs", the standard estimate): train = 3 x forward, forward = 2 * N * T + 4 * n_layer * d_model
 * S_q * S_k * B, with N the matmul parameters of the frozen backbone (per layer 4 d^2 + 2 d d_ff, plus the LM
@@ -19,7 +25,7 @@ head vocab x d for causal LM; embeddings excluded), T the tokens through the lay
 prompt / P-tuning, B * L for prefix methods), S_q, S_k the query and key lengths (keys include the prefix).
 Soft-prompt training computes no weight gradients for the frozen backbone, so the work actually done is
 nearer 2 x forward; the 3x figure is the usual convention (compare with other reports), not a count.
-Achieved FLOP/s is set against this machine's measured fp32 2048 x 2048 matmul rate in each framework (and
+Achieved FLOP/s is set against this machine's measured 2048 x 2048 matmul rate (in --dtype) in each framework (and
 against --peak-tflops when given).
 """
 
@@ -36,7 +42,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2")
+CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2m-prompt")
+CPU_CASES = CASES[:4]
 VT = 20
 LR = 1e-3
 
@@ -45,7 +52,7 @@ LR = 1e-3
 
 
 def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
-    if case.startswith("gpt2"):
+    if case.startswith("gpt2"):  # gpt2 or gpt2m
         d, n_layer, ff, vocab = cfg["n_embd"], cfg["n_layer"], cfg.get("n_inner") or 4 * cfg["n_embd"], cfg[
             "vocab_size"]
         head = vocab * d
@@ -68,7 +75,11 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker_jax(case, model_dir, batch, length, steps, warmup, device):
+def _family(case: str) -> str:
+    return case.split("-")[0]
+
+
+def worker_jax(case, model_dir, batch, length, steps, warmup, device, dtype):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -79,7 +90,7 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device):
     from jsoft import train as jtrain
 
     # matmul rate
-    a = jnp.ones((2048, 2048), jnp.float32)
+    a = jnp.ones((2048, 2048), dtype)
     mm = jax.jit(lambda x: x @ x)
     mm(a).block_until_ready()
     t = time.perf_counter()
@@ -91,6 +102,7 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device):
     task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
     tt = "CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS"
     pcfg = {"gpt2-prompt": lambda: jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
+            "gpt2m-prompt": lambda: jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
             "gpt2-prefix": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
                                                             prefix_projection=True, encoder_hidden_size=768),
             "gpt2-ptuning": lambda: jsoft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
@@ -98,7 +110,7 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device):
                                                               encoder_hidden_size=768),
             "bert-ptv2": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
                                                           prefix_projection=False)}[case]()
-    model = jsoft.from_pretrained(model_dir, task=task, num_labels=2 if task == "seq_cls" else None)
+    model = jsoft.from_pretrained(model_dir, task=task, num_labels=2 if task == "seq_cls" else None, dtype=dtype)
     pm = jsoft.get_peft_model(model, pcfg)
     graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
     tcfg = build.default_config().train
@@ -122,18 +134,20 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device):
         state, m = compiled(state, frozen, b)
     jax.block_until_ready((state, m))
     dt = time.perf_counter() - t
+    stats = jax.devices()[0].memory_stats() if device == "gpu" else None
     return dict(step_s=dt / steps, compile_s=compile_s, loss=float(m["loss"]), matmul_flops=mm_flops,
-                n_trainable=sum(x.size for x in jax.tree.leaves(trainable)), device=str(jax.devices()[0]))
+                n_trainable=sum(x.size for x in jax.tree.leaves(trainable)), device=str(jax.devices()[0]),
+                peak_device_mib=stats["peak_bytes_in_use"] / 2 ** 20 if stats else None)
 
 
-def worker_torch(case, model_dir, batch, length, steps, warmup, device):
+def worker_torch(case, model_dir, batch, length, steps, warmup, device, dtype):
     import peft
     import torch
     import transformers
 
     dev = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    a = torch.ones(2048, 2048, device=dev)
+    a = torch.ones(2048, 2048, device=dev, dtype=getattr(torch, dtype))
     (a @ a).sum().item()
     sync()
     t = time.perf_counter()
@@ -145,6 +159,7 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device):
     task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
     tt = peft.TaskType.CAUSAL_LM if task == "causal_lm" else peft.TaskType.SEQ_CLS
     pcfg = {"gpt2-prompt": lambda: peft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
+            "gpt2m-prompt": lambda: peft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
             "gpt2-prefix": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
                                                            prefix_projection=True, encoder_hidden_size=768),
             "gpt2-ptuning": lambda: peft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
@@ -152,10 +167,11 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device):
                                                              encoder_hidden_size=768),
             "bert-ptv2": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
                                                          prefix_projection=False)}[case]()
+    kw = {"dtype": getattr(torch, dtype)}
     if task == "causal_lm":
-        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     else:
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, **kw)
     pm = peft.get_peft_model(model, pcfg).to(dev)
     pm.train()
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -182,29 +198,29 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device):
     sync()
     dt = time.perf_counter() - t
     return dict(step_s=dt / steps, compile_s=None, loss=loss, matmul_flops=mm_flops,
-                n_trainable=sum(p.numel() for p in params), device=str(dev),
-                threads=torch.get_num_threads())
+                n_trainable=sum(p.numel() for p in params), device=str(dev), threads=torch.get_num_threads(),
+                peak_device_mib=torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else None)
 
 
 # ============================================================================ driver
 
 
-def make_models(d: str) -> dict:
+def make_models(d: str, families: set) -> dict:
     import transformers
 
-    cfgs = {}
-    g = transformers.GPT2Config()  # GPT-2 small
-    transformers.GPT2LMHeadModel(g).save_pretrained(os.path.join(d, "gpt2"))
-    b = transformers.BertConfig(num_labels=2)  # BERT-base
-    transformers.BertForSequenceClassification(b).save_pretrained(os.path.join(d, "bert"))
-    cfgs["gpt2"], cfgs["bert"] = g.to_dict(), b.to_dict()
-    return cfgs
+    configs = {"gpt2": transformers.GPT2Config(),  # GPT-2 small
+               "gpt2m": transformers.GPT2Config(n_embd=1024, n_layer=24, n_head=16),  # GPT-2 medium
+               "bert": transformers.BertConfig(num_labels=2)}  # BERT-base
+    for fam in families:
+        cls = transformers.BertForSequenceClassification if fam == "bert" else transformers.GPT2LMHeadModel
+        cls(configs[fam]).save_pretrained(os.path.join(d, fam))
+    return {fam: configs[fam].to_dict() for fam in families}
 
 
 def run_worker(fw, case, model_dir, a) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", fw, "--case", case, "--model-dir", model_dir,
            "--batch", str(a.batch), "--length", str(a.length), "--steps", str(a.steps), "--warmup",
-           str(a.warmup), "--device", a.device]
+           str(a.warmup), "--device", a.device, "--dtype", a.dtype]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if a.device == "cpu":
         env.setdefault("JAX_PLATFORMS", "cpu")
@@ -216,7 +232,7 @@ def run_worker(fw, case, model_dir, a) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    ap.add_argument("--cases", nargs="+", choices=CASES, help="default: the first four on CPU, all on a GPU")
     ap.add_argument("--frameworks", nargs="+", default=["jsoft", "peft"], choices=["jsoft", "peft"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=128)
@@ -224,6 +240,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="--steps 3 --warmup 1")
     ap.add_argument("--device", default=None, choices=["cpu", "gpu"], help="default: gpu if jax sees one")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                    help="frozen backbone dtype in both frameworks (default: float32 on CPU, bfloat16 on a GPU)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak (e.g. bf16) for MFU")
     ap.add_argument("--plot", help="save a PNG bar chart here")
     ap.add_argument("--json", help="write the results here")
@@ -235,19 +253,21 @@ def main(argv=None):
         a.steps, a.warmup = 3, 1
     if a.worker:
         fn = worker_jax if a.worker == "jsoft" else worker_torch
-        r = fn(a.case, a.model_dir, a.batch, a.length, a.steps, a.warmup, a.device or "cpu")
+        r = fn(a.case, a.model_dir, a.batch, a.length, a.steps, a.warmup, a.device or "cpu", a.dtype or "float32")
         r["peak_rss_mib"] = _peak_rss_mib()
         print(json.dumps(r))
         return r
     if a.device is None:
         import shutil
         a.device = "gpu" if shutil.which("nvidia-smi") else "cpu"
+    a.dtype = a.dtype or ("bfloat16" if a.device == "gpu" else "float32")
+    a.cases = a.cases or list(CASES if a.device == "gpu" else CPU_CASES)
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        cfgs = make_models(d)
+        cfgs = make_models(d, {_family(c) for c in a.cases})
         for case in a.cases:
-            fam = case.split("-")[0]
+            fam = _family(case)
             flops = model_flops(case, cfgs[fam], a.batch, a.length)
             row = dict(case=case, flops_per_step=flops)
             for fw in a.frameworks:
@@ -266,7 +286,7 @@ def main(argv=None):
                 print(f"# {case} {fw}: {json.dumps(r)[:300]}", file=sys.stderr, flush=True)
             rows.append(row)
 
-    hdr = (f"{'case':13} {'fw':6} {'tok/s':>8} {'step ms':>8} {'compile s':>9} {'peak RSS MiB':>12} "
+    hdr = (f"{'case':13} {'fw':6} {'tok/s':>8} {'step ms':>8} {'compile s':>9} {'peak MiB':>12} "
            f"{'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'frac':>5}" + (f" {'MFU':>6}" if a.peak_tflops else "")
            + f" {'loss':>7} {'jsoft/peft':>10}")
     print(hdr)
@@ -281,13 +301,15 @@ def main(argv=None):
             if fw == "jsoft" and "tokens_per_s" in row.get("peft", {}):
                 ratio = f"{r['tokens_per_s'] / row['peft']['tokens_per_s']:.2f}x"
             c = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+            peak = r.get("peak_device_mib") or r["peak_rss_mib"]
             print(f"{row['case']:13} {fw:6} {r['tokens_per_s']:8.0f} {1e3 * r['step_s']:8.1f} {c:>9} "
-                  f"{r['peak_rss_mib']:12.0f} {r['flops_per_s'] / 1e9:8.1f} {r['matmul_flops'] / 1e9:14.1f} "
+                  f"{peak:12.0f} {r['flops_per_s'] / 1e9:8.1f} {r['matmul_flops'] / 1e9:14.1f} "
                   f"{r['frac_of_matmul']:5.2f}" + (f" {r['mfu']:6.3f}" if a.peak_tflops else "")
                   + f" {r['loss']:7.3f} {ratio:>10}")
     print(f"\nbatch {a.batch} x {a.length} tokens, {VT} virtual tokens, {a.warmup} warmup + {a.steps} timed steps, "
-          f"device {a.device}. FLOPs = 3 x (2 N T + 4 n_layer d S_q S_k B), N = frozen matmul params (see --help). "
-          "frac = achieved / measured fp32 2048^2 matmul rate of the same framework.")
+          f"device {a.device}, {a.dtype}. Peak MiB: process RSS on CPU, allocator peak on a GPU. "
+          "FLOPs = 3 x (2 N T + 4 n_layer d S_q S_k B), N = frozen matmul params (see --help). "
+          f"frac = achieved / measured {a.dtype} 2048^2 matmul rate of the same framework.")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
