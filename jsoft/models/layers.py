@@ -5,8 +5,8 @@ Conventions (used by every backbone and by the tuners):
   * a per-layer key/value prefix is one array `prefix_kv[L, 2, B, V, G, K]` (G = key/value
     heads) with a mask `prefix_mask[B, V]`; prefixes are used as given (no RoPE, no
     projection), exactly like a filled KV cache;
-  * the decoding cache (`KVCache`) holds keys/values of the real tokens in preallocated
-    slots `[L, B, S, G, K]`; `index` is the next slot to write;
+  * the decoding cache (`KVCache`) holds keys/values in preallocated slots, one `[B, G, S, K]`
+    buffer per layer; `index` is the next slot to write;
   * masks are boolean, True = may attend.
 Parameters carry logical sharding axes (`vocab`, `embed`, `mlp`, `heads`, `kv`, `joined_kv`)
 that `jsoft.sharding` maps onto a device mesh.
@@ -15,6 +15,7 @@ that `jsoft.sharding` maps onto a device mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
 from jsoft.models import ops
 
@@ -40,10 +42,34 @@ class Precision:
 
 
 def _accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    """A half-precision dot that accumulates (and returns) in fp32, then rounds to the inputs' dtype:
-    on XLA:CPU, a bf16-out dot converts the bf16 weights to fp32 first, at every call."""
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32, **kw)
+    """`nnx.Linear`'s dot for half-precision weights: `_half_dot`."""
+    return _half_dot(lhs, rhs, dimension_numbers)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _half_dot(lhs, rhs, dimension_numbers):
+    """A half-precision dot that accumulates in fp32, then rounds to the inputs' dtype: on XLA:CPU, a
+    bf16-out dot converts the bf16 weights to fp32 first, at every call."""
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32)
     return out.astype(lhs.dtype)
+
+
+def _half_dot_jvp(dimension_numbers, primals, tangents):
+    # Tangents, and so the backward pass's cotangents, stay in the half dtype: differentiating the fp32
+    # accumulation instead would run every backward matmul in fp32 on converted copies of the weights.
+    # Symbolic zeros: frozen weights (the usual case) add no term.
+    lhs, rhs = primals
+    d_lhs, d_rhs = tangents
+    out = _half_dot(lhs, rhs, dimension_numbers)
+    t = jnp.zeros_like(out)
+    if not isinstance(d_lhs, SymbolicZero):
+        t = t + jax.lax.dot_general(d_lhs.astype(lhs.dtype), rhs, dimension_numbers)
+    if not isinstance(d_rhs, SymbolicZero):
+        t = t + jax.lax.dot_general(lhs, d_rhs.astype(rhs.dtype), dimension_numbers)
+    return out, t
+
+
+_half_dot.defjvp(_half_dot_jvp, symbolic_zeros=True)
 
 
 def dense(d_in: int, d_out: int, names: tuple, p: Precision, *, bias: bool = True, rngs: nnx.Rngs,

@@ -134,3 +134,27 @@ def test_dropout_keep_rate_and_scale():
     drop = layers.DropoutRng(jax.random.key(1))
     assert not np.array_equal(drop(x, 0.25) != 0, drop(x, 0.25) != 0)
     assert layers.DropoutRng(None)(x, 0.25) is x
+
+
+def test_bf16_dense_backward_runs_on_the_bf16_weights():
+    """With bf16 frozen weights, every matmul that reads a weight, forward and backward, takes it in bf16
+    (the backward pass does not run on fp32 copies); the input gradient stays close to fp32's."""
+    import re
+
+    from flax import nnx
+
+    p = layers.Precision(jnp.bfloat16, jnp.bfloat16)
+    lin = layers.dense(D, 3 * D, ("embed", "mlp"), p, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (B, D), jnp.bfloat16)
+
+    def loss(x):
+        return jnp.sum(jnp.tanh(lin(x).astype(jnp.float32)))
+
+    hlo = jax.jit(jax.grad(loss)).lower(x).as_text()
+    dots = re.findall(r"stablehlo.dot_general.*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)", hlo)
+    assert len(dots) == 2, dots  # forward and the input gradient; none for the frozen weight
+    weight = f"tensor<{D}x{3 * D}x"
+    assert all(w.startswith(weight) and w.endswith("bf16>") for _, w in dots), dots
+    kernel = lin.kernel[...].astype(jnp.float32)
+    want = jax.grad(lambda x: jnp.sum(jnp.tanh(x @ kernel + lin.bias[...].astype(jnp.float32))))(x.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(x), np.float32), want, atol=0.05, rtol=0.05)
