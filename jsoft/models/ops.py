@@ -1,17 +1,19 @@
-"""Activations, softmax and norms whose derivatives keep one activation-sized residual each.
+"""Activations, softmax and norms with closed-form derivatives that keep little for the backward pass.
 
 Soft-prompt training backpropagates through the whole frozen backbone, so what the forward pass
-keeps for the backward pass (its residuals) sets the training step's memory. Differentiated as
-written, exact GELU keeps three `[B, T, d_ff]` arrays, softmax two scores-sized arrays (JAX's
-`jax.nn.softmax` has no custom derivative unless `jax_softmax_custom_jvp` is set) and a LayerNorm
-three `[B, T, D]` arrays. Each op here states its JVP in closed form from one saved array:
+keeps for the backward pass sets the training step's memory. Differentiated as written, exact GELU
+keeps `erfc(x)`-sized intermediates besides `x`, `jax.nn.softmax` differentiates through its
+normalisation (it has no custom derivative unless `jax_softmax_custom_jvp` is set) and a LayerNorm
+keeps its centred and normalised input. Each op here states its JVP in closed form:
 
-  * `gelu` / `gelu_tanh`: the derivative `gelu'(x)`;
-  * `softmax`: its output `y` (`dy = y * (dx - sum(y * dx))`);
-  * `layer_norm` / `rms_norm`: the input and the per-row mean and inverse scale.
+  * `gelu` / `gelu_tanh`: `gelu'(x) * dx`, with `gelu'` sharing nothing with the forward formula,
+    so XLA recomputes it inside the backward pass from `x` alone;
+  * `softmax`: `y * (dx - sum(y * dx))` from its output `y`;
+  * `layer_norm` / `rms_norm`: from the input and the per-row mean and inverse scale.
 
-The values are those of the plain formulas (tested against `jax.nn` and the HF PyTorch models);
-the derivatives are tested against autodiff of the plain formulas. All compute in fp32.
+The values are those of the plain formulas (tested against `jax.nn` and the HF PyTorch models), the
+derivatives are tested against autodiff of the plain formulas, and tests/models/test_ops.py measures
+what the compiled gradient keeps. All compute in fp32.
 """
 
 from __future__ import annotations

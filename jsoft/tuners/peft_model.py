@@ -381,7 +381,7 @@ class PeftModel(nnx.Module):
         if labels is None:
             return out
         labels = jnp.asarray(labels)
-        if base.task == "causal_lm" and not base.config.is_encoder_decoder:
+        if base.task == "causal_lm":
             # the loss's own LM head reads only the positions that predict a label (not the virtual
             # tokens before the last one, nor the last position); under jit the full `logits`, when
             # unused (a training step), are never computed
