@@ -12,7 +12,7 @@ Cases (random weights: a GPT2Config / BertConfig saved with save_pretrained to a
   bert-ptv2      BERT-base seq_cls (2 labels), P-Tuning v2 (prefix tuning without projection)
   gpt2m-prompt   GPT-2 medium causal LM, prompt tuning (the GPU MFU case; in the default cases on a GPU)
 batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3). Each (case, framework) runs in its own subprocess,
-which reports its peak memory: RSS (ru_maxrss) on CPU, the device allocator's peak on a GPU. jsoft's compile
+which reports its peak memory: RSS (VmHWM) on CPU, the device allocator's peak on a GPU. jsoft's compile
 time is measured separately (AOT lower + compile); the timed steps start after `--warmup` steps in both.
 
 --dtype (default: float32 on CPU, bfloat16 on a GPU) is the frozen backbone's storage and compute dtype in
@@ -60,7 +60,7 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
         d, n_layer, ff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
         head = d * d + 2 * d  # pooler + classifier
     n = n_layer * (4 * d * d + 2 * d * ff)
-    prefix = case.endswith(("prefix", "ptv2"))
+    prefix = _method(case) in ("prefix", "ptv2")
     s_q = length if prefix else length + VT
     s_k = length + VT
     fwd = 2 * n * batch * s_q + 4 * n_layer * d * s_q * s_k * batch
@@ -72,11 +72,21 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS: VmHWM, not ru_maxrss, which a child inherits from its parent across fork +
+    exec (so every worker would report at least the driver's size, models built in it included)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # KiB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; macOS: bytes
 
 
 def _family(case: str) -> str:
     return case.split("-")[0]
+
+
+def _method(case: str) -> str:
+    return case.split("-")[1]
 
 
 def worker_jax(case, model_dir, batch, length, steps, warmup, device, dtype):
@@ -101,15 +111,14 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device, dtype):
 
     task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
     tt = "CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS"
-    pcfg = {"gpt2-prompt": lambda: jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
-            "gpt2m-prompt": lambda: jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
-            "gpt2-prefix": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+    pcfg = {"prompt": lambda: jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
+            "prefix": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
                                                             prefix_projection=True, encoder_hidden_size=768),
-            "gpt2-ptuning": lambda: jsoft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
+            "ptuning": lambda: jsoft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
                                                               encoder_reparameterization_type="LSTM",
                                                               encoder_hidden_size=768),
-            "bert-ptv2": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
-                                                          prefix_projection=False)}[case]()
+            "ptv2": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+                                                          prefix_projection=False)}[_method(case)]()
     model = jsoft.from_pretrained(model_dir, task=task, num_labels=2 if task == "seq_cls" else None, dtype=dtype)
     pm = jsoft.get_peft_model(model, pcfg)
     graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
@@ -158,15 +167,14 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device, dtype):
 
     task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
     tt = peft.TaskType.CAUSAL_LM if task == "causal_lm" else peft.TaskType.SEQ_CLS
-    pcfg = {"gpt2-prompt": lambda: peft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
-            "gpt2m-prompt": lambda: peft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
-            "gpt2-prefix": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+    pcfg = {"prompt": lambda: peft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
+            "prefix": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
                                                            prefix_projection=True, encoder_hidden_size=768),
-            "gpt2-ptuning": lambda: peft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
+            "ptuning": lambda: peft.PromptEncoderConfig(task_type=tt, num_virtual_tokens=VT,
                                                              encoder_reparameterization_type="LSTM",
                                                              encoder_hidden_size=768),
-            "bert-ptv2": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
-                                                         prefix_projection=False)}[case]()
+            "ptv2": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
+                                                         prefix_projection=False)}[_method(case)]()
     kw = {"dtype": getattr(torch, dtype)}
     if task == "causal_lm":
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kw)
