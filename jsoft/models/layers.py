@@ -15,7 +15,6 @@ that `jsoft.sharding` maps onto a device mesh.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 
@@ -23,7 +22,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.custom_derivatives import SymbolicZero
 
 from jsoft.models import ops
 
@@ -41,42 +39,17 @@ class Precision:
     param_dtype: jnp.dtype = jnp.float32  # storage of the frozen weights
 
 
-def _accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    """`nnx.Linear`'s dot for half-precision weights: `_half_dot`."""
-    return _half_dot(lhs, rhs, dimension_numbers)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _half_dot(lhs, rhs, dimension_numbers):
-    """A half-precision dot that accumulates in fp32, then rounds to the inputs' dtype: on XLA:CPU, a
-    bf16-out dot converts the bf16 weights to fp32 first, at every call."""
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32)
-    return out.astype(lhs.dtype)
-
-
-def _half_dot_jvp(dimension_numbers, primals, tangents):
-    # Tangents, and so the backward pass's cotangents, stay in the half dtype: differentiating the fp32
-    # accumulation instead would run every backward matmul in fp32 on converted copies of the weights.
-    # Symbolic zeros: frozen weights (the usual case) add no term.
-    lhs, rhs = primals
-    d_lhs, d_rhs = tangents
-    out = _half_dot(lhs, rhs, dimension_numbers)
-    t = jnp.zeros_like(out)
-    if not isinstance(d_lhs, SymbolicZero):
-        t = t + jax.lax.dot_general(d_lhs.astype(lhs.dtype), rhs, dimension_numbers)
-    if not isinstance(d_rhs, SymbolicZero):
-        t = t + jax.lax.dot_general(lhs, d_rhs.astype(rhs.dtype), dimension_numbers)
-    return out, t
-
-
-_half_dot.defjvp(_half_dot_jvp, symbolic_zeros=True)
+def _half_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+    """`nnx.Linear`'s dot for half-precision weights: `ops.einsum`, half operands with fp32 accumulation
+    in the forward and the backward pass."""
+    return ops.einsum(ops.dot_general_spec(dimension_numbers, lhs.ndim, rhs.ndim), lhs, rhs)
 
 
 def dense(d_in: int, d_out: int, names: tuple, p: Precision, *, bias: bool = True, rngs: nnx.Rngs,
           init_std: float = 0.02) -> nnx.Linear:
     return nnx.Linear(
         d_in, d_out, use_bias=bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
-        dot_general=_accumulate_f32 if jnp.dtype(p.dtype).itemsize < 4 else jax.lax.dot_general,
+        dot_general=_half_dot_general if jnp.dtype(p.dtype).itemsize < 4 else jax.lax.dot_general,
         kernel_init=nnx.initializers.normal(init_std),
         kernel_metadata=axes(*names), bias_metadata=axes(names[-1]),
     )
@@ -264,7 +237,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
     B, T, H, K = q.shape
     G = k.shape[1]
     q = q.reshape(B, T, G, H // G, K)
-    scores = jnp.einsum("btgrk,bgsk->bgrts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = ops.einsum("btgrk,bgsk->bgrts", q, k, out_dtype=jnp.float32) * scale
     if bias is not None:
         scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, H // G, *bias.shape[2:])
     if mask is not None:
@@ -273,7 +246,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
     keep = None if dropout is None else dropout.keep_mask(probs.shape, dropout_rate)
     if keep is not None:
         probs = dropped(probs, keep, dropout_rate)
-    out = jnp.einsum("bgrts,bgsk->btgrk", probs.astype(v.dtype), v)
+    out = ops.einsum("bgrts,bgsk->btgrk", probs.astype(v.dtype), v)
     return out.reshape(B, T, H, K)
 
 

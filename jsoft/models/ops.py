@@ -140,3 +140,103 @@ def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
 def rms_norm(x: Array, scale: Array, eps: float) -> Array:
     """`x / sqrt(mean(x^2) + eps) * scale` over the last axis, in fp32 (T5, Llama)."""
     return _norm(x, scale, jnp.zeros((), scale.dtype), eps, False)
+
+
+def matmul_dtype(a: Array, b: Array) -> jnp.dtype | None:
+    """The half dtype both operands share, or None (then a plain fp32 einsum is as fast)."""
+    if a.dtype == b.dtype and jnp.dtype(a.dtype).itemsize < 4:
+        return a.dtype
+    return None
+
+
+def einsum(spec: str, a: Array, b: Array, out_dtype=None) -> Array:
+    """`jnp.einsum(spec, a, b)` whose forward and backward matmuls all read half-precision operands
+    and accumulate in fp32 when `a` and `b` share a half dtype; the result is `out_dtype` (default:
+    the operands' dtype). Other operands get a plain einsum with fp32 accumulation.
+
+    Differentiated as written, a half einsum's backward pass would either take the cotangent in fp32
+    against the half operand (a mixed dot, which XLA runs on fp32 copies) or produce half outputs,
+    which XLA:CPU also computes on fp32 copies: at half the speed of a half-in fp32-out dot, the form
+    that runs on the CPU's bf16 dot-product units and on GPU/TPU matrix units."""
+    half = matmul_dtype(a, b)
+    if half is None:
+        out = jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+        return out if out_dtype is None else out.astype(out_dtype)
+    return _half_einsum(spec, a, b, jnp.dtype(half if out_dtype is None else out_dtype))
+
+
+def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
+    """`einsum(spec, a, b)` accumulated in fp32, as one batched matmul `[batch, m, k] x [batch, k, n]` (or
+    `[batch, n, k]`, whichever `b` is closer to) of the operands' axes grouped, then ungrouped into `spec`'s
+    output order.
+
+    XLA:CPU runs a half-in fp32-out dot only with `a`'s contracted axes minor; it has no fallback for other
+    forms ("Unsupported element type for DotThunk"), and it folds a transpose that leaves the batch axes in
+    place (or an output transpose of interleaved axes) back into the dot. Grouping keeps the output
+    transpose separate; an `a` that would need such a transpose (the contracted axes major, as in a
+    weight-style gradient) is multiplied in fp32 instead."""
+    inputs, out = spec.split("->")
+    sa, sb = inputs.split(",")
+    batch = [c for c in sa if c in sb and c in out]
+    contracted = [c for c in sa if c in sb and c not in out]
+    a_free = [c for c in sa if c not in sb]
+    b_free = [c for c in sb if c not in sa]
+    if list(sa) != batch + a_free + contracted and list(sa[:len(batch)]) == batch:
+        return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32))
+    size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+
+    def grouped(x, spec, groups):
+        x = jnp.transpose(x, [spec.index(c) for g in groups for c in g])
+        return x.reshape([math.prod(size[c] for c in g) for g in groups])
+
+    z = "z" if batch else ""  # the grouped batch axis, if any
+    groups = [batch] if batch else []
+    a = grouped(a, sa, groups + [a_free, contracted])
+    if [c for c in sb if c not in batch] == b_free + contracted:
+        b, spec_b = grouped(b, sb, groups + [b_free, contracted]), "nk"
+    else:
+        b, spec_b = grouped(b, sb, groups + [contracted, b_free]), "kn"
+    y = jnp.einsum(f"{z}mk,{z}{spec_b}->{z}mn", a, b, preferred_element_type=jnp.float32)
+    natural = batch + a_free + b_free
+    return jnp.transpose(y.reshape([size[c] for c in natural]), [natural.index(c) for c in out])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _half_einsum(spec: str, a: Array, b: Array, out_dtype) -> Array:
+    return _einsum_f32(spec, a, b).astype(out_dtype)
+
+
+def _half_einsum_fwd(spec, a, b, out_dtype):
+    return _half_einsum(spec, a, b, out_dtype), (a, b)
+
+
+def _half_einsum_bwd(spec, out_dtype, residuals, ct):
+    # Each operand's gradient is an einsum of the cotangent (rounded to the half dtype, as mixed
+    # precision does) with the other operand. An unused gradient (a frozen weight) is dead code under jit.
+    a, b = residuals
+    inputs, out = spec.split("->")
+    sa, sb = inputs.split(",")
+    ct = ct.astype(a.dtype)
+    da = _einsum_f32(f"{out},{sb}->{sa}", ct, b).astype(a.dtype)
+    db = _einsum_f32(f"{sa},{out}->{sb}", a, ct).astype(b.dtype)
+    return da, db
+
+
+_half_einsum.defvjp(_half_einsum_fwd, _half_einsum_bwd)
+
+
+def dot_general_spec(dimension_numbers, lhs_ndim: int, rhs_ndim: int) -> str:
+    """The einsum spec of `jax.lax.dot_general(lhs, rhs, dimension_numbers)`: batch axes, then lhs's
+    free axes, then rhs's."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    lhs = [next(letters) for _ in range(lhs_ndim)]
+    rhs = [None] * rhs_ndim
+    for i, j in zip(lc, rc):
+        rhs[j] = lhs[i]
+    for i, j in zip(lb, rb):
+        rhs[j] = lhs[i]
+    rhs = [s if s is not None else next(letters) for s in rhs]
+    out = [lhs[i] for i in lb] + [s for i, s in enumerate(lhs) if i not in lc and i not in lb]
+    out += [s for j, s in enumerate(rhs) if j not in rc and j not in rb]
+    return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"

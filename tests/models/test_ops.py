@@ -138,7 +138,8 @@ def test_dropout_keep_rate_and_scale():
 
 def test_bf16_dense_backward_runs_on_the_bf16_weights():
     """With bf16 frozen weights, every matmul that reads a weight, forward and backward, takes it in bf16
-    (the backward pass does not run on fp32 copies); the input gradient stays close to fp32's."""
+    (the backward pass does not run on fp32 copies) and accumulates in fp32 (the form the CPU's bf16 dot
+    units and GPU/TPU matrix units run); the input gradient stays close to fp32's."""
     import re
 
     from flax import nnx
@@ -151,10 +152,46 @@ def test_bf16_dense_backward_runs_on_the_bf16_weights():
         return jnp.sum(jnp.tanh(lin(x).astype(jnp.float32)))
 
     hlo = jax.jit(jax.grad(loss)).lower(x).as_text()
-    dots = re.findall(r"stablehlo.dot_general.*?: \((tensor<[^>]*>), (tensor<[^>]*>)\)", hlo)
+    dots = re.findall(r"stablehlo.dot_general.*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", hlo)
     assert len(dots) == 2, dots  # forward and the input gradient; none for the frozen weight
     weight = f"tensor<{D}x{3 * D}x"
-    assert all(w.startswith(weight) and w.endswith("bf16>") for _, w in dots), dots
+    assert all(w.startswith(weight) and w.endswith("bf16>") for _, w, _ in dots), dots
+    assert all(x.endswith("bf16>") and out.endswith("f32>") for x, _, out in dots), dots
     kernel = lin.kernel[...].astype(jnp.float32)
     want = jax.grad(lambda x: jnp.sum(jnp.tanh(x @ kernel + lin.bias[...].astype(jnp.float32))))(x.astype(jnp.float32))
     np.testing.assert_allclose(np.asarray(jax.grad(loss)(x), np.float32), want, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("spec", ["btgrk,bgsk->bgrts", "bgrts,bgsk->btgrk", "btd,vd->btv", "vd,nd->vn"])
+def test_half_einsum_values_and_gradients_match_fp32(spec):
+    sa, sb = spec.split("->")[0].split(",")
+    size = dict(b=2, t=5, g=2, r=3, k=8, s=7, d=16, v=11, n=4)
+    k = jax.random.split(jax.random.key(0), 3)
+    a = jax.random.normal(k[0], [size[c] for c in sa])
+    b = jax.random.normal(k[1], [size[c] for c in sb])
+    w = jax.random.normal(k[2], jnp.einsum(spec, a, b).shape)
+
+    def loss(fn):
+        return jax.value_and_grad(lambda a, b: jnp.sum(w * fn(spec, a, b).astype(jnp.float32)), argnums=(0, 1))
+
+    want = loss(jnp.einsum)(a, b)
+    half = loss(ops.einsum)(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+    for got, ref in zip(jax.tree.leaves(half), jax.tree.leaves(want)):
+        assert got.dtype == (jnp.float32 if got.ndim == 0 else jnp.bfloat16)
+        scale = float(jnp.max(jnp.abs(ref)))
+        np.testing.assert_allclose(np.asarray(got, np.float32), ref, atol=0.03 * scale)
+    # fp32 operands: exactly jnp.einsum
+    np.testing.assert_array_equal(ops.einsum(spec, a, b), jnp.einsum(spec, a, b))
+
+
+@pytest.mark.parametrize("dn, shapes", [
+    ((((1,), (0,)), ((), ())), ((3, 4), (4, 5))),
+    ((((2,), (1,)), ((0,), (0,))), ((2, 3, 4), (2, 4, 5))),
+    ((((0, 2), (2, 0)), ((), ())), ((4, 3, 6), (6, 5, 4))),
+    ((((3,), (1,)), ((0,), (0,))), ((2, 3, 5, 4), (2, 4, 6))),
+])
+def test_dot_general_spec_matches_dot_general(dn, shapes):
+    a = jax.random.normal(jax.random.key(0), shapes[0])
+    b = jax.random.normal(jax.random.key(1), shapes[1])
+    spec = ops.dot_general_spec(dn, a.ndim, b.ndim)
+    np.testing.assert_allclose(jnp.einsum(spec, a, b), jax.lax.dot_general(a, b, dn), rtol=1e-5, atol=1e-5)

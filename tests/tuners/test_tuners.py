@@ -87,6 +87,42 @@ def test_gradients_reach_every_trainable_leaf_and_only_them(tiny_dir, kind, task
     assert n_trainable == sum(x.size for x in jax.tree.leaves(trainable)) < n_all
 
 
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+@pytest.mark.parametrize("kind,task", peft_ref.MATRIX, ids=lambda x: str(x))
+def test_bf16_backbone_gradients_follow_fp32(tiny_dir, kind, task, method):
+    """bf16 frozen weights (half matmuls with fp32 accumulation, forward and backward, on every backbone):
+    the fp32 trainable leaves get gradients that point where fp32's do."""
+    config, _ = peft_ref.configs(method, task)
+    inputs = peft_ref.batch(kind)
+    labels = _task_labels(kind, task, inputs)
+
+    def grads(dtype):
+        base = jsoft.from_pretrained(tiny_dir(kind, task), task=task, num_labels=3, dtype=dtype)
+        graphdef, trainable, frozen = nnx.split(jsoft.get_peft_model(base, config, seed=1), jsoft.Trainable, ...)
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(trainable))
+
+        def loss(t):
+            return nnx.merge(graphdef, t, frozen)(**inputs, labels=labels).loss
+
+        return jax.tree.leaves(jax.jit(jax.grad(loss))(trainable))
+
+    for half, full in zip(grads("bfloat16"), grads("float32")):
+        assert half.dtype == jnp.float32
+        half, full = np.ravel(half), np.ravel(full)
+        assert half @ full / np.linalg.norm(half) / np.linalg.norm(full) > 0.98
+
+
+def _task_labels(kind, task, inputs):
+    ids = inputs["input_ids"]
+    if task == "causal_lm":
+        return ids
+    if task == "token_cls":
+        return ids % 3
+    if task == "seq2seq_lm":
+        return inputs["decoder_input_ids"]
+    return np.array([0, 1, 2])
+
+
 @pytest.mark.parametrize("method", ["prefix_proj", "ptuning_mlp", "ptuning_lstm"])
 def test_fold_keeps_outputs_and_drops_encoders(tiny_dir, method):
     config, _ = peft_ref.configs(method, "causal_lm")
