@@ -183,6 +183,10 @@ def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
     b_free = [c for c in sb if c not in sa]
     if list(sa) != batch + a_free + contracted and list(sa[:len(batch)]) == batch:
         return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32))
+    natural = batch + a_free + b_free
+    b_kn, b_nk = batch + contracted + b_free, batch + b_free + contracted
+    if list(sa) == batch + a_free + contracted and list(sb) in (b_kn, b_nk) and list(out) == natural:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)  # one dot as it stands (dense layers)
     size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
 
     def grouped(x, spec, groups):
@@ -192,12 +196,11 @@ def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
     z = "z" if batch else ""  # the grouped batch axis, if any
     groups = [batch] if batch else []
     a = grouped(a, sa, groups + [a_free, contracted])
-    if [c for c in sb if c not in batch] == b_free + contracted:
+    if list(sb) == b_nk:
         b, spec_b = grouped(b, sb, groups + [b_free, contracted]), "nk"
     else:
         b, spec_b = grouped(b, sb, groups + [contracted, b_free]), "kn"
     y = jnp.einsum(f"{z}mk,{z}{spec_b}->{z}mn", a, b, preferred_element_type=jnp.float32)
-    natural = batch + a_free + b_free
     return jnp.transpose(y.reshape([size[c] for c in natural]), [natural.index(c) for c in out])
 
 
