@@ -42,17 +42,26 @@ class Precision:
 def _half_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
     """`nnx.Linear`'s dot for half-precision weights: `ops.einsum`, half operands with fp32 accumulation
     in the forward and the backward pass."""
-    return ops.einsum(ops.dot_general_spec(dimension_numbers, lhs.ndim, rhs.ndim), lhs, rhs)
+    spec = ops.dot_general_spec(dimension_numbers, lhs.ndim, rhs.ndim)
+    return ops.einsum(spec, lhs, rhs, out_dtype=preferred_element_type)
+
+
+class HalfLinear(nnx.Linear):
+    """`nnx.Linear` with half-precision weights: the bias is added to the fp32 accumulation, which is
+    rounded once (one pass over the output instead of a rounding pass and a bias pass)."""
+
+    def __call__(self, x: Array) -> Array:
+        return super().__call__(x).astype(self.dtype)
 
 
 def dense(d_in: int, d_out: int, names: tuple, p: Precision, *, bias: bool = True, rngs: nnx.Rngs,
           init_std: float = 0.02) -> nnx.Linear:
-    return nnx.Linear(
-        d_in, d_out, use_bias=bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
-        dot_general=_half_dot_general if jnp.dtype(p.dtype).itemsize < 4 else jax.lax.dot_general,
-        kernel_init=nnx.initializers.normal(init_std),
-        kernel_metadata=axes(*names), bias_metadata=axes(names[-1]),
-    )
+    kw = dict(use_bias=bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
+              kernel_init=nnx.initializers.normal(init_std), kernel_metadata=axes(*names),
+              bias_metadata=axes(names[-1]))
+    if jnp.dtype(p.dtype).itemsize < 4:
+        return HalfLinear(d_in, d_out, dot_general=_half_dot_general, preferred_element_type=jnp.float32, **kw)
+    return nnx.Linear(d_in, d_out, **kw)
 
 
 def embed(n: int, d: int, p: Precision, *, rngs: nnx.Rngs, names=("vocab", "embed"),
