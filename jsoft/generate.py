@@ -344,7 +344,7 @@ def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, knobs: dict
         final = _gather(jnp.concatenate([final, cand], 1), best)
         final_done = _gather(jnp.concatenate([final_done, finished], 1), best)
         final_scores = _gather(merged, best)
-        cache = jax.tree.map(lambda x: x if x.ndim == 0 else x[beam_src.reshape(-1)], cache)
+        cache = cache.take_rows(beam_src.reshape(-1))
         worst = jnp.where(final_done, final_scores.min(1, keepdims=True), NEG)
         improvable = improvable & jnp.any(running_scores[:, :1] / (i + 1.0) ** lp > worst, -1, keepdims=True)
         go = jnp.any(improvable) & ~jnp.all(hits)

@@ -182,14 +182,15 @@ class KVCache:
     `[L, ...]` buffer would be copied at every step). A decoding loop may start with a key/value
     prefix in the first slots (`from_prefix`), which then needs no concatenation per step."""
 
-    k: tuple[Array, ...]  # per layer [B, G, S, K] (heads-major: what attention reads, no transpose)
-    v: tuple[Array, ...]  # per layer [B, G, S, K]
+    k: tuple[Array, ...]  # per layer [B * G, S, K]: rows and heads grouped, as attention reads them
+    v: tuple[Array, ...]  # per layer [B * G, S, K]
     index: Array  # int32 scalar: next slot to write
+    kv_heads: int = flax.struct.field(pytree_node=False, default=1)
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype):
-        zeros = lambda: tuple(jnp.zeros((batch, kv_heads, slots, head_dim), dtype) for _ in range(num_layers))
-        return cls(zeros(), zeros(), jnp.zeros((), jnp.int32))
+        zeros = lambda: tuple(jnp.zeros((batch * kv_heads, slots, head_dim), dtype) for _ in range(num_layers))
+        return cls(zeros(), zeros(), jnp.zeros((), jnp.int32), kv_heads)
 
     @classmethod
     def from_prefix(cls, prefix_kv: Array, slots: int, dtype) -> KVCache:
@@ -197,17 +198,27 @@ class KVCache:
         to slot V."""
         V = prefix_kv.shape[3]
         pad = ((0, 0), (0, 0), (0, slots - V), (0, 0))
-        k = tuple(jnp.pad(heads_major(layer[0].astype(dtype)), pad) for layer in prefix_kv)
-        v = tuple(jnp.pad(heads_major(layer[1].astype(dtype)), pad) for layer in prefix_kv)
-        return cls(k, v, jnp.asarray(V, jnp.int32))
+        k = tuple(grouped_heads(jnp.pad(heads_major(layer[0].astype(dtype)), pad)) for layer in prefix_kv)
+        v = tuple(grouped_heads(jnp.pad(heads_major(layer[1].astype(dtype)), pad)) for layer in prefix_kv)
+        return cls(k, v, jnp.asarray(V, jnp.int32), prefix_kv.shape[4])
 
     @property
     def slots(self) -> int:
-        return self.k[0].shape[2]
+        return self.k[0].shape[1]
 
     def as_prefix(self) -> Array:
         """The cached keys and values in the prefix layout `[L, 2, B, S, G, K]`."""
-        return jnp.swapaxes(jnp.stack([jnp.stack(self.k), jnp.stack(self.v)], axis=1), 3, 4)
+        k, v = (jnp.stack([self.ungrouped(x) for x in xs]) for xs in (self.k, self.v))
+        return jnp.swapaxes(jnp.stack([k, v], axis=1), 3, 4)
+
+    def ungrouped(self, x: Array) -> Array:
+        """One layer's `[B * G, S, K]` -> `[B, G, S, K]`."""
+        return x.reshape(-1, self.kv_heads, *x.shape[1:])
+
+    def take_rows(self, rows: Array) -> KVCache:
+        """The cache of the batch rows `rows` (beam search reorders its beams)."""
+        take = lambda x: grouped_heads(self.ungrouped(x)[rows])
+        return self.replace(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)))
 
 
 def heads_major(x: Array) -> Array:
@@ -215,11 +226,16 @@ def heads_major(x: Array) -> Array:
     return jnp.swapaxes(x, 1, 2)
 
 
+def grouped_heads(x: Array) -> Array:
+    """`[B, G, S, K]` -> `[B * G, S, K]`."""
+    return x.reshape(-1, *x.shape[2:])
+
+
 def update_cache(cache_k: Array, cache_v: Array, index: Array, k: Array, v: Array):
-    """Write `k, v [B, G, T, K]` into one layer's cache slots starting at `index`."""
-    start = (0, 0, index, 0)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+    """Write `k, v [B, G, T, K]` into one layer's cache slots `[B * G, S, K]` starting at `index`."""
+    start = (0, index, 0)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, grouped_heads(k).astype(cache_k.dtype), start)
+    cache_v = jax.lax.dynamic_update_slice(cache_v, grouped_heads(v).astype(cache_v.dtype), start)
     return cache_k, cache_v
 
 
@@ -241,12 +257,20 @@ def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float,
                           bias: Array | None = None, dropout: DropoutRng | None = None,
                           dropout_rate: float = 0.0) -> Array:
-    """q `[B, T, H, K]`, k/v `[B, G, S, K]` with H a multiple of G (grouped-query attention),
-    mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores. Softmax in fp32."""
+    """q `[B, T, H, K]`, k/v `[B, G, S, K]` or grouped `[B * G, S, K]` (a decoding cache) with H a multiple of
+    G (grouped-query attention), mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores.
+    Softmax in fp32.
+
+    Both products are batched over `B * G`: a dot that reads a decoding cache's buffer directly (no
+    reshape in between) lets XLA:CPU update the cache in place (at batch 1 it copied each buffer four
+    times per step when a bitcast dropped the batch axis between update and dot)."""
     B, T, H, K = q.shape
-    G = k.shape[1]
-    q = q.reshape(B, T, G, H // G, K)
-    scores = ops.einsum("btgrk,bgsk->bgrts", q, k, out_dtype=jnp.float32) * scale
+    if k.ndim == 4:
+        k, v = grouped_heads(k), grouped_heads(v)
+    G, S = k.shape[0] // B, k.shape[1]
+    r = H // G
+    q = jnp.transpose(q.reshape(B, T, G, r, K), (0, 2, 3, 1, 4)).reshape(B * G, r * T, K)
+    scores = ops.einsum("zmk,zsk->zms", q, k, out_dtype=jnp.float32).reshape(B, G, r, T, S) * scale
     if bias is not None:
         scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, H // G, *bias.shape[2:])
     if mask is not None:
@@ -255,8 +279,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
     keep = None if dropout is None else dropout.keep_mask(probs.shape, dropout_rate)
     if keep is not None:
         probs = dropped(probs, keep, dropout_rate)
-    out = ops.einsum("bgrts,bgsk->btgrk", probs.astype(v.dtype), v)
-    return out.reshape(B, T, H, K)
+    out = ops.einsum("zms,zsk->zmk", probs.reshape(B * G, r * T, S).astype(v.dtype), v)
+    return jnp.transpose(out.reshape(B, G, r, T, K), (0, 3, 1, 2, 4)).reshape(B, T, H, K)
 
 
 def split_heads(x: Array, n: int) -> Array:
@@ -279,12 +303,15 @@ def self_attention_kv(k: Array, v: Array, mask: Array, *, layer: int, cache: KVC
     """The keys/values a self-attention layer attends to: its prefix, then either the current
     tokens `k, v [B, T, G, K]` or (when decoding) the cache after writing them into it.
 
-    Returns `(k, v, mask, (new_cache_k, new_cache_v) | None)`, keys and values `[B, G, S, K]`."""
+    Returns `(k, v, mask, (new_cache_k, new_cache_v) | None)`, keys and values `[B, G, S, K]` (a decoding
+    cache's grouped `[B * G, S, K]` when no prefix is added)."""
     k, v = heads_major(k), heads_major(v)
     new_layer_cache = None
     if cache is not None:
         ck, cv = update_cache(cache.k[layer], cache.v[layer], cache.index, k, v)
         k, v, new_layer_cache = ck, cv, (ck, cv)
+        if prefix_kv is not None:
+            k, v = cache.ungrouped(ck), cache.ungrouped(cv)
     pk, pv = layer_prefix(prefix_kv, layer)
     k, v, mask = with_prefix(k, v, mask, pk, pv, prefix_mask)
     return k, v, mask, new_layer_cache
@@ -295,7 +322,7 @@ def updated_cache(cache: KVCache | None, layers: list, written: int) -> KVCache 
     and the index advanced past the `written` new tokens."""
     if cache is None:
         return None
-    return KVCache(k=tuple(k for k, _ in layers), v=tuple(v for _, v in layers), index=cache.index + written)
+    return cache.replace(k=tuple(k for k, _ in layers), v=tuple(v for _, v in layers), index=cache.index + written)
 
 
 @flax.struct.dataclass
