@@ -257,30 +257,36 @@ def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float,
                           bias: Array | None = None, dropout: DropoutRng | None = None,
                           dropout_rate: float = 0.0) -> Array:
-    """q `[B, T, H, K]`, k/v `[B, G, S, K]` or grouped `[B * G, S, K]` (a decoding cache) with H a multiple of
-    G (grouped-query attention), mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores.
+    """q `[B, T, H, K]`, k/v `[B, G, S, K]` or a decoding cache's grouped `[B * G, S, K]`, with H a multiple
+    of G (grouped-query attention), mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores.
     Softmax in fp32.
 
-    Both products are batched over `B * G`: a dot that reads a decoding cache's buffer directly (no
-    reshape in between) lets XLA:CPU update the cache in place (at batch 1 it copied each buffer four
-    times per step when a bitcast dropped the batch axis between update and dot)."""
+    A grouped cache is multiplied batched over `B * G`, the dot reading the cache buffer with no reshape in
+    between, so that XLA:CPU updates the cache in place (with a bitcast between update and dot, it copied
+    each layer's cache four times per step at batch 1)."""
     B, T, H, K = q.shape
-    if k.ndim == 4:
-        k, v = grouped_heads(k), grouped_heads(v)
-    G, S = k.shape[0] // B, k.shape[1]
-    r = H // G
-    q = jnp.transpose(q.reshape(B, T, G, r, K), (0, 2, 3, 1, 4)).reshape(B * G, r * T, K)
-    scores = ops.einsum("zmk,zsk->zms", q, k, out_dtype=jnp.float32).reshape(B, G, r, T, S) * scale
+    grouped = k.ndim == 3
+    G = k.shape[0] // B if grouped else k.shape[1]
+    r, S = H // G, k.shape[-2]
+    if grouped:
+        q = jnp.transpose(q.reshape(B, T, G, r, K), (0, 2, 3, 1, 4)).reshape(B * G, r * T, K)
+        scores = ops.einsum("zmk,zsk->zms", q, k, out_dtype=jnp.float32).reshape(B, G, r, T, S)
+    else:
+        scores = ops.einsum("btgrk,bgsk->bgrts", q.reshape(B, T, G, r, K), k, out_dtype=jnp.float32)
+    scores = scores * scale
     if bias is not None:
-        scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, H // G, *bias.shape[2:])
+        scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, r, *bias.shape[2:])
     if mask is not None:
         scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = ops.softmax(scores)
     keep = None if dropout is None else dropout.keep_mask(probs.shape, dropout_rate)
     if keep is not None:
         probs = dropped(probs, keep, dropout_rate)
-    out = ops.einsum("zms,zsk->zmk", probs.reshape(B * G, r * T, S).astype(v.dtype), v)
-    return jnp.transpose(out.reshape(B, G, r, T, K), (0, 3, 1, 2, 4)).reshape(B, T, H, K)
+    probs = probs.astype(v.dtype)
+    if grouped:
+        out = ops.einsum("zms,zsk->zmk", probs.reshape(B * G, r * T, S), v)
+        return jnp.transpose(out.reshape(B, G, r, T, K), (0, 3, 1, 2, 4)).reshape(B, T, H, K)
+    return ops.einsum("bgrts,bgsk->btgrk", probs, v).reshape(B, T, H, K)
 
 
 def split_heads(x: Array, n: int) -> Array:
