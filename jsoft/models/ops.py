@@ -14,6 +14,9 @@ keeps its centred and normalised input. Each op here states its JVP in closed fo
 The values are those of the plain formulas (tested against `jax.nn` and the HF PyTorch models), the
 derivatives are tested against autodiff of the plain formulas, and tests/models/test_ops.py measures
 what the compiled gradient keeps. All compute in fp32.
+
+`einsum` is the matmul of half-precision weights: bf16 operands, fp32 accumulation, in the forward and
+the backward pass (the form that bf16 dot units and GPU/TPU matrix units run at full rate).
 """
 
 from __future__ import annotations
