@@ -185,7 +185,7 @@ class KVCache:
     k: tuple[Array, ...]  # per layer [B * G, S, K]: rows and heads grouped, as attention reads them
     v: tuple[Array, ...]  # per layer [B * G, S, K]
     index: Array  # int32 scalar: next slot to write
-    kv_heads: int = flax.struct.field(pytree_node=False, default=1)
+    kv_heads: int = flax.struct.field(pytree_node=False)  # G, to ungroup the buffers
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype):
