@@ -3,12 +3,14 @@
     python scripts/bench_decode.py                          # GPT-2 small shape, batch 1, 8 and 32, 64 + 64 tokens
     python scripts/bench_decode.py --layers 2 --new 8       # a quick smoke run
     python scripts/bench_decode.py --dtype bfloat16         # bf16 frozen weights in both frameworks
+    python scripts/bench_decode.py --device gpu --dtype bfloat16 --batch 1,32   # on a GPU, both frameworks
 
 Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`)
 and the same adapter (made in jsoft, saved in PEFT's format, loaded by `peft.PeftModel`). Each
 method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no padding); tokens/s
 counts new tokens of the whole batch. jsoft's first call (trace + compile) is reported apart;
-PyTorch runs under `torch.inference_mode()` with `torch.set_num_threads(<usable cores>)`. Rounds
+PyTorch runs under `torch.inference_mode()` with `torch.set_num_threads(<usable cores>)` (on CUDA with
+`--device gpu`, the default where `nvidia-smi` exists; jsoft then runs on JAX's GPU backend). Rounds
 alternate between the frameworks and the table shows medians. EOS is the config's (50256); both
 outputs are checked to reach the full length and compared token for token. `--dtype bfloat16`
 stores and runs the frozen backbone in bf16 in both (jsoft `from_pretrained(dtype=...)`, torch
@@ -21,12 +23,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--virtual", type=int, default=20, help="num_virtual_tokens of each adapter")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--methods", default="prompt,prefix")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="frozen weights, both")
+    ap.add_argument("--device", default="gpu" if shutil.which("nvidia-smi") else "cpu", choices=["cpu", "gpu"])
+    return ap.parse_args()
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is None or ARGS.device == "cpu":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
@@ -53,15 +73,16 @@ def bench(method: str, batch: int, args, tmp: str, ids: np.ndarray, mask: np.nda
     pm = jsoft.get_peft_model(base, METHODS[method](args.virtual), seed=0)
     pm.save_pretrained(f"{tmp}/{method}")
     ref = peft.PeftModel.from_pretrained(tf.GPT2LMHeadModel.from_pretrained(f"{tmp}/model"), f"{tmp}/{method}").eval()
-    ref = ref.to(getattr(torch, args.dtype))
+    dev = torch.device("cuda" if args.device == "gpu" else "cpu")
+    ref = ref.to(dev, getattr(torch, args.dtype))
 
     def run_jsoft():
         return np.asarray(jax.block_until_ready(pm.generate(ids, mask, max_new_tokens=args.new)))
 
     def run_peft():
         with torch.inference_mode():
-            return ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                max_new_tokens=args.new, do_sample=False).numpy()
+            return ref.generate(input_ids=torch.tensor(ids, device=dev), attention_mask=torch.tensor(mask, device=dev),
+                                max_new_tokens=args.new, do_sample=False).cpu().numpy()
 
     t = time.perf_counter()
     got = run_jsoft()
@@ -78,17 +99,7 @@ def bench(method: str, batch: int, args, tmp: str, ids: np.ndarray, mask: np.nda
     return method, batch, batch * args.new / js, batch * args.new / pt, pt / js, first - js, same
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--virtual", type=int, default=20, help="num_virtual_tokens of each adapter")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--methods", default="prompt,prefix")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="frozen weights, both")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(cores())
     tmp = tempfile.mkdtemp()
     torch.manual_seed(0)
@@ -98,7 +109,7 @@ def main() -> None:
     ids = np.random.default_rng(0).integers(0, 50000, size=(max(batches), args.prompt_len))
     print(f"GPT-2 {args.layers}x768, vocab 50257; batch {args.batch}, prompt {args.prompt_len}, "
           f"{args.new} new tokens, {args.virtual} virtual tokens, {args.dtype}; {cores()} cores, jax {jax.__version__} "
-          f"({jax.default_backend()}), torch {torch.__version__}, peft {peft.__version__}")
+          f"({jax.devices()[0].device_kind}), torch {torch.__version__} ({args.device}), peft {peft.__version__}")
     rows = [bench(method, b, args, tmp, ids[:b], np.ones_like(ids[:b])) for b in batches
             for method in args.methods.split(",")]
     print(f"\n{'method':8} {'batch':>5} {'jsoft tok/s':>12} {'PEFT tok/s':>11} {'ratio':>6} {'jsoft compile s':>16} "
@@ -109,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)
