@@ -3,6 +3,7 @@ the prompt cache, sampling, beam search, and the CLI."""
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import peft
@@ -113,6 +114,26 @@ def embedding_path_logits(pm, ids, mask):
 def prefix_path_logits(pm, ids, mask, positions):
     prefix = jnp.repeat(pm.prompt_cache(), ids.shape[0], axis=2)
     return pm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, prefix_kv=prefix).logits
+
+
+def test_generate_program_returns_only_the_sequences(tiny_dir, monkeypatch):
+    """The compiled generate program takes the model's state and returns the sequences alone. One that
+    also returned the state (as `nnx.jit` does) made XLA copy every weight at each call; and equal
+    models share the compiled function."""
+    calls = []
+    jitted = jgen._jitted
+
+    def recording(graphdef):
+        fn = jitted(graphdef)
+        return lambda *a, **k: calls.append((fn, a, k)) or fn(*a, **k)
+
+    monkeypatch.setattr(jgen, "_jitted", recording)
+    pm = jsoft_model(tiny_dir, "gpt2", "prompt")
+    out = pm.generate(ids_batch(), max_new_tokens=NEW)
+    fn, a, k = calls[-1]
+    assert [o.shape for o in jax.tree.leaves(fn.lower(*a, **k).out_info)] == [out.shape]
+    jsoft_model(tiny_dir, "gpt2", "prompt", seed=2).generate(ids_batch(), max_new_tokens=NEW)
+    assert calls[-1][0] is fn
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
