@@ -26,6 +26,7 @@ requests get the same greedy tokens as PEFT, and the largest last-token logit di
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -141,16 +142,18 @@ def bench_jsoft(model_dir, adapters_dir, names, reqs, args) -> dict:
         pm.load_adapter(os.path.join(adapters_dir, n), adapter_name=n)
     row_names = tuple(n for n, _ in reqs)
 
-    @nnx.jit(static_argnames="names")
-    def score(pm, ids, mask, names):
-        logits = pm(input_ids=ids, attention_mask=mask, adapter_names=list(names)).logits
+    graphdef, state = nnx.split(pm)
+
+    @functools.partial(jax.jit, static_argnames="names")  # takes the model's state, returns none of it
+    def score(state, ids, mask, names):
+        logits = nnx.merge(graphdef, state)(input_ids=ids, attention_mask=mask, adapter_names=list(names)).logits
         last = V + mask.sum(-1) - 1  # every adapter here has V virtual tokens in front
         return jax.numpy.take_along_axis(logits, last[:, None, None], 1)[:, 0]
 
     ids_r, mask_r = padded(reqs, left=False)
     ids_l, mask_l = padded(reqs, left=True)
     res = {}
-    first, steady, out = clock(lambda: np.asarray(score(pm, ids_r, mask_r, row_names)), args.repeats)
+    first, steady, out = clock(lambda: np.asarray(score(state, ids_r, mask_r, row_names)), args.repeats)
     res["score"] = {"seconds": statistics.median(steady), "compile": first - min(steady), "outputs": out}
     gen = lambda: np.asarray(pm.generate(ids_l, mask_l, max_new_tokens=args.new_tokens, eos_token_id=[],
                                          adapter_names=row_names))[:, -args.new_tokens:]
