@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import json
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 import jax
@@ -143,6 +144,7 @@ def _checked_inputs(pm, input_ids, attention_mask, max_new_tokens: int) -> tuple
 
 
 _JITTED: list[tuple[nnx.GraphDef, Callable]] = []  # (graphdef, its jitted `_generate`), most recent last
+_JITTED_LOCK = threading.Lock()
 
 
 def _jitted(graphdef: nnx.GraphDef) -> Callable:
@@ -150,14 +152,15 @@ def _jitted(graphdef: nnx.GraphDef) -> Callable:
     it. (`nnx.jit` also returns the state it was given, and XLA copied every weight into that output at
     each call: 494 MB for GPT-2 small, about 75 ms of a 1.5 s batch-1 generate.) A graphdef holds
     unhashable configs, so it cannot be a static argument; equal graphdefs share one jitted function."""
-    for i, (g, fn) in enumerate(_JITTED):
-        if g == graphdef:
-            _JITTED.append(_JITTED.pop(i))
-            return fn
-    fn = jax.jit(functools.partial(_generate, graphdef), static_argnames=("names", "cfg"))
-    _JITTED.append((graphdef, fn))
-    del _JITTED[:-8]
-    return fn
+    with _JITTED_LOCK:
+        for i, (g, fn) in enumerate(_JITTED):
+            if g == graphdef:
+                _JITTED.append(_JITTED.pop(i))
+                return fn
+        fn = jax.jit(functools.partial(_generate, graphdef), static_argnames=("names", "cfg"))
+        _JITTED.append((graphdef, fn))
+        del _JITTED[:-8]
+        return fn
 
 
 def _generate(graphdef, state, input_ids, attention_mask, rows, keys, knobs: dict, names: tuple[str, ...],

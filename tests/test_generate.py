@@ -136,6 +136,18 @@ def test_generate_program_returns_only_the_sequences(tiny_dir, monkeypatch):
     assert calls[-1][0] is fn
 
 
+def test_generate_from_threads(tiny_dir):
+    """Concurrent calls (a server's worker threads) on models of several structures give each call's own output."""
+    import concurrent.futures
+
+    models = [jsoft_model(tiny_dir, "gpt2", m) for m in ("prompt", "prefix", "ptuning_lstm")]
+    want = [np.asarray(pm.generate(ids_batch(), max_new_tokens=NEW)) for pm in models]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda i: np.asarray(models[i % 3].generate(ids_batch(), max_new_tokens=NEW)), range(12)))
+    for i, out in enumerate(got):
+        np.testing.assert_array_equal(out, want[i % 3])
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 @pytest.mark.parametrize("method", ["prompt", "ptuning_lstm"])
 def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
