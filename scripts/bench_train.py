@@ -22,7 +22,8 @@ both frameworks: jsoft `from_pretrained(dtype=...)` (prompts and optimizer state
 FLOPs ("model FLOPs", the standard estimate): train = 3 x forward, forward = 2 * N * T + 4 * n_layer * d_model
 * S_q * S_k * B, with N the matmul parameters of the frozen backbone (per layer 4 d^2 + 2 d d_ff, plus the LM
 head vocab x d for causal LM; embeddings excluded), T the tokens through the layers (B * (L + 20) for
-prompt / P-tuning, B * L for prefix methods), S_q, S_k the query and key lengths (keys include the prefix).
+prompt / P-tuning, B * L for prefix methods; the LM head only on the B * L (prefix: B * (L - 1)) positions that
+predict a label), S_q, S_k the query and key lengths (keys include the prefix).
 Soft-prompt training computes no weight gradients for the frozen backbone, so the work actually done is
 nearer 2 x forward; the 3x figure is the usual convention (compare with other reports), not a count.
 Achieved FLOP/s is set against this machine's measured 2048 x 2048 matmul rate (in --dtype) in each framework (and
@@ -64,7 +65,9 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
     s_q = length if prefix else length + VT
     s_k = length + VT
     fwd = 2 * n * batch * s_q + 4 * n_layer * d * s_q * s_k * batch
-    fwd += 2 * head * batch * (s_q if case.startswith("gpt2") else 1)
+    # the LM head counts on the positions that predict a label (the loss needs no other logits): the input's
+    # tokens, predicted from the last virtual token on with a prompt in front, else from the second token
+    fwd += 2 * head * batch * ((length if s_q > length else length - 1) if case.startswith("gpt2") else 1)
     return 3.0 * fwd
 
 

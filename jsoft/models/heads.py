@@ -11,6 +11,7 @@ Array = jax.Array
 
 
 FEW_ROWS = 128  # at most this many tokens: the LM head computes its logits transposed
+VOCAB_MULTIPLE = 128  # the LM head multiplies over the vocabulary padded to a multiple of this
 
 
 def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array) -> Array:
@@ -21,7 +22,14 @@ def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array) -> Array:
         # streams it about 1.4x faster (GPT-2 small, 8 rows: 11.3 -> 7.8 ms)
         logits = ops.einsum("vd,nd->vn", embedding, hidden_BxTxD.reshape(B * T, D), out_dtype=jnp.float32)
         return jax.lax.optimization_barrier(logits).T.reshape(B, T, -1)  # else XLA folds the .T into the dot
-    return ops.einsum("btd,vd->btv", hidden_BxTxD, embedding, out_dtype=jnp.float32)
+    # An odd vocabulary (GPT-2's 50257) leaves the logits' rows and the backward's contraction unaligned
+    # for the GPU's matrix units: multiplying over zero rows up to a multiple of 128 and slicing them off
+    # (a slice the loss fuses) made an H200's GPT-2-medium train step 5% faster, the same on a CPU
+    V = embedding.shape[0]
+    padded = -(-V // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    if padded != V:
+        embedding = jnp.pad(embedding, ((0, padded - V), (0, 0)))
+    return ops.einsum("btd,vd->btv", hidden_BxTxD, embedding, out_dtype=jnp.float32)[..., :V]
 
 
 def last_token_index(input_ids_BxT: Array | None, pad_token_id: int | None, T: int) -> Array | int:
