@@ -11,10 +11,22 @@ Array = jax.Array
 
 
 FEW_ROWS = 128  # at most this many tokens: the LM head computes its logits transposed
-VOCAB_MULTIPLE = 128  # the LM head multiplies over the vocabulary padded to a multiple of this
 
 
-def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array) -> Array:
+def lm_head_vocab_multiple() -> int:
+    """What the LM head pads the vocabulary to a multiple of, for the backend jsoft runs on.
+
+    An odd vocabulary (GPT-2's 50257) leaves the logits' rows and the backward's contraction unaligned
+    for a GPU's matrix units: multiplying over zero rows up to a multiple of 128 and slicing them off
+    (a slice the loss fuses) made an H200's GPT-2-medium train step 5% faster. On a CPU it is no faster
+    and costs a copy of the embedding (153 MiB more temp for GPT-2 small in fp32); TPUs tile odd sizes
+    themselves."""
+    return 128 if jax.default_backend() == "gpu" else 1
+
+
+def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array, vocab_multiple: int | None = None) -> Array:
+    """fp32 logits `[B, T, V]` of hidden states against the (tied) embedding; the matmul runs over the
+    vocabulary padded to `vocab_multiple` (default: `lm_head_vocab_multiple()`)."""
     B, T, D = hidden_BxTxD.shape
     embedding = embedding_VxD.astype(hidden_BxTxD.dtype)
     if B * T <= FEW_ROWS:
@@ -22,11 +34,9 @@ def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array) -> Array:
         # streams it about 1.4x faster (GPT-2 small, 8 rows: 11.3 -> 7.8 ms)
         logits = ops.einsum("vd,nd->vn", embedding, hidden_BxTxD.reshape(B * T, D), out_dtype=jnp.float32)
         return jax.lax.optimization_barrier(logits).T.reshape(B, T, -1)  # else XLA folds the .T into the dot
-    # An odd vocabulary (GPT-2's 50257) leaves the logits' rows and the backward's contraction unaligned
-    # for the GPU's matrix units: multiplying over zero rows up to a multiple of 128 and slicing them off
-    # (a slice the loss fuses) made an H200's GPT-2-medium train step 5% faster, the same on a CPU
     V = embedding.shape[0]
-    padded = -(-V // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    multiple = lm_head_vocab_multiple() if vocab_multiple is None else vocab_multiple
+    padded = -(-V // multiple) * multiple
     if padded != V:
         embedding = jnp.pad(embedding, ((0, padded - V), (0, 0)))
     return ops.einsum("btd,vd->btv", hidden_BxTxD, embedding, out_dtype=jnp.float32)[..., :V]
