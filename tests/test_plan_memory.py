@@ -23,7 +23,9 @@ def test_sharded_weights_use_less_memory_per_device_than_replicated(tmp_path):
     fsdp, data, tensor = rows["fsdp=8"], rows["data=8"], rows["tensor=8"]
     assert fsdp["devices"] == data["devices"] == tensor["devices"] == 8
     # sharded frozen weights: the arguments per device shrink; tensor parallelism never gathers the weights,
-    # so its total shrinks too (fsdp gathers each weight for its matmul: at this tiny size, XLA:CPU keeps
-    # the gathered weights alive together, and its total can exceed replication's)
+    # so its total shrinks too; fsdp gathers each weight for its matmul, and its total stays below
+    # replication's only if the gathers are not all held at once (XLA:CPU's memory-minimising scheduler:
+    # 11.9 vs 13.0 MB here; 15.6 MB under its concurrency-optimised default)
     assert fsdp["argument"] < data["argument"] / 2 and tensor["argument"] < data["argument"] / 2
     assert tensor["total"] < data["total"] / 2
+    assert fsdp["total"] < data["total"]
