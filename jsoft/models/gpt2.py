@@ -155,7 +155,7 @@ class GPT2(nnx.Module):
 
     def lm_logits(self, h: jax.Array) -> jax.Array:
         """The (tied) LM head on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
-        return heads.tied_lm_logits(h, self.transformer.wte.embedding[...])
+        return heads.lm_head_logits(h, self.transformer.wte.embedding[...])
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,

@@ -24,22 +24,26 @@ def lm_head_vocab_multiple() -> int:
     return 128 if jax.default_backend() == "gpu" else 1
 
 
-def tied_lm_logits(hidden_BxTxD: Array, embedding_VxD: Array, vocab_multiple: int | None = None) -> Array:
-    """fp32 logits `[B, T, V]` of hidden states against the (tied) embedding; the matmul runs over the
-    vocabulary padded to `vocab_multiple` (default: `lm_head_vocab_multiple()`)."""
+def lm_head_logits(hidden_BxTxD: Array, weight: Array, vocab_axis: int = 0,
+                   vocab_multiple: int | None = None) -> Array:
+    """fp32 logits `[B, T, V]` of hidden states against an LM head's weight: `[V, D]` (`vocab_axis=0`, a tied
+    embedding) or `[D, V]` (`vocab_axis=1`, an untied head's kernel), each multiplied in the form its
+    layout streams fastest. The matmul runs over the vocabulary padded to `vocab_multiple` (default:
+    `lm_head_vocab_multiple()`)."""
     B, T, D = hidden_BxTxD.shape
-    embedding = embedding_VxD.astype(hidden_BxTxD.dtype)
-    if B * T <= FEW_ROWS:
+    weight = weight.astype(hidden_BxTxD.dtype)
+    if vocab_axis == 0 and B * T <= FEW_ROWS:
         # decoding: the step streams the whole embedding for a few rows; as `[V, rows]` XLA:CPU
         # streams it about 1.4x faster (GPT-2 small, 8 rows: 11.3 -> 7.8 ms)
-        logits = ops.einsum("vd,nd->vn", embedding, hidden_BxTxD.reshape(B * T, D), out_dtype=jnp.float32)
+        logits = ops.einsum("vd,nd->vn", weight, hidden_BxTxD.reshape(B * T, D), out_dtype=jnp.float32)
         return jax.lax.optimization_barrier(logits).T.reshape(B, T, -1)  # else XLA folds the .T into the dot
-    V = embedding.shape[0]
+    V = weight.shape[vocab_axis]
     multiple = lm_head_vocab_multiple() if vocab_multiple is None else vocab_multiple
     padded = -(-V // multiple) * multiple
     if padded != V:
-        embedding = jnp.pad(embedding, ((0, padded - V), (0, 0)))
-    return ops.einsum("btd,vd->btv", hidden_BxTxD, embedding, out_dtype=jnp.float32)[..., :V]
+        weight = jnp.pad(weight, [(0, padded - V) if a == vocab_axis else (0, 0) for a in range(2)])
+    spec = "btd,vd->btv" if vocab_axis == 0 else "btd,dv->btv"
+    return ops.einsum(spec, hidden_BxTxD, weight, out_dtype=jnp.float32)[..., :V]
 
 
 def last_token_index(input_ids_BxT: Array | None, pad_token_id: int | None, T: int) -> Array | int:

@@ -235,8 +235,8 @@ class Llama(nnx.Module):
     def lm_logits(self, h: jax.Array) -> jax.Array:
         """The LM head (tied or not) on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
         if self.config.tie_word_embeddings:
-            return heads.tied_lm_logits(h, self.model.embed_tokens.embedding[...])
-        return self.lm_head(h).astype(jnp.float32)
+            return heads.lm_head_logits(h, self.model.embed_tokens.embedding[...])
+        return heads.lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,

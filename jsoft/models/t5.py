@@ -318,8 +318,9 @@ class T5(nnx.Module):
             return ModelOutput(last_hidden_state=h, cache=cache)
         c = self.config
         scaled = h * c.hidden_size ** -0.5 if c.scale_decoder_outputs else h
-        weight = self.lm_head.kernel[...].T if self.separate_head else self.shared.embedding[...]
-        return ModelOutput(logits=heads.tied_lm_logits(scaled, weight), last_hidden_state=h, cache=cache)
+        logits = heads.lm_head_logits(scaled, self.lm_head.kernel[...], vocab_axis=1) if self.separate_head \
+            else heads.lm_head_logits(scaled, self.shared.embedding[...])
+        return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)
 
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
                  decoder_attention_mask=None, inputs_embeds=None, decoder_inputs_embeds=None,

@@ -1,4 +1,4 @@
-"""jsoft.models.heads: the tied LM head's logits and gradients, whatever the vocabulary's size."""
+"""jsoft.models.heads: the LM head's logits and gradients, whatever the vocabulary's size."""
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +13,18 @@ def _dot_output_shapes(fn, *args):
             if e.primitive.name == "dot_general"]
 
 
+@pytest.mark.parametrize("vocab_axis", [0, 1])
 @pytest.mark.parametrize("multiple", [None, 128])
 @pytest.mark.parametrize("vocab", [101, 128, 50257 // 64])
-def test_tied_lm_head_pads_the_vocabulary_for_the_matmul_only(vocab, multiple):
+def test_lm_head_pads_the_vocabulary_for_the_matmul_only(vocab, multiple, vocab_axis):
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     rows = heads.FEW_ROWS + 32  # past the transposed decoding form
     h = jax.random.normal(k1, (2, rows // 2, 16))
     emb = jax.random.normal(k2, (vocab, 16))
     ct = jax.random.normal(k3, (2, rows // 2, vocab))
 
-    def head(h, emb):
-        return heads.tied_lm_logits(h, emb, multiple)
+    def head(h, emb):  # the weight as the model holds it: an embedding [V, D] or a head's kernel [D, V]
+        return heads.lm_head_logits(h, emb if vocab_axis == 0 else emb.T, vocab_axis, multiple)
 
     def loss(fn, h):
         return jnp.sum(fn(h, emb) * ct)
@@ -39,3 +40,12 @@ def test_tied_lm_head_pads_the_vocabulary_for_the_matmul_only(vocab, multiple):
     multiple = multiple or heads.lm_head_vocab_multiple()  # this backend's
     padded = -(-vocab // multiple) * multiple
     assert _dot_output_shapes(head, h, emb) == [(2, rows // 2, padded)]
+
+
+@pytest.mark.parametrize("vocab_axis", [0, 1])
+def test_lm_head_few_rows_match(vocab_axis):
+    """The decoding form (a few rows) gives the same logits for either weight layout."""
+    h = jax.random.normal(jax.random.key(1), (2, 3, 16))
+    emb = jax.random.normal(jax.random.key(2), (101, 16))
+    logits = heads.lm_head_logits(h, emb if vocab_axis == 0 else emb.T, vocab_axis)
+    np.testing.assert_allclose(logits, jnp.einsum("btd,vd->btv", h, emb, precision="highest"), rtol=1e-5, atol=1e-5)
