@@ -1,0 +1,66 @@
+"""scripts/bench_train.py's model FLOPs (the MFU numerator) equal the matmul FLOPs of jsoft's forward pass.
+
+The forward is traced to a jaxpr, dead code removed as jit removes it (the model's full `logits`, unused
+when the loss computes its own LM head on the label positions), and every `dot_general` counted as
+2 x output size x contracted size. The benchmark's count is 3 x that forward by convention."""
+
+import math
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import transformers
+from flax import nnx
+from jax._src.interpreters import partial_eval as pe
+
+import jsoft
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_train  # noqa: E402
+
+
+def _dot_flops(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contracted, _), _ = eqn.params["dimension_numbers"]
+            k = math.prod(eqn.invars[0].aval.shape[i] for i in contracted)
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * k
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    total += _dot_flops(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    total += _dot_flops(sub)
+    return total
+
+
+@pytest.mark.parametrize("case", ["gpt2-prompt", "gpt2-prefix", "bert-ptv2"])
+def test_model_flops_count_the_forward_matmuls(case, tmp_path):
+    if case.startswith("gpt2"):
+        cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=256)
+        transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+        task, task_type = "causal_lm", "CAUSAL_LM"
+    else:
+        cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=256, vocab_size=1000)
+        transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+        task, task_type = "seq_cls", "SEQ_CLS"
+    if bench_train._method(case) == "prompt":
+        peft_config = jsoft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=bench_train.VT)
+    else:
+        peft_config = jsoft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=bench_train.VT)
+    model = jsoft.from_pretrained(str(tmp_path), task=task, num_labels=2 if task == "seq_cls" else None)
+    graphdef, state = nnx.split(jsoft.get_peft_model(model, peft_config))
+    batch, length = 3, 40
+    ids = np.ones((batch, length), np.int32)
+    labels = ids if task == "causal_lm" else np.zeros(batch, np.int32)
+
+    def loss(state):
+        return nnx.merge(graphdef, state)(input_ids=ids, attention_mask=np.ones_like(ids), labels=labels).loss
+
+    closed = jax.make_jaxpr(loss)(state)
+    live, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+    assert bench_train.model_flops(case, cfg.to_dict(), batch, length) == 3 * _dot_flops(live)
