@@ -2,7 +2,7 @@
 
     python scripts/bench_train.py --quick --plot bench.png        # a short run (CPU or a borrowed GPU)
     python scripts/bench_train.py --steps 20 --warmup 3 --json bench.json
-    python scripts/bench_train.py --quick --peak-tflops 989        # on a GPU: MFU against a bf16 peak
+    python scripts/bench_train.py --quick --cases gpt2m-prompt --batch 128   # on a GPU: MFU (bf16 peak by GPU name)
     python scripts/bench_train.py --dtype bfloat16                 # bf16 frozen weights, both frameworks
 
 Cases (random weights: a GPT2Config / BertConfig saved with save_pretrained to a temp dir, loaded by both):
@@ -69,6 +69,20 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
     # tokens, predicted from the last virtual token on with a prompt in front, else from the second token
     fwd += 2 * head * batch * ((length if s_q > length else length - 1) if case.startswith("gpt2") else 1)
     return 3.0 * fwd
+
+
+# dense bf16 datasheet peaks (TFLOP/s), matched in order against the GPU's name
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0))
+
+
+def bf16_peak_tflops(gpu_name: str) -> float | None:
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in gpu_name), None)
+
+
+def _gpu_name() -> str:
+    r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return r.stdout.splitlines()[0].strip() if r.returncode == 0 and r.stdout.strip() else ""
 
 
 # ============================================================================ workers (one per subprocess)
@@ -255,7 +269,9 @@ def main(argv=None):
     ap.add_argument("--device", default=None, choices=["cpu", "gpu"], help="default: gpu if jax sees one")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help="frozen backbone dtype in both frameworks (default: float32 on CPU, bfloat16 on a GPU)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak (e.g. bf16) for MFU")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="accelerator peak (e.g. bf16) for MFU (default on a GPU: its dense bf16 datasheet peak, "
+                         "when BF16_PEAK_TFLOPS knows its name)")
     ap.add_argument("--plot", help="save a PNG bar chart here")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--worker", choices=["jsoft", "peft"], help=argparse.SUPPRESS)
@@ -274,6 +290,8 @@ def main(argv=None):
         import shutil
         a.device = "gpu" if shutil.which("nvidia-smi") else "cpu"
     a.dtype = a.dtype or ("bfloat16" if a.device == "gpu" else "float32")
+    if a.device == "gpu" and a.peak_tflops is None and a.dtype == "bfloat16":
+        a.peak_tflops = bf16_peak_tflops(_gpu_name())
     a.cases = a.cases or list(CASES if a.device == "gpu" else CPU_CASES)
 
     rows = []
@@ -322,7 +340,9 @@ def main(argv=None):
     print(f"\nbatch {a.batch} x {a.length} tokens, {VT} virtual tokens, {a.warmup} warmup + {a.steps} timed steps, "
           f"device {a.device}, {a.dtype}. Peak MiB: process RSS on CPU, allocator peak on a GPU. "
           "FLOPs = 3 x (2 N T + 4 n_layer d S_q S_k B), N = frozen matmul params (see --help). "
-          f"frac = achieved / measured {a.dtype} 2048^2 matmul rate of the same framework.")
+          f"frac = achieved / measured {a.dtype} 2048^2 matmul rate of the same framework."
+          + (f" MFU = achieved / {a.peak_tflops:g} TFLOP/s (3x-forward FLOPs; the work done is 2x)." if a.peak_tflops
+             else ""))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

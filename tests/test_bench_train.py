@@ -1,4 +1,5 @@
-"""scripts/bench_train.py's model FLOPs (the MFU numerator) equal the matmul FLOPs of jsoft's forward pass.
+"""scripts/bench_train.py: its model FLOPs (the MFU numerator) equal the matmul FLOPs of jsoft's forward pass,
+and its MFU denominator is the GPU's dense bf16 peak.
 
 The forward is traced to a jaxpr, dead code removed as jit removes it (the model's full `logits`, unused
 when the loss computes its own LM head on the label positions), and every `dot_general` counted as
@@ -64,3 +65,10 @@ def test_model_flops_count_the_forward_matmuls(case, tmp_path):
     closed = jax.make_jaxpr(loss)(state)
     live, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
     assert bench_train.model_flops(case, cfg.to_dict(), batch, length) == 3 * _dot_flops(live)
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H200", 989.0), ("NVIDIA H100 80GB HBM3", 989.0),
+                                        ("NVIDIA H100 PCIe", 756.0), ("NVIDIA A100-SXM4-80GB", 312.0),
+                                        ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0), ("Tesla T4", None)])
+def test_bf16_peak_by_gpu_name(name, peak):
+    assert bench_train.bf16_peak_tflops(name) == peak
