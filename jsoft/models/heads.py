@@ -24,6 +24,13 @@ def lm_head_vocab_multiple() -> int:
     return 128 if jax.default_backend() == "gpu" else 1
 
 
+def padded_vocab(V: int, multiple: int) -> int:
+    """The vocabulary size the LM head multiplies over: V rounded up to `multiple`, unless V is already a
+    multiple of 8 (aligned for the matrix units, and possibly sharded: padding would shift the shards,
+    which GSPMD then re-aligns with a copy of the logits)."""
+    return V if V % 8 == 0 else -(-V // multiple) * multiple
+
+
 def lm_head_logits(hidden_BxTxD: Array, weight: Array, vocab_axis: int = 0,
                    vocab_multiple: int | None = None) -> Array:
     """fp32 logits `[B, T, V]` of hidden states against an LM head's weight: `[V, D]` (`vocab_axis=0`, a tied
@@ -38,8 +45,7 @@ def lm_head_logits(hidden_BxTxD: Array, weight: Array, vocab_axis: int = 0,
         logits = ops.einsum("vd,nd->vn", weight, hidden_BxTxD.reshape(B * T, D), out_dtype=jnp.float32)
         return jax.lax.optimization_barrier(logits).T.reshape(B, T, -1)  # else XLA folds the .T into the dot
     V = weight.shape[vocab_axis]
-    multiple = lm_head_vocab_multiple() if vocab_multiple is None else vocab_multiple
-    padded = -(-V // multiple) * multiple
+    padded = padded_vocab(V, lm_head_vocab_multiple() if vocab_multiple is None else vocab_multiple)
     if padded != V:
         weight = jnp.pad(weight, [(0, padded - V) if a == vocab_axis else (0, 0) for a in range(2)])
     spec = "btd,vd->btv" if vocab_axis == 0 else "btd,dv->btv"

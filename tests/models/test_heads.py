@@ -15,7 +15,7 @@ def _dot_output_shapes(fn, *args):
 
 @pytest.mark.parametrize("vocab_axis", [0, 1])
 @pytest.mark.parametrize("multiple", [None, 128])
-@pytest.mark.parametrize("vocab", [101, 128, 50257 // 64])
+@pytest.mark.parametrize("vocab", [101, 128, 1000, 50257 // 64])
 def test_lm_head_pads_the_vocabulary_for_the_matmul_only(vocab, multiple, vocab_axis):
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     rows = heads.FEW_ROWS + 32  # past the transposed decoding form
@@ -38,7 +38,8 @@ def test_lm_head_pads_the_vocabulary_for_the_matmul_only(vocab, multiple, vocab_
     np.testing.assert_allclose(grad, plain_grad, rtol=1e-4, atol=1e-4)
 
     multiple = multiple or heads.lm_head_vocab_multiple()  # this backend's
-    padded = -(-vocab // multiple) * multiple
+    padded = vocab if vocab % 8 == 0 or multiple == 1 else -(-vocab // multiple) * multiple
+    assert heads.padded_vocab(vocab, multiple) == padded
     assert _dot_output_shapes(head, h, emb) == [(2, rows // 2, padded)]
 
 
