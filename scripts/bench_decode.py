@@ -4,14 +4,17 @@
     python scripts/bench_decode.py --layers 2 --new 8       # a quick smoke run
     python scripts/bench_decode.py --dtype bfloat16         # bf16 frozen weights in both frameworks
     python scripts/bench_decode.py --device gpu --dtype bfloat16 --batch 1,32   # on a GPU, both frameworks
+    python scripts/bench_decode.py --model t5               # T5 v1.1-style, 8 + 8 layers x 512 (untied LM head), seq2seq
 
-Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`)
+Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`; with
+`--model t5` a T5 v1.1-style `T5Config`: 8 + 8 layers, d_model 512, 8 heads, gated GELU, untied LM head)
 and the same adapter (made in jsoft, saved in PEFT's format, loaded by `peft.PeftModel`). Each
 method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no padding); tokens/s
 counts new tokens of the whole batch. jsoft's first call (trace + compile) is reported apart;
 PyTorch runs under `torch.inference_mode()` with `torch.set_num_threads(<usable cores>)` (on CUDA with
 `--device gpu`, the default where `nvidia-smi` exists; jsoft then runs on JAX's GPU backend). Rounds
-alternate between the frameworks and the table shows medians. EOS is the config's (50256); both
+alternate between the frameworks and the table shows medians. EOS is the config's (GPT-2 50256, T5 the
+last id, which random weights rarely pick); both
 outputs are checked to reach the full length and compared token for token. `--dtype bfloat16`
 stores and runs the frozen backbone in bf16 in both (jsoft `from_pretrained(dtype=...)`, torch
 `.to(torch.bfloat16)`): batch-8 decoding reads every weight once per token, so it is bound by
@@ -32,7 +35,8 @@ import time
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5"])
+    ap.add_argument("--layers", type=int, default=None, help="default: 12 (GPT-2), 8 + 8 (T5)")
     ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
@@ -59,9 +63,27 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jsoft  # noqa: E402
 
 METHODS = {
-    "prompt": lambda v: jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=v),
-    "prefix": lambda v: jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=v),
+    "prompt": lambda task_type, v: jsoft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=v),
+    "prefix": lambda task_type, v: jsoft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=v),
 }
+# --model: (jsoft task, PEFT task type, transformers class)
+MODELS = {"gpt2": ("causal_lm", "CAUSAL_LM", tf.GPT2LMHeadModel),
+          "t5": ("seq2seq_lm", "SEQ_2_SEQ_LM", tf.T5ForConditionalGeneration)}
+
+
+def make_model(args, path: str) -> str:
+    """Save the randomly initialised backbone to `path`; returns a one-line description."""
+    if args.model == "gpt2":
+        layers = args.layers or 12
+        tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=layers, n_embd=768, n_head=12, vocab_size=50257,
+                                         n_positions=1024)).eval().save_pretrained(path)
+        return f"GPT-2 {layers}x768, vocab 50257"
+    layers = args.layers or 8
+    config = tf.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=layers,
+                         num_decoder_layers=layers, num_heads=8, feed_forward_proj="gated-gelu",
+                         tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=32127)
+    tf.T5ForConditionalGeneration(config).eval().save_pretrained(path)
+    return f"T5 v1.1-style {layers}+{layers}x512 (8 heads, gated GELU), vocab 32128, untied head"
 
 
 def cores() -> int:
@@ -69,10 +91,11 @@ def cores() -> int:
 
 
 def bench(method: str, batch: int, args, tmp: str, ids: np.ndarray, mask: np.ndarray) -> tuple:
-    base = jsoft.from_pretrained(f"{tmp}/model", task="causal_lm", dtype=args.dtype)
-    pm = jsoft.get_peft_model(base, METHODS[method](args.virtual), seed=0)
+    task, task_type, hf_class = MODELS[args.model]
+    base = jsoft.from_pretrained(f"{tmp}/model", task=task, dtype=args.dtype)
+    pm = jsoft.get_peft_model(base, METHODS[method](task_type, args.virtual), seed=0)
     pm.save_pretrained(f"{tmp}/{method}")
-    ref = peft.PeftModel.from_pretrained(tf.GPT2LMHeadModel.from_pretrained(f"{tmp}/model"), f"{tmp}/{method}").eval()
+    ref = peft.PeftModel.from_pretrained(hf_class.from_pretrained(f"{tmp}/model"), f"{tmp}/{method}").eval()
     dev = torch.device("cuda" if args.device == "gpu" else "cpu")
     ref = ref.to(dev, getattr(torch, args.dtype))
 
@@ -103,11 +126,10 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(cores())
     tmp = tempfile.mkdtemp()
     torch.manual_seed(0)
-    config = tf.GPT2Config(n_layer=args.layers, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-    tf.GPT2LMHeadModel(config).eval().save_pretrained(f"{tmp}/model")
+    described = make_model(args, f"{tmp}/model")
     batches = [int(b) for b in args.batch.split(",")]
-    ids = np.random.default_rng(0).integers(0, 50000, size=(max(batches), args.prompt_len))
-    print(f"GPT-2 {args.layers}x768, vocab 50257; batch {args.batch}, prompt {args.prompt_len}, "
+    ids = np.random.default_rng(0).integers(2, 32000, size=(max(batches), args.prompt_len))
+    print(f"{described}; batch {args.batch}, prompt {args.prompt_len}, "
           f"{args.new} new tokens, {args.virtual} virtual tokens, {args.dtype}; {cores()} cores, jax {jax.__version__} "
           f"({jax.devices()[0].device_kind}), torch {torch.__version__} ({args.device}), peft {peft.__version__}")
     rows = [bench(method, b, args, tmp, ids[:b], np.ones_like(ids[:b])) for b in batches
