@@ -39,13 +39,15 @@ def lm_head_logits(hidden_BxTxD: Array, weight: Array, vocab_axis: int = 0,
     `lm_head_vocab_multiple()`)."""
     B, T, D = hidden_BxTxD.shape
     weight = weight.astype(hidden_BxTxD.dtype)
-    if vocab_axis == 0 and B * T <= FEW_ROWS:
+    few_rows = B * T <= FEW_ROWS
+    if vocab_axis == 0 and few_rows:
         # decoding: the step streams the whole embedding for a few rows; as `[V, rows]` XLA:CPU
         # streams it about 1.4x faster (GPT-2 small, 8 rows: 11.3 -> 7.8 ms)
         logits = ops.einsum("vd,nd->vn", weight, hidden_BxTxD.reshape(B * T, D), out_dtype=jnp.float32)
         return jax.lax.optimization_barrier(logits).T.reshape(B, T, -1)  # else XLA folds the .T into the dot
     V = weight.shape[vocab_axis]
-    padded = padded_vocab(V, lm_head_vocab_multiple() if vocab_multiple is None else vocab_multiple)
+    # a few decoding rows gain nothing from the alignment, and the padded weight would be a copy per step
+    padded = V if few_rows else padded_vocab(V, lm_head_vocab_multiple() if vocab_multiple is None else vocab_multiple)
     if padded != V:
         weight = jnp.pad(weight, [(0, padded - V) if a == vocab_axis else (0, 0) for a in range(2)])
     spec = "btd,vd->btv" if vocab_axis == 0 else "btd,dv->btv"

@@ -45,8 +45,15 @@ def test_lm_head_pads_the_vocabulary_for_the_matmul_only(vocab, multiple, vocab_
 
 @pytest.mark.parametrize("vocab_axis", [0, 1])
 def test_lm_head_few_rows_match(vocab_axis):
-    """The decoding form (a few rows) gives the same logits for either weight layout."""
+    """The decoding form (a few rows) gives the same logits for either weight layout, and pads nothing
+    (the padded weight would be a copy at every decoding step)."""
     h = jax.random.normal(jax.random.key(1), (2, 3, 16))
     emb = jax.random.normal(jax.random.key(2), (101, 16))
-    logits = heads.lm_head_logits(h, emb if vocab_axis == 0 else emb.T, vocab_axis)
+
+    def head(h, emb):
+        return heads.lm_head_logits(h, emb if vocab_axis == 0 else emb.T, vocab_axis, vocab_multiple=128)
+
+    logits = head(h, emb)
     np.testing.assert_allclose(logits, jnp.einsum("btd,vd->btv", h, emb, precision="highest"), rtol=1e-5, atol=1e-5)
+    assert all(101 in shape for shape in _dot_output_shapes(head, h, emb))
+    assert not any(128 in shape for shape in _dot_output_shapes(head, h, emb))
