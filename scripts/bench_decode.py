@@ -4,7 +4,7 @@
     python scripts/bench_decode.py --layers 2 --new 8       # a quick smoke run
     python scripts/bench_decode.py --dtype bfloat16         # bf16 frozen weights in both frameworks
     python scripts/bench_decode.py --device gpu --dtype bfloat16 --batch 1,32   # on a GPU, both frameworks
-    python scripts/bench_decode.py --model t5               # T5 v1.1-style, 8 + 8 layers x 512 (untied LM head), seq2seq
+    python scripts/bench_decode.py --model t5               # T5 v1.1-style 8 + 8 x 512, untied LM head, seq2seq
 
 Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`; with
 `--model t5` a T5 v1.1-style `T5Config`: 8 + 8 layers, d_model 512, 8 heads, gated GELU, untied LM head)
