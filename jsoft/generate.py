@@ -252,10 +252,11 @@ def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, 
     if self_mask is not None:
         dec_mask = jnp.concatenate([self_mask, dec_mask], axis=1)
 
+    cross_kv = base.cross_attention_kv(enc, enc_mask, cross_prefix_kv, prefix_mask)  # once, not per token
+
     def step(tokens_R, i, cache):
-        out = base.decode(decoder_input_ids=tokens_R[:, None], encoder_hidden_states=enc, attention_mask=enc_mask,
-                          decoder_attention_mask=dec_mask, prefix_mask=prefix_mask, cache=cache,
-                          cross_prefix_kv=cross_prefix_kv)
+        out = base.decode(decoder_input_ids=tokens_R[:, None], decoder_attention_mask=dec_mask,
+                          prefix_mask=prefix_mask, cache=cache, cross_kv=cross_kv)
         return out.logits[:, -1], out.cache
 
     return step, cache, jnp.full((R,), c.decoder_start_token_id, jnp.int32)

@@ -126,23 +126,32 @@ class Attention(nnx.Module):
             self.relative_attention_bias = embed(c.relative_attention_num_buckets, c.num_heads, p,
                                                  rngs=rngs, names=(None, "heads"))
 
-    def __call__(self, x, kv_x, mask, bias, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
+    def __call__(self, x, kv_x, mask, bias, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng,
+                 cross_kv: tuple | None = None):
         """Self-attention when `kv_x` is None (prefix and cache apply), else cross-attention over
-        `kv_x` (prefix applies, no cache: the encoder states are fixed)."""
+        `kv_x` (prefix applies, no cache: the encoder states are fixed), or over the keys, values and
+        mask `cross_kv` computed from them before (`cross_kv`)."""
         n = self.c.num_heads
         q = split_heads(self.q(x), n)
-        src = x if kv_x is None else kv_x
-        k, v = split_heads(self.k(src), n), split_heads(self.v(src), n)
         new_cache = None
-        if kv_x is None:
+        if cross_kv is not None:
+            k, v, mask = cross_kv
+        elif kv_x is not None:
+            k, v, mask = self.cross_kv(kv_x, mask, layer=layer, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        else:
+            k, v = split_heads(self.k(x), n), split_heads(self.v(x), n)
             k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                       prefix_kv=prefix_kv, prefix_mask=prefix_mask)
-        else:
-            k, v, mask = with_prefix(heads_major(k), heads_major(v), mask, *layer_prefix(prefix_kv, layer),
-                                     prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=1.0, bias=bias, dropout=drop,
                                     dropout_rate=self.c.dropout_rate)
         return self.o(merge_heads(out)), new_cache
+
+    def cross_kv(self, enc, enc_mask, *, layer, prefix_kv, prefix_mask) -> tuple:
+        """Cross-attention's keys and values `[B, G, S, K]` over encoder states `enc` (the layer's prefix in
+        front) and its mask `enc_mask` extended over the prefix."""
+        n = self.c.num_heads
+        k, v = heads_major(split_heads(self.k(enc), n)), heads_major(split_heads(self.v(enc), n))
+        return with_prefix(k, v, enc_mask, *layer_prefix(prefix_kv, layer), prefix_mask)
 
 
 class LayerAttention(nnx.Module):
@@ -202,12 +211,12 @@ class Block(nnx.Module):
         self.layer = nnx.List(sub)
 
     def __call__(self, x, mask, bias, *, layer, cache, prefix_kv, prefix_mask, enc, enc_mask,
-                 cross_prefix_kv, drop: DropoutRng):
+                 cross_prefix_kv, drop: DropoutRng, cross_kv: tuple | None = None):
         x, new_cache = self.layer[0](x, None, mask, bias, layer=layer, cache=cache, prefix_kv=prefix_kv,
                                      prefix_mask=prefix_mask, drop=drop)
-        if enc is not None:  # as in transformers, a decoder without encoder states skips cross-attention
-            x, _ = self.layer[1](x, enc, enc_mask, None, layer=layer, cache=None,
-                                 prefix_kv=cross_prefix_kv, prefix_mask=prefix_mask, drop=drop)
+        if enc is not None or cross_kv is not None:  # as in transformers, no encoder states: no cross-attention
+            x, _ = self.layer[1](x, enc, enc_mask, None, layer=layer, cache=None, prefix_kv=cross_prefix_kv,
+                                 prefix_mask=prefix_mask, drop=drop, cross_kv=cross_kv)
         return self.layer[-1](x, drop), new_cache
 
 
@@ -231,7 +240,7 @@ class Stack(nnx.Module):
 
     def __call__(self, embeds_BxTxD, mask_BxS, *, prefix_kv=None, prefix_mask=None,
                  cache: KVCache | None = None, enc=None, enc_mask=None, cross_prefix_kv=None,
-                 drop: DropoutRng):
+                 cross_kv: tuple | None = None, drop: DropoutRng):
         B, T = embeds_BxTxD.shape[:2]
         x = drop(embeds_BxTxD.astype(self.dtype), self.c.dropout_rate)
         # Positions as transformers gives them when the prefix is passed as past_key_values: the V
@@ -247,12 +256,15 @@ class Stack(nnx.Module):
         bias = self.position_bias(V + offset + jnp.arange(T), jnp.arange(V + S))
         mask = attention_mask_4d(mask_BxS, T, S, causal=self.decoder, q_offset=offset)
         enc_mask_4d = None
-        if enc is not None:
+        if enc is not None and cross_kv is None:
             enc_mask_4d = attention_mask_4d(enc_mask, T, enc.shape[1], causal=False)
+        else:
+            enc = None
         layer_caches = []
         for i, block in enumerate(self.block):
             x, lc = block(x, mask, bias, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
-                          enc=enc, enc_mask=enc_mask_4d, cross_prefix_kv=cross_prefix_kv, drop=drop)
+                          enc=enc, enc_mask=enc_mask_4d, cross_prefix_kv=cross_prefix_kv, drop=drop,
+                          cross_kv=None if cross_kv is None else cross_kv[i])
             layer_caches.append(lc)
         x = drop(self.final_layer_norm(x), self.c.dropout_rate)
         return x, updated_cache(cache, layer_caches, T)
@@ -307,13 +319,14 @@ class T5(nnx.Module):
     def decode(self, decoder_input_ids=None, encoder_hidden_states=None, attention_mask=None,
                decoder_attention_mask=None, decoder_inputs_embeds=None, prefix_kv=None, prefix_mask=None,
                cross_prefix_kv=None, cache: KVCache | None = None,
-               dropout_rng: Array | None = None) -> ModelOutput:
+               dropout_rng: Array | None = None, cross_kv: tuple | None = None) -> ModelOutput:
         """One decoder pass. `attention_mask` is the encoder's; `decoder_attention_mask` covers the
-        current tokens `[B, T]`, or all cache slots `[B, S]` when decoding with `cache`."""
+        current tokens `[B, T]`, or all cache slots `[B, S]` when decoding with `cache`. `cross_kv`
+        (`cross_attention_kv`) replaces the encoder states, their mask and the cross-attention prefix."""
         y = self._embeds(decoder_input_ids, decoder_inputs_embeds, "decoder_")
         h, cache = self.decoder(y, decoder_attention_mask, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                                 cache=cache, enc=encoder_hidden_states, enc_mask=attention_mask,
-                                cross_prefix_kv=cross_prefix_kv, drop=_drop(dropout_rng, 1))
+                                cross_prefix_kv=cross_prefix_kv, cross_kv=cross_kv, drop=_drop(dropout_rng, 1))
         if self.task != "seq2seq_lm":
             return ModelOutput(last_hidden_state=h, cache=cache)
         c = self.config
@@ -321,6 +334,16 @@ class T5(nnx.Module):
         logits = heads.lm_head_logits(scaled, self.lm_head.kernel[...], vocab_axis=1) if self.separate_head \
             else heads.lm_head_logits(scaled, self.shared.embedding[...])
         return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)
+
+    def cross_attention_kv(self, encoder_hidden_states, attention_mask=None, cross_prefix_kv=None,
+                           prefix_mask=None) -> tuple:
+        """Each decoder layer's cross-attention keys, values and mask over fixed encoder states, for a
+        decoding loop to compute once (`decode(cross_kv=...)`) rather than at every token (as the cache
+        of transformers' `EncoderDecoderCache` holds them)."""
+        enc_mask = attention_mask_4d(attention_mask, 1, encoder_hidden_states.shape[1], causal=False)
+        return tuple(block.layer[1].EncDecAttention.cross_kv(encoder_hidden_states, enc_mask, layer=i,
+                                                             prefix_kv=cross_prefix_kv, prefix_mask=prefix_mask)
+                     for i, block in enumerate(self.decoder.block))
 
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
                  decoder_attention_mask=None, inputs_embeds=None, decoder_inputs_embeds=None,

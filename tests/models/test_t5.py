@@ -186,3 +186,30 @@ def test_encode_decode_equals_call_and_shift_right(tiny_dir):
     np.testing.assert_allclose(np.asarray(split.logits), np.asarray(whole.logits), atol=1e-6, rtol=0)
     eval_out = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
     assert not np.allclose(np.asarray(eval_out.logits), np.asarray(whole.logits), atol=1e-3)  # dropout on
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_precomputed_cross_attention_matches_encoder_states(tiny_dir, with_prefix):
+    """`decode(cross_kv=cross_attention_kv(...))`, as generate's loop decodes, equals decoding from the
+    encoder states: padded encoder inputs, and a cross-attention prefix whose second row is left-padded."""
+    model = jsoft.from_pretrained(tiny_dir("t5", "seq2seq_lm"), task="seq2seq_lm")
+    c = model.config
+    ids, mask = batch("t5")
+    dec, dec_mask = dec_batch()
+    B, V = ids.shape[0], 4
+    enc = model.encode(input_ids=ids, attention_mask=mask)
+    kw = {}
+    if with_prefix:
+        prefix_mask = np.ones((B, V), np.int32)
+        prefix_mask[1, :2] = 0
+        kw = dict(cross_prefix_kv=random_prefix(c, c.num_decoder_layers, B, V, seed=2), prefix_mask=prefix_mask)
+    want = model.decode(decoder_input_ids=dec, decoder_attention_mask=dec_mask, encoder_hidden_states=enc,
+                        attention_mask=mask, **kw).logits
+    cross_kv = model.cross_attention_kv(enc, mask, kw.get("cross_prefix_kv"), kw.get("prefix_mask"))
+    got = model.decode(decoder_input_ids=dec, decoder_attention_mask=dec_mask,
+                       prefix_mask=kw.get("prefix_mask"), cross_kv=cross_kv).logits
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+    if with_prefix:  # the prefix reaches the logits through cross_kv alone
+        assert not np.allclose(np.asarray(got), np.asarray(model.decode(
+            decoder_input_ids=dec, decoder_attention_mask=dec_mask, encoder_hidden_states=enc,
+            attention_mask=mask).logits), atol=1e-3)
