@@ -129,8 +129,8 @@ class Attention(nnx.Module):
     def __call__(self, x, kv_x, mask, bias, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng,
                  cross_kv: tuple | None = None):
         """Self-attention when `kv_x` is None (prefix and cache apply), else cross-attention over
-        `kv_x` (prefix applies, no cache: the encoder states are fixed), or over the keys, values and
-        mask `cross_kv` computed from them before (`cross_kv`)."""
+        `kv_x` (prefix applies, no cache: the encoder states are fixed), or over `cross_kv`: the keys,
+        values and mask that `self.cross_kv` computed from the encoder states before."""
         n = self.c.num_heads
         q = split_heads(self.q(x), n)
         new_cache = None
