@@ -1,4 +1,4 @@
-"""GPT-2 (pre-LayerNorm decoder, learned positions, tied LM head).
+"""GPT-2 (pre-LayerNorm decoder, learned positions, tied LM head unless `tie_word_embeddings=False`).
 
 Module tree mirrors transformers' (`transformer.h.0.attn.c_attn`, `score`, `classifier`) so
 checkpoint names map one to one; GPT-2's Conv1D weights are already `[in, out]`."""
@@ -45,12 +45,16 @@ class Config(TransformerConfig):
     embd_dropout: float = 0.1
     attn_dropout: float = 0.1
     classifier_dropout: float = 0.1
+    scale_attn_weights: bool = True  # scores / sqrt(head_dim)
+    scale_attn_by_inverse_layer_idx: bool = False  # and / (layer + 1)
+    tie_word_embeddings: bool = True  # False: a separate `lm_head.weight` in the checkpoint
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
-        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-            if hf.get(flag):
-                raise ValueError(f"GPT-2 config option {flag}=True is not supported by jsoft")
+        # reorder_and_upcast_attn needs no option: scores and softmax are always fp32 here (half operands
+        # multiply exactly into the fp32 accumulator, as transformers' upcast q.float() @ k.float() does)
+        if hf.get("add_cross_attention"):
+            raise ValueError("GPT-2 config option add_cross_attention=True is not supported by jsoft")
         d, h = hf["n_embd"], hf["n_head"]
         return cls(
             model_type="gpt2", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf["n_layer"],
@@ -62,7 +66,14 @@ class Config(TransformerConfig):
             resid_dropout=hf.get("resid_pdrop", 0.1), embd_dropout=hf.get("embd_pdrop", 0.1),
             attn_dropout=hf.get("attn_pdrop", 0.1),
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
+            scale_attn_weights=bool(hf.get("scale_attn_weights", True)),
+            scale_attn_by_inverse_layer_idx=bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
         )
+
+    def attention_scale(self, layer: int) -> float:
+        scale = self.head_dim ** -0.5 if self.scale_attn_weights else 1.0
+        return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
 
 class Attention(nnx.Module):
@@ -76,7 +87,7 @@ class Attention(nnx.Module):
         q, k, v = (split_heads(t, self.c.num_heads) for t in (q, k, v))
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
-        out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
+        out = dot_product_attention(q, k, v, mask, scale=self.c.attention_scale(layer), dropout=drop,
                                     dropout_rate=self.c.attn_dropout)
         return drop(self.c_proj(merge_heads(out)), self.c.resid_dropout), new_cache
 
@@ -143,7 +154,9 @@ class GPT2(nnx.Module):
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.config, self.task, self.num_labels = c, task, num_labels
         self.transformer = GPT2Model(c, p, rngs)
-        if task == "seq_cls":
+        if task == "causal_lm" and not c.tie_word_embeddings:
+            self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
+        elif task == "seq_cls":
             self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
         elif task == "token_cls":
             self.classifier = dense(c.hidden_size, num_labels, ("embed", None), p, rngs=rngs)
@@ -154,8 +167,10 @@ class GPT2(nnx.Module):
         return self.transformer.wte
 
     def lm_logits(self, h: jax.Array) -> jax.Array:
-        """The (tied) LM head on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
-        return heads.lm_head_logits(h, self.transformer.wte.embedding[...])
+        """The LM head (tied or not) on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
+        if self.config.tie_word_embeddings:
+            return heads.lm_head_logits(h, self.transformer.wte.embedding[...])
+        return heads.lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
@@ -186,4 +201,4 @@ def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> GPT2:
 
 def checkpoint_key(path: tuple) -> tuple[str, bool]:
     # GPT-2's Conv1D weights are already [in, out]; only the heads are torch nn.Linear
-    return hf_name(path), is_kernel(path) and str(path[-2]) in ("score", "classifier")
+    return hf_name(path), is_kernel(path) and str(path[-2]) in ("score", "classifier", "lm_head")

@@ -94,15 +94,27 @@ class RMSNorm(nnx.Module):
         return ops.rms_norm(x, self.weight[...], self.eps).astype(self.dtype)
 
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {  # transformers' ACT2FN names, same formulas
     "gelu": ops.gelu,
+    "gelu_python": ops.gelu,
+    "gelu_10": lambda x: jnp.clip(ops.gelu(x), -10.0, 10.0),
     "gelu_new": ops.gelu_tanh,
     "gelu_pytorch_tanh": ops.gelu_tanh,
+    "gelu_python_tanh": ops.gelu_tanh,
     "gelu_fast": ops.gelu_tanh,
+    "gelu_accurate": ops.gelu_tanh,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "relu": jax.nn.relu,
+    "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+    "relu6": jax.nn.relu6,
+    "leaky_relu": jax.nn.leaky_relu,  # torch's default slope, 0.01
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
+    "hardswish": jax.nn.hard_swish,
+    "mish": jax.nn.mish,
+    "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
+    "linear": lambda x: x,
 }
 
 

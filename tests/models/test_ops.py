@@ -195,3 +195,19 @@ def test_dot_general_spec_matches_dot_general(dn, shapes):
     b = jax.random.normal(jax.random.key(1), shapes[1])
     spec = ops.dot_general_spec(dn, a.ndim, b.ndim)
     np.testing.assert_allclose(jnp.einsum(spec, a, b), jax.lax.dot_general(a, b, dn), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(layers.ACTIVATIONS))
+def test_activation_matches_transformers(name):
+    """Every activation name jsoft accepts is the function transformers' ACT2FN gives that name."""
+    torch = pytest.importorskip("torch")
+    from transformers.activations import ACT2FN
+
+    x = np.linspace(-12.0, 12.0, 4001, dtype=np.float32)
+    ref = ACT2FN[name](torch.tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(layers.activation(name)(jnp.asarray(x))), ref, atol=3e-6, rtol=1e-6)
+
+
+def test_unknown_activation_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unsupported activation 'prelu'.*'quick_gelu'"):
+        layers.activation("prelu")

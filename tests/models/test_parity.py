@@ -71,3 +71,32 @@ def test_bf16_weights_stay_close_to_fp32(tiny_dir, kind):
     scale = np.abs(full).max()
     assert np.abs(half - full).max() < 0.03 * scale
     assert (half.argmax(-1) == full.argmax(-1)).mean() > 0.8
+
+
+CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints set, each against transformers
+    ("gpt2", "causal_lm", dict(tie_word_embeddings=False)),
+    ("gpt2", "causal_lm", dict(scale_attn_weights=False, activation_function="quick_gelu")),
+    ("gpt2", "seq_cls", dict(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True, n_inner=100)),
+    ("bert", "seq_cls", dict(hidden_act="gelu_new", type_vocab_size=1, num_labels=1)),
+    ("t5", "seq2seq_lm", dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, d_kv=6)),
+    ("llama", "causal_lm", dict(head_dim=16, num_key_value_heads=1, attention_bias=True, mlp_bias=True)),
+    ("llama", "causal_lm", dict(tie_word_embeddings=True, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8})),
+]
+
+
+@pytest.mark.parametrize("kind,task,overrides", CONFIG_VARIANTS, ids=lambda x: str(x))
+def test_config_variants_match_transformers(tiny_dir, kind, task, overrides):
+    path = tiny_dir(kind, task, **overrides)
+    ref_model = tiny.build(kind, task, **overrides)
+    ids, mask = batch(kind)
+    dec = np.random.default_rng(1).integers(0, tiny.VOCAB, size=(3, 5)) if kind == "t5" else None
+    ref = hf_out(ref_model, task, ids, mask, dec)
+    model = jsoft.from_pretrained(path, task=task, num_labels=overrides.get("num_labels", 3))
+    kw = dict(input_ids=ids, attention_mask=mask) | ({} if dec is None else dict(decoder_input_ids=dec))
+    got = np.asarray(model(**kw).logits)
+    if task == "causal_lm":
+        keep = mask.astype(bool)
+        got, ref = got[keep], ref[keep]
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
