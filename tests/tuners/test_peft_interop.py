@@ -96,10 +96,23 @@ def _labels(kind, task, inputs):
 def test_loss_matches_peft(tiny_dir, tmp_path, kind, task, method):
     """The training loss from `labels` equals PEFT's, virtual-token label padding included (causal LM
     computes its loss from its own LM head on the predicting positions only)."""
+    _assert_loss_matches_peft(tiny_dir(kind, task), tmp_path, kind, task, method)
+
+
+HEAD_VARIANTS = [("gpt2", dict(tie_word_embeddings=False)), ("llama", dict(tie_word_embeddings=True, head_dim=16))]
+
+
+@pytest.mark.parametrize("kind,overrides", HEAD_VARIANTS, ids=lambda x: str(x))
+@pytest.mark.parametrize("method", ["prompt", "prefix_proj", "ptuning_lstm"])
+def test_loss_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, overrides, method):
+    """Untied GPT-2 and tied Llama heads: the causal LM loss from jsoft's own head equals PEFT's."""
+    _assert_loss_matches_peft(tiny_dir(kind, "causal_lm", **overrides), tmp_path, kind, "causal_lm", method)
+
+
+def _assert_loss_matches_peft(model_dir, tmp_path, kind, task, method):
     import torch
 
     _skip_unavailable(kind)
-    model_dir = tiny_dir(kind, task)
     config, _ = peft_ref.configs(method, task)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
     pm.save_pretrained(tmp_path / "adapter")
