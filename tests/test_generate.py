@@ -88,6 +88,27 @@ def test_greedy_matches_peft(tiny_dir, tmp_path, kind, method):
     assert (got[0, -NEW + 3:] == 0).all()
 
 
+HEAD_VARIANTS = [  # the other LM head layout each causal backbone can have, with a few more config options
+    ("gpt2", dict(tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True, activation_function="quick_gelu")),
+    ("llama", dict(tie_word_embeddings=True, head_dim=16, num_key_value_heads=1, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8})),
+]
+
+
+@pytest.mark.parametrize("kind,overrides", HEAD_VARIANTS, ids=lambda x: str(x))
+def test_greedy_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, overrides):
+    path = tiny_dir(kind, TASK[kind], **DIVERSE[kind], **overrides)
+    config, _ = peft_ref.configs("prefix_proj", TASK[kind])
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(path, task=TASK[kind]), config, seed=1)
+    pm.save_pretrained(tmp_path / "adapter")
+    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, TASK[kind], path), tmp_path / "adapter").eval()
+    ids = ids_batch(3, 11)
+    got = np.asarray(pm.generate(ids, max_new_tokens=NEW))
+    np.testing.assert_array_equal(got, peft_generate(ref, ids, width=width(kind, ids.shape[1])))
+    assert len(set(got[:, -NEW:].ravel())) > 2, "degenerate output proves little"
+
+
 @pytest.mark.parametrize("kind,method", [("gpt2", "prompt"), ("gpt2", "prefix_proj"), ("llama", "ptuning_mlp"),
                                          ("llama", "prefix")], ids=lambda x: str(x))
 def test_left_padded_rows_equal_rows_alone(tiny_dir, tmp_path, kind, method):
