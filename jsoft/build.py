@@ -254,8 +254,21 @@ def build_model(config, tokenizer, feat: data.Featurizer) -> jsoft.PeftModel:
     else:
         model = jsoft.from_pretrained(m.name_or_path, task=m.task, num_labels=n, dtype=m.dtype,
                                       param_dtype=m.param_dtype, seed=named_seed(seed, "head"))
-    return jsoft.get_peft_model(model, peft_config(config, getattr(tokenizer, "name_or_path", None)),
-                                seed=named_seed(seed, "params"), tokenizer=tokenizer)
+    pm = jsoft.get_peft_model(model, peft_config(config, getattr(tokenizer, "name_or_path", None)),
+                              seed=named_seed(seed, "params"), tokenizer=tokenizer)
+    check_positions(config, pm)
+    return pm
+
+
+def check_positions(config, pm: jsoft.PeftModel) -> None:
+    """data.max_length tokens plus the virtual tokens (prompt, P-tuning or prefix: each takes a position)
+    must fit a learned position table."""
+    limit = pm.base_model.config.position_table_size
+    V = pm.active_peft_config.num_virtual_tokens
+    if limit is not None and config.data.max_length + V > limit:
+        raise ValueError(f"data.max_length={config.data.max_length} + peft.num_virtual_tokens={V} positions exceed "
+                         f"the {limit} position embeddings of {config.model.name_or_path!r}; set data.max_length "
+                         f"<= {limit - V}")
 
 
 def build(config, train_ds=None):

@@ -126,6 +126,15 @@ def test_data_errors_before_training(bert, tmp_path, monkeypatch, case, match):
         train.train(c, tmp_path / "wd")
 
 
+def test_inputs_longer_than_the_position_table_are_refused_before_training(tiny_dir, files, tmp_path):
+    model = tu.model_dir(tiny_dir, "gpt2", "seq_cls", num_labels=2)  # 64 learned positions
+    c = tu.config(model, *files, peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=20), data=dict(max_length=60))
+    with pytest.raises(ValueError, match=r"data\.max_length=60 \+ peft\.num_virtual_tokens=20 positions exceed the "
+                                         r"64 position embeddings .* set data\.max_length <= 44"):
+        train.train(c, tmp_path / "wd")
+    assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
 # ------------------------------------------------------------------------------------ NaN
 
 

@@ -29,6 +29,12 @@ class TransformerConfig:
     name_or_path: str = ""
 
     @property
+    def position_table_size(self) -> int | None:
+        """Rows of a learned position table (GPT-2, BERT): the most positions an input can take. None where
+        positions are computed (RoPE, T5's relative buckets)."""
+        return None
+
+    @property
     def kv_width(self) -> int:
         """Width of one layer's keys (and values): what a prefix stores per layer."""
         return self.num_kv_heads * self.head_dim
@@ -52,8 +58,22 @@ def past_length(prefix_kv, cache: KVCache | None):
     return n if cache is None else n + cache.index
 
 
-def default_positions(B: int, T: int, prefix_kv, cache: KVCache | None):
-    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + past_length(prefix_kv, cache), (B, T))
+def default_positions(B: int, T: int, prefix_kv, cache: KVCache | None, config: TransformerConfig):
+    """Positions past_length .. past_length + T - 1; without a cache, checked against a learned position table
+    (at trace time: shapes are static)."""
+    past = past_length(prefix_kv, cache)
+    if cache is None:
+        check_position_count(config, past + T)
+    return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + past, (B, T))
+
+
+def check_position_count(config: TransformerConfig, n: int) -> None:
+    """Refuses an input of `n` positions (prefix and virtual tokens included) that a learned position table
+    cannot hold: the table lookup would otherwise read past its end silently."""
+    limit = config.position_table_size
+    if limit is not None and n > limit:
+        raise ValueError(f"the input takes {n} positions (virtual tokens and prefix included), more than this "
+                         f"{config.model_type} model's {limit} learned position embeddings")
 
 
 _HF_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}

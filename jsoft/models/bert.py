@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models import heads
-from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel, past_length
+from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
     LayerNorm,
@@ -42,6 +42,10 @@ class Config(TransformerConfig):
     hidden_dropout: float = 0.1
     attn_dropout: float = 0.1
     classifier_dropout: float = 0.1
+
+    @property
+    def position_table_size(self) -> int:
+        return self.max_positions
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
@@ -172,10 +176,7 @@ class BertModel(nnx.Module):
         B, T = inputs_embeds.shape[:2]
         if position_ids is None:
             # a prefix counts as past length (PEFT passes it as past_key_values): positions V..V+T-1
-            if past_length(prefix_kv, None) + T > self.c.max_positions:
-                raise ValueError(f"{past_length(prefix_kv, None)} prefix + {T} tokens exceed BERT's "
-                                 f"max_position_embeddings={self.c.max_positions}")
-            position_ids = default_positions(B, T, prefix_kv, None)
+            position_ids = default_positions(B, T, prefix_kv, None, self.c)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((B, T), jnp.int32)
         x = self.embeddings(inputs_embeds, position_ids, token_type_ids, drop)

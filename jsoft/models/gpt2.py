@@ -49,6 +49,10 @@ class Config(TransformerConfig):
     scale_attn_by_inverse_layer_idx: bool = False  # and / (layer + 1)
     tie_word_embeddings: bool = True  # False: a separate `lm_head.weight` in the checkpoint
 
+    @property
+    def position_table_size(self) -> int:
+        return self.max_positions
+
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         # reorder_and_upcast_attn needs no option: scores and softmax are always fp32 here (half operands
@@ -133,7 +137,7 @@ class GPT2Model(nnx.Module):
             inputs_embeds = self.wte(input_ids)
         B, T = inputs_embeds.shape[:2]
         if position_ids is None:
-            position_ids = default_positions(B, T, prefix_kv, cache)
+            position_ids = default_positions(B, T, prefix_kv, cache, self.c)
         x = drop((inputs_embeds + self.wpe(position_ids)).astype(self.dtype), self.c.embd_dropout)
         S = T if cache is None else cache.slots
         mask = attention_mask_4d(attention_mask, T, S, causal=True,

@@ -197,7 +197,7 @@ class LlamaModel(nnx.Module):
             inputs_embeds = self.embed_tokens(input_ids)
         B, T = inputs_embeds.shape[:2]
         if position_ids is None:
-            position_ids = default_positions(B, T, prefix_kv, cache)
+            position_ids = default_positions(B, T, prefix_kv, cache, self.c)
         x = inputs_embeds.astype(self.dtype)
         cos_sin = rope_cos_sin(self.c, position_ids, self.dtype)
         S = T if cache is None else cache.slots

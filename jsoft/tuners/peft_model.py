@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jsoft.models.base import compute_dtype
+from jsoft.models.base import check_position_count, compute_dtype
 from jsoft.models.heads import last_token_index
 from jsoft.models.layers import KVCache, ModelOutput
 from jsoft.tuners import losses
@@ -371,6 +371,8 @@ class PeftModel(nnx.Module):
         else:
             if token_type_ids is not None:
                 kw["token_type_ids"] = token_type_ids
+            if position_ids is None:
+                check_position_count(base.config, Ve + T + (0 if p.prefix_mask is None else p.prefix_mask.shape[-1]))
             kw["position_ids"] = _positions(B, T, Ve, p.embeds_mask, n_prefix, position_ids)
         head = self._head(names, rows)
         if head is not None:

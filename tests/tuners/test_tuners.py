@@ -243,6 +243,22 @@ def test_task_the_model_cannot_do(tiny_dir):
         jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(task_type="TOKEN_CLS", num_virtual_tokens=2))
 
 
+@pytest.mark.parametrize("kind,task", [("gpt2", "causal_lm"), ("bert", "seq_cls")])
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_input_past_the_learned_positions_is_refused(tiny_dir, kind, task, method):
+    """Both tiny models have 64 learned positions; each virtual token takes one (a lookup past the table would
+    otherwise read garbage without an error)."""
+    config, _ = peft_ref.configs(method, task)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir(kind, task), task=task, num_labels=3), config)
+    V = pm.active_peft_config.num_virtual_tokens
+    ok = np.ones((2, 64 - V), np.int32)
+    assert np.isfinite(np.asarray(pm(input_ids=ok).logits)).all()
+    with pytest.raises(ValueError, match=f"the input takes 65 positions .* more than this {kind} model's 64"):
+        pm(input_ids=np.ones((2, 65 - V), np.int32))
+    with pytest.raises(ValueError, match="takes 65 positions"):  # the backbone alone
+        pm.base_model(input_ids=np.ones((2, 65), np.int32))
+
+
 def test_adapter_for_another_base_model_names_both_values(tiny_dir, tmp_path):
     pm = jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
     pm.save_pretrained(tmp_path / "a")
