@@ -27,6 +27,7 @@ class TransformerConfig:
     decoder_start_token_id: int | None = None
     is_encoder_decoder: bool = False
     name_or_path: str = ""
+    problem_type: str | None = None  # seq_cls loss, as transformers: None infers it from num_labels and labels
 
     @property
     def position_table_size(self) -> int | None:

@@ -234,6 +234,9 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
     return nnx.merge(graphdef, nnx.from_flat_state(loaded))
 
 
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
 def from_pretrained(name_or_path, task: str | None = None, num_labels: int | None = None, *,
                     dtype="float32", param_dtype=None, revision: str | None = None, seed: int = 0,
                     **config_overrides) -> nnx.Module:
@@ -258,6 +261,10 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
             raise ValueError(f"num_labels={num_labels} must be >= 1")
     config = arch.Config.from_hf(hf)
     config.name_or_path = str(name_or_path)
+    config.problem_type = hf.get("problem_type")
+    if config.problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"config.json problem_type={config.problem_type!r} is not valid; "
+                         f"choose one of {PROBLEM_TYPES}")
     dtype = as_dtype(dtype)
     precision = Precision(dtype=dtype, param_dtype=as_dtype(param_dtype, "param_dtype") or dtype)
     ckpt = Checkpoint(model_dir)

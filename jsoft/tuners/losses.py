@@ -17,18 +17,29 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def task_loss(task: str, logits: jax.Array, labels: jax.Array, num_prompt_tokens: int,
-              num_labels: int | None = None) -> jax.Array:
+              num_labels: int | None = None, problem_type: str | None = None) -> jax.Array:
     """The loss of a classification or seq2seq head (causal LM: `causal_lm_loss`). `num_prompt_tokens`
-    virtual tokens in front of the input get label -100 (as PEFT pads)."""
+    virtual tokens in front of the input get label -100 (as PEFT pads). seq_cls follows transformers'
+    `problem_type` (config.json); unset, one label is regression, integer labels single-label and float
+    labels `[B, num_labels]` multi-label classification."""
     if task == "token_cls" and num_prompt_tokens:
         labels = jnp.pad(labels, ((0, 0), (num_prompt_tokens, 0)), constant_values=IGNORE)
     if task in ("seq2seq_lm", "token_cls"):
         return masked_cross_entropy(logits, labels)
-    if task == "seq_cls":
-        if num_labels == 1:
-            return jnp.mean((logits[:, 0] - labels.astype(jnp.float32)) ** 2)
-        return masked_cross_entropy(logits, labels)
-    raise ValueError(f"no loss for task={task!r}")
+    if task != "seq_cls":
+        raise ValueError(f"no loss for task={task!r}")
+    if problem_type is None:
+        problem_type = "regression" if num_labels == 1 else "single_label_classification" \
+            if jnp.issubdtype(labels.dtype, jnp.integer) else "multi_label_classification"
+    if problem_type == "single_label_classification":
+        return masked_cross_entropy(logits, labels.reshape(-1))
+    if labels.size != logits.size:
+        raise ValueError(f"{problem_type} needs labels of shape {tuple(logits.shape)} (one per logit), "
+                         f"got {tuple(labels.shape)}")
+    labels = labels.reshape(logits.shape).astype(jnp.float32)
+    if problem_type == "regression":
+        return jnp.mean((logits - labels) ** 2)
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
 
 
 def causal_loss_positions(hidden_BxTxD: jax.Array, num_prompt_tokens: int) -> tuple[int, jax.Array]:

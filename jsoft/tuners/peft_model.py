@@ -389,7 +389,8 @@ class PeftModel(nnx.Module):
             # unused (a training step), are never computed
             start, h = losses.causal_loss_positions(out.last_hidden_state, Ve)
             return out.replace(loss=losses.causal_lm_loss(base.lm_logits(h), labels, start, Ve))
-        return out.replace(loss=losses.task_loss(base.task, out.logits, labels, Ve, getattr(base, "num_labels", None)))
+        return out.replace(loss=losses.task_loss(base.task, out.logits, labels, Ve, getattr(base, "num_labels", None),
+                                                 base.config.problem_type))
 
 
     # ------------------------------------------------------------------ generation (jsoft.generate)

@@ -130,3 +130,38 @@ def _assert_loss_matches_peft(model_dir, tmp_path, kind, task, method):
         else:
             want = float(ref(**torch_inputs, labels=torch.tensor(labels)).loss)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+SEQ_CLS_PROBLEMS = [  # (config.json problem_type, labels): transformers' three seq_cls losses
+    (None, np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]], np.float32)),  # float: multi-label
+    ("multi_label_classification", np.array([[1, 0, 1], [0, 0, 0], [0, 1, 1]], np.float32)),
+    ("regression", np.array([[0.5, -1.0, 2.0], [0.0, 0.3, 1.0], [1.5, 0.0, -0.2]], np.float32)),
+    ("single_label_classification", np.array([2, -100, 1])),
+]
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("problem_type,labels", SEQ_CLS_PROBLEMS, ids=lambda x: str(x)[:20])
+def test_seq_cls_loss_follows_problem_type_as_peft(tiny_dir, tmp_path, kind, problem_type, labels):
+    import torch
+
+    model_dir = tiny_dir(kind, "seq_cls", **({} if problem_type is None else {"problem_type": problem_type}))
+    config, _ = peft_ref.configs("prefix", "seq_cls")
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task="seq_cls"), config, seed=1)
+    assert pm.base_model.config.problem_type == problem_type
+    pm.save_pretrained(tmp_path / "adapter")
+    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, "seq_cls", model_dir), tmp_path / "adapter").eval()
+    inputs = peft_ref.batch(kind)
+    got = float(pm(**inputs, labels=labels).loss)
+    with torch.no_grad():
+        want = float(ref(**{k: torch.tensor(v) for k, v in inputs.items()}, labels=torch.tensor(labels)).loss)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_labels_that_do_not_fit_the_problem_type_are_refused(tiny_dir):
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir("bert", "seq_cls", problem_type="regression"),
+                                                    task="seq_cls"), peft_ref.configs("prefix", "seq_cls")[0])
+    with pytest.raises(ValueError, match=r"regression needs labels of shape \(3, 3\)"):
+        pm(**peft_ref.batch("bert"), labels=np.array([0.5, 1.0, 2.0], np.float32))
+    with pytest.raises(ValueError, match="problem_type='multi-label' is not valid"):
+        jsoft.from_pretrained(tiny_dir("bert", "seq_cls"), task="seq_cls", problem_type="multi-label")
