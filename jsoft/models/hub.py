@@ -103,6 +103,18 @@ def aligned_empty(shape: tuple, dtype) -> np.ndarray:
     return raw[start:start + n].view(dtype).reshape(shape)
 
 
+_LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+
+
+def _current_name(name: str) -> str:
+    """transformers' "legacy" renames, applied to every checkpoint it loads: the original BERT checkpoints
+    (bert-base-uncased among them) store LayerNorm.gamma / .beta."""
+    for old, new in _LEGACY_SUFFIXES.items():
+        if name.endswith(old):
+            return name[:-len(old)] + new
+    return name
+
+
 class Checkpoint:
     """Read-only view of a checkpoint's tensors by name. Safetensors files are read with plain file
     reads (no memory map, so the file's pages never count in this process's RSS), each tensor
@@ -121,6 +133,9 @@ class Checkpoint:
             self._load_torch(model_dir)
         else:
             raise FileNotFoundError(f"{model_dir} has no checkpoint; expected one of {list(_CHECKPOINT_FILES)}")
+        self._where = {_current_name(k): v for k, v in self._where.items()}
+        if self._torch_state is not None:
+            self._torch_state = {_current_name(k): v for k, v in self._torch_state.items()}
 
     def _index_safetensors(self, files: list[Path]):
         for f in files:  # format: u64 header length, JSON header, then the tensors' bytes

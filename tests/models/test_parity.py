@@ -100,3 +100,24 @@ def test_config_variants_match_transformers(tiny_dir, kind, task, overrides):
         keep = mask.astype(bool)
         got, ref = got[keep], ref[keep]
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_legacy_layernorm_names_load(tmp_path, fmt):
+    """The original BERT checkpoints (bert-base-uncased) store LayerNorm.gamma / .beta; transformers renames
+    them on load, and so must jsoft (they were initialised to ones and zeros instead, with a warning)."""
+    ref_model = tiny.build("bert", "seq_cls")
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in ref_model.state_dict().items()}
+    assert sum(k.endswith("LayerNorm.gamma") for k in state) == 7
+    ref_model.config.save_pretrained(tmp_path)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors",
+                  metadata={"format": "pt"})
+    else:
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    ids, mask = batch("bert")
+    got = jsoft_out(tmp_path, "seq_cls", ids, mask)
+    np.testing.assert_allclose(got, hf_out(ref_model, "seq_cls", ids, mask), atol=1e-5, rtol=0)
