@@ -71,11 +71,15 @@ def prepare_config(config: PromptLearningConfig, model: nnx.Module) -> PromptLea
     if task is None:
         raise ValueError("the model has no task head; load it with task=... "
                          f"(one of {[v for v in TASK_OF.values()]})")
-    gqa = config.peft_type == PeftType.PREFIX_TUNING and mc.num_kv_heads != mc.num_heads
+    # A prefix holds keys and values, so it is as wide as they are where that differs from the hidden size:
+    # grouped-query attention and Llama's `head_dim` (as PEFT derives it), and T5 with d_kv * num_heads !=
+    # d_model (T5-3B / 11B; PEFT derives d_model there and fails, but runs the adapter jsoft saves)
+    kv_prefix = config.peft_type == PeftType.PREFIX_TUNING and (mc.kv_width != mc.hidden_size
+                                                                or mc.num_kv_heads != mc.num_heads)
     derived = {
         "num_layers": mc.num_layers,
-        "token_dim": mc.kv_width if gqa else mc.hidden_size,
-        "num_attention_heads": mc.num_kv_heads if gqa else mc.num_heads,
+        "token_dim": mc.kv_width if kv_prefix else mc.hidden_size,
+        "num_attention_heads": mc.num_kv_heads if kv_prefix else mc.num_heads,
         "num_transformer_submodules": 2 if config.task_type == TaskType.SEQ_2_SEQ_LM else 1,
     }
     for field, value in derived.items():

@@ -165,3 +165,35 @@ def test_labels_that_do_not_fit_the_problem_type_are_refused(tiny_dir):
         pm(**peft_ref.batch("bert"), labels=np.array([0.5, 1.0, 2.0], np.float32))
     with pytest.raises(ValueError, match="problem_type='multi-label' is not valid"):
         jsoft.from_pretrained(tiny_dir("bert", "seq_cls"), task="seq_cls", problem_type="multi-label")
+
+
+KV_WIDTH_VARIANTS = [  # key/value width != hidden size, or fewer key/value heads of another head size
+    ("t5", "seq2seq_lm", dict(d_kv=12)),  # d_kv * num_heads = 48 != d_model = 32, like T5-3B / 11B
+    ("llama", "causal_lm", dict(head_dim=16, num_key_value_heads=6)),  # no GQA: kv width 96 != hidden size 48
+    ("llama", "seq_cls", dict(head_dim=16, num_key_value_heads=3)),  # kv width 48 == hidden size, 3 heads
+]
+
+
+@pytest.mark.parametrize("kind,task,overrides", KV_WIDTH_VARIANTS, ids=lambda x: str(x))
+@pytest.mark.parametrize("method", ["prefix", "prefix_proj"])
+def test_prefix_as_wide_as_keys_and_values_both_ways(tiny_dir, tmp_path, kind, task, overrides, method):
+    """Prefixes are as wide as the model's keys and values, and jsoft derives token_dim and
+    num_attention_heads as PEFT does (for T5, where PEFT would derive d_model and fail, PEFT runs the
+    adapter jsoft saves and one it makes with that token_dim)."""
+    model_dir = tiny_dir(kind, task, **overrides)
+    jconfig, pconfig = peft_ref.configs(method, task)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig, seed=1)
+    mc = pm.base_model.config
+    assert pm.active_peft_config.token_dim == mc.kv_width
+    assert pm.active_peft_config.num_attention_heads == mc.num_kv_heads
+    pm.save_pretrained(tmp_path / "jsoft")
+    batch = peft_ref.batch(kind)
+    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "jsoft").eval()
+    peft_ref.compare(peft_ref.jsoft_logits(pm, batch), peft_ref.peft_logits(ref, batch), task, batch, 0)
+    if kind == "t5":
+        pconfig.token_dim = mc.kv_width
+    made = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig).eval()
+    made.save_pretrained(tmp_path / "peft")
+    loaded = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model_dir, task=task, num_labels=3),
+                                             tmp_path / "peft")
+    peft_ref.compare(peft_ref.jsoft_logits(loaded, batch), peft_ref.peft_logits(made, batch), task, batch, 0)
