@@ -260,6 +260,25 @@ def build_model(config, tokenizer, feat: data.Featurizer) -> jsoft.PeftModel:
     return pm
 
 
+def check_token_ids(pm: jsoft.PeftModel, encoded: dict) -> None:
+    """Every token id the data feeds the model (inputs, pads, target tokens) must be in its vocabulary: an
+    embedding lookup past the table gives NaN, not an error. `encoded`: {config key: data.Encoded or None}."""
+    V = pm.base_model.config.vocab_size
+    for key, enc in encoded.items():
+        if enc is None:
+            continue
+        if not 0 <= enc.pad_id < V:
+            raise ValueError(f"{key}: the pad token id {enc.pad_id} is outside the model's vocabulary of {V}; "
+                             "the tokenizer (model.tokenizer) does not match model.name_or_path")
+        label_rows = enc.labels if pm.base_model.task in ("causal_lm", "seq2seq_lm") else []  # else class ids
+        for what, rows in (("token id", enc.input_ids), ("label token id", label_rows)):
+            bad = [i for i, r in enumerate(rows) if r.size and r.max() >= V]
+            if bad:
+                raise ValueError(f"{key} row {bad[0]}: {what} {int(rows[bad[0]].max())} is outside the model's "
+                                 f"vocabulary of {V} ({len(bad)} rows); the tokenizer (model.tokenizer) does not "
+                                 "match model.name_or_path")
+
+
 def check_positions(config, pm: jsoft.PeftModel) -> None:
     """data.max_length tokens plus the virtual tokens (prompt, P-tuning or prefix: each takes a position)
     must fit a learned position table."""

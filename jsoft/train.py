@@ -357,6 +357,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
     # ---------------------------------------------------------------- model
     pm = build.build_model(config, tokenizer, feat)
+    build.check_token_ids(pm, {"data.train": train_enc, "data.eval": eval_enc})
     if t.remat:
         log.info("rematerialising %d layers (%s)", remat_layers(pm.base_model, t.remat_policy), t.remat_policy)
     graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)

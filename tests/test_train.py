@@ -135,6 +135,15 @@ def test_inputs_longer_than_the_position_table_are_refused_before_training(tiny_
     assert not (tmp_path / "wd" / "checkpoints").exists()
 
 
+def test_token_ids_outside_the_vocabulary_are_refused_before_training(tiny_dir, files, tmp_path):
+    model = tu.model_dir(tiny_dir, "gpt2", "seq_cls", num_labels=2, vocab_size=20)  # the tokenizer has 40 words
+    c = tu.config(model, *files, peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=4))
+    with pytest.raises(ValueError, match=r"data\.train row \d+: token id \d+ is outside the model's vocabulary of "
+                                         r"20 .* the tokenizer \(model\.tokenizer\) does not match"):
+        train.train(c, tmp_path / "wd")
+    assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
 # ------------------------------------------------------------------------------------ NaN
 
 

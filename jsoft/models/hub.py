@@ -271,9 +271,10 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
         raise ValueError(f"task={task!r} is not available for model_type {hf['model_type']!r}; "
                          f"it supports {list(arch.TASKS)}")
     if task in ("seq_cls", "token_cls"):
+        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int | np.integer)
+                                       or num_labels < 1):
+            raise ValueError(f"num_labels={num_labels!r} must be an integer >= 1 (or None: from config.json)")
         num_labels = num_labels or hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
-        if num_labels < 1:
-            raise ValueError(f"num_labels={num_labels} must be >= 1")
     config = arch.Config.from_hf(hf)
     config.name_or_path = str(name_or_path)
     config.problem_type = hf.get("problem_type")

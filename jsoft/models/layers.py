@@ -180,6 +180,9 @@ def attention_mask_4d(key_mask_BxS: Array | None, T: int, S: int, *, causal: boo
     if causal:
         m = m & causal_mask(jnp.arange(T) + q_offset, jnp.arange(S))[None, None]
     if key_mask_BxS is not None:
+        if jnp.ndim(key_mask_BxS) != 2 or jnp.shape(key_mask_BxS)[1] != S:
+            raise ValueError(f"attention_mask has shape {jnp.shape(key_mask_BxS)}; expected [batch, {S}] "
+                             f"(one entry per {'cache slot' if S != T else 'input token'})")
         m = m & key_mask_BxS.astype(bool)[:, None, None, :]
     return m
 

@@ -259,6 +259,13 @@ def test_input_past_the_learned_positions_is_refused(tiny_dir, kind, task, metho
         pm.base_model(input_ids=np.ones((2, 65), np.int32))
 
 
+def test_bad_model_arguments_name_themselves(tiny_dir):
+    with pytest.raises(ValueError, match=r"num_labels=0 must be an integer >= 1"):
+        jsoft.from_pretrained(tiny_dir("gpt2", "seq_cls"), task="seq_cls", num_labels=0)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\); expected \[batch, 4\]"):
+        gpt2(tiny_dir)(input_ids=np.ones((2, 4), np.int32), attention_mask=np.ones((2, 5), np.int32))
+
+
 def test_adapter_for_another_base_model_names_both_values(tiny_dir, tmp_path):
     pm = jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
     pm.save_pretrained(tmp_path / "a")
