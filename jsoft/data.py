@@ -9,8 +9,10 @@
         ...                                     # endless; batch["input_ids"]: int32 [32 // P, bucket]
 
 A batch is a dict of numpy arrays: `input_ids`, `attention_mask`, `token_type_ids` (BERT-like
-tokenizers), `labels` (int32; -100 where no loss is taken) and `weights` (float32 [B]; 0 marks the dummy
-rows that fill the last eval batch). Every batch is padded to the smallest of `bucket_lengths(max_length)`
+tokenizers), `labels` (int32; -100 where no loss is taken), `weights` (float32 [B]; 0 marks the dummy
+rows that fill the last eval batch) and, for a causal LM trained on a target after a prompt, `label_positions`
+(int32 [B, K], -1 padded: the labelled tokens, so the loss computes the LM head on K slots per row).
+Every batch is padded to the smallest of `bucket_lengths(max_length)`
 that fits its longest row, so a run compiles a handful of programs.
 """
 
@@ -78,6 +80,7 @@ class Encoded:
     max_length: int
     padding_side: str = "right"
     target_max_length: int | None = None  # seq2seq_lm: labels have their own length and buckets
+    label_slots: bool = False  # causal_lm with labels on a target only: batches carry `label_positions`
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -329,6 +332,7 @@ class Featurizer:
             max_length=self.max_length,
             padding_side=getattr(self.tokenizer, "padding_side", "right"),
             target_max_length=target_max_length,
+            label_slots=self.task == "causal_lm" and (self.verbalizer is not None or self.label_column is not None),
         )
 
     def _target_texts(self, ds: datasets.Dataset, key: str) -> list[str]:
@@ -407,9 +411,19 @@ def _pad(rows: Sequence[np.ndarray], length: int, value: int, side: str) -> np.n
     return out
 
 
+def label_slot_count(data: Encoded, rows: Sequence[int], length: int) -> int | None:
+    """K for `label_positions [B, K]`: the most labelled tokens of a row, rounded up to a power of two;
+    None (no label_positions: the loss reads every position) unless that is under half of `length`."""
+    if not data.label_slots:
+        return None
+    k = 1 << (max(int((data.labels[i] != IGNORE_INDEX).sum()) for i in rows) - 1).bit_length()
+    return k if 2 * k <= length else None
+
+
 def collate(data: Encoded, rows: Sequence[int], length: int | None = None,
-            target_length: int | None = None) -> dict[str, np.ndarray]:
-    """Pads `rows` to `length` (default: the bucket of the longest) into a batch without `weights`."""
+            target_length: int | None = None, label_slots: int | None = None) -> dict[str, np.ndarray]:
+    """Pads `rows` to `length` (default: the bucket of the longest) into a batch without `weights`.
+    `label_slots` K adds `label_positions [B, K]`: each row's labelled token indices, -1 padded."""
     ids = [data.input_ids[i] for i in rows]
     length = length or _bucket(max(len(r) for r in ids), data.max_length)
     side = data.padding_side
@@ -426,6 +440,9 @@ def collate(data: Encoded, rows: Sequence[int], length: int | None = None,
         batch["labels"] = _pad(labels, target_length, IGNORE_INDEX, "right")
     else:
         batch["labels"] = _pad([data.labels[i] for i in rows], length, IGNORE_INDEX, side)
+    if label_slots is not None:
+        batch["label_positions"] = _pad([np.flatnonzero(r != IGNORE_INDEX) for r in batch["labels"]],
+                                        label_slots, -1, "right")
     return batch
 
 
@@ -503,8 +520,11 @@ class Batches:
             target_length = _bucket(max(len(data.labels[i]) for i in rows), data.target_max_length)
         local = slice(self.process_index * b // self.process_count,
                       (self.process_index + 1) * b // self.process_count)
-        batch = collate(data, rows[local], length, target_length)
+        slots = label_slot_count(data, rows, length) if self.train else None  # only the train loss reads them
+        batch = collate(data, rows[local], length, target_length, slots)
         batch["weights"] = weights[local]
         if valid < b and batch["labels"].ndim == 2:
             batch["labels"][batch["weights"] == 0] = IGNORE_INDEX
+            if "label_positions" in batch:
+                batch["label_positions"][batch["weights"] == 0] = -1
         return batch

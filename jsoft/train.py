@@ -177,7 +177,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule, *, 
     def train_step(state, frozen, batch):
         def loss_fn(params, batch, rng):
             model = nnx.merge(graphdef, params, frozen)
-            return model(**model_inputs(batch), labels=batch["labels"], dropout_rng=rng).loss
+            slots = {"label_positions": batch["label_positions"]} if "label_positions" in batch else {}
+            return model(**model_inputs(batch), labels=batch["labels"], dropout_rng=rng, **slots).loss
 
         step = state["step"]
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step) if dropout else None
@@ -521,10 +522,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     try:
         while step < num_steps:
             host_batch = next(batches)
-            if host_batch["input_ids"].shape not in train_shapes:
-                train_shapes.add(host_batch["input_ids"].shape)
-                log.info("train step for batch shape %s (program %d)", host_batch["input_ids"].shape,
-                         len(train_shapes))
+            shape = host_batch["input_ids"].shape + host_batch.get("label_positions", np.zeros((1, 0))).shape[1:]
+            if shape not in train_shapes:
+                train_shapes.add(shape)
+                log.info("train step for batch shape %s (program %d)", shape, len(train_shapes))
             state, step_metrics = train_step(state, frozen, sharding.put_batch(host_batch, mesh))
             step += 1
             tokens_seen += int(host_batch["attention_mask"].sum()) * jax.process_count()
@@ -577,7 +578,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             "compiled": {"train_shapes": sorted(train_shapes), "eval_shapes": sorted(eval_shapes)},
             "mesh": dict(mesh.shape), "devices": jax.device_count(), **_peak_memory(),
         }
-        log.info("compiled %d train and %d eval programs (batch x length: %s)", len(train_shapes),
+        log.info("compiled %d train and %d eval programs (batch x length [x label slots]: %s)", len(train_shapes),
                  len(eval_shapes), sorted(train_shapes | eval_shapes))
         if primary:
             (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))

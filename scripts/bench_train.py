@@ -10,6 +10,8 @@ Cases (random weights: a GPT2Config / BertConfig saved with save_pretrained to a
   gpt2-prefix    GPT-2 small causal LM, prefix tuning with projection (encoder_hidden_size 768)
   gpt2-ptuning   GPT-2 small causal LM, P-tuning with an LSTM encoder (encoder_hidden_size 768)
   bert-ptv2      BERT-base seq_cls (2 labels), P-Tuning v2 (prefix tuning without projection)
+  gpt2-verbalizer GPT-2 small causal LM, prompt tuning, a label on each row's last token only (classifying
+                 by a verbalizer word, as jsoft.train's batches do it: the LM head on `label_positions`)
   gpt2m-prompt   GPT-2 medium causal LM, prompt tuning (the GPU MFU case; in the default cases on a GPU)
 batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3). Each (case, framework) runs in its own subprocess,
 which reports its peak memory: RSS (VmHWM) on CPU, the device allocator's peak on a GPU. jsoft's compile
@@ -22,8 +24,8 @@ both frameworks: jsoft `from_pretrained(dtype=...)` (prompts and optimizer state
 FLOPs ("model FLOPs", the standard estimate): train = 3 x forward, forward = 2 * N * T + 4 * n_layer * d_model
 * S_q * S_k * B, with N the matmul parameters of the frozen backbone (per layer 4 d^2 + 2 d d_ff, plus the LM
 head vocab x d for causal LM; embeddings excluded), T the tokens through the layers (B * (L + 20) for
-prompt / P-tuning, B * L for prefix methods; the LM head only on the B * L (prefix: B * (L - 1)) positions that
-predict a label), S_q, S_k the query and key lengths (keys include the prefix).
+prompt / P-tuning, B * L for prefix methods; the LM head only on the B * L (prefix: B * (L - 1); verbalizer: B)
+positions that predict a label), S_q, S_k the query and key lengths (keys include the prefix).
 Soft-prompt training computes no weight gradients for the frozen backbone, so the work actually done is
 nearer 2 x forward; the 3x figure is the usual convention (compare with other reports), not a count.
 Achieved FLOP/s is set against this machine's measured 2048 x 2048 matmul rate (in --dtype) in each framework (and
@@ -43,8 +45,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2m-prompt")
-CPU_CASES = CASES[:4]
+CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2-verbalizer", "gpt2m-prompt")
+CPU_CASES = CASES[:5]
 VT = 20
 LR = 1e-3
 
@@ -67,8 +69,21 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
     fwd = 2 * n * batch * s_q + 4 * n_layer * d * s_q * s_k * batch
     # the LM head counts on the positions that predict a label (the loss needs no other logits): the input's
     # tokens, predicted from the last virtual token on with a prompt in front, else from the second token
-    fwd += 2 * head * batch * ((length if s_q > length else length - 1) if case.startswith("gpt2") else 1)
+    labelled = (length if s_q > length else length - 1) if case.startswith("gpt2") else 1
+    fwd += 2 * head * batch * (1 if _method(case) == "verbalizer" else labelled)
     return 3.0 * fwd
+
+
+def causal_labels(case: str, ids):
+    """`(labels, label_positions or None)` for a causal case's token ids `[B, L]` (numpy): every token, or
+    for gpt2-verbalizer the last one only (and its position, which jsoft's loss reads)."""
+    import numpy as np
+
+    if _method(case) != "verbalizer":
+        return ids, None
+    labels = np.full_like(ids, -100)
+    labels[:, -1] = ids[:, -1]
+    return labels, np.full((ids.shape[0], 1), ids.shape[1] - 1, np.int32)
 
 
 # dense bf16 datasheet peaks (TFLOP/s), matched in order against the GPU's name
@@ -106,6 +121,11 @@ def _method(case: str) -> str:
     return case.split("-")[1]
 
 
+def _config_kind(case: str) -> str:
+    """The PEFT config a case trains: the verbalizer case is prompt tuning."""
+    return "prompt" if _method(case) == "verbalizer" else _method(case)
+
+
 def worker_jax(case, model_dir, batch, length, steps, warmup, device, dtype):
     import jax
     import jax.numpy as jnp
@@ -137,7 +157,7 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device, dtype):
                                                               encoder_reparameterization_type="LSTM",
                                                               encoder_hidden_size=768),
             "ptv2": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
-                                                          prefix_projection=False)}[_method(case)]()
+                                                          prefix_projection=False)}[_config_kind(case)]()
     model = jsoft.from_pretrained(model_dir, task=task, num_labels=2 if task == "seq_cls" else None, dtype=dtype)
     pm = jsoft.get_peft_model(model, pcfg)
     graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
@@ -148,7 +168,11 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device, dtype):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 1000, (batch, length), dtype=np.int32)
     b = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-         "labels": ids if task == "causal_lm" else rng.integers(0, 2, (batch,), dtype=np.int32)}
+         "labels": rng.integers(0, 2, (batch,), dtype=np.int32)}
+    if task == "causal_lm":
+        b["labels"], positions = causal_labels(case, ids)
+        if positions is not None:
+            b["label_positions"] = positions
     b = jax.tree.map(jnp.asarray, b)
     step = jax.jit(jtrain.make_train_step(graphdef, tx, lr, dropout=True), donate_argnums=(0,))  # torch: train() mode
     t = time.perf_counter()
@@ -193,7 +217,7 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device, dtype):
                                                              encoder_reparameterization_type="LSTM",
                                                              encoder_hidden_size=768),
             "ptv2": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
-                                                         prefix_projection=False)}[_method(case)]()
+                                                         prefix_projection=False)}[_config_kind(case)]()
     kw = {"dtype": getattr(torch, dtype)}
     if task == "causal_lm":
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kw)
@@ -205,7 +229,8 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device, dtype):
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 1000, (batch, length), generator=g).to(dev)
-    labels = ids if task == "causal_lm" else torch.randint(0, 2, (batch,), generator=g).to(dev)
+    labels = torch.tensor(causal_labels(case, ids.cpu().numpy())[0]).to(dev) if task == "causal_lm" \
+        else torch.randint(0, 2, (batch,), generator=g).to(dev)
     mask = torch.ones_like(ids)
 
     def one():

@@ -38,7 +38,7 @@ def _dot_flops(jaxpr) -> int:
     return total
 
 
-@pytest.mark.parametrize("case", ["gpt2-prompt", "gpt2-prefix", "bert-ptv2"])
+@pytest.mark.parametrize("case", ["gpt2-prompt", "gpt2-prefix", "bert-ptv2", "gpt2-verbalizer"])
 def test_model_flops_count_the_forward_matmuls(case, tmp_path):
     if case.startswith("gpt2"):
         cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=256)
@@ -49,7 +49,7 @@ def test_model_flops_count_the_forward_matmuls(case, tmp_path):
                                       intermediate_size=256, vocab_size=1000)
         transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
         task, task_type = "seq_cls", "SEQ_CLS"
-    if bench_train._method(case) == "prompt":
+    if bench_train._config_kind(case) == "prompt":
         peft_config = jsoft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=bench_train.VT)
     else:
         peft_config = jsoft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=bench_train.VT)
@@ -57,10 +57,13 @@ def test_model_flops_count_the_forward_matmuls(case, tmp_path):
     graphdef, state = nnx.split(jsoft.get_peft_model(model, peft_config))
     batch, length = 3, 40
     ids = np.ones((batch, length), np.int32)
-    labels = ids if task == "causal_lm" else np.zeros(batch, np.int32)
+    labels, positions = bench_train.causal_labels(case, ids) if task == "causal_lm" else (np.zeros(batch, np.int32),
+                                                                                           None)
+    slots = {} if positions is None else {"label_positions": positions}
 
     def loss(state):
-        return nnx.merge(graphdef, state)(input_ids=ids, attention_mask=np.ones_like(ids), labels=labels).loss
+        model = nnx.merge(graphdef, state)
+        return model(input_ids=ids, attention_mask=np.ones_like(ids), labels=labels, **slots).loss
 
     closed = jax.make_jaxpr(loss)(state)
     live, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))

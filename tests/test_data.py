@@ -303,6 +303,31 @@ def test_causal_verbalizer_takes_loss_on_the_target_only(side):
     assert cut.input_ids[0].tolist() == ids("the movie was great")[:4] + ids("positive")
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_causal_targets_get_label_positions_in_training_batches(side):
+    """The loss computes the LM head on `label_positions` only: every labelled token, K slots a row (a power of
+    two, under half the padded length), -1 padded; not in eval batches (their loss reads the logits) and not for
+    plain language modelling (every token is a label)."""
+    tok = wordpiece("gpt", pad=False, padding_side=side)
+    words = "the movie was very very good and the plot".split()
+    ds = datasets.Dataset.from_dict({"text": [" ".join(words[:n]) for n in (9, 2, 5, 7)],
+                                     "target": ["good", "bad film", "good", "a very bad film"]})
+    enc = data.Featurizer(tok, "causal_lm", max_length=32, template="{text} :", label_column="target")(ds)
+    assert enc.label_slots
+    batch = next(data.Batches(enc, 4, train=True, seed=0))
+    K = batch["label_positions"].shape[1]
+    most = max(int((r != -100).sum()) for r in enc.labels)  # "a very bad film" + EOS
+    assert most == 5 and K == 8
+    for labels, positions in zip(batch["labels"], batch["label_positions"]):
+        want = np.flatnonzero(labels != -100)
+        np.testing.assert_array_equal(positions, np.concatenate([want, np.full(K - len(want), -1)]))
+    assert "label_positions" not in next(data.Batches(enc, 4, train=False))
+    plain = data.Featurizer(tok, "causal_lm", max_length=32)(ds)
+    assert not plain.label_slots and "label_positions" not in next(data.Batches(plain, 4, train=True))
+    long_targets = data.Featurizer(tok, "causal_lm", max_length=16, template="{text} :", label_column="text")(ds)
+    assert "label_positions" not in next(data.Batches(long_targets, 4, train=True))  # 10 of 16: no saving
+
+
 def test_causal_target_text_takes_loss_and_becomes_the_generation_reference():
     tok = wordpiece("gpt", pad=False)
     ds = datasets.Dataset.from_dict({"text": ["the movie", "a very very long plot"], "target": ["good", "bad film"]})

@@ -54,3 +54,19 @@ def causal_lm_loss(logits: jax.Array, labels: jax.Array, start: int, num_prompt_
     """transformers' shifted next-token loss, with PEFT's -100 labels for the `num_prompt_tokens` virtual tokens
     in front, from the logits of positions `start:-1` only (`causal_loss_positions`)."""
     return masked_cross_entropy(logits, labels[:, start + 1 - num_prompt_tokens:])
+
+
+def label_slot_inputs(hidden_BxTxD: jax.Array, labels_BxL: jax.Array, label_positions_BxK: jax.Array,
+                      num_prompt_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """`(hidden [B, K, D], labels [B, K])` for a causal LM loss over K label slots per row instead of
+    every position: `label_positions` are the token indices (into `labels`) that carry a label, -1
+    padded. Token t is predicted by the hidden state before it, at V + t - 1 with V prompt tokens in
+    front; a slot without one (t = 0 and no prompt) or padded takes no loss. Given every label position,
+    `masked_cross_entropy(lm_head(hidden), labels)` is `causal_lm_loss`'s value."""
+    t = label_positions_BxK
+    at = t + num_prompt_tokens - 1
+    valid = (t >= 0) & (at >= 0)
+    hidden = jnp.take_along_axis(hidden_BxTxD, jnp.where(valid, at, 0)[..., None], axis=1)
+    labels = jnp.take_along_axis(labels_BxL, jnp.where(valid, t, 0), axis=1)
+    return hidden, jnp.where(valid, labels, IGNORE)
+

@@ -332,9 +332,12 @@ class PeftModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
                  position_ids=None, decoder_input_ids=None, decoder_attention_mask=None, labels=None,
                  prompt_positions=None, adapter_names: list[str] | None = None,
-                 dropout_rng: jax.Array | None = None) -> ModelOutput:
+                 dropout_rng: jax.Array | None = None, label_positions=None) -> ModelOutput:
         """Like PEFT's forward. `prompt_positions [B, V]` places P-Tuning virtual tokens inside the
-        input (templates) instead of in front. `dropout_rng` switches on training-mode dropout."""
+        input (templates) instead of in front. `dropout_rng` switches on training-mode dropout.
+        `label_positions [B, K]` (causal LM, -1 padded): the token indices whose labels are not -100,
+        all of them; the loss then computes the LM head on those K slots only (a verbalizer or a target
+        after a prompt), with the same value."""
         base = self.base_model
         B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         names, rows = self._names_and_rows(adapter_names, B)
@@ -387,10 +390,16 @@ class PeftModel(nnx.Module):
         if labels is None:
             return out
         labels = jnp.asarray(labels)
+        if label_positions is not None and base.task != "causal_lm":
+            raise ValueError(f"label_positions applies to a causal_lm model, not task={base.task!r}")
         if base.task == "causal_lm":
             # the loss's own LM head reads only the positions that predict a label (not the virtual
             # tokens before the last one, nor the last position); under jit the full `logits`, when
             # unused (a training step), are never computed
+            if label_positions is not None:
+                h, slot_labels = losses.label_slot_inputs(out.last_hidden_state, labels,
+                                                          jnp.asarray(label_positions), Ve)
+                return out.replace(loss=losses.masked_cross_entropy(base.lm_logits(h), slot_labels))
             start, h = losses.causal_loss_positions(out.last_hidden_state, Ve)
             return out.replace(loss=losses.causal_lm_loss(base.lm_logits(h), labels, start, Ve))
         return out.replace(loss=losses.task_loss(base.task, out.logits, labels, Ve, getattr(base, "num_labels", None),

@@ -259,6 +259,36 @@ def test_input_past_the_learned_positions_is_refused(tiny_dir, kind, task, metho
         pm.base_model(input_ids=np.ones((2, 65), np.int32))
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["prompt", "prefix", "ptuning_lstm"])
+def test_label_positions_give_the_same_loss_and_gradients(tiny_dir, kind, method):
+    """The causal loss over `label_positions` slots (LM head on those only) equals the loss over every
+    position, dropout on, with labels at the first token (predicted only after a prompt) and padded slots."""
+    config, _ = peft_ref.configs(method, "causal_lm")
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir(kind, "causal_lm"), task="causal_lm"), config, seed=1)
+    batch = peft_ref.batch(kind)
+    labels = np.full_like(batch["input_ids"], -100)
+    labels[0, 0], labels[0, 6:8], labels[1, 3], labels[2, 1:5] = 5, batch["input_ids"][0, 6:8], 7, 9
+    positions = np.full((3, 4), -1)
+    for r in range(3):
+        idx = np.flatnonzero(labels[r] != -100)
+        positions[r, :len(idx)] = idx
+    graphdef, trainable, rest = nnx.split(pm, jsoft.Trainable, ...)
+
+    def loss(trainable, label_positions):
+        model = nnx.merge(graphdef, trainable, rest)
+        return model(**batch, labels=labels, label_positions=label_positions, dropout_rng=jax.random.key(3)).loss
+
+    full, full_grads = jax.value_and_grad(loss)(trainable, None)
+    slots, slot_grads = jax.value_and_grad(loss)(trainable, positions)
+    np.testing.assert_allclose(float(slots), float(full), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(slot_grads), jax.tree.leaves(full_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="label_positions applies to a causal_lm model"):
+        seq = jsoft.get_peft_model(gpt2(tiny_dir, "seq_cls"), peft_ref.configs(method, "seq_cls")[0])
+        seq(**batch, labels=np.array([0, 1, 2]), label_positions=positions)
+
+
 def test_bad_model_arguments_name_themselves(tiny_dir):
     with pytest.raises(ValueError, match=r"num_labels=0 must be an integer >= 1"):
         jsoft.from_pretrained(tiny_dir("gpt2", "seq_cls"), task="seq_cls", num_labels=0)
