@@ -74,7 +74,7 @@ class Encoded:
     """Tokenized rows before padding: one int32 array per row (class ids: one int per row)."""
 
     input_ids: list[np.ndarray]
-    labels: np.ndarray | list[np.ndarray]  # seq_cls: int32 [N]; otherwise one array per row
+    labels: np.ndarray | list[np.ndarray]  # seq_cls: int32 [N] (multi-label: float32 [N, C]); else one per row
     token_type_ids: list[np.ndarray] | None
     pad_id: int
     max_length: int
@@ -108,7 +108,8 @@ _DEFAULT_COLUMNS = {  # task -> (text_columns, label_column); causal_lm: "label"
 class Featurizer:
     """Turns a `datasets.Dataset` into `Encoded` rows for one task.
 
-    seq_cls     text_columns (1, or 2 for a text pair) -> input_ids; label_column -> one class id.
+    seq_cls     text_columns (1, or 2 for a text pair) -> input_ids; label_column -> one class id, or for
+                a column of lists (multi-label) a float multi-hot row [num_labels].
     token_cls   text_columns[0] holds words, label_column one tag per word; the first word piece of a
                 word gets its tag, other pieces and special tokens -100 (transformers' run_ner).
     causal_lm   the text -> input_ids, labels = input_ids. With a `verbalizer` or a `label_column`:
@@ -178,7 +179,7 @@ class Featurizer:
                 raise ValueError(f"num_labels={num_labels}, but data.label_column={self.label_column!r} "
                                  f"has {feature.num_classes} classes: {feature.names}")
             return dataclasses.replace(self, label2id=label2id, num_labels=num_labels)
-        values = _flat(ds[self.label_column]) if self.task == "token_cls" else list(ds[self.label_column])
+        values = _flat(ds[self.label_column]) if self._label_lists(ds) else list(ds[self.label_column])
         if self.label2id is not None or not any(isinstance(v, str) for v in values):
             return self
         names = sorted({v for v in values if isinstance(v, str)})
@@ -195,7 +196,13 @@ class Featurizer:
             raise ValueError(f"data.label_column={self.label_column!r} is not a column of {key}; "
                              f"columns: {ds.column_names}")
         feature = ds.features[self.label_column]
-        return getattr(feature, "feature", feature) if self.task == "token_cls" else feature
+        return getattr(feature, "feature", feature) if self._label_lists(ds) else feature
+
+    def _label_lists(self, ds: datasets.Dataset) -> bool:
+        """Whether each row's label is a list: token_cls tags, or multi-label seq_cls classes."""
+        if self.task == "token_cls":
+            return True
+        return self.task == "seq_cls" and len(ds) > 0 and isinstance(ds[0][self.label_column], list | tuple)
 
     def _class_id(self, value, row: int, key: str, n: int | None) -> int:
         if isinstance(value, str):
@@ -225,9 +232,18 @@ class Featurizer:
         return None
 
     def _class_ids(self, ds: datasets.Dataset, key: str) -> np.ndarray:
+        """int32 [N] class ids; for multi-label seq_cls, float32 [N, num_labels] multi-hot rows."""
         n = self._num_classes(ds, key)
-        return np.asarray([self._class_id(v, i, key, n) for i, v in enumerate(ds[self.label_column])],
-                          np.int32)
+        values = list(ds[self.label_column])
+        if self.task != "seq_cls" or not self._label_lists(ds):
+            return np.asarray([self._class_id(v, i, key, n) for i, v in enumerate(values)], np.int32)
+        hot = np.zeros((len(values), n or 0), np.float32)
+        for i, row in enumerate(values):
+            if not isinstance(row, list | tuple):
+                raise ValueError(f"{key} row {i}: label {row!r} is not a list, but row 0's is (multi-label)")
+            for v in row:
+                hot[i, self._class_id(v, i, key, n)] = 1.0
+        return hot
 
     # -- text
 
@@ -523,7 +539,7 @@ class Batches:
         slots = label_slot_count(data, rows, length) if self.train else None  # only the train loss reads them
         batch = collate(data, rows[local], length, target_length, slots)
         batch["weights"] = weights[local]
-        if valid < b and batch["labels"].ndim == 2:
+        if valid < b and batch["labels"].ndim == 2 and batch["labels"].dtype.kind == "i":  # token labels
             batch["labels"][batch["weights"] == 0] = IGNORE_INDEX
             if "label_positions" in batch:
                 batch["label_positions"][batch["weights"] == 0] = -1

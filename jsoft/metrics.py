@@ -43,6 +43,19 @@ def classification(confusion: np.ndarray) -> dict[str, float]:
             "macro_f1": float(f1[present].mean()) if present.any() else 0.0}
 
 
+def multi_label(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, exact: float, rows: float) -> dict[str, float]:
+    """Multi-label classification from per-class true/false positive and false negative counts: micro-F1,
+    macro-F1 (over classes with a true or predicted example, as `classification`) and subset accuracy
+    (rows whose every label is right, scikit-learn's `accuracy_score`)."""
+    tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-300), 0.0)
+    present = denom > 0
+    return {"micro_f1": float(2 * tp.sum() / denom.sum()) if denom.sum() else 0.0,
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "accuracy": float(exact / rows) if rows else 0.0}
+
+
 # ------------------------------------------------------------------------------------ entities
 
 

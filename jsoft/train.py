@@ -329,7 +329,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         log.warning("token_cls without tag names (set data.label_names): entity F1 is not computed")
         id2label = None
 
-    best_metric = t.best_metric or {"seq_cls": "mse" if num_labels == 1 else "accuracy",
+    multi_label = task == "seq_cls" and train_enc.labels.ndim == 2  # a label column of lists
+    best_metric = t.best_metric or {"seq_cls": "mse" if num_labels == 1 else "micro_f1" if multi_label else "accuracy",
                                     "token_cls": "f1" if id2label is not None else "accuracy"}.get(
         task, "accuracy" if verbalizer_ids is not None else "loss")
 
@@ -390,6 +391,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         if task == "seq_cls" and num_labels == 1:
             se = (logits[:, 0] - labels.astype(jnp.float32)) ** 2
             return {"se_sum": jnp.sum(se * w), "count": jnp.sum(w)}
+        if multi_label:  # the loss is transformers' BCE: the mean over rows and labels
+            bce = optax.sigmoid_binary_cross_entropy(logits, labels).mean(-1)
+            pred, true = (logits > 0).astype(jnp.float32), labels
+            return {"tp": (pred * true * w[:, None]).sum(0), "fp": (pred * (1 - true) * w[:, None]).sum(0),
+                    "fn": ((1 - pred) * true * w[:, None]).sum(0),
+                    "exact": jnp.sum(jnp.all(pred == true, -1) * w), "nll_sum": jnp.sum(bce * w), "count": jnp.sum(w)}
         if task == "seq_cls":
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             preds = jnp.argmax(logits, -1)
@@ -436,6 +443,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         result = {}
         if "confusion" in sums:
             result.update(metrics.classification(sums["confusion"]))
+        if "tp" in sums:
+            result.update(metrics.multi_label(sums["tp"], sums["fp"], sums["fn"], sums["exact"], sums["count"]))
         if task == "token_cls":
             result["accuracy"] = float(sums["correct"] / max(sums["count"], 1))
             if id2label is not None:

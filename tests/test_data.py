@@ -204,6 +204,31 @@ def test_class_label_feature_is_respected(tok):
         data.Featurizer(tok, "seq_cls", 16, num_labels=2).fit(ds)
 
 
+def test_label_lists_are_multi_hot_rows(tok):
+    """A seq_cls label column of lists is multi-label: float multi-hot rows, from class ids, names or a
+    Sequence of ClassLabel; eval batches keep their dummy rows' labels (weights 0 mark them)."""
+    ids = datasets.Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [[0, 2], [], [1]]})
+    enc = data.Featurizer(tok, "seq_cls", 16, num_labels=3).fit(ids)(ids)
+    np.testing.assert_array_equal(enc.labels, [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
+    assert enc.labels.dtype == np.float32
+    batch = next(data.Batches(enc, 4, train=False))
+    np.testing.assert_array_equal(batch["labels"][3], enc.labels[2])
+    assert batch["weights"].tolist() == [1, 1, 1, 0]
+    names = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [["pos", "short"], ["neg"]]})
+    feat = data.Featurizer(tok, "seq_cls", 16).fit(names)
+    assert feat.id2label == {0: "neg", 1: "pos", 2: "short"}
+    np.testing.assert_array_equal(feat(names).labels, [[0, 1, 1], [1, 0, 0]])
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.Sequence(datasets.ClassLabel(names=["a", "b"]))})
+    typed = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [[1], [0, 1]]}, features=features)
+    feat = data.Featurizer(tok, "seq_cls", 16).fit(typed)
+    assert feat.num_labels == 2 and feat.id2label == {0: "a", 1: "b"}
+    np.testing.assert_array_equal(feat(typed).labels, [[0, 1], [1, 1]])
+    with pytest.raises(ValueError, match=r"data.train row 1: label 3 is outside the valid range \[0, 3\)"):
+        data.Featurizer(tok, "seq_cls", 16, num_labels=3)(
+            datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [[0], [3]]}))
+
+
 def test_missing_columns_and_empty_texts(tok):
     ds = datasets.Dataset.from_dict({"sentence": ["good", ""], "y": [0, 1]})
     with pytest.raises(ValueError, match=r"data.text_columns: \['text'\] not in .*\['sentence', 'y'\]"):

@@ -134,3 +134,43 @@ def test_t5_prefix_tuning_adapter_gives_the_same_loss_in_peft(tiny_dir, tmp_path
         nll -= float(np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid].sum())
         tokens += float(valid.sum())
     assert nll / tokens == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+
+
+def _multi_label_rows(n, seed):
+    """Sentiment rows whose labels are lists: the sentiment, plus "long" for rows of more than five words."""
+    return [{"text": r["text"], "labels": (["positive"] if r["label"] else ["negative"])
+             + (["long"] if len(r["text"].split()) > 5 else [])} for r in tu.sentiment(n, seed)]
+
+
+def test_multi_label_training_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
+    """A label column of lists trains multi-label classification (transformers' BCE; micro-F1 ranks steps);
+    the exported adapter gives PEFT the same micro-F1, subset accuracy and loss on the eval set."""
+    model = tu.model_dir(tiny_dir, "bert", "seq_cls", num_labels=3)
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", _multi_label_rows(48, 0)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", _multi_label_rows(21, 1)),
+                  data=dict(label_column="labels"), train=dict(num_steps=6, learning_rate=0.1))
+    c.model.num_labels = None
+    summary = train.train(c, tmp_path / "wd")
+    assert summary["best_metric"] == "micro_f1" and build.load_config(tmp_path / "wd").model.num_labels == 3
+    assert build.load_config(tmp_path / "wd").data.label_names == ["long", "negative", "positive"]
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    ref = _peft_model("bert", "seq_cls", model, tmp_path / "adapter")
+    _, batches = _eval_batches(tmp_path / "wd")
+    tp = fp = fn = exact = total = nll = 0.0
+    for b in batches:
+        w, true = b["weights"], b["labels"]
+        assert true.dtype == np.float32 and true.shape[1] == 3
+        logits = _logits(ref, b)
+        pred = (logits > 0).astype(np.float32)
+        keep = w > 0
+        bce = np.maximum(logits, 0) - logits * true + np.log1p(np.exp(-np.abs(logits)))  # BCEWithLogitsLoss
+        nll += float(bce.mean(-1)[keep].sum())
+        tp += float((pred * true)[keep].sum())
+        fp += float((pred * (1 - true))[keep].sum())
+        fn += float(((1 - pred) * true)[keep].sum())
+        exact += float((pred == true).all(-1)[keep].sum())
+        total += float(keep.sum())
+    assert total == 21
+    assert summary["eval"]["micro_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) and tp > 0
+    assert summary["eval"]["accuracy"] == pytest.approx(exact / total)
+    assert summary["eval"]["loss"] == pytest.approx(nll / total, rel=1e-4)

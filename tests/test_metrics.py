@@ -20,6 +20,15 @@ def test_classification_matches_sklearn():
     assert got["macro_f1"] == pytest.approx(sk.f1_score(labels, preds, average="macro"))
 
 
+def test_multi_label_matches_sklearn():
+    true = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    pred = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 0]])
+    tp, fp, fn = (true & pred).sum(0), ((1 - true) & pred).sum(0), (true & (1 - pred)).sum(0)
+    m = metrics.multi_label(tp, fp, fn, exact=float((true == pred).all(-1).sum()), rows=4.0)
+    # sklearn: f1_score(average="micro") = 0.6667, average="macro" = (1 + 2/3 + 0) / 3, accuracy_score = 0.5
+    assert m == pytest.approx({"micro_f1": 2 / 3, "macro_f1": (1 + 2 / 3 + 0) / 3, "accuracy": 0.5})
+
+
 def test_confusion_ignores_weight_zero_rows():
     c = metrics.confusion_matrix([0, 1, 1, 0], [0, 1, 0, 1], 2, weights=[1, 1, 0, 0])
     assert metrics.classification(c) == {"accuracy": 1.0, "macro_f1": 1.0}
