@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -36,7 +37,8 @@ _CHUNK = 1024  # rows per tokenizer call
 
 
 def load(spec: Mapping[str, Any], key: str = "data.train") -> datasets.Dataset:
-    """`datasets.load_dataset(**spec)`, which must name a split.
+    """`datasets.load_dataset(**spec)`, which must name a split. A directory that `Dataset.save_to_disk`
+    wrote is read with `datasets.load_from_disk` (a `DatasetDict`'s directory goes to load_dataset).
 
     `{"path": "jsoft:sentiment", "split": "train" | "eval"}` loads the bundled sentiment set offline.
     `key` (e.g. `data.eval`) names the config entry in errors.
@@ -57,8 +59,17 @@ def load(spec: Mapping[str, Any], key: str = "data.train") -> datasets.Dataset:
         folder = importlib.resources.files("jsoft") / "assets" / path.split(":", 1)[1]
         extra = {k: v for k, v in spec.items() if k not in ("path", "split")}
         spec = dict(path="json", data_files=str(folder / f"{spec['split']}.jsonl"), split="train", **extra)
+    saved = Path(path) / "state.json" if isinstance(path, str) else None
     try:
-        ds = datasets.load_dataset(**spec)
+        if saved is not None and saved.is_file():  # one split written by Dataset.save_to_disk
+            if set(spec) != {"path", "split"}:
+                raise ValueError(f"a data set saved with save_to_disk takes only path and split, not "
+                                 f"{sorted(set(spec) - {'path', 'split'})}")
+            ds = datasets.load_from_disk(path)
+            if ds.split is not None and str(ds.split) != spec["split"]:
+                raise ValueError(f"it was saved as split {str(ds.split)!r}")
+        else:
+            ds = datasets.load_dataset(**spec)
     except Exception as e:
         raise ValueError(f"{key}: datasets.load_dataset({spec}) failed: {e}") from e
     if not isinstance(ds, datasets.Dataset):

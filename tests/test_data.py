@@ -442,3 +442,14 @@ def test_load_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="data.eval: datasets.load_dataset"):
         data.load({"path": "json", "data_files": str(tmp_path / "missing.jsonl"), "split": "train"},
                   key="data.eval")
+
+
+def test_saved_data_sets_load(tmp_path):
+    """Directories written by save_to_disk: one Dataset (load_from_disk) or a DatasetDict (its split)."""
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [1, 0]})
+    ds.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict(train=ds, validation=ds.select([0])).save_to_disk(str(tmp_path / "dict"))
+    assert data.load({"path": str(tmp_path / "one"), "split": "train"})["text"] == ["good", "bad"]
+    assert len(data.load({"path": str(tmp_path / "dict"), "split": "validation"}, key="data.eval")) == 1
+    with pytest.raises(ValueError, match=r"data.train: .* takes only path and split, not \['name'\]"):
+        data.load({"path": str(tmp_path / "one"), "split": "train", "name": "x"})
