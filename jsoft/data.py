@@ -552,6 +552,4 @@ class Batches:
         batch["weights"] = weights[local]
         if valid < b and batch["labels"].ndim == 2 and batch["labels"].dtype.kind == "i":  # token labels
             batch["labels"][batch["weights"] == 0] = IGNORE_INDEX
-            if "label_positions" in batch:
-                batch["label_positions"][batch["weights"] == 0] = -1
         return batch

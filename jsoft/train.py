@@ -531,7 +531,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     try:
         while step < num_steps:
             host_batch = next(batches)
-            shape = host_batch["input_ids"].shape + host_batch.get("label_positions", np.zeros((1, 0))).shape[1:]
+            slots = host_batch["label_positions"].shape[1:] if "label_positions" in host_batch else ()
+            shape = host_batch["input_ids"].shape + slots
             if shape not in train_shapes:
                 train_shapes.add(shape)
                 log.info("train step for batch shape %s (program %d)", shape, len(train_shapes))

@@ -89,6 +89,9 @@ def test_gpt2_prompt_tuning_with_a_verbalizer_gives_the_same_accuracy_in_peft(ti
                   train=dict(num_steps=6, learning_rate=0.1))
     summary = train.train(c, tmp_path / "wd")
     assert {"accuracy", "macro_f1", "loss", "perplexity"} <= set(summary["eval"])
+    # the train step's LM head reads one label slot per row (the verbalizer word is one token)
+    assert [tuple(s) for s in summary["compiled"]["train_shapes"]] == [(8, 16, 1)]
+    assert all(len(s) == 2 for s in summary["compiled"]["eval_shapes"])
     assert summary["eval"]["perplexity"] == pytest.approx(np.exp(summary["eval"]["loss"]))
     export.export(tmp_path / "wd", tmp_path / "adapter")
     ref = _peft_model("gpt2", "causal_lm", model, tmp_path / "adapter")

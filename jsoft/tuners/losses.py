@@ -69,4 +69,3 @@ def label_slot_inputs(hidden_BxTxD: jax.Array, labels_BxL: jax.Array, label_posi
     hidden = jnp.take_along_axis(hidden_BxTxD, jnp.where(valid, at, 0)[..., None], axis=1)
     labels = jnp.take_along_axis(labels_BxL, jnp.where(valid, t, 0), axis=1)
     return hidden, jnp.where(valid, labels, IGNORE)
-
