@@ -547,8 +547,7 @@ class Batches:
             target_length = _bucket(max(len(data.labels[i]) for i in rows), data.target_max_length)
         local = slice(self.process_index * b // self.process_count,
                       (self.process_index + 1) * b // self.process_count)
-        slots = label_slot_count(data, rows, length) if self.train else None  # only the train loss reads them
-        batch = collate(data, rows[local], length, target_length, slots)
+        batch = collate(data, rows[local], length, target_length, label_slot_count(data, rows, length))
         batch["weights"] = weights[local]
         if valid < b and batch["labels"].ndim == 2 and batch["labels"].dtype.kind == "i":  # token labels
             batch["labels"][batch["weights"] == 0] = IGNORE_INDEX

@@ -34,6 +34,7 @@ from flax import nnx
 import jsoft
 from jsoft import build, data, metrics, optim, sharding
 from jsoft.models.base import token_ids
+from jsoft.tuners import losses
 
 log = logging.getLogger("jsoft.train")
 
@@ -48,6 +49,12 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def model_inputs(batch) -> dict:
     return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def program_shape(batch) -> tuple[int, ...]:
+    """What a step compiles for: batch x length, and x label slots where the batch has `label_positions`."""
+    slots = batch["label_positions"].shape[1:] if "label_positions" in batch else ()
+    return batch["input_ids"].shape + slots
 
 
 def remat_layers(model: nnx.Module, policy: str = "nothing_saveable") -> int:
@@ -387,7 +394,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         model = nnx.merge(graphdef, params, frozen)
         labels, w = batch["labels"], batch["weights"]
         extra = {"labels": labels} if task == "seq2seq_lm" else {}  # decoder inputs are the shifted labels
-        logits = model(**model_inputs(batch), **extra).logits.astype(jnp.float32)
+        out = model(**model_inputs(batch), **extra)
+        logits = out.logits.astype(jnp.float32)  # unused (so never computed) when the LM head reads label slots
         if task == "seq_cls" and num_labels == 1:
             se = (logits[:, 0] - labels.astype(jnp.float32)) ** 2
             return {"se_sum": jnp.sum(se * w), "count": jnp.sum(w)}
@@ -409,7 +417,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             preds = jnp.argmax(logits, -1)
             return {"preds": preds, "labels": labels, "weights": w, "nll_sum": jnp.sum(ce * valid),
                     "count": jnp.sum(valid), "correct": jnp.sum((preds == labels) & valid)}
-        if task == "causal_lm":
+        if task == "causal_lm" and "label_positions" in batch:  # the LM head on the labelled tokens only
+            h = out.last_hidden_state
+            h, labels = losses.label_slot_inputs(h, labels, batch["label_positions"], h.shape[1] - labels.shape[1])
+            logits = model.base_model.lm_logits(h)
+        elif task == "causal_lm":
             logits = logits[:, logits.shape[1] - labels.shape[1]:][:, :-1]
             labels = labels[:, 1:]
         valid = (labels != IGNORE) & (w[:, None] > 0)
@@ -432,7 +444,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         it = data.Batches(eval_enc, eval_batch_size, train=False, process_index=jax.process_index(),
                           process_count=jax.process_count())
         for host_batch in it:
-            eval_shapes.add(host_batch["input_ids"].shape)
+            eval_shapes.add(program_shape(host_batch))
             out = {k: _host(v) for k, v in eval_step(params, frozen, sharding.put_batch(host_batch, mesh)).items()}
             if task == "token_cls" and id2label is not None:
                 entity += metrics.entity_counts(*metrics.token_tags(out["labels"], out["preds"], id2label,
@@ -531,8 +543,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     try:
         while step < num_steps:
             host_batch = next(batches)
-            slots = host_batch["label_positions"].shape[1:] if "label_positions" in host_batch else ()
-            shape = host_batch["input_ids"].shape + slots
+            shape = program_shape(host_batch)
             if shape not in train_shapes:
                 train_shapes.add(shape)
                 log.info("train step for batch shape %s (program %d)", shape, len(train_shapes))

@@ -331,8 +331,8 @@ def test_causal_verbalizer_takes_loss_on_the_target_only(side):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_causal_targets_get_label_positions_in_training_batches(side):
     """The loss computes the LM head on `label_positions` only: every labelled token, K slots a row (a power of
-    two, under half the padded length), -1 padded; not in eval batches (their loss reads the logits) and not for
-    plain language modelling (every token is a label)."""
+    two, under half the padded length), -1 padded; in training and eval batches, not for plain language
+    modelling (every token is a label)."""
     tok = wordpiece("gpt", pad=False, padding_side=side)
     words = "the movie was very very good and the plot".split()
     ds = datasets.Dataset.from_dict({"text": [" ".join(words[:n]) for n in (9, 2, 5, 7)],
@@ -346,7 +346,9 @@ def test_causal_targets_get_label_positions_in_training_batches(side):
     for labels, positions in zip(batch["labels"], batch["label_positions"]):
         want = np.flatnonzero(labels != -100)
         np.testing.assert_array_equal(positions, np.concatenate([want, np.full(K - len(want), -1)]))
-    assert "label_positions" not in next(data.Batches(enc, 4, train=False))
+    eval_batch = next(data.Batches(enc, 4, train=False))
+    want = np.flatnonzero(eval_batch["labels"][0] != -100)
+    np.testing.assert_array_equal(eval_batch["label_positions"][0][:len(want)], want)
     plain = data.Featurizer(tok, "causal_lm", max_length=32)(ds)
     assert not plain.label_slots and "label_positions" not in next(data.Batches(plain, 4, train=True))
     long_targets = data.Featurizer(tok, "causal_lm", max_length=16, template="{text} :", label_column="text")(ds)

@@ -91,7 +91,7 @@ def test_gpt2_prompt_tuning_with_a_verbalizer_gives_the_same_accuracy_in_peft(ti
     assert {"accuracy", "macro_f1", "loss", "perplexity"} <= set(summary["eval"])
     # the train step's LM head reads one label slot per row (the verbalizer word is one token)
     assert [tuple(s) for s in summary["compiled"]["train_shapes"]] == [(8, 16, 1)]
-    assert all(len(s) == 2 for s in summary["compiled"]["eval_shapes"])
+    assert all(len(s) == 3 and s[2] == 1 for s in summary["compiled"]["eval_shapes"])  # eval reads it too
     assert summary["eval"]["perplexity"] == pytest.approx(np.exp(summary["eval"]["loss"]))
     export.export(tmp_path / "wd", tmp_path / "adapter")
     ref = _peft_model("gpt2", "causal_lm", model, tmp_path / "adapter")
