@@ -396,7 +396,7 @@ def generation_rows(data: Encoded) -> Encoded:
         prompts.append(ids[:start])
         targets.append(labels[start:])
     return dataclasses.replace(data, input_ids=prompts, labels=targets, token_type_ids=None, padding_side="left",
-                               target_max_length=max(len(t) for t in targets))
+                               target_max_length=max(len(t) for t in targets), label_slots=False)
 
 
 def _flat(rows) -> list:

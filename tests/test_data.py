@@ -366,6 +366,7 @@ def test_causal_target_text_takes_loss_and_becomes_the_generation_reference():
     assert enc.labels[0].tolist() == [-100] * len(ids("the movie :")) + ids("good") + [eos]
     assert enc.input_ids[1].tolist() == ids("a very very long plot :")[:5] + ids("bad film") + [eos]  # prompt cut
     gen = data.generation_rows(enc)
+    assert enc.label_slots and not gen.label_slots  # generation batches feed prompts only: no label slots
     assert [r.tolist() for r in gen.input_ids] == [ids("the movie :"), ids("a very very long plot :")[:5]]
     assert [r.tolist() for r in gen.labels] == [ids("good") + [eos], ids("bad film") + [eos]]
     batch = next(data.Batches(gen, 2, train=False))
