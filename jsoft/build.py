@@ -81,7 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
         eval_generate_tokens=0,  # LMs: also generate up to N tokens per eval row (ROUGE-L, exact match, BLEU)
         checkpoint_every=500,  # steps; also at every eval and at the end
         keep_checkpoints=3,
-        best_metric=None,  # default: accuracy (classification), f1 (token_cls), loss (LM)
+        best_metric=None,  # default: accuracy (classification), micro_f1 (multi-label), mse (regression),
+        # f1 (token_cls), loss (LM)
         log_every=10,
         async_checkpoints=True,
         progress=True,  # tqdm progress bar (process 0)

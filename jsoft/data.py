@@ -85,7 +85,8 @@ class Encoded:
     """Tokenized rows before padding: one int32 array per row (class ids: one int per row)."""
 
     input_ids: list[np.ndarray]
-    labels: np.ndarray | list[np.ndarray]  # seq_cls: int32 [N] (multi-label: float32 [N, C]); else one per row
+    labels: np.ndarray | list[np.ndarray]  # seq_cls: int32 [N] (multi-label: float32 [N, C]; regression: float32
+    # [N]); else one per row
     token_type_ids: list[np.ndarray] | None
     pad_id: int
     max_length: int
@@ -179,9 +180,12 @@ class Featurizer:
         return None if self.label2id is None else {i: name for name, i in self.label2id.items()}
 
     def fit(self, ds: datasets.Dataset) -> Featurizer:
-        """A copy whose `label2id` / `num_labels` come from the training split's label feature."""
+        """A copy whose `label2id` / `num_labels` come from the training split's label feature (a float
+        column: regression, one label)."""
         if not self._has_class_labels():
             return self
+        if self._regression(ds, "data.train"):
+            return dataclasses.replace(self, num_labels=1)
         feature = self._label_feature(ds, "data.train")
         if isinstance(feature, datasets.ClassLabel):
             label2id = self.label2id or {name: i for i, name in enumerate(feature.names)}
@@ -209,6 +213,14 @@ class Featurizer:
         feature = ds.features[self.label_column]
         return getattr(feature, "feature", feature) if self._label_lists(ds) else feature
 
+    def _regression(self, ds: datasets.Dataset, key: str) -> bool:
+        """seq_cls with one label (num_labels=1), or with a float label column and num_labels unset (run_glue's
+        rule, STS-B): each row's label is a number."""
+        if self.task != "seq_cls" or self.num_labels not in (None, 1) or self.label2id is not None:
+            return False
+        feature = self._label_feature(ds, key)
+        return self.num_labels == 1 or (isinstance(feature, datasets.Value) and feature.dtype.startswith("float"))
+
     def _label_lists(self, ds: datasets.Dataset) -> bool:
         """Whether each row's label is a list: token_cls tags, or multi-label seq_cls classes."""
         if self.task == "token_cls":
@@ -223,8 +235,12 @@ class Featurizer:
             if value not in self.label2id:
                 raise ValueError(f"{key} row {row}: label {value!r} is not one of {sorted(self.label2id)}")
             value = self.label2id[value]
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
-            raise ValueError(f"{key} row {row}: label {value!r} is neither an integer nor a string")
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            value = int(value)  # 1.0: a class id stored as a float (a CSV column with gaps)
+        if not isinstance(value, int | np.integer):  # bools are ints: False / True are classes 0 / 1 (BoolQ)
+            raise ValueError(f"{key} row {row}: label {value!r} is neither an integer nor a string"
+                             + (" (a float label trains regression with num_labels=1)" if isinstance(value, float)
+                                else ""))
         if n is None:
             raise ValueError(f"{key} has integer labels; set num_labels")
         if not 0 <= value < n:
@@ -243,9 +259,16 @@ class Featurizer:
         return None
 
     def _class_ids(self, ds: datasets.Dataset, key: str) -> np.ndarray:
-        """int32 [N] class ids; for multi-label seq_cls, float32 [N, num_labels] multi-hot rows."""
+        """int32 [N] class ids; for multi-label seq_cls, float32 [N, num_labels] multi-hot rows; for regression,
+        float32 [N] targets."""
         n = self._num_classes(ds, key)
         values = list(ds[self.label_column])
+        if self._regression(ds, key):
+            for i, v in enumerate(values):
+                if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not np.isfinite(v):
+                    raise ValueError(f"{key} row {i}: label {v!r} is not a finite number, which regression "
+                                     "(model.num_labels=1) needs")
+            return np.asarray(values, np.float32)
         if self.task != "seq_cls" or not self._label_lists(ds):
             return np.asarray([self._class_id(v, i, key, n) for i, v in enumerate(values)], np.int32)
         hot = np.zeros((len(values), n or 0), np.float32)

@@ -1,6 +1,7 @@
 """Evaluation metrics and the run's metric files.
 
 Classification: accuracy and macro-F1 from a confusion matrix (rows: true class, columns: predicted).
+Regression: MSE, Pearson and Spearman correlations. Multi-label: micro-/macro-F1, subset accuracy.
 Token classification: entity-level precision/recall/F1 over BIO / IOB2 / IOBES spans, micro-averaged,
 as seqeval computes them in its default (non-strict) mode. Language modelling: token-mean loss and
 perplexity. `Writer` appends to `metrics.jsonl` and writes TensorBoard events (process 0 only).
@@ -54,6 +55,27 @@ def multi_label(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, exact: float, ro
     return {"micro_f1": float(2 * tp.sum() / denom.sum()) if denom.sum() else 0.0,
             "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
             "accuracy": float(exact / rows) if rows else 0.0}
+
+
+def regression(preds: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Mean squared error, and Pearson's and Spearman's correlations (GLUE's STS-B metrics, as scipy's
+    pearsonr and spearmanr: ranks of ties averaged); a correlation of constant values is 0."""
+    p, t = np.asarray(preds, np.float64).reshape(-1), np.asarray(targets, np.float64).reshape(-1)
+    return {"mse": float(np.mean((p - t) ** 2)) if p.size else 0.0,
+            "pearson": _correlation(p, t), "spearman": _correlation(_ranks(p), _ranks(t))}
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum())) if a.size else 0.0
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given their mean rank."""
+    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # the rank of each distinct value's last copy
+    return (last - (counts - 1) / 2.0)[inverse]
 
 
 # ------------------------------------------------------------------------------------ entities

@@ -396,9 +396,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         extra = {"labels": labels} if task == "seq2seq_lm" else {}  # decoder inputs are the shifted labels
         out = model(**model_inputs(batch), **extra)
         logits = out.logits.astype(jnp.float32)  # unused (so never computed) when the LM head reads label slots
-        if task == "seq_cls" and num_labels == 1:
-            se = (logits[:, 0] - labels.astype(jnp.float32)) ** 2
-            return {"se_sum": jnp.sum(se * w), "count": jnp.sum(w)}
+        if task == "seq_cls" and num_labels == 1:  # regression: correlations need every prediction
+            return {"preds": logits[:, 0], "labels": labels.astype(jnp.float32), "weights": w}
         if multi_label:  # the loss is transformers' BCE: the mean over rows and labels
             bce = optax.sigmoid_binary_cross_entropy(logits, labels).mean(-1)
             pred, true = (logits > 0).astype(jnp.float32), labels
@@ -441,6 +440,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     def evaluate(params) -> dict[str, float]:
         sums: dict[str, Any] = {}
         entity = np.zeros(3, np.int64)
+        scores: list[tuple[np.ndarray, np.ndarray]] = []  # regression: (predictions, targets) of the real rows
         it = data.Batches(eval_enc, eval_batch_size, train=False, process_index=jax.process_index(),
                           process_count=jax.process_count())
         for host_batch in it:
@@ -449,6 +449,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if task == "token_cls" and id2label is not None:
                 entity += metrics.entity_counts(*metrics.token_tags(out["labels"], out["preds"], id2label,
                                                                     out["weights"]))
+            if task == "seq_cls" and num_labels == 1:
+                keep = out["weights"] > 0
+                scores.append((out["preds"][keep], out["labels"][keep]))
             for k, v in out.items():
                 if k not in ("preds", "labels", "weights"):
                     sums[k] = sums.get(k, 0) + v.astype(np.float64)
@@ -461,11 +464,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             result["accuracy"] = float(sums["correct"] / max(sums["count"], 1))
             if id2label is not None:
                 result.update(metrics.entity_f1(entity))
-        if "se_sum" in sums:
-            result["mse"] = float(sums["se_sum"] / sums["count"])
+        if scores:
+            result.update(metrics.regression(*(np.concatenate(x) for x in zip(*scores))))
+            result["loss"] = result["mse"]  # transformers' regression loss
         elif task in ("causal_lm", "seq2seq_lm"):
             result.update(metrics.language_model(float(sums["nll_sum"]), float(sums["count"])))
-        result.setdefault("loss", float(sums["nll_sum"] / max(sums["count"], 1)))
+        if "loss" not in result:
+            result["loss"] = float(sums["nll_sum"] / max(sums["count"], 1))
         if generate_enc is not None:
             result.update(generation_eval(nnx.merge(graphdef, params, frozen), generate_enc, eval_batch_size,
                                           tokenizer, t.eval_generate_tokens))

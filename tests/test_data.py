@@ -204,6 +204,40 @@ def test_class_label_feature_is_respected(tok):
         data.Featurizer(tok, "seq_cls", 16, num_labels=2).fit(ds)
 
 
+def test_float_labels_train_regression(tok):
+    """A float label column (STS-B) is regression, as run_glue decides: one label, float targets; num_labels=1
+    makes integer scores regression targets too."""
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [4.5, 0.0, 2.25]})
+    feat = data.Featurizer(tok, "seq_cls", 16).fit(ds)
+    assert feat.num_labels == 1
+    enc = feat(ds)
+    assert enc.labels.dtype == np.float32 and enc.labels.tolist() == [4.5, 0.0, 2.25]
+    batch = next(data.Batches(enc, 4, train=False))
+    assert batch["labels"].dtype == np.float32 and batch["labels"].tolist() == [4.5, 0.0, 2.25, 2.25]
+    ints = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [5, 1]})
+    assert data.Featurizer(tok, "seq_cls", 16, num_labels=1).fit(ints)(ints).labels.tolist() == [5.0, 1.0]
+    bad = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [1.5, float("nan")]})
+    with pytest.raises(ValueError, match=r"data.eval row 1: label nan is not a finite number, which regression"):
+        feat(bad, key="data.eval")
+    words = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": ["high", "low"]})
+    with pytest.raises(ValueError, match="label 'high' is not a finite number"):
+        data.Featurizer(tok, "seq_cls", 16, num_labels=1)(words)
+
+
+def test_bool_and_integral_float_labels_are_class_ids(tok):
+    """BoolQ's bool answers are classes 0 / 1; with num_labels > 1 a float column of whole numbers holds class
+    ids, and a fractional value is named."""
+    bools = datasets.Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [True, False, True]})
+    feat = data.Featurizer(tok, "seq_cls", 16, num_labels=2).fit(bools)
+    assert feat(bools).labels.tolist() == [1, 0, 1] and feat(bools).labels.dtype == np.int32
+    floats = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [1.0, 0.0]})
+    feat = data.Featurizer(tok, "seq_cls", 16, num_labels=2).fit(floats)
+    assert feat(floats).labels.tolist() == [1, 0] and feat(floats).labels.dtype == np.int32
+    half = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [1.0, 0.5]})
+    with pytest.raises(ValueError, match=r"row 1: label 0.5 is neither .* regression with num_labels=1"):
+        feat(half)
+
+
 def test_label_lists_are_multi_hot_rows(tok):
     """A seq_cls label column of lists is multi-label: float multi-hot rows, from class ids, names or a
     Sequence of ClassLabel; eval batches keep their dummy rows' labels (weights 0 mark them)."""

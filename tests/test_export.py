@@ -177,3 +177,39 @@ def test_multi_label_training_gives_the_same_metrics_in_peft(tiny_dir, tmp_path)
     assert summary["eval"]["micro_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn)) and tp > 0
     assert summary["eval"]["accuracy"] == pytest.approx(exact / total)
     assert summary["eval"]["loss"] == pytest.approx(nll / total, rel=1e-4)
+
+
+def _similarity_rows(n, seed):
+    """STS-B-like text pairs with a float score: 2.5 per positive sentence."""
+    first, second = tu.sentiment(n, seed), tu.sentiment(n, seed + 7)
+    return [{"sentence1": a["text"], "sentence2": b["text"], "score": 2.5 * (a["label"] + b["label"])}
+            for a, b in zip(first, second)]
+
+
+def test_regression_training_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
+    """A float label column trains regression (one output, transformers' MSE; run_glue's rule for STS-B); the
+    exported adapter gives PEFT the same MSE and Pearson / Spearman correlations on text pairs."""
+    stats = pytest.importorskip("scipy.stats")
+    model = tu.model_dir(tiny_dir, "bert", "seq_cls", num_labels=1)
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", _similarity_rows(48, 0)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", _similarity_rows(21, 1)),
+                  data=dict(text_columns=("sentence1", "sentence2"), label_column="score"),
+                  train=dict(num_steps=6, learning_rate=0.1))
+    c.model.num_labels = None
+    summary = train.train(c, tmp_path / "wd")
+    assert summary["best_metric"] == "mse" and build.load_config(tmp_path / "wd").model.num_labels == 1
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    ref = _peft_model("bert", "seq_cls", model, tmp_path / "adapter")
+    _, batches = _eval_batches(tmp_path / "wd")
+    preds, targets = [], []
+    for b in batches:
+        assert b["labels"].dtype == np.float32 and "token_type_ids" in b
+        keep = b["weights"] > 0
+        preds.append(_logits(ref, b)[keep, 0])
+        targets.append(b["labels"][keep])
+    preds, targets = np.concatenate(preds), np.concatenate(targets)
+    assert len(preds) == 21 and np.std(preds) > 0
+    assert summary["eval"]["mse"] == pytest.approx(np.mean((preds - targets) ** 2), rel=1e-4)
+    assert summary["eval"]["loss"] == summary["eval"]["mse"]
+    assert summary["eval"]["pearson"] == pytest.approx(stats.pearsonr(preds, targets)[0], abs=1e-4)
+    assert summary["eval"]["spearman"] == pytest.approx(stats.spearmanr(preds, targets)[0], abs=1e-4)

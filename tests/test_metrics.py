@@ -29,6 +29,20 @@ def test_multi_label_matches_sklearn():
     assert m == pytest.approx({"micro_f1": 2 / 3, "macro_f1": (1 + 2 / 3 + 0) / 3, "accuracy": 0.5})
 
 
+def test_regression_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 6, 300).astype(np.float64)  # STS-B-like scores with many ties
+    preds = targets + rng.normal(0, 1.5, 300)
+    preds[:40] = np.round(preds[:40])  # ties among the predictions too
+    m = metrics.regression(preds, targets)
+    assert m["mse"] == pytest.approx(np.mean((preds - targets) ** 2))
+    assert m["pearson"] == pytest.approx(stats.pearsonr(preds, targets)[0])
+    assert m["spearman"] == pytest.approx(stats.spearmanr(preds, targets)[0])
+    assert 0.3 < m["spearman"] < 0.95
+    assert metrics.regression(np.ones(4), np.arange(4.0))["pearson"] == 0.0  # constant: no correlation
+
+
 def test_confusion_ignores_weight_zero_rows():
     c = metrics.confusion_matrix([0, 1, 1, 0], [0, 1, 0, 1], 2, weights=[1, 1, 0, 0])
     assert metrics.classification(c) == {"accuracy": 1.0, "macro_f1": 1.0}
