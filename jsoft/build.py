@@ -45,6 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
         param_dtype=None,  # storage dtype of the frozen weights (default: dtype)
         tokenizer=None,  # default: name_or_path
         random_init=False,  # a randomly initialised backbone of the same architecture (a baseline)
+        ignore_mismatched_sizes=False,  # initialise checkpoint weights of another shape (a head for other labels)
     )
     c.peft = ml_collections.ConfigDict()  # PEFT's field names: peft_type, num_virtual_tokens, ...
     c.data = dict(
@@ -254,7 +255,8 @@ def build_model(config, tokenizer, feat: data.Featurizer) -> jsoft.PeftModel:
         model = random_backbone(m.name_or_path, m.task, n, m.dtype, m.param_dtype, named_seed(seed, "params"))
     else:
         model = jsoft.from_pretrained(m.name_or_path, task=m.task, num_labels=n, dtype=m.dtype,
-                                      param_dtype=m.param_dtype, seed=named_seed(seed, "head"))
+                                      param_dtype=m.param_dtype, seed=named_seed(seed, "head"),
+                                      ignore_mismatched_sizes=m.ignore_mismatched_sizes)
     pm = jsoft.get_peft_model(model, peft_config(config, getattr(tokenizer, "name_or_path", None)),
                               seed=named_seed(seed, "params"), tokenizer=tokenizer)
     check_positions(config, pm)

@@ -171,6 +171,11 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
+    def shape(self, name: str, transpose: bool = False) -> tuple[int, ...]:
+        """The tensor's shape (read from the header: no data is read), optionally transposed."""
+        shape = tuple(self._torch_state[name].shape) if self._torch_state is not None else self._where[name][3]
+        return shape[::-1] if transpose else shape
+
     def get(self, name: str) -> np.ndarray:
         """The tensor as stored (bfloat16 as ml_dtypes' bfloat16)."""
         if self._torch_state is not None:
@@ -216,11 +221,12 @@ def _find(ckpt: Checkpoint, name: str, prefix: str) -> str | None:
 
 
 def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, param_dtype,
-               init_fn) -> nnx.Module:
-    """Fill an abstract module from the checkpoint; initialise what the checkpoint lacks."""
+               init_fn, ignore_mismatched_sizes: bool = False, mismatch_hint: str = "") -> nnx.Module:
+    """Fill an abstract module from the checkpoint; initialise what the checkpoint lacks, and, with
+    `ignore_mismatched_sizes`, what it holds in another shape (transformers' flag: a new head)."""
     graphdef, state = nnx.split(abstract_model)
     flat = list(nnx.to_flat_state(state))
-    loaded, missing = [], []
+    loaded, missing, mismatched = [], [], []
     for path, var in flat:
         hf_names, transpose = arch.checkpoint_key(path)  # a name, or names tried in order
         hf_names = (hf_names,) if isinstance(hf_names, str) else hf_names
@@ -229,15 +235,25 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
             missing.append(path)
             loaded.append((path, var))
             continue
+        want = tuple(var.get_value().shape)
+        if ckpt.shape(key, transpose) != want:
+            stored = ckpt.shape(key)
+            mismatched.append(f"{key} {stored} (the model's {'.'.join(map(str, path))}: {want}"
+                              f"{', transposed' if transpose else ''})")
+            missing.append(path)
+            loaded.append((path, var))
+            continue
         dtype = np.dtype(var.get_value().dtype if param_dtype is None else param_dtype)
         arr = ckpt.read(key, dtype, transpose)
-        want = tuple(var.get_value().shape)
-        if tuple(arr.shape) != want:
-            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(arr.shape)} but config.json "
-                             f"implies {want} (for jsoft parameter {'.'.join(map(str, path))})")
         # On CPU the parameter adopts the aligned host buffer (no copy); on an accelerator this is
         # the one host-to-device transfer.
         loaded.append((path, var.replace(jax.device_put(arr, may_alias=True))))
+    if mismatched and not ignore_mismatched_sizes:
+        raise ValueError(f"checkpoint tensors of another shape than config.json implies: {'; '.join(mismatched)}"
+                         f"{mismatch_hint}")
+    if mismatched:
+        log.warning("initialised parameters whose checkpoint shape differs (ignore_mismatched_sizes): %s",
+                    "; ".join(mismatched))
     if len(missing) == len(flat):
         raise ValueError(f"no tensor of the checkpoint in {ckpt.dir} matches this architecture "
                          f"({arch.__name__.rsplit('.', 1)[-1]})")
@@ -254,11 +270,13 @@ PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label
 
 def from_pretrained(name_or_path, task: str | None = None, num_labels: int | None = None, *,
                     dtype="float32", param_dtype=None, revision: str | None = None, seed: int = 0,
-                    **config_overrides) -> nnx.Module:
+                    ignore_mismatched_sizes: bool = False, **config_overrides) -> nnx.Module:
     """Load a Hugging Face checkpoint as a frozen jsoft backbone with the head for `task`.
 
     task: None (hidden states), "causal_lm", "seq2seq_lm", "seq_cls", "token_cls".
-    dtype: compute dtype; param_dtype: storage dtype of the weights (default: dtype)."""
+    dtype: compute dtype; param_dtype: storage dtype of the weights (default: dtype).
+    ignore_mismatched_sizes: initialise the weights the checkpoint holds in another shape (a classification
+    head trained for another number of labels) instead of refusing them, as transformers' flag does."""
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not valid; choose one of {list(TASKS)}")
     model_dir = resolve(name_or_path, revision)
@@ -274,7 +292,8 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
         if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int | np.integer)
                                        or num_labels < 1):
             raise ValueError(f"num_labels={num_labels!r} must be an integer >= 1 (or None: from config.json)")
-        num_labels = num_labels or hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
+        trained_labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or None
+        num_labels = num_labels or trained_labels or 2
     config = arch.Config.from_hf(hf)
     config.name_or_path = str(name_or_path)
     config.problem_type = hf.get("problem_type")
@@ -296,4 +315,12 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
         return zip(paths, jax.jit(init)(jax.random.key(seed)))
 
     abstract = nnx.eval_shape(lambda: build(jax.random.key(seed)))
-    return load_state(abstract, arch, ckpt, precision.param_dtype, init_fn)
+    hint = ""
+    if task in ("seq_cls", "token_cls") and trained_labels not in (None, num_labels):
+        names = [v for _, v in sorted((hf.get("id2label") or {}).items(), key=lambda kv: int(kv[0]))]
+        named = names and names != [f"LABEL_{i}" for i in range(len(names))]  # transformers' default names
+        hint = (f". The checkpoint's head was trained for {trained_labels} labels{f' {names}' if named else ''}, "
+                f"not num_labels={num_labels}: pass num_labels={trained_labels} (a training config: model.num_labels"
+                f"{', and those names as data.label_names' if named else ''}), or ignore_mismatched_sizes=True "
+                "(model.ignore_mismatched_sizes) for a new head")
+    return load_state(abstract, arch, ckpt, precision.param_dtype, init_fn, ignore_mismatched_sizes, hint)

@@ -342,9 +342,30 @@ def test_checkpoint_shape_mismatch_names_tensor(tiny_dir, tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["n_inner"] = 100
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    shapes = r"mlp.c_fc.(weight|bias).* has shape \(.*192,?\) but config.json implies \(.*100,?\)"
+    shapes = r"another shape than config.json implies: .*mlp.c_fc.(weight|bias) \(.*192,?\) \(the model's .*100,?\)"
     with pytest.raises(ValueError, match=shapes):
         jsoft.from_pretrained(tmp_path, task="causal_lm")
+
+
+def test_a_head_for_other_labels_is_refused_or_replaced(tmp_path):
+    """A checkpoint whose classifier was trained for other labels: refused with the label counts and the two
+    ways out (transformers refuses it too), or with ignore_mismatched_sizes a new head on the loaded backbone."""
+    model = tiny.build("bert", "seq_cls", num_labels=3)
+    model.config.id2label = {0: "neg", 1: "neu", 2: "pos"}
+    model.config.label2id = {"neg": 0, "neu": 1, "pos": 2}
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"classifier.weight \(3, 40\) .*trained for 3 labels \['neg', 'neu', 'pos'\], "
+                                         r"not num_labels=5: pass num_labels=3 .*ignore_mismatched_sizes=True"):
+        jsoft.from_pretrained(tmp_path, task="seq_cls", num_labels=5)
+    fresh = jsoft.from_pretrained(tmp_path, task="seq_cls", num_labels=5, ignore_mismatched_sizes=True, seed=1)
+    loaded = jsoft.from_pretrained(tmp_path, task="seq_cls")
+    flat = lambda m: {".".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(m))}
+    fresh, loaded = flat(fresh), flat(loaded)
+    head = {k for k in fresh if fresh[k].shape != loaded[k].shape}
+    assert head and all("classifier" in k for k in head)
+    assert all(fresh[k].shape[-1] == 5 for k in head)
+    for k in fresh.keys() - head:
+        np.testing.assert_array_equal(fresh[k], loaded[k])
 
 
 def test_config_roundtrip_keeps_peft_fields():
