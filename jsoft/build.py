@@ -201,13 +201,25 @@ def named_seed(seed: int, name: str) -> int:
 # ============================================================================================ building
 
 
+PREFIX_SPACE_TYPES = ("gpt2",)  # byte-level BPE: run_ner loads these with add_prefix_space for word lists
+
+
 def load_tokenizer(config):
+    """The run's tokenizer. For token_cls on a byte-level BPE model (GPT-2) it adds a space before each word, as
+    transformers' run_ner does: otherwise every word is tokenized as if it began the text."""
     from transformers import AutoTokenizer
 
     path = config.model.tokenizer or config.model.name_or_path
+    kwargs = {}
+    if config.model.task == "token_cls":
+        try:
+            model_type = hub.read_config(hub.resolve(config.model.name_or_path)).get("model_type")
+        except (OSError, ValueError):
+            model_type = None  # loading the model names the problem
+        kwargs = {"add_prefix_space": True} if model_type in PREFIX_SPACE_TYPES else {}
     try:
         return AutoTokenizer.from_pretrained(str(hub.resolve(path)) if Path(str(path)).expanduser().is_dir()
-                                             else path)
+                                             else path, **kwargs)
     except Exception as e:
         raise ValueError(f"model.tokenizer: no tokenizer could be loaded from {str(path)!r} "
                          f"({type(e).__name__}: {e})") from None

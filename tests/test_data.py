@@ -309,6 +309,35 @@ def test_ner_first_piece_gets_the_tag(minilm):
     assert short.labels[0].tolist() == [-100, 1, 0, -100]
 
 
+def test_ner_words_get_a_prefix_space_with_byte_level_bpe(tmp_path):
+    """GPT-2's byte-level BPE tokenizes a word differently after a space; run_ner loads it with
+    add_prefix_space, so each word of a token_cls row is tokenized as it is inside a text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from jsoft import build
+    from tests import train_utils as tu
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([" ".join(r["tokens"]) for r in tu.ner(200)] * 3, trainers.BpeTrainer(
+        vocab_size=120, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = tmp_path / "gpt2"
+    tiny.save("gpt2", "token_cls", model, vocab_size=120)
+    transformers.GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(model)
+    config = build.default_config()
+    config.model.name_or_path, config.model.task = str(model), "token_cls"
+    tok = build.load_tokenizer(config)
+    words = ["john", "smith", "lives", "in", "paris"]
+    ds = datasets.Dataset.from_dict({"tokens": [words], "ner_tags": [[1, 2, 0, 0, 3]]})
+    enc = data.Featurizer(tok, "token_cls", max_length=32, num_labels=5)(ds)
+    plain = transformers.AutoTokenizer.from_pretrained(model)
+    assert enc.input_ids[0].tolist() == plain(" " + " ".join(words))["input_ids"]
+    assert plain(words, is_split_into_words=True)["input_ids"] != enc.input_ids[0].tolist()  # what it fixes
+    assert [t for t in enc.labels[0].tolist() if t != -100] == [1, 2, 0, 0, 3]
+    config.model.task = "seq_cls"  # text is tokenized as it is
+    assert build.load_tokenizer(config)(" ".join(words))["input_ids"] == plain(" ".join(words))["input_ids"]
+
+
 def test_ner_string_tags_and_errors(tok):
     ds = datasets.Dataset.from_dict({"tokens": [["the", "eu"], ["lamb"]], "tags": [["O", "B-ORG"], ["X"]]})
     feat = data.Featurizer(tok, "token_cls", 16, label_column="tags").fit(ds)
