@@ -47,7 +47,7 @@ Array = jax.Array
 MIN_LENGTH_BUCKET = 8
 CLASSIFY_TASKS = ("seq_cls", "token_cls")
 GENERATE_TASKS = ("causal_lm", "seq2seq_lm")
-DECODER_ONLY = ("gpt2", "llama")  # causal self-attention: every adapter can be a key/value prefix
+DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2")  # causal self-attention: every adapter can be a key/value prefix
 
 
 class UnknownAdapter(KeyError):

@@ -25,6 +25,16 @@ CONFIGS = {
         "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "rms_norm_eps": 1e-5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
         "tie_word_embeddings": False, **kw}),
+    "mistral": lambda **kw: tf.MistralConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "sliding_window": 64, "rms_norm_eps": 1e-5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+        "tie_word_embeddings": False, **kw}),
+    "qwen2": lambda **kw: tf.Qwen2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 6, "num_key_value_heads": 3, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+        "tie_word_embeddings": True, **kw}),
 }
 
 CLASSES = {
@@ -36,6 +46,8 @@ CLASSES = {
     ("llama", None): tf.LlamaModel, ("llama", "causal_lm"): tf.LlamaForCausalLM,
     ("llama", "seq_cls"): tf.LlamaForSequenceClassification,
     ("llama", "token_cls"): tf.LlamaForTokenClassification,
+    ("mistral", "causal_lm"): tf.MistralForCausalLM, ("mistral", "seq_cls"): tf.MistralForSequenceClassification,
+    ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)

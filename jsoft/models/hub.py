@@ -34,7 +34,8 @@ from jsoft.models.layers import Precision
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
-                 "mt5": "jsoft.models.t5", "llama": "jsoft.models.llama"}
+                 "mt5": "jsoft.models.t5", "llama": "jsoft.models.llama", "mistral": "jsoft.models.llama",
+                 "qwen2": "jsoft.models.llama"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}

@@ -1,4 +1,6 @@
-"""Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP).
+"""Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP), and the two
+checkpoint families that are Llama with other defaults: Mistral (a sliding attention window) and Qwen2
+(biases on the query, key and value projections; optional sliding window).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -33,6 +35,7 @@ from jsoft.models.layers import (
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
+MODEL_TYPES = ("llama", "mistral", "qwen2")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3")
 HEAD_NAMES = {"seq_cls": "score", "token_cls": "score"}  # attribute (and HF module) of each head
@@ -50,8 +53,10 @@ class Config(TransformerConfig):
     rope_low_freq_factor: float = 1.0  # llama3
     rope_high_freq_factor: float = 4.0  # llama3
     rope_original_max_positions: int = 8192  # llama3
-    attention_bias: bool = False
+    attention_bias: bool = False  # q_proj, k_proj, v_proj
+    attention_out_bias: bool = False  # o_proj (Llama: = attention_bias; Qwen2: none)
     mlp_bias: bool = False
+    sliding_window: int | None = None  # keys a query may see (Mistral, Qwen2); longer inputs are refused
     attn_dropout: float = 0.0
     tie_word_embeddings: bool = False
     classifier_dropout: float = 0.1
@@ -60,9 +65,14 @@ class Config(TransformerConfig):
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         d, h = hf["hidden_size"], hf["num_attention_heads"]
+        model_type = hf.get("model_type", "llama")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
         rope = _rope_from_hf(hf)
+        qwen2 = model_type == "qwen2"
+        qkv_bias = qwen2 or bool(hf.get("attention_bias", False))
         return cls(
-            model_type="llama", vocab_size=hf["vocab_size"], hidden_size=d,
+            model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
             num_layers=hf["num_hidden_layers"], num_heads=h,
             num_kv_heads=hf.get("num_key_value_heads") or h, head_dim=hf.get("head_dim") or d // h,
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
@@ -75,12 +85,27 @@ class Config(TransformerConfig):
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             rope_original_max_positions=int(rope.get("original_max_position_embeddings")
                                             or hf.get("max_position_embeddings", 2048)),
-            attention_bias=bool(hf.get("attention_bias", False)), mlp_bias=bool(hf.get("mlp_bias", False)),
+            attention_bias=qkv_bias, attention_out_bias=qkv_bias and not qwen2,
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            sliding_window=_sliding_window(hf),
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
         )
+
+
+def _sliding_window(hf: dict) -> int | None:
+    """The attention window, where a layer uses one: every Mistral layer when `sliding_window` is set; Qwen2's
+    layers marked "sliding_attention" (transformers 5 `layer_types`) or, in older configs, with
+    `use_sliding_window`."""
+    window = hf.get("sliding_window")
+    if hf.get("model_type") == "qwen2":
+        sliding = "sliding_attention" in (hf.get("layer_types") or []) or (
+            not hf.get("layer_types") and hf.get("use_sliding_window")
+            and hf.get("max_window_layers", hf["num_hidden_layers"]) < hf["num_hidden_layers"])
+        return window if sliding else None
+    return window if hf.get("model_type") == "mistral" else None
 
 
 def _rope_from_hf(hf: dict) -> dict:
@@ -143,7 +168,7 @@ class Attention(nnx.Module):
         self.q_proj = dense(d, q_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
         self.k_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
         self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
-        self.o_proj = dense(q_width, d, ("joined_kv", "embed"), p, bias=c.attention_bias, rngs=rngs)
+        self.o_proj = dense(q_width, d, ("joined_kv", "embed"), p, bias=c.attention_out_bias, rngs=rngs)
 
     def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         q = apply_rope(split_heads(self.q_proj(x), self.c.num_heads), *cos_sin)
@@ -201,6 +226,11 @@ class LlamaModel(nnx.Module):
         x = inputs_embeds.astype(self.dtype)
         cos_sin = rope_cos_sin(self.c, position_ids, self.dtype)
         S = T if cache is None else cache.slots
+        keys = S + (0 if prefix_kv is None else prefix_kv.shape[3])
+        if self.c.sliding_window is not None and keys > self.c.sliding_window:
+            raise ValueError(f"{keys} key positions (virtual tokens, then the input or the decoding cache) exceed "
+                             f"the sliding_window={self.c.sliding_window} of this {self.c.model_type} model's "
+                             "config.json; jsoft does not implement the window: keep inputs within it")
         mask = attention_mask_4d(attention_mask, T, S, causal=True,
                                  q_offset=0 if cache is None else cache.index)
         layer_caches = []

@@ -112,3 +112,23 @@ def test_prefix_matches_transformers_cache_and_peft(tiny_dir, side):
     keep = mask.astype(bool)
     np.testing.assert_allclose(got[keep], ref[keep], atol=1e-4, rtol=0)
     np.testing.assert_allclose(got[keep], ref_peft[keep], atol=1e-4, rtol=0)
+
+
+def test_mistral_and_qwen2_windows_and_biases(tiny_dir):
+    """Mistral and Qwen2 load as Llama with their own defaults: Qwen2 has query/key/value biases and no output
+    bias; a sliding window is refused, naming it, once the keys outgrow it (logits: tests/models/test_parity.py)."""
+    qwen = jsoft.from_pretrained(tiny_dir("qwen2", "causal_lm"), task="causal_lm")
+    attn = qwen.model.layers[0].self_attn
+    assert attn.q_proj.bias is not None and attn.v_proj.bias is not None and attn.o_proj.bias is None
+    assert qwen.config.sliding_window is None and qwen.config.model_type == "qwen2"
+    windowed = tiny.CONFIGS["qwen2"](use_sliding_window=True, sliding_window=8, max_window_layers=1).to_dict()
+    assert llama.Config.from_hf(windowed).sliding_window == 8
+    assert llama.Config.from_hf(tiny.CONFIGS["qwen2"](sliding_window=8).to_dict()).sliding_window is None
+    mistral = jsoft.from_pretrained(tiny_dir("mistral", "seq_cls"), task="seq_cls", num_labels=3)
+    assert mistral.config.sliding_window == 64
+    mistral(input_ids=np.ones((1, 64), np.int32))  # 64 keys fit the window
+    with pytest.raises(ValueError, match="65 key positions .* exceed the sliding_window=64 of this mistral model"):
+        mistral(input_ids=np.ones((1, 65), np.int32))
+    pm = jsoft.get_peft_model(mistral, jsoft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4))
+    with pytest.raises(ValueError, match="65 key positions"):  # the prefix takes 4 of them
+        pm(input_ids=np.ones((1, 61), np.int32))

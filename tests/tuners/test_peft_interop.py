@@ -11,13 +11,8 @@ from tests.tuners import peft_ref
 CASES = [(kind, task, method) for kind, task in peft_ref.MATRIX for method in peft_ref.METHODS]
 
 
-def _skip_unavailable(kind):
-    pytest.importorskip(f"jsoft.models.{kind}")
-
-
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
 def test_jsoft_adapter_loads_in_peft(tiny_dir, tmp_path, kind, task, method):
-    _skip_unavailable(kind)
     model_dir = tiny_dir(kind, task)
     config, _ = peft_ref.configs(method, task)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
@@ -30,7 +25,6 @@ def test_jsoft_adapter_loads_in_peft(tiny_dir, tmp_path, kind, task, method):
 
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
 def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
-    _skip_unavailable(kind)
     model_dir = tiny_dir(kind, task)
     jconfig, pconfig = peft_ref.configs(method, task)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
@@ -47,7 +41,6 @@ def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
 
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
 def test_trainable_parameter_counts_match_peft(tiny_dir, kind, task, method):
-    _skip_unavailable(kind)
     model_dir = tiny_dir(kind, task)
     jconfig, pconfig = peft_ref.configs(method, task)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
@@ -112,7 +105,6 @@ def test_loss_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, over
 def _assert_loss_matches_peft(model_dir, tmp_path, kind, task, method):
     import torch
 
-    _skip_unavailable(kind)
     config, _ = peft_ref.configs(method, task)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
     pm.save_pretrained(tmp_path / "adapter")
