@@ -46,6 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
         tokenizer=None,  # default: name_or_path
         random_init=False,  # a randomly initialised backbone of the same architecture (a baseline)
         ignore_mismatched_sizes=False,  # initialise checkpoint weights of another shape (a head for other labels)
+        problem_type=None,  # seq_cls: regression | single_label_classification | multi_label_classification;
+        # default: what the labels make it (floats: regression; lists: multi-label); the run records it
     )
     c.peft = ml_collections.ConfigDict()  # PEFT's field names: peft_type, num_virtual_tokens, ...
     c.data = dict(
@@ -150,6 +152,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"train.optimizer={t.optimizer!r} is not valid; choose one of {list(optim.OPTIMIZERS)}")
     if t.schedule not in optim.SCHEDULES:
         raise ValueError(f"train.schedule={t.schedule!r} is not valid; choose one of {list(optim.SCHEDULES)}")
+    if m.problem_type is not None and (m.task != "seq_cls" or m.problem_type not in hub.PROBLEM_TYPES):
+        raise ValueError(f"model.problem_type={m.problem_type!r} is not valid"
+                         + (f" for model.task={m.task!r} (only seq_cls has one)" if m.task != "seq_cls" else
+                            f"; choose one of {[p for p in hub.PROBLEM_TYPES if p]}"))
     hub.as_dtype(m.dtype, "model.dtype")
     hub.as_dtype(m.param_dtype, "model.param_dtype")
     sharding.mesh_shape(config.mesh, len(jax.devices()))
@@ -268,7 +274,8 @@ def build_model(config, tokenizer, feat: data.Featurizer) -> jsoft.PeftModel:
     else:
         model = jsoft.from_pretrained(m.name_or_path, task=m.task, num_labels=n, dtype=m.dtype,
                                       param_dtype=m.param_dtype, seed=named_seed(seed, "head"),
-                                      ignore_mismatched_sizes=m.ignore_mismatched_sizes)
+                                      ignore_mismatched_sizes=m.ignore_mismatched_sizes,
+                                      **({"problem_type": m.problem_type} if m.problem_type else {}))
     pm = jsoft.get_peft_model(model, peft_config(config, getattr(tokenizer, "name_or_path", None)),
                               seed=named_seed(seed, "params"), tokenizer=tokenizer)
     check_positions(config, pm)

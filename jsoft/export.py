@@ -3,6 +3,7 @@
 Rebuilds the run from `DIR/config.json`, restores the trainable state of a checkpoint (the latest by
 default) and writes it as a Hugging Face PEFT adapter, or in jsoft's format when the config uses a
 paper-only option PEFT cannot load (`--format jsoft` forces it, keeping encoders for further training).
+A classification adapter also gets `jsoft_labels.json`: its label names and problem type, for the server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 from flax import nnx
 
 import jsoft
-from jsoft import build, metrics, optim, sharding, train
+from jsoft import build, interop, metrics, optim, sharding, train
 from jsoft.checkpoint import Checkpointer
 
 log = logging.getLogger("jsoft.export")
@@ -53,7 +54,12 @@ def export(workdir, out, step: int | None = None, best: bool = False, format: st
         ckpt.close()
     state = train.from_saveable(saved, abstract)
     nnx.update(pm, state["params"])
-    written = pm.save_pretrained(out, format=format)
+    labels = None
+    if config.model.task in ("seq_cls", "token_cls"):
+        names = config.data.label_names
+        labels = {"id2label": {str(i): str(n) for i, n in enumerate(names)} if names else {},
+                  "problem_type": config.model.problem_type}
+    written = interop.save_adapter(pm, out, format=format, labels=labels)
     log.info("wrote a %s adapter from step %d of %s to %s", written, meta["step"], workdir, out)
     return {"step": int(meta["step"]), "format": written, "out": str(out)}
 

@@ -2,7 +2,9 @@
 
 PEFT format (shared/reference/peft-adapter-format.md): `adapter_config.json` +
 `adapter_model.safetensors` holding `prompt_embeddings` (the prompt, the P-Tuning encoder's
-output, or the projected prefix) and the head as `base_model.<head>.weight|bias`.
+output, or the projected prefix) and the head as `base_model.<head>.weight|bias`. An adapter that
+`jsoft.export` writes for classification also has `jsoft_labels.json` (label names, problem type),
+which the multi-task server reads and PEFT ignores.
 
 jsoft format: the same config (with jsoft-only fields) + `jsoft_adapter.safetensors` holding every
 trainable leaf by path, so encoders (LSTM/MLP, prefix MLP) resume training exactly; it also
@@ -14,6 +16,7 @@ so an interrupted save never leaves a half-written adapter where a good one was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,12 +28,13 @@ import numpy as np
 from flax import nnx
 
 from jsoft.tuners.config import CONFIG_NAME, PromptLearningConfig
-from jsoft.tuners.peft_model import Adapter, PeftModel, prepare_config
+from jsoft.tuners.peft_model import Adapter, Head, PeftModel, prepare_config
 from jsoft.tuners.variables import Trainable, trainable
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_WEIGHTS_BIN = "adapter_model.bin"
 JSOFT_WEIGHTS = "jsoft_adapter.safetensors"
+LABELS = "jsoft_labels.json"  # a classification adapter's label names and problem type (PEFT ignores the file)
 FORMATS = ("peft", "jsoft")
 
 
@@ -47,7 +51,7 @@ def _commit_dir(tmp: Path, target: Path) -> None:
     for f in tmp.iterdir():
         os.replace(f, target / f.name)
         written.add(f.name)
-    for stale in (PEFT_WEIGHTS, PEFT_WEIGHTS_BIN, JSOFT_WEIGHTS):
+    for stale in (PEFT_WEIGHTS, PEFT_WEIGHTS_BIN, JSOFT_WEIGHTS, LABELS):
         if stale not in written and (target / stale).exists():
             (target / stale).unlink()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -78,8 +82,9 @@ def peft_tensors(adapter: Adapter, head_name: str | None) -> dict[str, np.ndarra
 
 
 def save_adapter(pm: PeftModel, directory: str | os.PathLike, adapter_name: str | None = None,
-                 format: str | None = None) -> str:
-    """Write one adapter; returns the format used. format=None: PEFT's when PEFT can hold it."""
+                 format: str | None = None, labels: dict | None = None) -> str:
+    """Write one adapter; returns the format used. format=None: PEFT's when PEFT can hold it. `labels`
+    ({"id2label": {id: name}, "problem_type": ...}) goes to jsoft_labels.json, for the server."""
     name = adapter_name or pm.active_adapter
     pm._check_names([name])
     adapter = pm.adapters[name]
@@ -95,14 +100,14 @@ def save_adapter(pm: PeftModel, directory: str | os.PathLike, adapter_name: str 
     tmp = _atomic_dir(target)
     try:
         config.save_pretrained(tmp)
+        if labels is not None:
+            (tmp / LABELS).write_text(json.dumps(labels, indent=2, sort_keys=True))
         if format == "peft":
             _save_safetensors(peft_tensors(adapter, pm.base_model.head_name), tmp / PEFT_WEIGHTS)
         else:
             flat = nnx.to_flat_state(nnx.state(adapter, Trainable))
             _save_safetensors({".".join(map(str, p)): np.asarray(v.get_value(), np.float32) for p, v in flat},
                               tmp / JSOFT_WEIGHTS)
-            import json
-
             d = json.loads((tmp / CONFIG_NAME).read_text())
             d.update(config.to_dict(), jsoft_format=1, inference_mode=config.inference_mode)
             d.pop("jsoft_prompt_tuning_init", None)
@@ -124,9 +129,11 @@ def _jsoft_only_reason(config) -> str:
     return "jsoft-only options"
 
 
-def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None) -> Adapter:
+def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None, any_num_labels: bool = False
+                  ) -> Adapter:
     """Read an adapter directory (PEFT's or jsoft's) into a complete Adapter for pm's model,
-    checking every shape; nothing is attached to pm here."""
+    checking every shape; nothing is attached to pm here. `any_num_labels`: the head may have its own
+    number of labels (PeftModel.load_adapter)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"adapter directory {str(directory)!r} does not exist")
@@ -136,6 +143,8 @@ def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None) -
         config = prepare_config(config, model)
         adapter = Adapter(config, model, jax.random.key(0), tokenizer=_NoTokenizer())
         tensors = _load_safetensors(directory / JSOFT_WEIGHTS)
+        if any_num_labels and adapter.head is not None and "head.kernel" in tensors:
+            adapter.head = _own_head(adapter.head, tensors["head.kernel"], tensors.get("head.bias"), "head", directory)
         flat = list(nnx.to_flat_state(nnx.state(adapter, Trainable)))
         expected = {".".join(map(str, p)) for p, _ in flat}
         if set(tensors) != expected:
@@ -163,6 +172,9 @@ def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None) -
         if w is None:
             raise ValueError(f"{directory} has no trained head 'base_model.{head}.weight' for task "
                              f"{config.task_type.value}")
+        if any_num_labels:
+            b = tensors.get(f"base_model.{head}.bias")
+            adapter.head = _own_head(adapter.head, w.T, b, f"base_model.{head}", directory)
         _check_shape(w.T, adapter.head.kernel.shape, f"base_model.{head}.weight (transposed)", directory)
         adapter.head.kernel = trainable(jnp.asarray(w.T, jnp.float32))
         if adapter.head.bias is not None:
@@ -172,6 +184,47 @@ def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None) -
             _check_shape(b, adapter.head.bias.shape, f"base_model.{head}.bias", directory)
             adapter.head.bias = trainable(jnp.asarray(b, jnp.float32))
     return adapter
+
+
+def _own_head(like: Head, kernel: np.ndarray, bias: np.ndarray | None, name: str, directory: Path) -> Head:
+    """The adapter's head for its own number of labels: its input width and its bias (or none) as `like`'s."""
+    D = like.kernel.shape[0]
+    if kernel.ndim != 2 or kernel.shape[0] != D:
+        raise ValueError(f"the head {name} in {directory} takes inputs of width {kernel.shape[:1]}, but this base "
+                         f"model's hidden size is {D}: the adapter was made for another base model")
+    if (bias is None) != (like.bias is None):
+        raise ValueError(f"the head {name} in {directory} {'lacks' if bias is None else 'has'} a bias, unlike "
+                         "this base model's head: the adapter was made for another base model")
+    return Head(kernel, bias)
+
+
+def head_num_labels(directory: str | os.PathLike, head_name: str) -> int | None:
+    """The number of labels of the head an adapter directory holds (read from the safetensors header: no
+    weights are loaded); None without one (or in a .bin file)."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    for file, key, axis in ((JSOFT_WEIGHTS, "head.kernel", 1), (PEFT_WEIGHTS, f"base_model.{head_name}.weight", 0)):
+        if (directory / file).is_file():
+            try:
+                with safe_open(str(directory / file), "np") as f:
+                    return f.get_slice(key).get_shape()[axis] if key in f.keys() else None
+            except Exception:  # a corrupt file is reported when the adapter loads
+                return None
+    return None
+
+
+def read_labels(directory: str | os.PathLike) -> dict:
+    """What jsoft_labels.json says ({"id2label": {int: name}, "problem_type": ...}); {} without the file."""
+    f = Path(directory) / LABELS
+    if not f.is_file():
+        return {}
+    try:
+        d = json.loads(f.read_text())
+        return {"id2label": {int(k): str(v) for k, v in (d.get("id2label") or {}).items()},
+                "problem_type": d.get("problem_type")}
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{f} is not a valid labels file ({type(e).__name__}: {e})") from None
 
 
 def _check_shape(arr, want, name, directory):

@@ -11,7 +11,9 @@ section 1) and written into a fixed-size slot of a table that holds every regist
     (`n_embeds [S]` valid rows each) and are packed in front of each row's tokens, so a row's
     first virtual token sits at index 0 (BERT pools there) and its tokens follow without a gap;
     prefixes go to `prefix_kv` as above (T5: the decoder layers PEFT maps them to);
-  * classification heads go to `head_kernel [S, D, C]` / `head_bias [S, C]`.
+  * classification heads go to `head_kernel [S, D, C]` / `head_bias [S, C]`, C the most labels of any
+    adapter: each adapter may classify into its own label set (`jsoft_labels.json` names them and says
+    whether it is single-label, multi-label or regression), and its rows read their first C_a logits.
 
 A batch passes one slot index per row as data, and batch sizes are bucketed to powers of two,
 lengths to powers of two and 1.5 x powers of two (`length_bucket`), so the compiled programs are
@@ -35,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from jsoft import generate as gen
+from jsoft import interop
 from jsoft.models import from_pretrained
 from jsoft.models.base import compute_dtype, token_ids
 from jsoft.models.hub import resolve
@@ -101,12 +104,40 @@ class Sampling:
     top_p: float = 1.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """An adapter's label names and what its outputs mean."""
+
+    names: list[str]
+    problem_type: str  # single_label_classification | multi_label_classification | regression
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Logits `[..., C]` -> probabilities (softmax; sigmoids for multi-label), or the values (regression)."""
+        logits = np.asarray(logits, np.float64)
+        if self.problem_type == "regression":
+            return logits.astype(np.float32)
+        if self.problem_type == "multi_label_classification":
+            return (1 / (1 + np.exp(-logits))).astype(np.float32)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+    def predicted(self, scores: np.ndarray):
+        """A row's answer: the top label's name; the names above 0.5 (multi-label); the value (regression)."""
+        if self.problem_type == "regression":
+            return float(scores[0]) if scores.size == 1 else [float(v) for v in scores]
+        if self.problem_type == "multi_label_classification":
+            return [self.names[i] for i in np.flatnonzero(scores > 0.5)]
+        return self.names[int(np.argmax(scores))]
+
+
 @dataclasses.dataclass
 class _Registered:
     slot: int
     path: Path
     config: PromptLearningConfig | None
     error: str | None = None  # why it cannot be loaded (set at registration or on the first load)
+    num_labels: int | None = None  # its head's (classification), from the weights file's header
+    labels: Labels | None = None  # classification: set when it loads
     loaded: bool = False
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -146,6 +177,9 @@ class MultiTaskModel:
         hf = json.loads((model_dir / "config.json").read_text())
         self.max_positions = getattr(mc, "max_positions", None) or _sane(self.tokenizer.model_max_length) or 512
         self.id2label = {int(k): v for k, v in (hf.get("id2label") or {}).items()}
+        self.head_name = getattr(self.base, "head_name", None)
+        for a in self._adapters.values():
+            a.num_labels = interop.head_num_labels(a.path, self.head_name) if self.head_name else None
         self._lock = threading.Lock()
         self._tables = self._empty_tables()
         self._graphdef, self._state = nnx.split(self.base)
@@ -222,13 +256,13 @@ class MultiTaskModel:
         if Ve:
             kw["embeds"] = jnp.zeros((S, Ve, mc.hidden_size), jnp.float32)
             kw["n_embeds"] = jnp.zeros((S,), jnp.int32)
-        head_name = getattr(self.base, "head_name", None)
-        if head_name:
-            head = getattr(self.base, head_name)
-            kernel = head.kernel[...]
-            kw["head_kernel"] = jnp.zeros((S, *kernel.shape), jnp.float32)
+        if self.head_name:
+            head = getattr(self.base, self.head_name)
+            D, C = head.kernel.shape
+            C = max([C] + [a.num_labels for a in self._adapters.values() if a.num_labels])
+            kw["head_kernel"] = jnp.zeros((S, D, C), jnp.float32)
             if getattr(head, "bias", None) is not None:
-                kw["head_bias"] = jnp.zeros((S, kernel.shape[1]), jnp.float32)
+                kw["head_bias"] = jnp.zeros((S, C), jnp.float32)
         return Tables(**kw)
 
     def _load(self, name: str, a: _Registered) -> None:
@@ -239,7 +273,7 @@ class MultiTaskModel:
             raise ValueError("prefix_targets='all' adapters are not supported by the server")
         with self._lock:  # PeftModel.adapters is not safe to grow from two threads
             if name not in self.pm.adapters:
-                self.pm.load_adapter(a.path, name)
+                self.pm.load_adapter(a.path, name, any_num_labels=True)
         adapter = self.pm.adapters[name]
         V = adapter.config.num_virtual_tokens
         if V != config.num_virtual_tokens:
@@ -269,9 +303,15 @@ class MultiTaskModel:
                 t = t.replace(embeds=t.embeds.at[s].set(0).at[s, :V].set(updates["embeds"].astype(jnp.float32)),
                               n_embeds=t.n_embeds.at[s].set(V))
             if head is not None:
-                t = t.replace(head_kernel=t.head_kernel.at[s].set(head.kernel[...]))
+                C = head.num_labels
+                if C > t.head_kernel.shape[2]:
+                    raise ValueError(f"its head has {C} labels, more than the {t.head_kernel.shape[2]} the server "
+                                     "sized its tables for at start (adapter weights in a .bin file?); restart it")
+                t = t.replace(head_kernel=t.head_kernel.at[s].set(0).at[s, :, :C].set(head.kernel[...]))
                 if t.head_bias is not None:
-                    t = t.replace(head_bias=t.head_bias.at[s].set(head.bias[...]))
+                    t = t.replace(head_bias=t.head_bias.at[s].set(0).at[s, :C].set(head.bias[...]))
+                a.num_labels = C
+                a.labels = self._labels_of(a)
             self._tables = t
 
     # ------------------------------------------------------------------ batches
@@ -310,17 +350,36 @@ class MultiTaskModel:
             hist[B] = hist.get(B, 0) + 1
         return arr, mask, slots
 
+    def labels(self, name: str) -> Labels:
+        """How to read a loaded classification adapter's outputs."""
+        return self._adapters[name].labels
+
+    def _labels_of(self, a: _Registered) -> Labels:
+        """The adapter's `jsoft_labels.json`, else the base model's label names when the label counts agree, and
+        regression for one output."""
+        saved = interop.read_labels(a.path)
+        n = a.num_labels
+        id2label = saved.get("id2label") or (self.id2label if len(self.id2label) == n else {})
+        problem = saved.get("problem_type") or ("regression" if n == 1 and self.task == "seq_cls"
+                                                else "single_label_classification")
+        return Labels([id2label.get(i, str(i)) for i in range(n)], problem)
+
     def classify(self, names: Sequence[str], ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Class probabilities per row: `[C]` (seq_cls) or `[tokens, C]` (token_cls)."""
+        """Per row, over the adapter's own labels: class probabilities `[C]` (seq_cls: softmax; sigmoids for
+        multi-label; the predicted value `[1]` for regression) or `[tokens, C]` (token_cls)."""
         if self.task not in CLASSIFY_TASKS:
             raise ValueError(f"classify needs a seq_cls or token_cls model, not task={self.task!r}")
         arr, mask, slots = self._batch(names, ids, left=self.decoder_only)
         self.shapes.add(("classify", *arr.shape))
-        probs = np.asarray(self._forward(self._state, self._tables, arr, mask, slots))
-        if self.task == "seq_cls":
-            return list(probs[:len(ids)])
+        logits = np.asarray(self._forward(self._state, self._tables, arr, mask, slots))
         T = arr.shape[1]
-        return [probs[b, T - len(x):] if self.decoder_only else probs[b, :len(x)] for b, x in enumerate(ids)]
+        out = []
+        for b, (name, x) in enumerate(zip(names, ids)):
+            row = logits[b] if self.task == "seq_cls" else logits[b, T - len(x):] if self.decoder_only \
+                else logits[b, :len(x)]
+            a = self._adapters[name]
+            out.append(a.labels.scores(row[..., :a.num_labels]))
+        return out
 
     def generate(self, names: Sequence[str], ids: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
                  sampling: Sampling = Sampling(), seeds: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
@@ -405,7 +464,7 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
     if decoder_only:
         out = base(input_ids=ids, attention_mask=mask, position_ids=_left_positions(mask, n_prefix),
                    head=_head(t, slots), **prefix)
-        return jax.nn.softmax(out.logits.astype(jnp.float32), -1)
+        return out.logits.astype(jnp.float32)
     embeds, full_mask, n = _packed(base, t, ids, mask, slots)
     W = embeds.shape[1]
     positions = jnp.minimum(jnp.arange(W, dtype=jnp.int32)[None] + n_prefix[:, None], base.config.max_positions - 1)
@@ -415,7 +474,7 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
     if logits.ndim == 3:  # token_cls: each row's tokens start after its n virtual tokens
         idx = n[:, None] + jnp.arange(ids.shape[1])[None]
         logits = jnp.take_along_axis(logits, jnp.minimum(idx, W - 1)[..., None], 1)
-    return jax.nn.softmax(logits, -1)
+    return logits
 
 
 def _decoding(N: int, s: Sampling, eos: tuple[int, ...], pad: int) -> tuple[gen.GenerationConfig, dict]:

@@ -12,7 +12,9 @@ loaded on first use. Endpoints:
     GET  /stats     model calls, rows, compiled programs (batching at work)
     POST /generate  {"adapter", "prompt" | "prompts", "max_new_tokens", "temperature", "top_k", "top_p",
                      "seed", "do_sample"} -> {"completions", "token_ids", "finish_reasons"}
-    POST /classify  {"adapter", "text" | "texts"} -> {"labels", "probabilities"}
+    POST /classify  {"adapter", "text" | "texts"} -> {"labels", "probabilities"} over the adapter's own labels
+                    (names from its jsoft_labels.json, else the model's); multi-label: the labels above 0.5
+                    and sigmoids; regression: {"scores"}
 
 Requests for different adapters are batched together: a queue collects rows for up to
 --batch-wait-ms or --max-batch-size rows, takes the rows that can share one model call (same
@@ -318,13 +320,15 @@ def create_app(model: MultiTaskModel, *, max_batch_size: int = 16, batch_wait_ms
     async def classify(r: ClassifyRequest):
         texts = _one_of(r.text, r.texts, ("text", "texts"))
         ids = await prepare(r.adapter, texts, "classify")
-        probs = await batched(("classify",), [(r.adapter, x) for x in ids])
-        label = lambda i: model.id2label.get(int(i), str(int(i)))
+        scores = await batched(("classify",), [(r.adapter, x) for x in ids])
+        labels = model.labels(r.adapter)
+        if model.task == "seq_cls" and labels.problem_type == "regression":
+            return {"scores": [labels.predicted(p) for p in scores]}
         if model.task == "seq_cls":
-            return {"labels": [label(p.argmax()) for p in probs], "probabilities": [p.tolist() for p in probs]}
-        return {"labels": [[label(i) for i in p.argmax(-1)] for p in probs],
+            return {"labels": [labels.predicted(p) for p in scores], "probabilities": [p.tolist() for p in scores]}
+        return {"labels": [[labels.predicted(t) for t in p] for p in scores],
                 "tokens": [model.tokenizer.convert_ids_to_tokens(x) for x in ids],
-                "probabilities": [p.tolist() for p in probs]}
+                "probabilities": [p.tolist() for p in scores]}
 
     return app
 

@@ -337,6 +337,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         id2label = None
 
     multi_label = task == "seq_cls" and train_enc.labels.ndim == 2  # a label column of lists
+    problem_type = None
+    if task == "seq_cls":
+        problem_type = ("regression" if num_labels == 1 else "multi_label_classification" if multi_label
+                        else "single_label_classification")
+        if config.model.problem_type not in (None, problem_type):
+            raise ValueError(f"model.problem_type={config.model.problem_type!r}, but the labels of data.train make "
+                             f"it {problem_type!r} (floats or num_labels=1: regression; lists: multi-label)")
     best_metric = t.best_metric or {"seq_cls": "mse" if num_labels == 1 else "micro_f1" if multi_label else "accuracy",
                                     "token_cls": "f1" if id2label is not None else "accuracy"}.get(
         task, "accuracy" if verbalizer_ids is not None else "loss")
@@ -345,6 +352,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     with config.unlocked():
         config.train.best_metric = best_metric
         config.model.num_labels = num_labels if task in ("seq_cls", "token_cls") else config.model.num_labels
+        config.model.problem_type = problem_type
         if id2label is not None and config.data.label_names is None and task in ("seq_cls", "token_cls"):
             config.data.label_names = [id2label[i] for i in range(len(id2label))]
     if primary:

@@ -157,6 +157,8 @@ def test_multi_label_training_gives_the_same_metrics_in_peft(tiny_dir, tmp_path)
     assert summary["best_metric"] == "micro_f1" and build.load_config(tmp_path / "wd").model.num_labels == 3
     assert build.load_config(tmp_path / "wd").data.label_names == ["long", "negative", "positive"]
     export.export(tmp_path / "wd", tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter/jsoft_labels.json").read_text()) == {  # for the server
+        "id2label": {"0": "long", "1": "negative", "2": "positive"}, "problem_type": "multi_label_classification"}
     ref = _peft_model("bert", "seq_cls", model, tmp_path / "adapter")
     _, batches = _eval_batches(tmp_path / "wd")
     tp = fp = fn = exact = total = nll = 0.0
@@ -199,6 +201,8 @@ def test_regression_training_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
     summary = train.train(c, tmp_path / "wd")
     assert summary["best_metric"] == "mse" and build.load_config(tmp_path / "wd").model.num_labels == 1
     export.export(tmp_path / "wd", tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter/jsoft_labels.json").read_text()) == {"id2label": {},
+                                                                                "problem_type": "regression"}
     ref = _peft_model("bert", "seq_cls", model, tmp_path / "adapter")
     _, batches = _eval_batches(tmp_path / "wd")
     preds, targets = [], []

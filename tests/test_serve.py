@@ -246,6 +246,59 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(gpt, bert):
         assert r.status_code == 413 and r.json()["max_input_tokens"] == bert[0].max_positions - 3
 
 
+def test_adapters_with_their_own_labels_share_a_batch(tmp_path):
+    """One BERT with a 3-label head serves adapters trained for 3, 2, 4 (multi-label) and 1 (regression)
+    outputs in one mixed batch: each row equals PeftModel with that adapter's own head, read by its
+    jsoft_labels.json (softmax, sigmoids, the value) or, without one, by the model's label names."""
+    from jsoft import interop
+    from jsoft.tuners.peft_model import Head
+
+    tiny.save("bert", "seq_cls", tmp_path / "m", num_labels=3, id2label=LABELS)
+    tiny.tokenizer("bert").save_pretrained(tmp_path / "m")
+    base = jsoft.from_pretrained(tmp_path / "m", task="seq_cls")
+    rng = np.random.default_rng(0)
+    specs = {  # name: (config, labels, jsoft_labels.json)
+        "three": (jsoft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3), 3, None),
+        "two": (jsoft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4), 2,
+                {"id2label": {"0": "no", "1": "yes"}, "problem_type": "single_label_classification"}),
+        "tags": (jsoft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5), 4,
+                 {"id2label": {str(i): c for i, c in enumerate("abcd")}, "problem_type": "multi_label_classification"}),
+        "score": (jsoft.PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=4, encoder_hidden_size=16), 1,
+                  None),
+    }
+    for i, (name, (config, n, labels)) in enumerate(specs.items()):
+        pm = jsoft.get_peft_model(base, config, seed=i)
+        if n != 3:
+            pm.adapters["default"].head = Head(rng.normal(0, 2, (40, n)), rng.normal(0, 1, n))
+        interop.save_adapter(pm, tmp_path / "ad" / name, labels=labels)
+    model = MultiTaskModel(tmp_path / "m", tmp_path / "ad")
+    ref = jsoft.PeftModel(base, None)
+    with pytest.raises(ValueError, match=r"base_model.classifier.weight .* has shape \(40, 2\) but .* needs \(40, 3\)"):
+        ref.load_adapter(tmp_path / "ad" / "two", "two")  # as PEFT: a head for other labels is refused by default
+    for name in specs:
+        model.ensure_loaded(name)
+        ref.load_adapter(tmp_path / "ad" / name, name, any_num_labels=True)
+    with pytest.raises(ValueError, match="heads for different numbers of labels"):
+        ref(input_ids=np.ones((2, 4), np.int32), adapter_names=["two", "three"])
+    rows = [(n, t) for t in TEXTS[:2] for n in specs]
+    ids = [model.tokenizer(t)["input_ids"] for _, t in rows]
+    got = model.classify([n for n, _ in rows], ids)
+    for (name, _), x, g in zip(rows, ids, got):
+        logits = np.asarray(ref(input_ids=np.asarray([x]), adapter_names=[name]).logits)[0]
+        want = {"tags": 1 / (1 + np.exp(-logits)), "score": logits}.get(name, np.exp(logits) / np.exp(logits).sum())
+        assert g.shape == (specs[name][1],)
+        np.testing.assert_allclose(g, want, atol=1e-5, rtol=0)
+    assert model.labels("three").names == list(LABELS.values()) and model.labels("two").names == ["no", "yes"]
+    assert model.labels("score").problem_type == "regression"
+    with TestClient(create_app(model)) as c:
+        two = c.post("/classify", json={"adapter": "two", "texts": TEXTS}).json()
+        assert set(two["labels"]) <= {"no", "yes"} and np.asarray(two["probabilities"]).shape == (4, 2)
+        tags = c.post("/classify", json={"adapter": "tags", "text": TEXTS[0]}).json()
+        assert tags["labels"] == [[c for c, p in zip("abcd", tags["probabilities"][0]) if p > 0.5]]
+        score = c.post("/classify", json={"adapter": "score", "texts": TEXTS[:2]}).json()
+        assert set(score) == {"scores"} and np.allclose(score["scores"], [float(g[0]) for g in got[3::4]], atol=1e-5)
+
+
 @pytest.mark.parametrize("kind,task,post", [("t5", "seq2seq_lm", "t5"), ("gpt2", "seq_cls", "gpt"),
                                             ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):

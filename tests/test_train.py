@@ -86,6 +86,8 @@ def test_peft_errors_name_the_field(bert, files, peft, match):
     (dict(model=dict(dtype="float8")), r"model\.dtype='float8'"),
     (dict(mesh=dict(data=3)), r"mesh=.* needs 3 devices"),
     (dict(train=dict(remat=True, remat_policy="dots")), r"train\.remat_policy='dots' is not valid"),
+    (dict(model=dict(problem_type="multi_label")), r"model\.problem_type='multi_label' is not valid; .*regression"),
+    (dict(model=dict(task="token_cls", problem_type="regression")), r"only seq_cls has one"),
 ])
 def test_config_value_errors(bert, files, sections, match):
     with pytest.raises(ValueError, match=match):
@@ -105,6 +107,8 @@ def _no_model(monkeypatch):
     ("empty_text", r"data\.train row 2: column 'text' is empty"),
     ("too_small", r"train\.batch_size=8 is larger than the training set \(5 rows\)"),
     ("eval_label", r"data\.eval row 1: label -1 is outside"),
+    ("problem_type", r"model\.problem_type='multi_label_classification', but the labels of data\.train make it "
+                     r"'single_label_classification'"),
 ])
 def test_data_errors_before_training(bert, tmp_path, monkeypatch, case, match):
     rows = tu.sentiment(16)
@@ -117,6 +121,8 @@ def test_data_errors_before_training(bert, tmp_path, monkeypatch, case, match):
         rows[2]["text"] = "  "
     elif case == "too_small":
         rows = rows[:5]
+    elif case == "problem_type":
+        sections = dict(model=dict(problem_type="multi_label_classification"))
     else:
         eval_rows[1]["label"] = -1
     c = tu.config(bert, tu.write_jsonl(tmp_path / "t.jsonl", rows), tu.write_jsonl(tmp_path / "e.jsonl", eval_rows),

@@ -41,10 +41,19 @@ class Head(nnx.Module):
     """The adapter's trainable copy of the backbone's classification head (PEFT's
     `modules_to_save`): the backbone's own head stays frozen."""
 
-    def __init__(self, base_head: nnx.Linear):
-        self.kernel = trainable(jnp.asarray(base_head.kernel[...], jnp.float32))
+    def __init__(self, kernel, bias=None):
+        """`kernel [D, C]`, `bias [C]` or None."""
+        self.kernel = trainable(jnp.asarray(kernel, jnp.float32))
+        self.bias = nnx.data(None) if bias is None else trainable(jnp.asarray(bias, jnp.float32))
+
+    @classmethod
+    def copy_of(cls, base_head: nnx.Linear) -> Head:
         bias = getattr(base_head, "bias", None)
-        self.bias = nnx.data(None) if bias is None else trainable(jnp.asarray(bias[...], jnp.float32))
+        return cls(base_head.kernel[...], None if bias is None else bias[...])
+
+    @property
+    def num_labels(self) -> int:
+        return self.kernel.shape[1]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = x.astype(jnp.float32) @ self.kernel[...]
@@ -120,7 +129,7 @@ class Adapter(nnx.Module):
         else:
             self.prompt = PrefixEncoder(config, prefix_layer_count(config, model.config), k_prompt)
         head = getattr(model, "head_name", None)
-        self.head = Head(getattr(model, head)) if head else None
+        self.head = Head.copy_of(getattr(model, head)) if head else None
 
     @property
     def is_prefix(self) -> bool:
@@ -185,13 +194,15 @@ class PeftModel(nnx.Module):
         pm.load_adapter(model_id, adapter_name)
         return pm
 
-    def load_adapter(self, model_id, adapter_name: str = "default") -> None:
-        """Load another adapter next to the loaded ones (it is complete before it is attached)."""
+    def load_adapter(self, model_id, adapter_name: str = "default", *, any_num_labels: bool = False) -> None:
+        """Load another adapter next to the loaded ones (it is complete before it is attached).
+        `any_num_labels`: accept a classification head trained for another number of labels than the base
+        model's (PEFT refuses it); such an adapter batches only with adapters of its own label count."""
         from jsoft import interop
 
         if adapter_name in self.adapters:
             raise ValueError(f"adapter_name={adapter_name!r} is already loaded; loaded: {list(self.adapters)}")
-        self.adapters[adapter_name] = interop.build_adapter(self, model_id)
+        self.adapters[adapter_name] = interop.build_adapter(self, model_id, any_num_labels=any_num_labels)
         if self.active_adapter not in self.adapters:
             self.active_adapter = adapter_name
 
@@ -293,6 +304,9 @@ class PeftModel(nnx.Module):
             return None
         if rows is None:
             return heads[0]
+        if len({h.num_labels for h in heads}) > 1:
+            raise ValueError(f"adapters {sorted(set(names))} have heads for different numbers of labels "
+                             f"{sorted({h.num_labels for h in heads})}; run them in separate batches")
         kernel = jnp.stack([h.kernel[...] for h in heads])[rows]
         bias = None if heads[0].bias is None else jnp.stack([h.bias[...] for h in heads])[rows]
 
