@@ -1,6 +1,7 @@
 """Decoding with a preallocated KV cache: greedy, sampling (temperature, top-k, top-p) and beam
 search, each one jit-compiled `while_loop` that stops early (every row hit EOS; for beams: no
-running beam can beat the finished ones, as in transformers).
+running beam can beat the finished ones, as in transformers). transformers' repetition penalty,
+no-repeat n-grams and min_new_tokens apply to all three.
 
 Semantics follow transformers' `generate` (and PEFT's on a prompt-learning model):
   * decoder-only: returns `[B, T + max_new_tokens]`, the input ids then the new tokens; a row
@@ -21,6 +22,7 @@ the backbone inputs themselves (`jsoft.multitask`); `generate` is the `PeftModel
 CLI, printing one JSON line per prompt (or writing them to --output):
     python -m jsoft.generate --model MODEL_DIR --adapter ADAPTER_DIR --prompt "some text" \\
         [--input prompts.jsonl] [--max-new-tokens 32] [--num-beams 1] [--do-sample --top-p 0.9] \\
+        [--repetition-penalty 1.2] [--no-repeat-ngram-size 3] [--min-new-tokens 5] \\
         [--output out.jsonl]
 """
 
@@ -59,14 +61,23 @@ class GenerationConfig:
     num_beams: int = 1
     num_eos: int = 0
     output_scores: bool = False
+    repetition_penalty: bool = False  # whether it runs (its value is a knob)
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
+
+    @property
+    def constrained(self) -> bool:
+        """Whether a logits processor reads the tokens so far."""
+        return self.repetition_penalty or self.no_repeat_ngram_size > 0 or self.min_new_tokens > 0
 
 
 def knobs(temperature: float = 1.0, top_p: float = 1.0, length_penalty: float = 1.0,
-          eos_token_ids: Sequence[int] = (), pad_token_id: int = 0) -> dict[str, Array]:
+          eos_token_ids: Sequence[int] = (), pad_token_id: int = 0, repetition_penalty: float = 1.0
+          ) -> dict[str, Array]:
     """The dynamic part of a `generate` call (changing it does not recompile)."""
     return {"temperature": jnp.float32(temperature), "top_p": jnp.float32(top_p),
             "length_penalty": jnp.float32(length_penalty), "eos": jnp.asarray(eos_token_ids, jnp.int32).reshape(-1),
-            "pad": jnp.int32(pad_token_id)}
+            "pad": jnp.int32(pad_token_id), "repetition_penalty": jnp.float32(repetition_penalty)}
 
 
 def row_keys(seeds_B: Array, index_B: Array) -> Array:
@@ -80,7 +91,8 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
              num_beams: int = 1,
              length_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
              pad_token_id: int | None = None, adapter_names: Sequence[str] | None = None,
-             output_scores: bool = False) -> Array | tuple[Array, Array]:
+             output_scores: bool = False, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+             min_new_tokens: int = 0) -> Array | tuple[Array, Array]:
     """Generate with `pm` (a `jsoft.PeftModel` on a causal-LM or seq2seq-LM backbone).
 
     eos_token_id / pad_token_id default to the model config (pad: else the first EOS id, else 0);
@@ -88,7 +100,10 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
     per row (default: the active one). `seed`: an int seeds row b with (seed, b); a list gives each
     row its own seed (row b then samples what it samples alone with that seed).
     `output_scores=True` (greedy or sampling) also returns the processed logits
-    `[B, max_new_tokens, vocab]` each new token was chosen from."""
+    `[B, max_new_tokens, vocab]` each new token was chosen from.
+    `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` are transformers' logits processors,
+    applied as it applies them (over the prompt's real tokens and what was generated; a decoder's
+    start token for seq2seq), in greedy search, sampling and beam search."""
     mc = pm.base_model.config
     ids, mask = _checked_inputs(pm, input_ids, attention_mask, max_new_tokens)
     B = ids.shape[0]
@@ -100,6 +115,11 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
     if num_beams < 1 or (num_beams > 1 and (do_sample or output_scores)):
         raise ValueError(f"num_beams={num_beams}: must be >= 1, and beam search is deterministic here "
                          "(do_sample=False) without output_scores")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0 (1.0: no penalty)")
+    for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_new_tokens", min_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name}={value!r} must be an integer >= 0 (0: off)")
     if do_sample and not (temperature > 0 and 0 < top_p <= 1 and top_k >= 0):
         raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0; got temperature="
                          f"{temperature}, top_p={top_p}, top_k={top_k}")
@@ -119,8 +139,10 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
     pad = pad if pad is not None else (eos[0] if eos else 0)
     cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
                            top_k=int(top_k) if do_sample else 0, top_p=bool(do_sample and top_p < 1.0),
-                           num_beams=int(num_beams), num_eos=len(eos), output_scores=bool(output_scores))
-    k = knobs(temperature, top_p, length_penalty, eos, pad)
+                           num_beams=int(num_beams), num_eos=len(eos), output_scores=bool(output_scores),
+                           repetition_penalty=repetition_penalty != 1.0, no_repeat_ngram_size=int(no_repeat_ngram_size),
+                           min_new_tokens=int(min_new_tokens) if eos else 0)
+    k = knobs(temperature, top_p, length_penalty, eos, pad, repetition_penalty)
     graphdef, state = nnx.split(pm)
     return _jitted(graphdef)(state, jnp.asarray(ids), jnp.asarray(mask), rows, row_keys(seeds, index), k, names, cfg)
 
@@ -183,10 +205,10 @@ def decode(base, inputs: dict[str, Array], keys_B: Array, knobs: dict, cfg: Gene
     `attention_mask`, optional `prefix_kv`/`prefix_mask`; encoder-decoder `input_ids` or
     `inputs_embeds`, `attention_mask` and the decoder's prefixes. `keys_B`: `row_keys`."""
     build = _seq2seq if base.config.is_encoder_decoder else _causal
-    step, cache, first = build(base, inputs, cfg)
+    step, cache, first, history = build(base, inputs, cfg)
     if cfg.num_beams > 1:
-        return _beam_search(step, cache, first, first.shape[0] // cfg.num_beams, knobs, cfg), None
-    return _sample(step, cache, first, keys_B, knobs, cfg)
+        return _beam_search(step, cache, first, first.shape[0] // cfg.num_beams, knobs, cfg, history), None
+    return _sample(step, cache, first, keys_B, knobs, cfg, history)
 
 
 # --------------------------------------------------------------------------- backbones as step functions
@@ -209,7 +231,10 @@ def _cache(base, num_layers: int, R: int, slots: int, prefix_kv: Array | None,
     return KVCache.from_prefix(prefix_kv, V + slots, dtype), mask
 
 
-def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array]:
+History = tuple[Array, Array]  # the tokens before the first new one, as transformers' input_ids [R, P]; real ones
+
+
+def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array, History]:
     nb, N = cfg.num_beams, cfg.max_new_tokens
     ids, mask = _repeat(inputs["input_ids"], nb), _repeat(inputs["attention_mask"], nb)
     R, T = ids.shape
@@ -234,10 +259,10 @@ def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, A
         out = forward(tokens_R[:, None], (start + T - 1 + i)[:, None], cache)
         return out.logits[:, -1], out.cache
 
-    return step, cache, ids[:, -1]
+    return step, cache, ids[:, -1], (ids, mask.astype(bool))
 
 
-def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array]:
+def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array, History]:
     nb, N = cfg.num_beams, cfg.max_new_tokens
     enc = base.encode(input_ids=inputs.get("input_ids"), attention_mask=inputs["attention_mask"],
                       inputs_embeds=inputs.get("inputs_embeds"), encoder_prefix_kv=inputs.get("encoder_prefix_kv"),
@@ -259,7 +284,8 @@ def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, 
                           prefix_mask=prefix_mask, cache=cache, cross_kv=cross_kv)
         return out.logits[:, -1], out.cache
 
-    return step, cache, jnp.full((R,), c.decoder_start_token_id, jnp.int32)
+    start = jnp.full((R, 1), c.decoder_start_token_id, jnp.int32)
+    return step, cache, start[:, 0], (start, jnp.ones((R, 1), bool))
 
 
 # --------------------------------------------------------------------------- token choice
@@ -280,17 +306,55 @@ def process_logits(logits_BxV: Array, knobs: dict, cfg: GenerationConfig) -> Arr
     return x
 
 
+def constrain(x_RxV: Array, tokens_RxL: Array, real_RxL: Array, length: Array, new: Array, knobs: dict,
+              cfg: GenerationConfig) -> Array:
+    """transformers' logits processors, in its order, on logits (log-probabilities in beam search) given
+    the sequence so far, `tokens[:, :length]` (`real`: the tokens a repetition penalty counts; pads are not),
+    of which `new` were generated: repetition penalty, no repeated n-grams, at least min_new_tokens."""
+    R, V = x_RxV.shape
+    rows = jnp.arange(R)[:, None]
+    before = jnp.arange(tokens_RxL.shape[1])[None] < length
+    if cfg.repetition_penalty:
+        seen = jnp.zeros((R, V), bool).at[rows, tokens_RxL].max(real_RxL & before)
+        p = knobs["repetition_penalty"]
+        x_RxV = jnp.where(seen, jnp.where(x_RxV < 0, x_RxV * p, x_RxV / p), x_RxV)
+    if cfg.no_repeat_ngram_size:
+        x_RxV = jnp.where(_repeated_ngrams(tokens_RxL, length, cfg.no_repeat_ngram_size, V), -jnp.inf, x_RxV)
+    if cfg.min_new_tokens:
+        eos_V = jnp.zeros((V,), bool).at[knobs["eos"]].set(True)
+        x_RxV = jnp.where((new < cfg.min_new_tokens) & eos_V[None], -jnp.inf, x_RxV)
+    return x_RxV
+
+
+def _repeated_ngrams(tokens_RxL: Array, length: Array, n: int, V: int) -> Array:
+    """`[R, V]` True for the tokens that would repeat an n-gram of `tokens[:, :length]` (pads included, as
+    transformers counts them): those that followed an earlier occurrence of the last n - 1 tokens."""
+    R, L = tokens_RxL.shape
+    J = L - n + 1  # where an n-gram can start
+    if J < 1:
+        return jnp.zeros((R, V), bool)
+    last = jax.lax.dynamic_slice_in_dim(tokens_RxL, jnp.maximum(length - (n - 1), 0), n - 1, axis=1)
+    match = jnp.broadcast_to(jnp.arange(J)[None] + n - 1 < length, (R, J))  # the n-gram ends before `length`
+    for k in range(n - 1):
+        match = match & (tokens_RxL[:, k:k + J] == last[:, k:k + 1])
+    banned = jnp.zeros((R, V), bool).at[jnp.arange(R)[:, None], tokens_RxL[:, n - 1:n - 1 + J]].max(match)
+    return banned & (length + 1 >= n)
+
+
 def _is_eos(tokens: Array, eos: Array) -> Array:
     return jnp.any(tokens[..., None] == eos, axis=-1)
 
 
-def _sample(step: Step, cache: KVCache, first_R: Array, keys_R: Array, knobs: dict, cfg: GenerationConfig):
+def _sample(step: Step, cache: KVCache, first_R: Array, keys_R: Array, knobs: dict, cfg: GenerationConfig,
+            history: History):
     """Greedy or sampling (row r from its key `keys_R[r]`): new tokens `[R, N]` (pad after EOS) and
     the scores (None unless asked)."""
     R, N, pad = first_R.shape[0], cfg.max_new_tokens, knobs["pad"]
     tokens = jnp.full((R, N), pad, jnp.int32)
     scores = None
     done = jnp.zeros((R,), bool)
+    P = history[0].shape[1]
+    seq = (jnp.concatenate([history[0], tokens], 1), jnp.concatenate([history[1], jnp.ones((R, N), bool)], 1))
 
     def cond(carry):
         i, _, _, done, _, _ = carry
@@ -299,6 +363,8 @@ def _sample(step: Step, cache: KVCache, first_R: Array, keys_R: Array, knobs: di
     def body(carry):
         i, prev, cache, done, tokens, scores = carry
         logits, cache = step(prev, i, cache)
+        if cfg.constrained:
+            logits = constrain(logits.astype(jnp.float32), seq[0].at[:, P:].set(tokens), seq[1], P + i, i, knobs, cfg)
         if cfg.do_sample:
             logits = process_logits(logits, knobs, cfg)
             tok = jax.vmap(lambda k, x: jax.random.categorical(jax.random.fold_in(k, i), x))(keys_R, logits)
@@ -326,7 +392,8 @@ def _gather(x_BxKx: Array, idx_BxM: Array) -> Array:
     return jnp.take_along_axis(x_BxKx, idx, axis=1)
 
 
-def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, knobs: dict, cfg: GenerationConfig) -> Array:
+def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, knobs: dict, cfg: GenerationConfig,
+                 history: History) -> Array:
     """transformers' vectorised beam search (`_beam_search`, early_stopping=False): keep the best
     2*num_beams continuations, the best num_beams unfinished ones run on, finished ones (EOS, or
     the length limit) compete on score / length**length_penalty for the num_beams final slots; a
@@ -349,6 +416,11 @@ def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, knobs: dict
         i, prev, cache, running, running_scores, final, final_scores, final_done, improvable, _ = carry
         logits, cache = step(prev, i, cache)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        if cfg.constrained:  # transformers processes the log-probabilities of each beam's sequence
+            P = history[0].shape[1]
+            seq = jnp.concatenate([history[0], running.reshape(B * nb, N)], 1)
+            real = jnp.concatenate([history[1], jnp.ones((B * nb, N), bool)], 1)
+            logp = constrain(logp, seq, real, P + i, i, knobs, cfg)
         V = logp.shape[-1]
         logp = (logp.reshape(B, nb, V) + running_scores[:, :, None]).reshape(B, nb * V)
         top_logp, top_idx = jax.lax.top_k(logp, K)
@@ -419,6 +491,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0, help="prompt i samples with seed + i")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    ap.add_argument("--min-new-tokens", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
 
@@ -443,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = np.asarray(generate(pm, enc["input_ids"], enc["attention_mask"], max_new_tokens=args.max_new_tokens,
                                   do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, seed=[args.seed + s + j for j in range(len(filled))],
-                                  num_beams=args.num_beams))
+                                  num_beams=args.num_beams, repetition_penalty=args.repetition_penalty,
+                                  no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens))
         new = out[:, enc["input_ids"].shape[1]:] if task == "causal_lm" else out[:, 1:]
         for prompt, ids in zip(batch, new.tolist()):
             end = next((j for j, t in enumerate(ids) if t in eos), len(ids))

@@ -102,6 +102,9 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    repetition_penalty: float = 1.0  # transformers' logits processors (jsoft.generate.constrain)
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,8 +483,12 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
 def _decoding(N: int, s: Sampling, eos: tuple[int, ...], pad: int) -> tuple[gen.GenerationConfig, dict]:
     """jsoft.generate's static config and dynamic knobs for one batch."""
     cfg = gen.GenerationConfig(max_new_tokens=N, do_sample=s.do_sample, top_k=s.top_k if s.do_sample else 0,
-                               top_p=s.do_sample and s.top_p < 1.0, num_eos=len(eos))
-    return cfg, gen.knobs(temperature=s.temperature, top_p=s.top_p, eos_token_ids=eos, pad_token_id=pad)
+                               top_p=s.do_sample and s.top_p < 1.0, num_eos=len(eos),
+                               repetition_penalty=s.repetition_penalty != 1.0,
+                               no_repeat_ngram_size=s.no_repeat_ngram_size,
+                               min_new_tokens=s.min_new_tokens if eos else 0)
+    return cfg, gen.knobs(temperature=s.temperature, top_p=s.top_p, eos_token_ids=eos, pad_token_id=pad,
+                          repetition_penalty=s.repetition_penalty)
 
 
 def _generate(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots, keys, knobs, cfg) -> Array:

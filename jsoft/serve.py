@@ -11,7 +11,8 @@ loaded on first use. Endpoints:
     GET  /adapters  {"adapters": [{"name", "virtual_tokens", "loaded", "error"}]}
     GET  /stats     model calls, rows, compiled programs (batching at work)
     POST /generate  {"adapter", "prompt" | "prompts", "max_new_tokens", "temperature", "top_k", "top_p",
-                     "seed", "do_sample"} -> {"completions", "token_ids", "finish_reasons"}
+                     "seed", "do_sample", "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens"}
+                    -> {"completions", "token_ids", "finish_reasons"}
     POST /classify  {"adapter", "text" | "texts"} -> {"labels", "probabilities"} over the adapter's own labels
                     (names from its jsoft_labels.json, else the model's); multi-label: the labels above 0.5
                     and sigmoids; regression: {"scores"}
@@ -169,6 +170,9 @@ class GenerateRequest(BaseModel):
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
 
 
 class ClassifyRequest(BaseModel):
@@ -188,14 +192,20 @@ def _sampling(r: GenerateRequest, limit: int) -> Sampling:
     if not 1 <= r.max_new_tokens <= limit:
         raise ApiError(400, f"max_new_tokens={r.max_new_tokens} must be between 1 and this server's limit {limit}",
                        max_new_tokens_limit=limit)
+    if not (r.repetition_penalty > 0 and r.no_repeat_ngram_size >= 0 and 0 <= r.min_new_tokens <= r.max_new_tokens):
+        raise ApiError(400, "need repetition_penalty > 0, no_repeat_ngram_size >= 0 and 0 <= min_new_tokens <= "
+                       f"max_new_tokens; got repetition_penalty={r.repetition_penalty}, no_repeat_ngram_size="
+                       f"{r.no_repeat_ngram_size}, min_new_tokens={r.min_new_tokens}")
+    processors = dict(repetition_penalty=float(r.repetition_penalty), no_repeat_ngram_size=r.no_repeat_ngram_size,
+                      min_new_tokens=r.min_new_tokens)
     do_sample = r.do_sample if r.do_sample is not None else bool(r.temperature)
     if not do_sample:
-        return Sampling()
+        return Sampling(**processors)
     temperature = 1.0 if r.temperature is None else r.temperature
     if not (temperature > 0 and 0 < r.top_p <= 1 and r.top_k >= 0 and 0 <= r.seed < 2 ** 32):
         raise ApiError(400, "sampling needs temperature > 0, 0 < top_p <= 1, top_k >= 0 and 0 <= seed < 2**32; got "
                        f"temperature={temperature}, top_p={r.top_p}, top_k={r.top_k}, seed={r.seed}")
-    return Sampling(True, float(temperature), r.top_k, float(r.top_p))
+    return Sampling(True, float(temperature), r.top_k, float(r.top_p), **processors)
 
 
 # --------------------------------------------------------------------------- the app

@@ -241,6 +241,61 @@ def test_beam_search_matches_peft(tiny_dir, tmp_path, kind, method):
         np.testing.assert_array_equal(got, want)
 
 
+PROCESSORS = dict(repetition_penalty=1.8, no_repeat_ngram_size=2, min_new_tokens=5)
+
+
+@pytest.mark.parametrize("kind,method", [("gpt2", "prompt"), ("gpt2", "prefix_proj"), ("llama", "ptuning_mlp"),
+                                         ("t5", "prefix")], ids=lambda x: str(x))
+def test_logits_processors_match_peft(tiny_dir, tmp_path, kind, method):
+    """repetition_penalty, no_repeat_ngram_size and min_new_tokens give PEFT's tokens in greedy and beam search,
+    and PEFT's processed scores; each changes the output here (an EOS met early is held off by min_new_tokens)."""
+    pm = jsoft_model(tiny_dir, kind, method)
+    ref = peft_model(tiny_dir, kind, pm, tmp_path / "adapter")
+    ids = ids_batch(3, 7, seed=2)
+    ids[:, -1] = ids[:, 1]  # a decoder-only prompt ends as it began: (ids[1], ids[2]) is a 2-gram to block
+    lead = 1 if kind == "t5" else ids.shape[1]
+    plain = np.asarray(pm.generate(ids, max_new_tokens=NEW))
+    eos = int(plain[0, lead + 1])  # row 0 would stop after two tokens
+    kw = dict(max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0, output_scores=True)
+    base = np.asarray(pm.generate(ids, **kw)[1])[:, 0]
+    for name, value in PROCESSORS.items():  # each one acts on the first token's scores (1-grams: T5's start token)
+        first = np.asarray(pm.generate(ids, **kw, **{name: 1 if name == "no_repeat_ngram_size" else value})[1])[:, 0]
+        assert not np.array_equal(first, base), f"{name} changes nothing here"
+    assert (first[:, eos] == -np.inf).all()
+    if kind != "t5":
+        banned = np.asarray(pm.generate(ids, **kw, no_repeat_ngram_size=2)[1])[:, 0]
+        assert (banned[np.arange(3), ids[:, 2]] == -np.inf).all()
+    kw.pop("output_scores")
+    got, scores = pm.generate(ids, **kw, **PROCESSORS, output_scores=True)
+    with torch.no_grad():
+        out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                           do_sample=False, output_scores=True, return_dict_in_generate=True, **kw, **PROCESSORS)
+    want = np.pad(out.sequences.numpy(), ((0, 0), (0, np.asarray(got).shape[1] - out.sequences.shape[1])))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    for t, s in enumerate(out.scores):  # the processed logits each token was chosen from, while any row runs
+        finite = np.isfinite(s.numpy())
+        np.testing.assert_array_equal(np.isfinite(np.asarray(scores)[:, t]), finite)
+        want = s.numpy()[finite]  # T5 here: logits near 80, fp32 rounding over the steps reaches 2e-5 of that
+        np.testing.assert_allclose(np.asarray(scores)[:, t][finite], want, atol=5e-5 * np.abs(want).max(), rtol=0)
+    beams = np.asarray(pm.generate(ids, **kw, **PROCESSORS, num_beams=3))
+    want = peft_generate(ref, ids, width=beams.shape[1], num_beams=3, eos_token_id=eos, pad_token_id=0,
+                         **PROCESSORS)
+    want[:, lead:] = pad_after_eos(want[:, lead:], eos)
+    np.testing.assert_array_equal(beams, want)
+
+
+def test_repetition_penalty_skips_left_pads(tiny_dir):
+    """A left-padded row gets what it gets alone: its pads are not penalised (transformers' rule)."""
+    pm = jsoft_model(tiny_dir, "gpt2", "prefix")
+    ids, mask = left_padded(seed=3)
+    kw = dict(max_new_tokens=NEW, repetition_penalty=3.0, min_new_tokens=3)
+    got = np.asarray(pm.generate(ids, mask, **kw))
+    for b in range(ids.shape[0]):
+        alone = np.asarray(pm.generate(ids[b:b + 1, mask[b].astype(bool)], **kw))
+        np.testing.assert_array_equal(got[b, -NEW:], alone[0, -NEW:])
+    assert 0 in ids[2, :5] and not np.array_equal(got, np.asarray(pm.generate(ids, mask, max_new_tokens=NEW)))
+
+
 @pytest.mark.parametrize("kind", ["t5", "llama"])
 def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     pm = jsoft.PeftModel(jsoft.from_pretrained(model_dir(tiny_dir, kind), task=TASK[kind]), None)  # no adapter
@@ -296,6 +351,10 @@ def test_invalid_requests_are_refused(tiny_dir):
         pm.generate(ids, num_beams=2, do_sample=True)
     with pytest.raises(ValueError, match="positions"):
         pm.generate(ids, max_new_tokens=100)
+    with pytest.raises(ValueError, match=r"repetition_penalty=0 must be > 0"):
+        pm.generate(ids, repetition_penalty=0)
+    with pytest.raises(ValueError, match=r"no_repeat_ngram_size=-1 must be an integer >= 0"):
+        pm.generate(ids, no_repeat_ngram_size=-1)
 
 
 def _word_tokenizer(path):

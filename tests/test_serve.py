@@ -87,14 +87,14 @@ def bert(tmp_path_factory):
     return model, ref
 
 
-def greedy(ref: jsoft.PeftModel, tok, names: list[str], prompts: list[str], n: int = NEW) -> list[list[int]]:
+def greedy(ref: jsoft.PeftModel, tok, names: list[str], prompts: list[str], n: int = NEW, **kw) -> list[list[int]]:
     """PeftModel.generate on rows left-padded to one length (each row equals the row alone:
     tests/test_generate.py), cut at EOS like the server."""
     ids = [tok(p)["input_ids"] for p in prompts]
     T = max(map(len, ids))
     arr = np.asarray([[0] * (T - len(x)) + x for x in ids])
     mask = np.asarray([[0] * (T - len(x)) + [1] * len(x) for x in ids])
-    out = np.asarray(ref.generate(arr, mask, max_new_tokens=n, adapter_names=names))[:, T:].tolist()
+    out = np.asarray(ref.generate(arr, mask, max_new_tokens=n, adapter_names=names, **kw))[:, T:].tolist()
     return [row[:row.index(4)] if 4 in row else row for row in out]
 
 
@@ -151,6 +151,13 @@ def test_generate_equals_peft_model_on_each_row(gpt, gpt_expected):
             assert set(body["finish_reasons"]) <= {"stop", "length"}
         r = c.post("/generate", json={"adapter": "a1", "prompt": PROMPTS[4], "max_new_tokens": 3})
         assert r.json()["token_ids"] == greedy(ref, tok, ["a1"], [PROMPTS[4]], 3)  # a single row
+        processors = {"repetition_penalty": 3.0, "no_repeat_ngram_size": 1, "min_new_tokens": 2}
+        r = c.post("/generate", json={"adapter": "a2", "prompt": PROMPTS[0], "max_new_tokens": NEW, **processors})
+        constrained = r.json()["token_ids"]
+        assert constrained == greedy(ref, tok, ["a2"], [PROMPTS[0]], NEW, **processors)
+        assert constrained[0] != gpt_expected["a2", PROMPTS[0]] and len(set(constrained[0])) == len(constrained[0])
+        r = c.post("/generate", json={"adapter": "a2", "prompt": PROMPTS[0], "repetition_penalty": 0.0})
+        assert r.status_code == 400 and "repetition_penalty > 0" in r.json()["error"]
         assert "a0" in c.get("/health").json()["loaded"]
 
 
