@@ -27,7 +27,14 @@ from jsoft.models.layers import Precision
 from jsoft.tuners.config import CONFIG_CLASSES, TASK_OF, PeftType, PromptTuningInit, _enum
 
 PEFT_TASK_TYPES = {v: k.value for k, v in TASK_OF.items()}  # "seq_cls" -> "SEQ_CLS"
-FREE_FORM = ("peft", "data.train", "data.eval")  # checked by the PEFT config class / datasets.load_dataset
+FREE_FORM = ("peft", "data.train", "data.eval",  # checked by the PEFT config class / datasets.load_dataset
+             "train.eval_generate_options")  # checked by check_config against EVAL_GENERATE_OPTIONS
+EVAL_GENERATE_OPTIONS = {  # generate's deterministic options -> (what is valid, a test of it)
+    "num_beams": ("an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
+    "length_penalty": ("a number", lambda v: isinstance(v, int | float)),
+    "repetition_penalty": ("a number > 0", lambda v: isinstance(v, int | float) and v > 0),
+    "no_repeat_ngram_size": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0),
+    "min_new_tokens": ("an integer >= 0", lambda v: isinstance(v, int) and v >= 0)}
 
 
 # ============================================================================================ config
@@ -82,6 +89,8 @@ def default_config() -> ml_collections.ConfigDict:
         seed=0,
         eval_every=0,  # steps; 0: only at the end
         eval_generate_tokens=0,  # LMs: also generate up to N tokens per eval row (ROUGE-L, exact match, BLEU)
+        eval_generate_options={},  # for that generation: num_beams, length_penalty, repetition_penalty,
+        # no_repeat_ngram_size, min_new_tokens (default: greedy)
         checkpoint_every=500,  # steps; also at every eval and at the end
         keep_checkpoints=3,
         best_metric=None,  # default: accuracy (classification), micro_f1 (multi-label), mse (regression),
@@ -146,6 +155,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if t.batch_size % t.grad_accum_steps:
         raise ValueError(f"train.batch_size={t.batch_size} is not a multiple of "
                          f"train.grad_accum_steps={t.grad_accum_steps}")
+    for key, value in t.eval_generate_options.items():
+        if key not in EVAL_GENERATE_OPTIONS:
+            raise ValueError(f"train.eval_generate_options.{key} is not an option; valid: "
+                             f"{sorted(EVAL_GENERATE_OPTIONS)}")
+        valid, test = EVAL_GENERATE_OPTIONS[key]
+        if isinstance(value, bool) or not test(value):
+            raise ValueError(f"train.eval_generate_options.{key}={value!r} must be {valid}")
     if t.remat_policy not in REMAT_POLICIES:
         raise ValueError(f"train.remat_policy={t.remat_policy!r} is not valid; choose one of {list(REMAT_POLICIES)}")
     if t.optimizer not in optim.OPTIMIZERS:

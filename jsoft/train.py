@@ -130,10 +130,10 @@ def _is_array_tree(v) -> bool:
     return bool(leaves) and all(isinstance(x, jax.Array | np.ndarray) for x in leaves)
 
 
-def generation_eval(pm, enc, batch_size: int, tokenizer, max_new_tokens: int) -> dict[str, float]:
-    """Generate for every row of `enc` (`data.generation_rows`; greedy) and score against the
-    labels' text: ROUGE-L, exact match, BLEU. Each process scores its own rows; the means are
-    combined across processes by row count."""
+def generation_eval(pm, enc, batch_size: int, tokenizer, max_new_tokens: int, options=None) -> dict[str, float]:
+    """Generate for every row of `enc` (`data.generation_rows`; greedy, or as `options` say: beams, penalties)
+    and score against the labels' text: ROUGE-L, exact match, BLEU. Each process scores its own rows; the
+    means are combined across processes by row count."""
     mc = pm.base_model.config
     # stop at the model's EOS and at the tokenizer's (the one the targets end with)
     eos = {*token_ids(mc.eos_token_id), tokenizer.eos_token_id}
@@ -144,7 +144,7 @@ def generation_eval(pm, enc, batch_size: int, tokenizer, max_new_tokens: int) ->
                       process_count=jax.process_count())
     for batch in it:
         out = np.asarray(pm.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                                     eos_token_id=eos, pad_token_id=pad))
+                                     eos_token_id=eos, pad_token_id=pad, **dict(options or {})))
         new = out[:, -max_new_tokens:]  # after the input (causal) or the decoder start token (seq2seq)
         keep = batch["weights"] > 0
         labels = np.where(batch["labels"] < 0, pad, batch["labels"])
@@ -481,7 +481,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             result["loss"] = float(sums["nll_sum"] / max(sums["count"], 1))
         if generate_enc is not None:
             result.update(generation_eval(nnx.merge(graphdef, params, frozen), generate_enc, eval_batch_size,
-                                          tokenizer, t.eval_generate_tokens))
+                                          tokenizer, t.eval_generate_tokens, t.eval_generate_options.to_dict()))
         return result
 
     # ---------------------------------------------------------------- restore

@@ -33,7 +33,8 @@ def test_bleu_known_values():
 
 def test_seq2seq_training_eval_reports_generation_metrics(tiny_dir, tmp_path):
     _, c = tu.t5_summarize_config(tiny_dir, tmp_path, train=dict(num_steps=2, learning_rate=0.1,
-                                                                 eval_generate_tokens=4),
+                                                                 eval_generate_tokens=4, eval_generate_options=dict(
+                                                                     num_beams=2, no_repeat_ngram_size=2)),
                                   peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=3))
     summary = train.train(c, tmp_path / "wd")
     ev = summary["eval"]
@@ -73,11 +74,25 @@ def test_causal_generation_eval_scores_each_prompt_against_its_target(tiny_dir, 
 
     # a real model: the same scores as generating for each prompt alone (batching, left padding, EOS cut)
     pm = jsoft.get_peft_model(base, jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), seed=1)
-    got = train.generation_eval(pm, rows, 4, tok, 5)
-    preds = []
-    for r in ds:
-        prompt = np.asarray([tok(r["text"] + " :")["input_ids"]])
-        new = np.asarray(pm.generate(prompt, max_new_tokens=5, eos_token_id=[tok.eos_token_id]))[0, prompt.shape[1]:]
-        new = new[:np.argmax(new == tok.eos_token_id)] if (new == tok.eos_token_id).any() else new
-        preds.append(tok.decode(new, skip_special_tokens=True))
-    assert got == pytest.approx(metrics.generation(preds, list(ds["target"])))
+    for options in ({}, {"num_beams": 3, "repetition_penalty": 1.5}):  # greedy; train.eval_generate_options
+        got = train.generation_eval(pm, rows, 4, tok, 5, options)
+        preds = []
+        for r in ds:
+            prompt = np.asarray([tok(r["text"] + " :")["input_ids"]])
+            new = np.asarray(pm.generate(prompt, max_new_tokens=5, eos_token_id=[tok.eos_token_id], **options)
+                             )[0, prompt.shape[1]:]
+            new = new[:np.argmax(new == tok.eos_token_id)] if (new == tok.eos_token_id).any() else new
+            preds.append(tok.decode(new, skip_special_tokens=True))
+        assert got == pytest.approx(metrics.generation(preds, list(ds["target"])))
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(num_beam=2), r"train\.eval_generate_options\.num_beam is not an option; valid: \['length_penalty'"),
+    (dict(num_beams=0), r"train\.eval_generate_options\.num_beams=0 must be an integer >= 1"),
+    (dict(repetition_penalty=-1.0), r"repetition_penalty=-1.0 must be a number > 0"),
+])
+def test_eval_generate_options_are_checked_before_training(tiny_dir, tmp_path, options, match):
+    _, c = tu.gpt2_data_to_text_config(tiny_dir, tmp_path, train=dict(eval_generate_tokens=4,
+                                                                        eval_generate_options=options))
+    with pytest.raises(ValueError, match=match):
+        build.check_config(c)
