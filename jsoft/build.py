@@ -228,23 +228,27 @@ PREFIX_SPACE_TYPES = ("gpt2",)  # byte-level BPE: run_ner loads these with add_p
 
 def load_tokenizer(config):
     """The run's tokenizer. For token_cls on a byte-level BPE model (GPT-2) it adds a space before each word, as
-    transformers' run_ner does: otherwise every word is tokenized as if it began the text."""
+    transformers' run_ner does: otherwise every word is tokenized as if it began the text. For seq_cls on a
+    decoder-only model it pads on the left, so the last position (what PEFT's prompt tuning and P-tuning
+    classify from: it cannot see pads in embeddings) is each row's last real token."""
     from transformers import AutoTokenizer
 
     path = config.model.tokenizer or config.model.name_or_path
-    kwargs = {}
-    if config.model.task == "token_cls":
-        try:
-            model_type = hub.read_config(hub.resolve(config.model.name_or_path)).get("model_type")
-        except (OSError, ValueError):
-            model_type = None  # loading the model names the problem
-        kwargs = {"add_prefix_space": True} if model_type in PREFIX_SPACE_TYPES else {}
     try:
-        return AutoTokenizer.from_pretrained(str(hub.resolve(path)) if Path(str(path)).expanduser().is_dir()
-                                             else path, **kwargs)
+        model_type = hub.read_config(hub.resolve(config.model.name_or_path)).get("model_type")
+    except (OSError, ValueError):
+        model_type = None  # loading the model names the problem
+    kwargs = {"add_prefix_space": True} if config.model.task == "token_cls" and model_type in PREFIX_SPACE_TYPES \
+        else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(str(hub.resolve(path)) if Path(str(path)).expanduser().is_dir()
+                                            else path, **kwargs)
     except Exception as e:
         raise ValueError(f"model.tokenizer: no tokenizer could be loaded from {str(path)!r} "
                          f"({type(e).__name__}: {e})") from None
+    if config.model.task == "seq_cls" and model_type in hub.DECODER_ONLY:
+        tok.padding_side = "left"
+    return tok
 
 
 def featurizer(config, tokenizer) -> data.Featurizer:

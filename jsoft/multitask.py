@@ -40,7 +40,7 @@ from jsoft import generate as gen
 from jsoft import interop
 from jsoft.models import from_pretrained
 from jsoft.models.base import compute_dtype, token_ids
-from jsoft.models.hub import resolve
+from jsoft.models.hub import DECODER_ONLY, resolve  # decoder-only: every adapter can be a key/value prefix
 from jsoft.models.layers import KVCache
 from jsoft.tuners.config import TASK_OF, PeftType, PromptLearningConfig
 from jsoft.tuners.peft_model import PeftModel
@@ -50,7 +50,6 @@ Array = jax.Array
 MIN_LENGTH_BUCKET = 8
 CLASSIFY_TASKS = ("seq_cls", "token_cls")
 GENERATE_TASKS = ("causal_lm", "seq2seq_lm")
-DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2")  # causal self-attention: every adapter can be a key/value prefix
 
 
 class UnknownAdapter(KeyError):

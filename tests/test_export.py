@@ -217,3 +217,29 @@ def test_regression_training_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
     assert summary["eval"]["loss"] == summary["eval"]["mse"]
     assert summary["eval"]["pearson"] == pytest.approx(stats.pearsonr(preds, targets)[0], abs=1e-4)
     assert summary["eval"]["spearman"] == pytest.approx(stats.spearmanr(preds, targets)[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_decoder_only_classification_pads_left_and_matches_peft(tiny_dir, tmp_path, kind):
+    """A decoder-only classifier reads the last position when PEFT feeds it embeddings (prompt tuning): the
+    run pads on the left, so that is every row's last real token, in jsoft and in PEFT alike."""
+    model = tu.model_dir(tiny_dir, kind, "seq_cls", num_labels=2)
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", tu.sentiment(48)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", tu.sentiment(27, 1)),
+                  peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=4), train=dict(learning_rate=0.1))
+    summary = train.train(c, tmp_path / "wd")
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    ref = _peft_model(kind, "seq_cls", model, tmp_path / "adapter")
+    _, batches = _eval_batches(tmp_path / "wd")
+    correct = total = nll = 0.0
+    for b in batches:
+        assert b["attention_mask"][:, -1].all() and not b["attention_mask"][:, 0].all()  # left-padded
+        logits = _logits(ref, b)
+        w = b["weights"]
+        correct += float(((logits.argmax(-1) == b["labels"]) * w).sum())
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float((logp[np.arange(len(w)), b["labels"]] * w).sum())
+        total += float(w.sum())
+    assert total == 27
+    assert correct / total == summary["eval"]["accuracy"]
+    assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
