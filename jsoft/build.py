@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from ml_collections.config_dict import placeholder
 
 import jsoft
 from jsoft import data, optim, sharding
@@ -47,32 +48,35 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = dict(
         name_or_path="",  # Hub id or local directory of a Hugging Face checkpoint
         task="",  # seq_cls | token_cls | causal_lm | seq2seq_lm
-        num_labels=None,  # classes (seq_cls, token_cls); default: from the data's labels
+        num_labels=placeholder(int),  # classes (seq_cls, token_cls); default: from the data's labels
         dtype="float32",  # compute dtype: float32 | bfloat16
-        param_dtype=None,  # storage dtype of the frozen weights (default: dtype)
-        tokenizer=None,  # default: name_or_path
+        param_dtype=placeholder(str),  # storage dtype of the frozen weights (default: dtype)
+        tokenizer=placeholder(str),  # default: name_or_path
         random_init=False,  # a randomly initialised backbone of the same architecture (a baseline)
         ignore_mismatched_sizes=False,  # initialise checkpoint weights of another shape (a head for other labels)
-        problem_type=None,  # seq_cls: regression | single_label_classification | multi_label_classification;
-        # default: what the labels make it (floats: regression; lists: multi-label); the run records it
+        # seq_cls: regression | single_label_classification | multi_label_classification; default: what the
+        # labels make it (floats: regression; lists: multi-label); the run records it
+        problem_type=placeholder(str),
     )
     c.peft = ml_collections.ConfigDict()  # PEFT's field names: peft_type, num_virtual_tokens, ...
     c.data = dict(
         train=ml_collections.ConfigDict(),  # keyword arguments of datasets.load_dataset (with a split)
         eval=None,  # same, or None for no evaluation
-        text_columns=None,  # default per task: ("text",) or ("tokens",) for token_cls
-        label_column=None,  # default per task: "label", "ner_tags" or "target"; causal_lm: target text (optional)
-        label_names=None,  # class names by id (token_cls needs tag names like "B-PER" for entity F1)
+        text_columns=placeholder(object),  # default per task: ("text",) or ("tokens",) for token_cls
+        # default per task: "label", "ner_tags" or "target"; causal_lm: the target text (optional)
+        label_column=placeholder(str),
+        label_names=placeholder(object),  # class names by id (token_cls needs tag names like "B-PER" for entity F1)
         max_length=128,
-        target_max_length=None,  # seq2seq_lm targets (default: max_length)
-        template=None,  # e.g. "Review: {text} Sentiment:" (causal_lm / seq2seq_lm / seq_cls)
-        verbalizer=None,  # one target word per class: classification with an LM (" negative", " positive")
+        target_max_length=placeholder(int),  # seq2seq_lm targets (default: max_length)
+        template=placeholder(str),  # e.g. "Review: {text} Sentiment:" (causal_lm / seq2seq_lm / seq_cls)
+        # one target word per class: classification with an LM (" negative", " positive")
+        verbalizer=placeholder(object),
     )
     c.train = dict(
         batch_size=32,  # global
-        eval_batch_size=None,  # default: batch_size
-        num_steps=None,  # or num_epochs
-        num_epochs=None,
+        eval_batch_size=placeholder(int),  # default: batch_size
+        num_steps=placeholder(int),  # or num_epochs
+        num_epochs=placeholder(int),
         learning_rate=1e-2,
         schedule="constant",  # after warmup: constant | linear | cosine
         warmup_steps=0,
@@ -80,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
         b1=0.9,
         b2=0.999,
         eps=1e-8,
-        weight_decay=None,  # default: 0 for adamw and sgd, 1e-5 for adafactor
+        weight_decay=placeholder(float),  # default: 0 for adamw and sgd, 1e-5 for adafactor
         max_grad_norm=1.0,  # global-norm clipping; 0 turns it off
         grad_accum_steps=1,  # microbatches per step (batch_size must divide)
         remat=False,  # recompute each layer's activations in the backward pass
@@ -93,7 +97,7 @@ def default_config() -> ml_collections.ConfigDict:
         # no_repeat_ngram_size, min_new_tokens (default: greedy)
         checkpoint_every=500,  # steps; also at every eval and at the end
         keep_checkpoints=3,
-        best_metric=None,  # default: accuracy (classification), micro_f1 (multi-label), mse (regression),
+        best_metric=placeholder(str),  # default: accuracy (classification), micro_f1 (multi-label), mse (regression),
         # f1 (token_cls), loss (LM)
         log_every=10,
         async_checkpoints=True,
@@ -197,6 +201,7 @@ def peft_config(config, tokenizer_path: str | None = None):
         raise ValueError("peft.template (P-Tuning virtual tokens inside the input) is not supported by "
                          "jsoft.train, whose batches put the prompt in front; drop peft.template")
     known = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in fields.items() if v is not None or k in known}  # peft.KEY=None: unset (CLI)
     for key in fields:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)

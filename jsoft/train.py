@@ -671,20 +671,65 @@ def _unknown_override(argv) -> str | None:
     return None
 
 
+def _own_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str | None, str, Any]]]:
+    """Splits off the overrides ml_collections' flags cannot apply: keys of free-form sections
+    (`--config.peft.prompt_tuning_init=TEXT`, `--config.data.eval.split=test`), which the config file may not
+    have set, and `--config.KEY=None` (unsetting train.num_steps for train.num_epochs). Returns the other
+    arguments and (free-form section or None, key, value), values read as Python literals (20, 0.5, True,
+    None, [1, 2]) or else as strings."""
+    import ast
+
+    rest, own = [], []
+    for arg in argv:
+        name, eq, text = arg.partition("=")
+        section = next((f for f in build.FREE_FORM if name.startswith(f"--config.{f}.")), None)
+        if not eq or not name.startswith("--config.") or (section is None and text != "None"):
+            rest.append(arg)
+            continue
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        own.append((section, name[len(f"--config.{section}." if section else "--config."):], value))
+    return rest, own
+
+
+def _apply_own(config: ml_collections.ConfigDict, overrides: list[tuple[str | None, str, Any]]) -> None:
+    with config.unlocked():
+        for section, key, value in overrides:
+            *parents, last = (section or key).split(".")
+            parent = config
+            for part in parents:
+                if not isinstance(parent, ml_collections.ConfigDict) or part not in parent:
+                    raise ValueError(f"--config.{section + '.' if section else ''}{key}: unknown config key "
+                                     f"{section or key}")
+                parent = parent[part]
+            if section is None:  # KEY=None
+                if last not in parent:
+                    raise ValueError(f"--config.{key}: unknown config key {key}")
+                parent[last] = None
+                continue
+            current = parent[last]
+            entries = {} if current is None else current.to_dict()
+            entries[key] = value
+            parent[last] = ml_collections.ConfigDict(entries)
+
+
 def main(argv=None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    argv, own = _own_overrides(list(sys.argv if argv is None else argv))
     fl = flags.FlagValues()
     config_flag = config_flags.DEFINE_config_file("config", None, "a config file with get_config()",
-                                                  flag_values=fl, lock_config=True)
+                                                  flag_values=fl, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "output directory; rerunning resumes from it", flag_values=fl)
-    argv = sys.argv if argv is None else argv
     try:
         fl(argv)
         config = config_flag.value
         if config is not None:
             config.keys()  # a file that failed to load raises here, not at first use
+            _apply_own(config, own)
     except Exception as e:  # absl wraps override errors; show what names the key
         cause = e.__cause__ or e.__context__ or e
         msg = _unknown_override(argv) or (str(e) if str(e).startswith("flag --") else

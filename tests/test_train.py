@@ -206,6 +206,35 @@ def get_config():
     assert err.strip().splitlines()[-1].startswith("error: data.text_columns: ['review'] not in data.train"), err
 
 
+def test_cli_overrides_unset_keys_and_switch_methods(bert, files, tmp_path, capsys):
+    """The command line can set keys the config file left unset (None defaults, new keys of the peft and data
+    sections), unset one with =None, and so switch from steps to epochs or from P-Tuning v2 to Prompt Tuning."""
+    cfg = tmp_path / "c.py"
+    cfg.write_text(f"""
+from tests import train_utils as tu
+import pathlib
+def get_config():
+    return tu.config(pathlib.Path({str(bert)!r}), pathlib.Path({str(files[0])!r}), pathlib.Path({str(files[1])!r}))
+""")
+    rc, err = _cli(["--config", str(cfg), "--workdir", str(tmp_path / "wd"), "--config.train.num_steps=None",
+                    "--config.train.num_epochs=1", "--config.train.eval_batch_size=4",
+                    "--config.peft.peft_type=PROMPT_TUNING", "--config.peft.prompt_tuning_init=TEXT",
+                    "--config.peft.prompt_tuning_init_text=good or bad", "--config.peft.num_virtual_tokens=3",
+                    "--config.data.eval.split=train[:8]", "--config.data.label_names=('neg', 'pos')"], capsys)
+    assert rc == 0, err
+    saved = build.load_config(tmp_path / "wd")
+    assert saved.train.num_steps is None and saved.train.num_epochs == 1 and saved.train.eval_batch_size == 4
+    assert saved.peft.to_dict() == {"peft_type": "PROMPT_TUNING", "prompt_tuning_init": "TEXT", "num_virtual_tokens": 3,
+                                    "prompt_tuning_init_text": "good or bad"}
+    assert saved.data.eval.split == "train[:8]" and list(saved.data.label_names) == ["neg", "pos"]
+    summary = json.loads((tmp_path / "wd" / "summary.json").read_text())
+    assert summary["step"] == summary["num_steps"] == 6  # one epoch of 48 rows in batches of 8
+    rc, err = _cli(["--config", str(cfg), "--workdir", str(tmp_path / "wd2"), "--config.train.num_steps=None"], capsys)
+    assert rc == 1 and "set exactly one of train.num_steps and train.num_epochs" in err, err
+    rc, err = _cli(["--config", str(cfg), "--workdir", str(tmp_path / "wd2"), "--config.train.num_stepz=None"], capsys)
+    assert rc == 2 and "unknown config key train.num_stepz" in err, err
+
+
 # ------------------------------------------------------------------------------------ resume
 
 
