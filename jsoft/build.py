@@ -348,8 +348,21 @@ def build(config, train_ds=None):
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
-    """The resolved config a run saved in its workdir."""
+    """The resolved config a run saved in its workdir, over today's defaults (a run saved before a key
+    existed gets its default)."""
     f = Path(workdir) / "config.json"
     if not f.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json; is it the --workdir of a jsoft.train run?")
-    return ml_collections.ConfigDict(json.loads(f.read_text()))
+    config = default_config()
+    with config.unlocked():
+        _merge(config, json.loads(f.read_text()))
+    return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> None:
+    for key, value in saved.items():
+        if (f"{prefix}{key}" not in FREE_FORM and key in config and isinstance(config[key], ml_collections.ConfigDict)
+                and isinstance(value, dict)):
+            _merge(config[key], value, f"{prefix}{key}.")
+        else:
+            config[key] = value

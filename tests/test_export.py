@@ -64,6 +64,25 @@ def test_bert_seq_cls_adapter_gives_the_same_accuracy_in_peft(bert_run, tmp_path
     assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
 
 
+def test_a_run_saved_before_newer_config_keys_exports(bert_run, tmp_path):
+    """A workdir whose config.json predates keys added since (model.problem_type, ...) exports with their
+    defaults: load_config reads the saved config over today's."""
+    import shutil
+
+    _, workdir, _ = bert_run
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    saved = json.loads((old / "config.json").read_text())
+    for section, key in (("model", "problem_type"), ("model", "ignore_mismatched_sizes"),
+                         ("train", "eval_generate_options")):
+        del saved[section][key]
+    (old / "config.json").write_text(json.dumps(saved))
+    config = build.load_config(old)
+    assert config.model.problem_type is None and config.model.ignore_mismatched_sizes is False
+    assert config.train.num_steps == saved["train"]["num_steps"] and config.peft.to_dict() == saved["peft"]
+    assert export.export(old, tmp_path / "adapter")["step"] == 8
+
+
 def test_export_step_best_and_format(bert_run, tmp_path, capsys):
     _, workdir, summary = bert_run
     assert export.main(["--workdir", str(workdir), "--step", "4", "--out", str(tmp_path / "s4")]) == 0
