@@ -318,6 +318,12 @@ def check_token_ids(pm: jsoft.PeftModel, encoded: dict) -> None:
             raise ValueError(f"{key}: the pad token id {enc.pad_id} is outside the model's vocabulary of {V}; "
                              "the tokenizer (model.tokenizer) does not match model.name_or_path")
         label_rows = enc.labels if pm.base_model.task in ("causal_lm", "seq2seq_lm") else []  # else class ids
+        types = getattr(pm.base_model.config, "type_vocab_size", None)
+        type_rows = enc.token_type_ids if types is not None and enc.token_type_ids is not None else []
+        bad = [i for i, r in enumerate(type_rows) if r.size and r.max() >= types]
+        if bad:
+            raise ValueError(f"{key} row {bad[0]}: token type id {int(type_rows[bad[0]].max())} is outside the model's "
+                             f"{types} token types; the tokenizer (model.tokenizer) does not match model.name_or_path")
         for what, rows in (("token id", enc.input_ids), ("label token id", label_rows)):
             bad = [i for i, r in enumerate(rows) if r.size and r.max() >= V]
             if bad:

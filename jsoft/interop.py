@@ -72,12 +72,22 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"adapter weights {path} are corrupt or truncated ({type(e).__name__}: {e})") from None
 
 
+def head_layers(head: Head, head_name: str) -> list[tuple[str, str, str]]:
+    """(PEFT tensor name prefix, Head kernel attribute, Head bias attribute) per linear layer of a head:
+    `base_model.classifier` for a Linear; `.dense` and `.out_proj` of RoBERTa's classification head."""
+    if head.dense_kernel is None:
+        return [(f"base_model.{head_name}", "kernel", "bias")]
+    return [(f"base_model.{head_name}.dense", "dense_kernel", "dense_bias"),
+            (f"base_model.{head_name}.out_proj", "kernel", "bias")]
+
+
 def peft_tensors(adapter: Adapter, head_name: str | None) -> dict[str, np.ndarray]:
     tensors = {"prompt_embeddings": np.asarray(adapter.prompt.export(), np.float32)}
     if adapter.head is not None:
-        tensors[f"base_model.{head_name}.weight"] = np.asarray(adapter.head.kernel[...], np.float32).T
-        if adapter.head.bias is not None:
-            tensors[f"base_model.{head_name}.bias"] = np.asarray(adapter.head.bias[...], np.float32)
+        for prefix, kernel, bias in head_layers(adapter.head, head_name):
+            tensors[f"{prefix}.weight"] = np.asarray(getattr(adapter.head, kernel)[...], np.float32).T
+            if getattr(adapter.head, bias) is not None:
+                tensors[f"{prefix}.bias"] = np.asarray(getattr(adapter.head, bias)[...], np.float32)
     return tensors
 
 
@@ -144,7 +154,8 @@ def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None, a
         adapter = Adapter(config, model, jax.random.key(0), tokenizer=_NoTokenizer())
         tensors = _load_safetensors(directory / JSOFT_WEIGHTS)
         if any_num_labels and adapter.head is not None and "head.kernel" in tensors:
-            adapter.head = _own_head(adapter.head, tensors["head.kernel"], tensors.get("head.bias"), "head", directory)
+            arrays = [tensors.get(f"head.{a}") for a in ("kernel", "bias", "dense_kernel", "dense_bias")]
+            adapter.head = _own_head(adapter.head, arrays, "head", directory)
         flat = list(nnx.to_flat_state(nnx.state(adapter, Trainable)))
         expected = {".".join(map(str, p)) for p, _ in flat}
         if set(tensors) != expected:
@@ -167,35 +178,45 @@ def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None, a
     _check_shape(prompt, adapter.prompt.embedding.shape, "prompt_embeddings", directory)
     adapter.prompt.embedding = trainable(jnp.asarray(prompt, jnp.float32))
     if adapter.head is not None:
-        head = model.head_name
-        w = tensors.get(f"base_model.{head}.weight")
-        if w is None:
-            raise ValueError(f"{directory} has no trained head 'base_model.{head}.weight' for task "
-                             f"{config.task_type.value}")
+        layers = head_layers(adapter.head, model.head_name)
+        for prefix, _, bias in layers:
+            needed = [f"{prefix}.weight"] + ([f"{prefix}.bias"] if getattr(adapter.head, bias) is not None else [])
+            missing = [n for n in needed if n not in tensors]
+            if missing:
+                raise ValueError(f"{directory} has no trained head tensor {missing[0]!r} for task "
+                                 f"{config.task_type.value}")
         if any_num_labels:
-            b = tensors.get(f"base_model.{head}.bias")
-            adapter.head = _own_head(adapter.head, w.T, b, f"base_model.{head}", directory)
-        _check_shape(w.T, adapter.head.kernel.shape, f"base_model.{head}.weight (transposed)", directory)
-        adapter.head.kernel = trainable(jnp.asarray(w.T, jnp.float32))
-        if adapter.head.bias is not None:
-            b = tensors.get(f"base_model.{head}.bias")
-            if b is None:
-                raise ValueError(f"{directory} has no 'base_model.{head}.bias'")
-            _check_shape(b, adapter.head.bias.shape, f"base_model.{head}.bias", directory)
-            adapter.head.bias = trainable(jnp.asarray(b, jnp.float32))
+            arrays = {a: tensors.get(f"{prefix}.{suffix}") for prefix, k, b in layers
+                      for a, suffix in ((k, "weight"), (b, "bias"))}
+            arrays = [None if arrays.get(a) is None else (arrays[a].T if a.endswith("kernel") else arrays[a])
+                      for a in ("kernel", "bias", "dense_kernel", "dense_bias")]
+            adapter.head = _own_head(adapter.head, arrays, f"base_model.{model.head_name}", directory)
+        for prefix, kernel, bias in layers:
+            w = tensors[f"{prefix}.weight"].T
+            _check_shape(w, getattr(adapter.head, kernel).shape, f"{prefix}.weight (transposed)", directory)
+            setattr(adapter.head, kernel, trainable(jnp.asarray(w, jnp.float32)))
+            if getattr(adapter.head, bias) is not None:
+                b = tensors[f"{prefix}.bias"]
+                _check_shape(b, getattr(adapter.head, bias).shape, f"{prefix}.bias", directory)
+                setattr(adapter.head, bias, trainable(jnp.asarray(b, jnp.float32)))
     return adapter
 
 
-def _own_head(like: Head, kernel: np.ndarray, bias: np.ndarray | None, name: str, directory: Path) -> Head:
-    """The adapter's head for its own number of labels: its input width and its bias (or none) as `like`'s."""
-    D = like.kernel.shape[0]
-    if kernel.ndim != 2 or kernel.shape[0] != D:
+def _own_head(like: Head, arrays: list, name: str, directory: Path) -> Head:
+    """The adapter's head for its own number of labels (`arrays` as `Head.arrays`): every array but the output
+    projection's label axis shaped as `like`'s, and a bias where `like` has one."""
+    for have, want, what in zip(arrays, like.arrays(), ("kernel", "bias", "dense kernel", "dense bias")):
+        if (have is None) != (want is None):
+            raise ValueError(f"the head {name} in {directory} {'lacks' if have is None else 'has'} a {what}, unlike "
+                             "this base model's head: the adapter was made for another base model")
+        if have is not None and what.startswith("dense") and have.shape != want.shape:
+            raise ValueError(f"the head {name}'s {what} in {directory} has shape {have.shape}, not {want.shape}: "
+                             "the adapter was made for another base model")
+    kernel = arrays[0]
+    if kernel.ndim != 2 or kernel.shape[0] != like.kernel.shape[0]:
         raise ValueError(f"the head {name} in {directory} takes inputs of width {kernel.shape[:1]}, but this base "
-                         f"model's hidden size is {D}: the adapter was made for another base model")
-    if (bias is None) != (like.bias is None):
-        raise ValueError(f"the head {name} in {directory} {'lacks' if bias is None else 'has'} a bias, unlike "
-                         "this base model's head: the adapter was made for another base model")
-    return Head(kernel, bias)
+                         f"model's is {like.kernel.shape[0]}: the adapter was made for another base model")
+    return Head(*arrays)
 
 
 def head_num_labels(directory: str | os.PathLike, head_name: str) -> int | None:
@@ -204,11 +225,13 @@ def head_num_labels(directory: str | os.PathLike, head_name: str) -> int | None:
     from safetensors import safe_open
 
     directory = Path(directory)
-    for file, key, axis in ((JSOFT_WEIGHTS, "head.kernel", 1), (PEFT_WEIGHTS, f"base_model.{head_name}.weight", 0)):
+    peft_keys = (f"base_model.{head_name}.weight", f"base_model.{head_name}.out_proj.weight")
+    for file, keys, axis in ((JSOFT_WEIGHTS, ("head.kernel",), 1), (PEFT_WEIGHTS, peft_keys, 0)):
         if (directory / file).is_file():
             try:
                 with safe_open(str(directory / file), "np") as f:
-                    return f.get_slice(key).get_shape()[axis] if key in f.keys() else None
+                    key = next((k for k in keys if k in f.keys()), None)
+                    return None if key is None else f.get_slice(key).get_shape()[axis]
             except Exception:  # a corrupt file is reported when the adapter loads
                 return None
     return None

@@ -43,7 +43,7 @@ from jsoft.models.base import compute_dtype, token_ids
 from jsoft.models.hub import DECODER_ONLY, resolve  # decoder-only: every adapter can be a key/value prefix
 from jsoft.models.layers import KVCache
 from jsoft.tuners.config import TASK_OF, PeftType, PromptLearningConfig
-from jsoft.tuners.peft_model import PeftModel
+from jsoft.tuners.peft_model import Head, PeftModel, apply_head
 from jsoft.tuners.prefix_tuning import to_prefix_kv
 
 Array = jax.Array
@@ -90,6 +90,8 @@ class Tables:
     n_embeds: Array | None = None  # [S] int32
     head_kernel: Array | None = None  # [S, D, C] f32
     head_bias: Array | None = None  # [S, C] f32
+    head_dense_kernel: Array | None = None  # [S, D, D] f32: RoBERTa's head has a dense layer before
+    head_dense_bias: Array | None = None  # [S, D] f32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +179,8 @@ class MultiTaskModel:
                     if v is not None), 0)
         self.pad_token_id = pad if 0 <= pad < mc.vocab_size else 0
         hf = json.loads((model_dir / "config.json").read_text())
-        self.max_positions = getattr(mc, "max_positions", None) or _sane(self.tokenizer.model_max_length) or 512
+        self.max_positions = (mc.position_table_size or getattr(mc, "max_positions", None)
+                              or _sane(self.tokenizer.model_max_length) or 512)
         self.id2label = {int(k): v for k, v in (hf.get("id2label") or {}).items()}
         self.head_name = getattr(self.base, "head_name", None)
         for a in self._adapters.values():
@@ -259,12 +262,15 @@ class MultiTaskModel:
             kw["embeds"] = jnp.zeros((S, Ve, mc.hidden_size), jnp.float32)
             kw["n_embeds"] = jnp.zeros((S,), jnp.int32)
         if self.head_name:
-            head = getattr(self.base, self.head_name)
-            D, C = head.kernel.shape
+            kernel, bias, dense_kernel, dense_bias = Head.copy_of(getattr(self.base, self.head_name)).arrays()
+            D, C = kernel.shape
             C = max([C] + [a.num_labels for a in self._adapters.values() if a.num_labels])
             kw["head_kernel"] = jnp.zeros((S, D, C), jnp.float32)
-            if getattr(head, "bias", None) is not None:
+            if bias is not None:
                 kw["head_bias"] = jnp.zeros((S, C), jnp.float32)
+            if dense_kernel is not None:
+                kw["head_dense_kernel"] = jnp.zeros((S, *dense_kernel.shape), jnp.float32)
+                kw["head_dense_bias"] = None if dense_bias is None else jnp.zeros((S, *dense_bias.shape), jnp.float32)
         return Tables(**kw)
 
     def _load(self, name: str, a: _Registered) -> None:
@@ -312,6 +318,10 @@ class MultiTaskModel:
                 t = t.replace(head_kernel=t.head_kernel.at[s].set(0).at[s, :, :C].set(head.kernel[...]))
                 if t.head_bias is not None:
                     t = t.replace(head_bias=t.head_bias.at[s].set(0).at[s, :C].set(head.bias[...]))
+                if t.head_dense_kernel is not None:
+                    t = t.replace(head_dense_kernel=t.head_dense_kernel.at[s].set(head.dense_kernel[...]))
+                if t.head_dense_bias is not None:
+                    t = t.replace(head_dense_bias=t.head_dense_bias.at[s].set(head.dense_bias[...]))
                 a.num_labels = C
                 a.labels = self._labels_of(a)
             self._tables = t
@@ -440,16 +450,12 @@ def _packed(base, t: Tables, ids: Array, mask: Array, slots: Array):
 
 
 def _head(t: Tables, slots: Array):
+    """Each row's adapter head (`peft_model.apply_head`), or None without heads."""
     if t.head_kernel is None:
         return None
-    kernel = t.head_kernel[slots]
-    bias = None if t.head_bias is None else t.head_bias[slots]
-
-    def per_row(x):
-        y = jnp.einsum("b...d,bdc->b...c", x.astype(jnp.float32), kernel)
-        return y if bias is None else y + bias.reshape(bias.shape[:1] + (1,) * (y.ndim - 2) + bias.shape[1:])
-
-    return per_row
+    arrays = tuple(None if a is None else a[slots] for a in (t.head_kernel, t.head_bias, t.head_dense_kernel,
+                                                              t.head_dense_bias))
+    return lambda x, drop=None, rate=0.0: apply_head(x, arrays, drop, rate, per_row=True)
 
 
 def _left_positions(mask: Array, n_prefix: Array) -> Array:
@@ -469,7 +475,8 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
         return out.logits.astype(jnp.float32)
     embeds, full_mask, n = _packed(base, t, ids, mask, slots)
     W = embeds.shape[1]
-    positions = jnp.minimum(jnp.arange(W, dtype=jnp.int32)[None] + n_prefix[:, None], base.config.max_positions - 1)
+    positions = jnp.minimum(jnp.arange(W, dtype=jnp.int32)[None] + n_prefix[:, None],
+                            base.config.position_table_size - 1)  # encoders (BERT, RoBERTa): learned positions
     out = base(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, head=_head(t, slots),
                **prefix)
     logits = out.logits.astype(jnp.float32)

@@ -262,3 +262,35 @@ def test_decoder_only_classification_pads_left_and_matches_peft(tiny_dir, tmp_pa
     assert total == 27
     assert correct / total == summary["eval"]["accuracy"]
     assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+
+
+def test_roberta_p_tuning_v2_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
+    """RoBERTa, P-Tuning v2's main backbone: deep prefixes and its two-layer classification head (dense, tanh,
+    out_proj on <s>) train, export with PEFT's tensor names, and give PEFT the same accuracy and loss on text
+    pairs."""
+    model = tu.model_dir(tiny_dir, "roberta", "seq_cls", num_labels=2)
+    rows = lambda n, seed: [{"premise": a["text"], "hypothesis": b["text"], "label": a["label"]}
+                            for a, b in zip(tu.sentiment(n, seed), tu.sentiment(n, seed + 5))]
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", rows(48, 0)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", rows(27, 1)),
+                  data=dict(text_columns=("premise", "hypothesis")), train=dict(learning_rate=0.1))
+    summary = train.train(c, tmp_path / "wd")
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    from safetensors.numpy import load_file
+
+    assert {"base_model.classifier.dense.weight", "base_model.classifier.out_proj.bias"} <= set(
+        load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    ref = _peft_model("roberta", "seq_cls", model, tmp_path / "adapter")
+    _, batches = _eval_batches(tmp_path / "wd")
+    correct = total = nll = 0.0
+    for b in batches:
+        assert "token_type_ids" not in b
+        logits = _logits(ref, b)
+        w = b["weights"]
+        correct += float(((logits.argmax(-1) == b["labels"]) * w).sum())
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float((logp[np.arange(len(w)), b["labels"]] * w).sum())
+        total += float(w.sum())
+    assert total == 27
+    assert correct / total == summary["eval"]["accuracy"]
+    assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)

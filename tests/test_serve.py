@@ -253,16 +253,19 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(gpt, bert):
         assert r.status_code == 413 and r.json()["max_input_tokens"] == bert[0].max_positions - 3
 
 
-def test_adapters_with_their_own_labels_share_a_batch(tmp_path):
-    """One BERT with a 3-label head serves adapters trained for 3, 2, 4 (multi-label) and 1 (regression)
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_adapters_with_their_own_labels_share_a_batch(tmp_path, kind):
+    """One encoder with a 3-label head serves adapters trained for 3, 2, 4 (multi-label) and 1 (regression)
     outputs in one mixed batch: each row equals PeftModel with that adapter's own head, read by its
-    jsoft_labels.json (softmax, sigmoids, the value) or, without one, by the model's label names."""
+    jsoft_labels.json (softmax, sigmoids, the value) or, without one, by the model's label names. RoBERTa's
+    head has a dense layer before its output projection."""
     from jsoft import interop
     from jsoft.tuners.peft_model import Head
 
-    tiny.save("bert", "seq_cls", tmp_path / "m", num_labels=3, id2label=LABELS)
+    tiny.save(kind, "seq_cls", tmp_path / "m", num_labels=3, id2label=LABELS)
     tiny.tokenizer("bert").save_pretrained(tmp_path / "m")
     base = jsoft.from_pretrained(tmp_path / "m", task="seq_cls")
+    dense = Head.copy_of(base.classifier).arrays()[2:]  # RoBERTa's dense layer (None, None for BERT)
     rng = np.random.default_rng(0)
     specs = {  # name: (config, labels, jsoft_labels.json)
         "three": (jsoft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3), 3, None),
@@ -276,11 +279,12 @@ def test_adapters_with_their_own_labels_share_a_batch(tmp_path):
     for i, (name, (config, n, labels)) in enumerate(specs.items()):
         pm = jsoft.get_peft_model(base, config, seed=i)
         if n != 3:
-            pm.adapters["default"].head = Head(rng.normal(0, 2, (40, n)), rng.normal(0, 1, n))
+            pm.adapters["default"].head = Head(rng.normal(0, 2, (40, n)), rng.normal(0, 1, n), *dense)
         interop.save_adapter(pm, tmp_path / "ad" / name, labels=labels)
     model = MultiTaskModel(tmp_path / "m", tmp_path / "ad")
     ref = jsoft.PeftModel(base, None)
-    with pytest.raises(ValueError, match=r"base_model.classifier.weight .* has shape \(40, 2\) but .* needs \(40, 3\)"):
+    with pytest.raises(ValueError, match=r"base_model.classifier.(out_proj.)?weight .* has shape \(40, 2\) but .* "
+                                         r"needs \(40, 3\)"):
         ref.load_adapter(tmp_path / "ad" / "two", "two")  # as PEFT: a head for other labels is refused by default
     for name in specs:
         model.ensure_loaded(name)
@@ -307,7 +311,8 @@ def test_adapters_with_their_own_labels_share_a_batch(tmp_path):
 
 
 @pytest.mark.parametrize("kind,task,post", [("t5", "seq2seq_lm", "t5"), ("gpt2", "seq_cls", "gpt"),
-                                            ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert")])
+                                            ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert"),
+                                            ("roberta", "seq_cls", "bert")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     """The other layouts: T5 (prompt into the encoder, prefix into the decoder), decoder-only
     classification (left padding, every adapter a key/value prefix), encoder token labels (prompts

@@ -148,6 +148,15 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_training(tiny_dir, 
                                          r"20 .* the tokenizer \(model\.tokenizer\) does not match"):
         train.train(c, tmp_path / "wd")
     assert not (tmp_path / "wd" / "checkpoints").exists()
+    # a BERT tokenizer's text pairs on RoBERTa, which has one token type
+    roberta = tu.model_dir(tiny_dir, "roberta", "seq_cls", num_labels=2)
+    tu.tokenizer("bert").save_pretrained(tmp_path / "bert_tokenizer")
+    pairs = tu.write_jsonl(tmp_path / "pairs.jsonl", [{"text": r["text"], "other": r["text"], "label": r["label"]}
+                                                      for r in tu.sentiment(16)])
+    c = tu.config(roberta, pairs, None, model=dict(tokenizer=str(tmp_path / "bert_tokenizer")),
+                  data=dict(text_columns=("text", "other")))
+    with pytest.raises(ValueError, match=r"data\.train row 0: token type id 1 is outside the model's 1 token types"):
+        train.train(c, tmp_path / "wd2")
 
 
 # ------------------------------------------------------------------------------------ NaN

@@ -25,6 +25,10 @@ CONFIGS = {
         "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "rms_norm_eps": 1e-5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
         "tie_word_embeddings": False, **kw}),
+    "roberta": lambda **kw: tf.RobertaConfig(**{  # pad id 0: positions start at row 1
+        "vocab_size": VOCAB, "hidden_size": 40, "num_hidden_layers": 3, "num_attention_heads": 5,
+        "intermediate_size": 72, "max_position_embeddings": 66, "type_vocab_size": 1, "pad_token_id": 0,
+        "bos_token_id": 2, "eos_token_id": 3, **kw}),
     "mistral": lambda **kw: tf.MistralConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
@@ -46,6 +50,8 @@ CLASSES = {
     ("llama", None): tf.LlamaModel, ("llama", "causal_lm"): tf.LlamaForCausalLM,
     ("llama", "seq_cls"): tf.LlamaForSequenceClassification,
     ("llama", "token_cls"): tf.LlamaForTokenClassification,
+    ("roberta", None): tf.RobertaModel, ("roberta", "seq_cls"): tf.RobertaForSequenceClassification,
+    ("roberta", "token_cls"): tf.RobertaForTokenClassification,
     ("mistral", "causal_lm"): tf.MistralForCausalLM, ("mistral", "seq_cls"): tf.MistralForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }

@@ -32,12 +32,13 @@ def tokenizer(kind: str):
     if kind == "t5":
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
         kw = dict(eos_token="</s>", pad_token="[PAD]", model_input_names=["input_ids", "attention_mask"])
-    elif kind == "bert":
+    elif kind in ("bert", "roberta"):  # RoBERTa's tokenizers return no token types
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
         kw = dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-                  model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+                  model_input_names=["input_ids", "token_type_ids", "attention_mask"] if kind == "bert"
+                  else ["input_ids", "attention_mask"])
     else:
         kw = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **kw)

@@ -38,26 +38,53 @@ from jsoft.tuners.variables import Trainable, trainable
 
 
 class Head(nnx.Module):
-    """The adapter's trainable copy of the backbone's classification head (PEFT's
-    `modules_to_save`): the backbone's own head stays frozen."""
+    """The adapter's trainable copy of the backbone's classification head (PEFT's `modules_to_save`): a
+    Linear, or (RoBERTa's) a dense layer and tanh before the output projection. The backbone's own head
+    stays frozen."""
 
-    def __init__(self, kernel, bias=None):
-        """`kernel [D, C]`, `bias [C]` or None."""
-        self.kernel = trainable(jnp.asarray(kernel, jnp.float32))
-        self.bias = nnx.data(None) if bias is None else trainable(jnp.asarray(bias, jnp.float32))
+    def __init__(self, kernel, bias=None, dense_kernel=None, dense_bias=None):
+        """`kernel [D, C]`, `bias [C]`; `dense_kernel [D, D]`, `dense_bias [D]` (each may be None)."""
+        as_var = lambda x: nnx.data(None) if x is None else trainable(jnp.asarray(x, jnp.float32))
+        self.kernel, self.bias = as_var(kernel), as_var(bias)
+        self.dense_kernel, self.dense_bias = as_var(dense_kernel), as_var(dense_bias)
 
     @classmethod
-    def copy_of(cls, base_head: nnx.Linear) -> Head:
-        bias = getattr(base_head, "bias", None)
-        return cls(base_head.kernel[...], None if bias is None else bias[...])
+    def copy_of(cls, base_head: nnx.Module) -> Head:
+        value = lambda layer, name: None if getattr(layer, name, None) is None else getattr(layer, name)[...]
+        if hasattr(base_head, "out_proj"):  # dense -> tanh -> out_proj
+            d, o = base_head.dense, base_head.out_proj
+            return cls(o.kernel[...], value(o, "bias"), d.kernel[...], value(d, "bias"))
+        return cls(base_head.kernel[...], value(base_head, "bias"))
 
     @property
     def num_labels(self) -> int:
         return self.kernel.shape[1]
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = x.astype(jnp.float32) @ self.kernel[...]
-        return y if self.bias is None else y + self.bias[...]
+    def arrays(self) -> tuple:
+        """(kernel, bias, dense_kernel, dense_bias), None where absent."""
+        return tuple(None if v is None else v[...] for v in (self.kernel, self.bias, self.dense_kernel,
+                                                             self.dense_bias))
+
+    def __call__(self, x: jax.Array, drop=None, rate: float = 0.0) -> jax.Array:
+        return apply_head(x, self.arrays(), drop, rate)
+
+
+def apply_head(x: jax.Array, arrays: tuple, drop=None, rate: float = 0.0, per_row: bool = False) -> jax.Array:
+    """A head's `arrays` (`Head.arrays`) on `x [B, ..., D]` in fp32; `per_row`: each array has a leading
+    batch axis (one head per row: a mixed-adapter batch). `drop` applies between the two layers."""
+    kernel, bias, dense_kernel, dense_bias = arrays
+    x = x.astype(jnp.float32)
+    if dense_kernel is not None:
+        x = jnp.tanh(_affine(x, dense_kernel, dense_bias, per_row))
+        x = x if drop is None else drop(x, rate)
+    return _affine(x, kernel, bias, per_row)
+
+
+def _affine(x, kernel, bias, per_row: bool):
+    y = jnp.einsum("b...d,bdc->b...c", x, kernel) if per_row else x @ kernel
+    if bias is None:
+        return y
+    return y + (bias.reshape(bias.shape[:1] + (1,) * (y.ndim - 2) + bias.shape[1:]) if per_row else bias)
 
 
 def prefix_layer_count(config: PrefixTuningConfig, mc) -> int:
@@ -307,14 +334,10 @@ class PeftModel(nnx.Module):
         if len({h.num_labels for h in heads}) > 1:
             raise ValueError(f"adapters {sorted(set(names))} have heads for different numbers of labels "
                              f"{sorted({h.num_labels for h in heads})}; run them in separate batches")
-        kernel = jnp.stack([h.kernel[...] for h in heads])[rows]
-        bias = None if heads[0].bias is None else jnp.stack([h.bias[...] for h in heads])[rows]
-
-        def per_row(x):
-            y = jnp.einsum("b...d,bdc->b...c", x.astype(jnp.float32), kernel)
-            return y if bias is None else y + bias.reshape(bias.shape[:1] + (1,) * (y.ndim - 2) + bias.shape[1:])
-
-        return per_row
+        arrays = [h.arrays() for h in heads]
+        stacked = tuple(None if a is None else jnp.stack([x[i] for x in arrays])[rows]
+                        for i, a in enumerate(arrays[0]))
+        return lambda x, drop=None, rate=0.0: apply_head(x, stacked, drop, rate, per_row=True)
 
     def _names_and_rows(self, adapter_names, B: int):
         if adapter_names is None:
