@@ -228,12 +228,12 @@ def named_seed(seed: int, name: str) -> int:
 # ============================================================================================ building
 
 
-PREFIX_SPACE_TYPES = ("gpt2",)  # byte-level BPE: run_ner loads these with add_prefix_space for word lists
+PREFIX_SPACE_TYPES = ("gpt2", "roberta")  # byte-level BPE: run_ner loads these with add_prefix_space for words
 
 
 def load_tokenizer(config):
-    """The run's tokenizer. For token_cls on a byte-level BPE model (GPT-2) it adds a space before each word, as
-    transformers' run_ner does: otherwise every word is tokenized as if it began the text. For seq_cls on a
+    """The run's tokenizer. For token_cls on a byte-level BPE model (GPT-2, RoBERTa) it adds a space before each
+    word, as transformers' run_ner does: otherwise every word is tokenized as if it began the text. For seq_cls on a
     decoder-only model it pads on the left, so the last position (what PEFT's prompt tuning and P-tuning
     classify from: it cannot see pads in embeddings) is each row's last real token."""
     from transformers import AutoTokenizer
