@@ -33,6 +33,21 @@ def _logits(model, batch, keys=("input_ids", "attention_mask", "token_type_ids")
     return out.logits.float().numpy()
 
 
+def assert_peft_classifies_the_same(ref, batches, summary, rows: int):
+    """PEFT's accuracy and mean NLL over the eval batches (dummy rows weighted 0) equal jsoft's summary."""
+    correct = total = nll = 0.0
+    for b in batches:
+        logits = _logits(ref, b)
+        w = b["weights"]
+        correct += float(((logits.argmax(-1) == b["labels"]) * w).sum())
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float((logp[np.arange(len(w)), b["labels"]] * w).sum())
+        total += float(w.sum())
+    assert total == rows
+    assert correct / total == summary["eval"]["accuracy"]
+    assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def bert_run(tiny_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bert_run")
@@ -51,17 +66,7 @@ def test_bert_seq_cls_adapter_gives_the_same_accuracy_in_peft(bert_run, tmp_path
     assert json.loads((tmp_path / "adapter/adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
     ref = _peft_model("bert", "seq_cls", model, tmp_path / "adapter")
     _, batches = _eval_batches(workdir)
-    correct = total = nll = 0.0
-    for b in batches:
-        logits = _logits(ref, b)
-        w = b["weights"]
-        correct += float(((logits.argmax(-1) == b["labels"]) * w).sum())
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll -= float((logp[np.arange(len(w)), b["labels"]] * w).sum())
-        total += float(w.sum())
-    assert total == 27
-    assert correct / total == summary["eval"]["accuracy"]
-    assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+    assert_peft_classifies_the_same(ref, batches, summary, 27)
 
 
 def test_a_run_saved_before_newer_config_keys_exports(bert_run, tmp_path):
@@ -250,18 +255,9 @@ def test_decoder_only_classification_pads_left_and_matches_peft(tiny_dir, tmp_pa
     export.export(tmp_path / "wd", tmp_path / "adapter")
     ref = _peft_model(kind, "seq_cls", model, tmp_path / "adapter")
     _, batches = _eval_batches(tmp_path / "wd")
-    correct = total = nll = 0.0
     for b in batches:
         assert b["attention_mask"][:, -1].all() and not b["attention_mask"][:, 0].all()  # left-padded
-        logits = _logits(ref, b)
-        w = b["weights"]
-        correct += float(((logits.argmax(-1) == b["labels"]) * w).sum())
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll -= float((logp[np.arange(len(w)), b["labels"]] * w).sum())
-        total += float(w.sum())
-    assert total == 27
-    assert correct / total == summary["eval"]["accuracy"]
-    assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+    assert_peft_classifies_the_same(ref, batches, summary, 27)
 
 
 def test_roberta_p_tuning_v2_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
@@ -282,15 +278,5 @@ def test_roberta_p_tuning_v2_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
         load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
     ref = _peft_model("roberta", "seq_cls", model, tmp_path / "adapter")
     _, batches = _eval_batches(tmp_path / "wd")
-    correct = total = nll = 0.0
-    for b in batches:
-        assert "token_type_ids" not in b
-        logits = _logits(ref, b)
-        w = b["weights"]
-        correct += float(((logits.argmax(-1) == b["labels"]) * w).sum())
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll -= float((logp[np.arange(len(w)), b["labels"]] * w).sum())
-        total += float(w.sum())
-    assert total == 27
-    assert correct / total == summary["eval"]["accuracy"]
-    assert nll / total == pytest.approx(summary["eval"]["loss"], rel=1e-4)
+    assert not any("token_type_ids" in b for b in batches)
+    assert_peft_classifies_the_same(ref, batches, summary, 27)
