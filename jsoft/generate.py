@@ -238,7 +238,14 @@ def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, A
     nb, N = cfg.num_beams, cfg.max_new_tokens
     ids, mask = _repeat(inputs["input_ids"], nb), _repeat(inputs["attention_mask"], nb)
     R, T = ids.shape
-    cache, prefix_mask = _cache(base, base.config.num_layers, R, T + N - 1, _repeat(inputs.get("prefix_kv"), nb, 2),
+    c = base.config
+    prompt = T + (0 if inputs.get("prefix_kv") is None else inputs["prefix_kv"].shape[3])
+    if getattr(c, "rope_type", None) == "dynamic" and prompt > c.max_positions:
+        # transformers rotates a prompt's keys with the frequencies of its whole length; the prefill here
+        # stops one token short of it, so past max_position_embeddings the two would differ
+        raise ValueError(f"a prompt of {prompt} positions (virtual tokens included) exceeds max_position_embeddings="
+                         f"{c.max_positions} of this model's dynamic RoPE; jsoft generates from prompts within it")
+    cache, prefix_mask = _cache(base, c.num_layers, R, T + N - 1, _repeat(inputs.get("prefix_kv"), nb, 2),
                                 _repeat(inputs.get("prefix_mask"), nb))
     # slot t of row r holds position start[r] + t: real tokens count from the row's own first token,
     # after its prefix; left pads get clipped positions and are masked out

@@ -296,6 +296,27 @@ def test_repetition_penalty_skips_left_pads(tiny_dir):
     assert 0 in ids[2, :5] and not np.array_equal(got, np.asarray(pm.generate(ids, mask, max_new_tokens=NEW)))
 
 
+def test_dynamic_rope_generation_matches_peft(tiny_dir, tmp_path):
+    """Dynamic NTK RoPE: generation that runs past max_position_embeddings rescales the frequencies at each
+    new position, as transformers does; a prompt longer than max_position_embeddings is refused (transformers
+    rotates all of its keys with the whole prompt's frequencies)."""
+    overrides = dict(**DIVERSE["llama"], max_position_embeddings=12,
+                     rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+    path = tiny_dir("llama", "causal_lm", **overrides)
+    config, _ = peft_ref.configs("prefix", "causal_lm")
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(path, task="causal_lm"), config, seed=1)
+    pm.save_pretrained(tmp_path / "adapter")
+    ids = ids_batch(2, 4, seed=7)  # 5 prefix + 4 prompt + 8 new positions: past 12 from the fourth new token
+    got = np.asarray(pm.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW))
+    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base("llama", "causal_lm", path), tmp_path / "adapter").eval()
+    np.testing.assert_array_equal(got, peft_generate(ref, ids, min_new_tokens=NEW))
+    plain = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir("llama", "causal_lm", **DIVERSE["llama"]),
+                                                       task="causal_lm"), config, seed=1)
+    assert not np.array_equal(got, np.asarray(plain.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW)))
+    with pytest.raises(ValueError, match="a prompt of 13 positions .* exceeds max_position_embeddings=12"):
+        pm.generate(ids_batch(2, 8), max_new_tokens=2)
+
+
 @pytest.mark.parametrize("kind", ["t5", "llama"])
 def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     pm = jsoft.PeftModel(jsoft.from_pretrained(model_dir(tiny_dir, kind), task=TASK[kind]), None)  # no adapter

@@ -37,7 +37,7 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 BASE_PREFIX = "model"
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 HEAD_NAMES = {"seq_cls": "score", "token_cls": "score"}  # attribute (and HF module) of each head
 
 
@@ -49,7 +49,7 @@ class Config(TransformerConfig):
     max_positions: int = 2048
     rope_type: str = "default"
     rope_theta: float = 10000.0
-    rope_factor: float = 1.0  # linear and llama3
+    rope_factor: float = 1.0  # linear, llama3 and dynamic
     rope_low_freq_factor: float = 1.0  # llama3
     rope_high_freq_factor: float = 4.0  # llama3
     rope_original_max_positions: int = 8192  # llama3
@@ -121,7 +121,7 @@ def _rope_from_hf(hf: dict) -> dict:
     if rope["rope_type"] not in ROPE_TYPES:
         raise ValueError(f"config.json {key}[{type_key!r}]={rope['rope_type']!r} is not supported by jsoft's "
                          f"Llama; valid: {list(ROPE_TYPES)}")
-    need = {"default": (), "linear": ("factor",),
+    need = {"default": (), "linear": ("factor",), "dynamic": ("factor",),
             "llama3": ("factor", "low_freq_factor", "high_freq_factor")}[rope["rope_type"]]
     for name in need:
         if name not in rope:
@@ -148,9 +148,20 @@ def rope_inv_freq(c: Config) -> np.ndarray:
     return inv.astype(f32)
 
 
+def dynamic_inv_freq(c: Config, positions_BxT: jax.Array) -> jax.Array:
+    """Dynamic NTK scaling, as transformers applies it to one forward: past max_position_embeddings the
+    base grows with the sequence, `seq_len = max(position_ids) + 1`; within it, the default frequencies."""
+    f32, dim = jnp.float32, c.head_dim
+    length = jnp.maximum(jnp.max(positions_BxT) + 1, c.max_positions).astype(f32)
+    base = f32(c.rope_theta) * ((f32(c.rope_factor) * length / f32(c.max_positions)) - f32(c.rope_factor - 1)) ** (
+        f32(dim) / f32(dim - 2))
+    return f32(1.0) / (base ** (jnp.arange(0, dim, 2, dtype=f32) / f32(dim)))
+
+
 def rope_cos_sin(c: Config, positions_BxT: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
     """`cos, sin [B, T, K]` (frequencies repeated twice, HF's rotate_half layout)."""
-    freqs = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(c))
+    inv = dynamic_inv_freq(c, positions_BxT) if c.rope_type == "dynamic" else jnp.asarray(rope_inv_freq(c))
+    freqs = positions_BxT[..., None].astype(jnp.float32) * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 

@@ -73,8 +73,8 @@ def test_inverse_frequencies_match_transformers(inv_freq_config):
 
 def test_unknown_rope_type_names_key_and_valid_values():
     hf = hf_dict()
-    hf["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}
-    with pytest.raises(ValueError, match=r"rope_parameters\['rope_type'\]='dynamic'.*'llama3'"):
+    hf["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 1e4, "factor": 2.0}
+    with pytest.raises(ValueError, match=r"rope_parameters\['rope_type'\]='longrope'.*'llama3'"):
         llama.Config.from_hf(hf)
     hf.pop("rope_parameters")
     hf["rope_scaling"] = {"type": "yarn", "factor": 2.0}

@@ -83,6 +83,8 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("llama", "causal_lm", dict(tie_word_embeddings=True, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8})),
+    # dynamic NTK: the batch's 11 positions outgrow the 8 of max_position_embeddings, so the base is scaled
+    ("llama", "causal_lm", dict(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 3.0})),
 ]
 
 
