@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import bert, heads
+from jsoft.models import bert
 from jsoft.models.base import check_position_count, hf_name, is_kernel, past_length
 from jsoft.models.layers import DropoutRng, ModelOutput, Precision, attention_mask_4d, dense
 
@@ -80,7 +80,8 @@ class RobertaModel(bert.BertModel):
         self.embeddings = Embeddings(c, p, rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
-                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, drop=None, cls_index=None):
+                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, drop=None, cls_index=None,
+                 pooled_only: bool = False):
         drop = drop or DropoutRng(None)
         by_ids = inputs_embeds is None
         if by_ids:
@@ -96,7 +97,8 @@ class RobertaModel(bert.BertModel):
         x = self.embeddings(inputs_embeds, jnp.asarray(position_ids, jnp.int32), token_type_ids, drop,
                             input_ids if by_ids else None)
         mask = attention_mask_4d(attention_mask, T, T, causal=False)
-        return self.encoder(x, mask, prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop), None
+        rows = bert.pooled_rows(B, cls_index) if pooled_only else None
+        return self.encoder(x, mask, rows, prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop), None
 
 
 class Roberta(nnx.Module):
@@ -121,15 +123,17 @@ class Roberta(nnx.Module):
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
                  dropout_rng: jax.Array | None = None, head=None, cls_index=None) -> ModelOutput:
         """`head` replaces the classifier (a PEFT adapter's trained copy of it); `cls_index [B]` is the slot
-        the seq_cls head reads (default 0, <s>)."""
+        the seq_cls head reads (default 0, <s>); the last layer computes only that slot for seq_cls, so
+        `last_hidden_state` is `[B, 1, D]`."""
         if cache is not None:
             raise ValueError("RoBERTa is an encoder: it takes no decoding cache (cache must be None)")
         drop = DropoutRng(dropout_rng)
+        seq_cls = self.task == "seq_cls"  # the head reads one token: the last layer computes only that one
         h, _ = self.roberta(input_ids, attention_mask, position_ids, token_type_ids, inputs_embeds, prefix_kv,
-                            prefix_mask, drop)
+                            prefix_mask, drop, cls_index, pooled_only=seq_cls)
         rate = self.config.classifier_dropout
-        if self.task == "seq_cls":
-            first = drop(heads.pool_at(h, 0 if cls_index is None else cls_index), rate)
+        if seq_cls:
+            first = drop(h[:, 0], rate)
             logits = (head or self.classifier)(first, drop, rate).astype(jnp.float32)
         elif self.task == "token_cls":
             logits = (head or self.classifier)(drop(h, rate)).astype(jnp.float32)
