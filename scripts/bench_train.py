@@ -25,7 +25,8 @@ FLOPs ("model FLOPs", the standard estimate): train = 3 x forward, forward = 2 *
 * S_q * S_k * B, with N the matmul parameters of the frozen backbone (per layer 4 d^2 + 2 d d_ff, plus the LM
 head vocab x d for causal LM; embeddings excluded), T the tokens through the layers (B * (L + 20) for
 prompt / P-tuning, B * L for prefix methods; the LM head only on the B * L (prefix: B * (L - 1); verbalizer: B)
-positions that predict a label), S_q, S_k the query and key lengths (keys include the prefix).
+positions that predict a label; BERT's last layer: keys and values for every token, the rest for the pooled
+one, which is all its classifier reads), S_q, S_k the query and key lengths (keys include the prefix).
 Soft-prompt training computes no weight gradients for the frozen backbone, so the work actually done is
 nearer 2 x forward; the 3x figure is the usual convention (compare with other reports), not a count.
 Achieved FLOP/s is set against this machine's measured 2048 x 2048 matmul rate (in --dtype) in each framework (and
@@ -62,11 +63,15 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
     else:
         d, n_layer, ff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
         head = d * d + 2 * d  # pooler + classifier
-    n = n_layer * (4 * d * d + 2 * d * ff)
+    per_token = 4 * d * d + 2 * d * ff  # a layer's matmul weights, each used once per token
     prefix = _method(case) in ("prefix", "ptv2")
     s_q = length if prefix else length + VT
     s_k = length + VT
-    fwd = 2 * n * batch * s_q + 4 * n_layer * d * s_q * s_k * batch
+    layer = 2 * per_token * batch * s_q + 4 * d * s_q * s_k * batch
+    fwd = n_layer * layer
+    if not case.startswith("gpt2"):  # a classifier reads one token: the last layer computes keys and values for
+        # every token, queries, attention output and MLP for that one
+        fwd += 2 * (2 * d * d) * batch * s_q + 2 * (per_token - 2 * d * d) * batch + 4 * d * s_k * batch - layer
     # the LM head counts on the positions that predict a label (the loss needs no other logits): the input's
     # tokens, predicted from the last virtual token on with a prompt in front, else from the second token
     labelled = (length if s_q > length else length - 1) if case.startswith("gpt2") else 1
@@ -364,7 +369,8 @@ def main(argv=None):
                   + f" {r['loss']:7.3f} {ratio:>10}")
     print(f"\nbatch {a.batch} x {a.length} tokens, {VT} virtual tokens, {a.warmup} warmup + {a.steps} timed steps, "
           f"device {a.device}, {a.dtype}. Peak MiB: process RSS on CPU, allocator peak on a GPU. "
-          "FLOPs = 3 x (2 N T + 4 n_layer d S_q S_k B), N = frozen matmul params (see --help). "
+          "FLOPs = 3 x (2 N T + 4 n_layer d S_q S_k B), N = frozen matmul params, BERT's last layer on its pooled "
+          "token (see --help). "
           f"frac = achieved / measured {a.dtype} 2048^2 matmul rate of the same framework."
           + (f" MFU = achieved / {a.peak_tflops:g} TFLOP/s (3x-forward FLOPs; the work done is 2x)." if a.peak_tflops
              else ""))
