@@ -239,10 +239,7 @@ def load_tokenizer(config):
     from transformers import AutoTokenizer
 
     path = config.model.tokenizer or config.model.name_or_path
-    try:
-        model_type = hub.read_config(hub.resolve(config.model.name_or_path)).get("model_type")
-    except (OSError, ValueError):
-        model_type = None  # loading the model names the problem
+    model_type = hub.model_type(config.model.name_or_path)
     kwargs = {"add_prefix_space": True} if config.model.task == "token_cls" and model_type in PREFIX_SPACE_TYPES \
         else {}
     try:

@@ -84,6 +84,26 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Pat
             f"HF cache, and it could not be downloaded ({type(e).__name__}: {e})") from None
 
 
+def model_type(name_or_path) -> str | None:
+    """config.json's model_type, reading only that file (a Hub id's weights are not downloaded for it); None when
+    it cannot be read (loading the model then names the problem)."""
+    path = Path(str(name_or_path)).expanduser()
+    try:
+        if path.is_dir():
+            return read_config(path).get("model_type")
+        from huggingface_hub import hf_hub_download
+
+        for local in (True, False):
+            try:
+                return json.loads(Path(hf_hub_download(str(name_or_path), "config.json",
+                                                       local_files_only=local)).read_text()).get("model_type")
+            except Exception:
+                continue
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def read_config(model_dir: Path) -> dict:
     f = model_dir / "config.json"
     if not f.is_file():
