@@ -228,7 +228,7 @@ def named_seed(seed: int, name: str) -> int:
 # ============================================================================================ building
 
 
-PREFIX_SPACE_TYPES = ("gpt2", "roberta")  # byte-level BPE: run_ner loads these with add_prefix_space for words
+PREFIX_SPACE_TYPES = ("gpt2", "roberta", "bloom")  # byte-level BPE: run_ner loads these with add_prefix_space for words
 
 
 def load_tokenizer(config):

@@ -18,8 +18,9 @@ from tests import tiny
 from tests.tuners import peft_ref
 
 # larger random weights than the parity tests, so greedy decoding does not collapse to one token
-DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.3}, "t5": {"initializer_factor": 5.0}}
-TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm"}
+DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.3}, "t5": {"initializer_factor": 5.0},
+           "bloom": {"initializer_range": 0.3}}
+TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm"}
 NEW = 8
 
 
@@ -68,7 +69,7 @@ def width(kind, T):
 
 
 PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llama", "prefix")]
-          + [("t5", "prompt"), ("t5", "prefix")])
+          + [("t5", "prompt"), ("t5", "prefix")] + [("bloom", m) for m in ("prompt", "prefix_proj", "ptuning_lstm")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))
@@ -93,6 +94,7 @@ HEAD_VARIANTS = [  # the other LM head layout each causal backbone can have, wit
     ("llama", dict(tie_word_embeddings=True, head_dim=16, num_key_value_heads=1, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8})),
+    ("bloom", dict(tie_word_embeddings=False, apply_residual_connection_post_layernorm=True, n_head=5, hidden_size=40)),
 ]
 
 
@@ -110,7 +112,8 @@ def test_greedy_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, ov
 
 
 @pytest.mark.parametrize("kind,method", [("gpt2", "prompt"), ("gpt2", "prefix_proj"), ("llama", "ptuning_mlp"),
-                                         ("llama", "prefix")], ids=lambda x: str(x))
+                                         ("llama", "prefix"), ("bloom", "prompt"), ("bloom", "prefix")],
+                         ids=lambda x: str(x))
 def test_left_padded_rows_equal_rows_alone(tiny_dir, tmp_path, kind, method):
     """The soft prompt sits right before each row's first real token (PEFT would put it before the
     pads, peft#1093): every row of a left-padded batch equals PEFT on that row alone."""
@@ -169,7 +172,7 @@ def test_generate_from_threads(tiny_dir):
         np.testing.assert_array_equal(out, want[i % 3])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom"])
 @pytest.mark.parametrize("method", ["prompt", "ptuning_lstm"])
 def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
     """Decoding a left-padded batch from the prompt cache (real tokens at positions V..) gives the
@@ -189,7 +192,7 @@ def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
         assert_logits_close(got[b][mask[b] == 1], want[b][right_mask[b] == 1])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom"])
 def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
     pm = jsoft_model(tiny_dir, kind, "prompt")
     pm.add_adapter("prefix", peft_ref.configs("prefix", TASK[kind])[0], seed=2)

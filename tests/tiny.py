@@ -39,6 +39,9 @@ CONFIGS = {
         "num_attention_heads": 6, "num_key_value_heads": 3, "max_position_embeddings": 128,
         "rms_norm_eps": 1e-6, "rope_theta": 1e6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
         "tie_word_embeddings": True, **kw}),
+    "bloom": lambda **kw: tf.BloomConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
 }
 
 CLASSES = {
@@ -53,6 +56,8 @@ CLASSES = {
     ("roberta", None): tf.RobertaModel, ("roberta", "seq_cls"): tf.RobertaForSequenceClassification,
     ("roberta", "token_cls"): tf.RobertaForTokenClassification,
     ("mistral", "causal_lm"): tf.MistralForCausalLM, ("mistral", "seq_cls"): tf.MistralForSequenceClassification,
+    ("bloom", None): tf.BloomModel, ("bloom", "causal_lm"): tf.BloomForCausalLM,
+    ("bloom", "seq_cls"): tf.BloomForSequenceClassification, ("bloom", "token_cls"): tf.BloomForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jsoft.models import ops
+from jsoft.models.layers import DropoutRng, ModelOutput, dense
 
 Array = jax.Array
 
@@ -73,3 +75,61 @@ def classifier_dropout_rate(hf: dict, default_key: str) -> float:
     """transformers' rule: `classifier_dropout` when set, else the model's hidden dropout."""
     rate = hf.get("classifier_dropout")
     return float(hf.get(default_key, 0.1) if rate is None else rate)
+
+
+class DecoderOnlyLM(nnx.Module):
+    """What GPT-2, Llama and BLOOM share above their decoder stack: the task heads transformers gives them
+    (a tied or separate LM head, `score` for seq_cls on the last token, a token classifier) and the call.
+
+    A subclass builds its stack under transformers' attribute name (`transformer`, `model`), then calls
+    `add_heads`, and returns the stack from `decoder` and its token embedding from `word_embeddings`."""
+
+    cls_token = "last"  # the token seq_cls reads by default (transformers' rule; `cls_index` overrides it)
+
+    def add_heads(self, c, task: str | None, num_labels: int | None, p, rngs: nnx.Rngs, *,
+                  token_cls_name: str = "classifier", token_cls_bias: bool = True) -> None:
+        self.config, self.task, self.num_labels = c, task, num_labels
+        if task == "causal_lm" and not c.tie_word_embeddings:
+            self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
+        elif task == "seq_cls":
+            self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
+        elif task == "token_cls":
+            setattr(self, token_cls_name, dense(c.hidden_size, num_labels, ("embed", None), p, bias=token_cls_bias,
+                                                rngs=rngs))
+        self.head_name = {"seq_cls": "score", "token_cls": token_cls_name}.get(task)
+
+    @property
+    def decoder(self) -> nnx.Module:
+        raise NotImplementedError
+
+    @property
+    def word_embeddings(self) -> nnx.Embed:
+        raise NotImplementedError
+
+    def lm_logits(self, h: Array) -> Array:
+        """The LM head (tied or not) on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
+        if self.config.tie_word_embeddings:
+            return lm_head_logits(h, self.word_embeddings.embedding[...])
+        return lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
+                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
+                 dropout_rng: Array | None = None, head=None, cls_index=None) -> ModelOutput:
+        """`head` replaces the classification head (a PEFT adapter's trained copy of it);
+        `cls_index [B]` is the position seq_cls reads (default: transformers' last-token rule)."""
+        if token_type_ids is not None:
+            raise ValueError(f"{self.config.model_type} in jsoft takes no token_type_ids")
+        drop = DropoutRng(dropout_rng)
+        h, cache = self.decoder(input_ids, attention_mask, position_ids, inputs_embeds, prefix_kv, prefix_mask, cache,
+                              drop)
+        if self.task == "causal_lm":
+            logits = self.lm_logits(h)
+        elif self.task == "seq_cls":
+            idx = last_token_index(input_ids, self.config.pad_token_id, h.shape[1]) if cls_index is None else cls_index
+            logits = (head or self.score)(pool_at(h, idx)).astype(jnp.float32)
+        elif self.task == "token_cls":
+            token_head = head or getattr(self, self.head_name)
+            logits = token_head(drop(h, self.config.classifier_dropout)).astype(jnp.float32)
+        else:
+            return ModelOutput(last_hidden_state=h, cache=cache)
+        return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)

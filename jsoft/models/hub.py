@@ -6,7 +6,7 @@ streams each tensor from the memory-mapped safetensors files straight into its p
 Parameters the checkpoint lacks (a new task head, a pooler) are initialised by a jit of the
 module's own initialisers from which XLA keeps only those parameters.
 
-Every architecture module (gpt2, bert, t5, llama) provides:
+Every architecture module (gpt2, bert, roberta, t5, llama, bloom) provides:
   Config.from_hf(dict) -> Config      the typed config
   TASKS                                tasks it can do
   build(config, task, num_labels, precision, rngs) -> nnx.Module
@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
                  "mt5": "jsoft.models.t5", "llama": "jsoft.models.llama", "mistral": "jsoft.models.llama",
                  "qwen2": "jsoft.models.llama", "roberta": "jsoft.models.roberta",
-                 "xlm-roberta": "jsoft.models.roberta"}
+                 "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
-DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2")  # causal self-attention over the input
+DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "bloom")  # causal self-attention over the input
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -20,7 +20,6 @@ from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_
 from jsoft.models.layers import (
     DropoutRng,
     KVCache,
-    ModelOutput,
     Precision,
     RMSNorm,
     activation,
@@ -38,7 +37,6 @@ TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
-HEAD_NAMES = {"seq_cls": "score", "token_cls": "score"}  # attribute (and HF module) of each head
 
 
 @dataclasses.dataclass
@@ -252,54 +250,20 @@ class LlamaModel(nnx.Module):
         return self.norm(x), updated_cache(cache, layer_caches, T)
 
 
-class Llama(nnx.Module):
+class Llama(heads.DecoderOnlyLM):
     """Llama with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
 
-    cls_token = "last"  # the token seq_cls reads by default (transformers' rule; `cls_index` overrides it)
-
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
-        self.config, self.task, self.num_labels = c, task, num_labels
         self.model = LlamaModel(c, p, rngs)
-        if task == "causal_lm" and not c.tie_word_embeddings:
-            self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
-        elif task == "seq_cls":
-            self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
-        elif task == "token_cls":
-            self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=c.token_cls_bias,
-                               rngs=rngs)
-        self.head_name = HEAD_NAMES.get(task)
+        self.add_heads(c, task, num_labels, p, rngs, token_cls_name="score", token_cls_bias=c.token_cls_bias)
+
+    @property
+    def decoder(self) -> LlamaModel:
+        return self.model
 
     @property
     def word_embeddings(self) -> nnx.Embed:
         return self.model.embed_tokens
-
-    def lm_logits(self, h: jax.Array) -> jax.Array:
-        """The LM head (tied or not) on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
-        if self.config.tie_word_embeddings:
-            return heads.lm_head_logits(h, self.model.embed_tokens.embedding[...])
-        return heads.lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
-
-    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
-                 inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
-                 dropout_rng: jax.Array | None = None, head=None, cls_index=None) -> ModelOutput:
-        """`head` replaces the classification head (a PEFT adapter's trained copy of it);
-        `cls_index [B]` is the position seq_cls reads (default: transformers' last-token rule)."""
-        if token_type_ids is not None:
-            raise ValueError("Llama in jsoft takes no token_type_ids")
-        drop = DropoutRng(dropout_rng)
-        h, cache = self.model(input_ids, attention_mask, position_ids, inputs_embeds, prefix_kv,
-                              prefix_mask, cache, drop)
-        if self.task == "causal_lm":
-            logits = self.lm_logits(h)
-        elif self.task == "seq_cls":
-            idx = heads.last_token_index(input_ids, self.config.pad_token_id, h.shape[1]) if cls_index is None \
-                else cls_index
-            logits = (head or self.score)(heads.pool_at(h, idx)).astype(jnp.float32)
-        elif self.task == "token_cls":
-            logits = (head or self.score)(drop(h, self.config.classifier_dropout)).astype(jnp.float32)
-        else:
-            return ModelOutput(last_hidden_state=h, cache=cache)
-        return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)
 
 
 def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> Llama:

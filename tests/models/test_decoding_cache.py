@@ -14,7 +14,7 @@ def step(model, ids, mask, cache, prefix_kv):
     return out.logits, out.cache
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom"])
 @pytest.mark.parametrize("with_prefix", [False, True], ids=["plain", "prefix"])
 def test_cached_decoding_matches_full_forward(tiny_dir, kind, with_prefix):
     model = jsoft.from_pretrained(tiny_dir(kind, "causal_lm"), task="causal_lm")

@@ -85,6 +85,7 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
         "original_max_position_embeddings": 8})),
     # dynamic NTK: the batch's 11 positions outgrow the 8 of max_position_embeddings, so the base is scaled
     ("llama", "causal_lm", dict(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 3.0})),
+    ("bloom", "causal_lm", dict(n_head=12, apply_residual_connection_post_layernorm=True, tie_word_embeddings=False)),
 ]
 
 
