@@ -19,8 +19,10 @@ from tests.tuners import peft_ref
 
 # larger random weights than the parity tests, so greedy decoding does not collapse to one token
 DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.3}, "t5": {"initializer_factor": 5.0},
-           "bloom": {"initializer_range": 0.3}}
-TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm"}
+           "bloom": {"initializer_range": 0.3}, "gemma": {"initializer_range": 0.3},
+           "gemma2": {"initializer_range": 0.3, "tie_word_embeddings": False}}  # tied, it repeats its input
+TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
+        "gemma2": "causal_lm"}
 NEW = 8
 
 
@@ -69,7 +71,8 @@ def width(kind, T):
 
 
 PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llama", "prefix")]
-          + [("t5", "prompt"), ("t5", "prefix")] + [("bloom", m) for m in ("prompt", "prefix_proj", "ptuning_lstm")])
+          + [("t5", "prompt"), ("t5", "prefix")] + [("bloom", m) for m in ("prompt", "prefix_proj", "ptuning_lstm")]
+          + [("gemma", "prompt"), ("gemma", "prefix"), ("gemma2", "prompt"), ("gemma2", "prefix_proj")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))
@@ -112,7 +115,8 @@ def test_greedy_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, ov
 
 
 @pytest.mark.parametrize("kind,method", [("gpt2", "prompt"), ("gpt2", "prefix_proj"), ("llama", "ptuning_mlp"),
-                                         ("llama", "prefix"), ("bloom", "prompt"), ("bloom", "prefix")],
+                                         ("llama", "prefix"), ("bloom", "prompt"), ("bloom", "prefix"),
+                                         ("gemma2", "prompt")],
                          ids=lambda x: str(x))
 def test_left_padded_rows_equal_rows_alone(tiny_dir, tmp_path, kind, method):
     """The soft prompt sits right before each row's first real token (PEFT would put it before the
@@ -172,7 +176,7 @@ def test_generate_from_threads(tiny_dir):
         np.testing.assert_array_equal(out, want[i % 3])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom", "gemma2"])
 @pytest.mark.parametrize("method", ["prompt", "ptuning_lstm"])
 def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
     """Decoding a left-padded batch from the prompt cache (real tokens at positions V..) gives the

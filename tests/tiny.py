@@ -39,6 +39,16 @@ CONFIGS = {
         "num_attention_heads": 6, "num_key_value_heads": 3, "max_position_embeddings": 128,
         "rms_norm_eps": 1e-6, "rope_theta": 1e6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
         "tie_word_embeddings": True, **kw}),
+    "gemma": lambda **kw: tf.GemmaConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "gemma2": lambda **kw: tf.Gemma2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "query_pre_attn_scalar": 24, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
+        "initializer_range": 0.2,  # scores and logits large enough for the caps to bend them
+        "sliding_window": 64, "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -56,6 +66,8 @@ CLASSES = {
     ("roberta", None): tf.RobertaModel, ("roberta", "seq_cls"): tf.RobertaForSequenceClassification,
     ("roberta", "token_cls"): tf.RobertaForTokenClassification,
     ("mistral", "causal_lm"): tf.MistralForCausalLM, ("mistral", "seq_cls"): tf.MistralForSequenceClassification,
+    ("gemma", "causal_lm"): tf.GemmaForCausalLM, ("gemma", "seq_cls"): tf.GemmaForSequenceClassification,
+    ("gemma2", "causal_lm"): tf.Gemma2ForCausalLM, ("gemma2", "token_cls"): tf.Gemma2ForTokenClassification,
     ("bloom", None): tf.BloomModel, ("bloom", "causal_lm"): tf.BloomForCausalLM,
     ("bloom", "seq_cls"): tf.BloomForSequenceClassification, ("bloom", "token_cls"): tf.BloomForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,

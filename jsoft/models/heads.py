@@ -85,6 +85,7 @@ class DecoderOnlyLM(nnx.Module):
     `add_heads`, and returns the stack from `decoder` and its token embedding from `word_embeddings`."""
 
     cls_token = "last"  # the token seq_cls reads by default (transformers' rule; `cls_index` overrides it)
+    final_logit_softcap: float | None = None  # LM logits -> cap * tanh(logits / cap) (Gemma 2)
 
     def add_heads(self, c, task: str | None, num_labels: int | None, p, rngs: nnx.Rngs, *,
                   token_cls_name: str = "classifier", token_cls_bias: bool = True) -> None:
@@ -109,8 +110,10 @@ class DecoderOnlyLM(nnx.Module):
     def lm_logits(self, h: Array) -> Array:
         """The LM head (tied or not) on final hidden states `[B, T, D]` -> fp32 `[B, T, V]`."""
         if self.config.tie_word_embeddings:
-            return lm_head_logits(h, self.word_embeddings.embedding[...])
-        return lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
+            logits = lm_head_logits(h, self.word_embeddings.embedding[...])
+        else:
+            logits = lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
+        return logits if self.final_logit_softcap is None else ops.softcap(logits, self.final_logit_softcap)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,

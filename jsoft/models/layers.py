@@ -64,10 +64,24 @@ def dense(d_in: int, d_out: int, names: tuple, p: Precision, *, bias: bool = Tru
     return nnx.Linear(d_in, d_out, **kw)
 
 
+class ScaledEmbed(nnx.Embed):
+    """An embedding whose lookups are multiplied by `scale` in the weight dtype (Gemma's sqrt(hidden_size)). Only
+    lookups: embeddings passed in (a soft prompt) and the tied LM head read the table unscaled, as in transformers."""
+
+    def __init__(self, *args, scale: float, **kw):
+        super().__init__(*args, **kw)
+        self.scale = scale
+
+    def __call__(self, inputs: Array) -> Array:
+        scale = jnp.asarray(self.scale, self.embedding.dtype)
+        return (super().__call__(inputs) * scale).astype(self.dtype or self.embedding.dtype)
+
+
 def embed(n: int, d: int, p: Precision, *, rngs: nnx.Rngs, names=("vocab", "embed"),
-          init_std: float = 0.02) -> nnx.Embed:
-    return nnx.Embed(n, d, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
-                     embedding_init=nnx.initializers.normal(init_std), embedding_metadata=axes(*names))
+          init_std: float = 0.02, scale: float = 1.0) -> nnx.Embed:
+    kw = dict(dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs,
+              embedding_init=nnx.initializers.normal(init_std), embedding_metadata=axes(*names))
+    return nnx.Embed(n, d, **kw) if scale == 1.0 else ScaledEmbed(n, d, scale=scale, **kw)
 
 
 class LayerNorm(nnx.Module):
@@ -83,15 +97,20 @@ class LayerNorm(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """RMS norm computed in fp32, as T5 and Llama do (`weight * x / rms(x)`)."""
+    """RMS norm computed in fp32, as T5 and Llama do (`weight * x / rms(x)`); Gemma's scales by
+    `offset + weight` (offset 1: its checkpoints store the difference from one)."""
 
-    def __init__(self, d: int, eps: float, p: Precision):
+    def __init__(self, d: int, eps: float, p: Precision, offset: float = 0.0):
         self.eps = eps
+        self.offset = offset
         self.dtype = p.dtype
-        self.weight = nnx.Param(jnp.ones((d,), p.param_dtype), **axes("embed"))
+        self.weight = nnx.Param(jnp.full((d,), 1.0 - offset, p.param_dtype), **axes("embed"))
 
     def __call__(self, x: Array) -> Array:
-        return ops.rms_norm(x, self.weight[...], self.eps).astype(self.dtype)
+        w = self.weight[...]
+        if self.offset:
+            w = w.astype(jnp.float32) + self.offset
+        return ops.rms_norm(x, w, self.eps).astype(self.dtype)
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {  # transformers' ACT2FN names, same formulas
@@ -270,11 +289,11 @@ def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float,
-                          bias: Array | None = None, dropout: DropoutRng | None = None,
+                          bias: Array | None = None, softcap: float | None = None, dropout: DropoutRng | None = None,
                           dropout_rate: float = 0.0) -> Array:
     """q `[B, T, H, K]`, k/v `[B, G, S, K]` or a decoding cache's grouped `[B * G, S, K]`, with H a multiple
-    of G (grouped-query attention), mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores.
-    Softmax in fp32.
+    of G (grouped-query attention), mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores,
+    `softcap` capping the scaled scores (`ops.softcap`). Softmax in fp32.
 
     A grouped cache is multiplied batched over `B * G`, the dot reading the cache buffer with no reshape in
     between, so that XLA:CPU updates the cache in place (with a bitcast between update and dot, it copied
@@ -289,6 +308,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
     else:
         scores = ops.einsum("btgrk,bgsk->bgrts", q.reshape(B, T, G, r, K), k, out_dtype=jnp.float32)
     scores = scores * scale
+    if softcap is not None:
+        scores = ops.softcap(scores, softcap)
     if bias is not None:
         scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, r, *bias.shape[2:])
     if mask is not None:

@@ -34,7 +34,7 @@ from jsoft.models.layers import (
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
-MODEL_TYPES = ("llama", "mistral", "qwen2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma", "gemma2")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 
@@ -59,6 +59,12 @@ class Config(TransformerConfig):
     tie_word_embeddings: bool = False
     classifier_dropout: float = 0.1
     token_cls_bias: bool = True
+    embed_scale: float = 1.0  # token embeddings times this (Gemma: sqrt(hidden_size))
+    norm_offset: float = 0.0  # RMS norms scale by offset + weight (Gemma: 1)
+    query_scale: float | None = None  # scores' scale (default head_dim ** -0.5; Gemma 2: query_pre_attn_scalar ** -0.5)
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
+    sandwich_norms: bool = False  # Gemma 2: norms after attention and MLP too (post_attention_layernorm is one)
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
@@ -67,7 +73,10 @@ class Config(TransformerConfig):
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
         rope = _rope_from_hf(hf)
-        qwen2 = model_type == "qwen2"
+        qwen2, gemma, gemma2 = model_type == "qwen2", model_type in ("gemma", "gemma2"), model_type == "gemma2"
+        if hf.get("use_bidirectional_attention"):
+            raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
+        act = hf.get("hidden_activation") or hf.get("hidden_act", "silu") if gemma2 else hf.get("hidden_act", "silu")
         qkv_bias = qwen2 or bool(hf.get("attention_bias", False))
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
@@ -75,7 +84,9 @@ class Config(TransformerConfig):
             num_kv_heads=hf.get("num_key_value_heads") or h, head_dim=hf.get("head_dim") or d // h,
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
-            activation=hf.get("hidden_act", "silu"), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            # legacy Gemma configs say "gelu" for the tanh approximation (transformers reads it so)
+            activation="gelu_pytorch_tanh" if gemma and act == "gelu" else act,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_positions=hf.get("max_position_embeddings", 2048),
             rope_type=rope["rope_type"], rope_theta=float(rope["rope_theta"]),
             rope_factor=float(rope.get("factor", 1.0)),
@@ -90,6 +101,10 @@ class Config(TransformerConfig):
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
+            embed_scale=d ** 0.5 if gemma else 1.0, norm_offset=1.0 if gemma else 0.0,
+            query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2 else None,
+            attn_softcap=hf.get("attn_logit_softcapping") if gemma2 else None,
+            final_softcap=hf.get("final_logit_softcapping") if gemma2 else None, sandwich_norms=gemma2,
         )
 
 
@@ -103,6 +118,8 @@ def _sliding_window(hf: dict) -> int | None:
             not hf.get("layer_types") and hf.get("use_sliding_window")
             and hf.get("max_window_layers", hf["num_hidden_layers"]) < hf["num_hidden_layers"])
         return window if sliding else None
+    if hf.get("model_type") == "gemma2":  # alternating sliding and full layers
+        return window if "sliding_attention" in (hf.get("layer_types") or ["sliding_attention"]) else None
     return window if hf.get("model_type") == "mistral" else None
 
 
@@ -186,7 +203,8 @@ class Attention(nnx.Module):
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
-        out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
+        scale = self.c.head_dim ** -0.5 if self.c.query_scale is None else self.c.query_scale
+        out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
                                     dropout_rate=self.c.attn_dropout)
         return self.o_proj(merge_heads(out)), new_cache
 
@@ -207,22 +225,30 @@ class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.self_attn = Attention(c, p, rngs)
         self.mlp = MLP(c, p, rngs)
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, p)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, p)
+        norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
+        self.input_layernorm = norm()
+        self.post_attention_layernorm = norm()  # before the MLP; after attention with sandwich norms
+        self.sandwich = c.sandwich_norms
+        if c.sandwich_norms:
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
 
     def __call__(self, x, mask, cos_sin, **kw):
         a, new_cache = self.self_attn(self.input_layernorm(x), mask, cos_sin, **kw)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+        if not self.sandwich:
+            x = x + a
+            return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+        x = x + self.post_attention_layernorm(a)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_cache
 
 
 class LlamaModel(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         self.dtype = p.dtype
-        self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
+        self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs, scale=c.embed_scale)
         self.layers = nnx.List([DecoderLayer(c, p, rngs) for _ in range(c.num_layers)])
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, p)
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
@@ -255,6 +281,7 @@ class Llama(heads.DecoderOnlyLM):
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.model = LlamaModel(c, p, rngs)
+        self.final_logit_softcap = c.final_softcap
         self.add_heads(c, task, num_labels, p, rngs, token_cls_name="score", token_cls_bias=c.token_cls_bias)
 
     @property

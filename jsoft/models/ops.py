@@ -145,6 +145,11 @@ def rms_norm(x: Array, scale: Array, eps: float) -> Array:
     return _norm(x, scale, jnp.zeros((), scale.dtype), eps, False)
 
 
+def softcap(x: Array, cap: float) -> Array:
+    """`cap * tanh(x / cap)`: x squashed smoothly into (-cap, cap) (Gemma 2's attention scores and logits)."""
+    return jnp.tanh(x / cap) * cap
+
+
 def matmul_dtype(a: Array, b: Array) -> jnp.dtype | None:
     """The half dtype both operands share, or None (then a plain fp32 einsum is as fast)."""
     if a.dtype == b.dtype and jnp.dtype(a.dtype).itemsize < 4:

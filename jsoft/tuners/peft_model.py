@@ -149,8 +149,7 @@ class Adapter(nnx.Module):
         self.config = config
         k_prompt, _ = jax.random.split(key)
         if isinstance(config, PromptTuningConfig):
-            emb = model.word_embeddings.embedding[...]
-            self.prompt = PromptEmbedding(config, emb, k_prompt, tokenizer)
+            self.prompt = PromptEmbedding(config, model.word_embeddings, k_prompt, tokenizer)
         elif isinstance(config, PromptEncoderConfig):
             self.prompt = PromptEncoder(config, k_prompt)
         else:

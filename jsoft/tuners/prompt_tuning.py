@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jsoft.tuners.config import PromptTuningConfig, PromptTuningInit
@@ -38,18 +37,20 @@ def text_init_ids(tokenizer, text: str, total: int) -> list[int]:
     return (ids * reps)[:total]
 
 
-def initial_prompt(config: PromptTuningConfig, word_embeddings_VxD: jax.Array, total: int, D: int,
+def initial_prompt(config: PromptTuningConfig, word_embeddings: nnx.Embed, total: int, D: int,
                    key: jax.Array, tokenizer=None) -> jax.Array:
+    """Rows start as what the model's embedding lookup gives for tokens (as PEFT calls its `word_embeddings`: for
+    Gemma, scaled by sqrt(hidden_size)), or as random normals."""
     init = config.prompt_tuning_init
-    emb = word_embeddings_VxD
+    emb = lambda ids: word_embeddings(jnp.asarray(ids)).astype(jnp.float32)
+    vocab_size = word_embeddings.num_embeddings
     if config.inference_mode or init == PromptTuningInit.RANDOM:
         return jax.random.normal(key, (total, D), jnp.float32)
     if init == PromptTuningInit.SAMPLE_VOCAB:
-        ids = jax.random.randint(key, (total,), 0, emb.shape[0])
-        return emb[ids].astype(jnp.float32)
+        return emb(jax.random.randint(key, (total,), 0, vocab_size))
     tok = load_tokenizer(config, tokenizer)
     if init == PromptTuningInit.TEXT:
-        return emb[np.asarray(text_init_ids(tok, config.prompt_tuning_init_text, total))].astype(jnp.float32)
+        return emb(text_init_ids(tok, config.prompt_tuning_init_text, total))
     # CLASS_LABEL
     labels = config.prompt_tuning_class_labels
     if len(labels) > total:
@@ -60,8 +61,8 @@ def initial_prompt(config: PromptTuningConfig, word_embeddings_VxD: jax.Array, t
         ids = tok(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"class label {text!r} tokenizes to no tokens")
-        rows.append(emb[np.asarray(ids)].astype(jnp.float32).mean(0))
-    rest = emb[jax.random.randint(key, (total - len(rows),), 0, emb.shape[0])].astype(jnp.float32)
+        rows.append(emb(ids).mean(0))
+    rest = emb(jax.random.randint(key, (total - len(rows),), 0, vocab_size))
     return jnp.concatenate([jnp.stack(rows), rest])
 
 
@@ -69,11 +70,9 @@ class PromptEmbedding(nnx.Module):
     """PEFT's PromptEmbedding: `embedding [V * S, D]` (S = 2 for seq2seq; the encoder uses rows
     0..V-1)."""
 
-    def __init__(self, config: PromptTuningConfig, word_embeddings_VxD: jax.Array, key: jax.Array,
-                 tokenizer=None):
+    def __init__(self, config: PromptTuningConfig, word_embeddings: nnx.Embed, key: jax.Array, tokenizer=None):
         total = config.num_virtual_tokens * config.num_transformer_submodules
-        self.embedding = trainable(initial_prompt(config, word_embeddings_VxD, total, config.token_dim,
-                                                  key, tokenizer))
+        self.embedding = trainable(initial_prompt(config, word_embeddings, total, config.token_dim, key, tokenizer))
 
     def __call__(self, dropout_rng: jax.Array | None = None) -> jax.Array:
         return self.embedding[...]

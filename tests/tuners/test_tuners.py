@@ -31,11 +31,13 @@ def gpt2(tiny_dir, task="causal_lm"):
 # ------------------------------------------------------------------ initialisers
 
 
-def test_text_init_matches_peft(tiny_dir, tok_dir):
+@pytest.mark.parametrize("kind", ["gpt2", "gemma"])  # Gemma's lookups are scaled by sqrt(hidden_size), PEFT's init too
+def test_text_init_matches_peft(tiny_dir, tok_dir, kind):
     kw = dict(task_type="CAUSAL_LM", num_virtual_tokens=7, prompt_tuning_init="TEXT",
               prompt_tuning_init_text="the movie was good", tokenizer_name_or_path=tok_dir)
-    pm = jsoft.get_peft_model(gpt2(tiny_dir), jsoft.PromptTuningConfig(**kw))
-    ref = peft.get_peft_model(peft_ref.hf_base("gpt2", "causal_lm", tiny_dir("gpt2", "causal_lm")),
+    model = jsoft.from_pretrained(tiny_dir(kind, "causal_lm"), task="causal_lm")
+    pm = jsoft.get_peft_model(model, jsoft.PromptTuningConfig(**kw))
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, "causal_lm", tiny_dir(kind, "causal_lm")),
                               peft.PromptTuningConfig(**kw))
     want = ref.prompt_encoder["default"].embedding.weight.detach().numpy()
     np.testing.assert_allclose(np.asarray(pm.adapters["default"].prompt.embedding[...]), want, atol=1e-6)
