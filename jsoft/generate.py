@@ -64,6 +64,7 @@ class GenerationConfig:
     repetition_penalty: bool = False  # whether it runs (its value is a knob)
     no_repeat_ngram_size: int = 0
     min_new_tokens: int = 0
+    num_return_sequences: int = 1  # beam search: the best this many beams per row, best first
 
     @property
     def constrained(self) -> bool:
@@ -86,32 +87,49 @@ def row_keys(seeds_B: Array, index_B: Array) -> Array:
         jnp.asarray(seeds_B, jnp.uint32), jnp.asarray(index_B, jnp.uint32))
 
 
-def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do_sample: bool = False,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | Sequence[int] = 0,
-             num_beams: int = 1,
+def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int | None = None, max_length: int | None = None,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int | Sequence[int] = 0, num_beams: int = 1, num_return_sequences: int = 1,
              length_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
              pad_token_id: int | None = None, adapter_names: Sequence[str] | None = None,
              output_scores: bool = False, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
              min_new_tokens: int = 0) -> Array | tuple[Array, Array]:
     """Generate with `pm` (a `jsoft.PeftModel` on a causal-LM or seq2seq-LM backbone).
 
+    Lengths as transformers: `max_new_tokens` (default 20), or else `max_length`, the whole output's
+    (the prompt's padded length for a decoder-only model, the start token for seq2seq, plus new tokens).
+    `num_return_sequences` n: the n best beams of each row (best first; n <= num_beams), or n samples of
+    each row (do_sample); output rows `b * n + j`.
+
     eos_token_id / pad_token_id default to the model config (pad: else the first EOS id, else 0);
     pass `eos_token_id=[]` to always generate `max_new_tokens`. `adapter_names` gives one adapter
     per row (default: the active one). `seed`: an int seeds row b with (seed, b); a list gives each
     row its own seed (row b then samples what it samples alone with that seed).
     `output_scores=True` (greedy or sampling) also returns the processed logits
-    `[B, max_new_tokens, vocab]` each new token was chosen from.
+    `[B, max_new_tokens, vocab]` each new token was chosen from (`[B * n, ...]` with n samples per row).
     `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` are transformers' logits processors,
     applied as it applies them (over the prompt's real tokens and what was generated; a decoder's
     start token for seq2seq), in greedy search, sampling and beam search."""
     mc = pm.base_model.config
+    max_new_tokens = _new_token_count(max_new_tokens, max_length, np.shape(input_ids), mc.is_encoder_decoder)
     ids, mask = _checked_inputs(pm, input_ids, attention_mask, max_new_tokens)
     B = ids.shape[0]
     seeds = np.full(B, seed) if np.isscalar(seed) else np.asarray(seed)
     in_range = np.issubdtype(seeds.dtype, np.integer) and ((0 <= seeds) & (seeds < 2 ** 32)).all()
     if seeds.shape != (B,) or not in_range:
         raise ValueError(f"seed must be an int or one int per row ({B} rows), each in [0, 2**32); got {seed!r}")
-    index = np.arange(B) if np.isscalar(seed) else np.zeros(B, np.int64)
+    n = num_return_sequences
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"num_return_sequences={n!r} must be an integer >= 1")
+    if n > 1 and not do_sample and n > num_beams:
+        raise ValueError(f"num_return_sequences={n} needs do_sample=True (n samples per row) or num_beams >= {n} "
+                         f"(the n best beams); got num_beams={num_beams}")
+    # sampling: each row n times, sample j of row b drawing from the key (seed, b * n + j), or (seeds[b], j)
+    index = np.arange(B * n if do_sample else B) if np.isscalar(seed) else np.tile(np.arange(n if do_sample else 1), B)
+    if do_sample and n > 1:
+        ids, mask, seeds = np.repeat(ids, n, 0), np.repeat(mask, n, 0), np.repeat(seeds, n)
+        adapter_names = None if adapter_names is None else [a for a in adapter_names for _ in range(n)]
+        B = B * n
     if num_beams < 1 or (num_beams > 1 and (do_sample or output_scores)):
         raise ValueError(f"num_beams={num_beams}: must be >= 1, and beam search is deterministic here "
                          "(do_sample=False) without output_scores")
@@ -141,10 +159,24 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int = 20, do
                            top_k=int(top_k) if do_sample else 0, top_p=bool(do_sample and top_p < 1.0),
                            num_beams=int(num_beams), num_eos=len(eos), output_scores=bool(output_scores),
                            repetition_penalty=repetition_penalty != 1.0, no_repeat_ngram_size=int(no_repeat_ngram_size),
-                           min_new_tokens=int(min_new_tokens) if eos else 0)
+                           min_new_tokens=int(min_new_tokens) if eos else 0,
+                           num_return_sequences=int(n) if num_beams > 1 else 1)
     k = knobs(temperature, top_p, length_penalty, eos, pad, repetition_penalty)
     graphdef, state = nnx.split(pm)
     return _jitted(graphdef)(state, jnp.asarray(ids), jnp.asarray(mask), rows, row_keys(seeds, index), k, names, cfg)
+
+
+def _new_token_count(max_new_tokens: int | None, max_length: int | None, shape: tuple, encoder_decoder: bool) -> int:
+    """transformers' rule: max_new_tokens when given, else max_length less what the output starts with."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    if max_length is None:
+        return 20
+    lead = 1 if encoder_decoder else (shape[-1] if len(shape) == 2 else 0)
+    if max_length <= lead:
+        raise ValueError(f"max_length={max_length} leaves no room for new tokens: the output starts with {lead} "
+                         f"{'token' if encoder_decoder else 'prompt tokens'}; raise it or pass max_new_tokens")
+    return max_length - lead
 
 
 def _checked_inputs(pm, input_ids, attention_mask, max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,13 +225,15 @@ def _generate(graphdef, state, input_ids, attention_mask, rows, keys, knobs: dic
     B = input_ids.shape[0]
     c = pm.base_model.config
     lead = jnp.full((B, 1), c.decoder_start_token_id, jnp.int32) if c.is_encoder_decoder else input_ids
+    lead = jnp.repeat(lead, cfg.num_return_sequences, axis=0)
     seqs = jnp.concatenate([lead, new], axis=1)
     return (seqs, scores) if cfg.output_scores else seqs
 
 
 def decode(base, inputs: dict[str, Array], keys_B: Array, knobs: dict, cfg: GenerationConfig
            ) -> tuple[Array, Array | None]:
-    """The decoding loop on a backbone: new tokens `[B, max_new_tokens]` (pad after EOS) and, with
+    """The decoding loop on a backbone: new tokens `[B, max_new_tokens]` (pad after EOS; beam search: `[B * n, ...]`,
+    the n = `cfg.num_return_sequences` best beams of each row) and, with
     `cfg.output_scores`, their processed logits. `inputs` are the backbone's arguments for the
     batch (what `PeftModel.prepare_generation` returns): decoder-only `input_ids`, a left-padded
     `attention_mask`, optional `prefix_kv`/`prefix_mask`; encoder-decoder `input_ids` or
@@ -457,7 +491,7 @@ def _beam_search(step: Step, cache: KVCache, first_R: Array, B: int, knobs: dict
     carry = (jnp.int32(0), first_R.astype(jnp.int32), cache, running, running_scores, final, final_scores,
              final_done, improvable, jnp.bool_(True))
     final = jax.lax.while_loop(cond, body, carry)[5]
-    return final[:, 0]
+    return final[:, :cfg.num_return_sequences].reshape(-1, N)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -248,6 +248,37 @@ def test_beam_search_matches_peft(tiny_dir, tmp_path, kind, method):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("gpt2", "prompt")], ids=lambda x: str(x))
+def test_return_sequences_and_max_length_match_peft(tiny_dir, tmp_path, kind, method):
+    """transformers' `num_return_sequences` (the n best beams, best first) and `max_length` (the whole output's
+    length: the prompt, or the decoder's start token, plus the new tokens)."""
+    pm = jsoft_model(tiny_dir, kind, method)
+    ref = peft_model(tiny_dir, kind, pm, tmp_path / "adapter")
+    ids = ids_batch(2, 6, seed=4)
+    lead = 1 if kind == "t5" else ids.shape[1]
+    got = np.asarray(pm.generate(ids, max_length=lead + NEW, num_beams=4, num_return_sequences=3, eos_token_id=[]))
+    want = peft_generate(ref, ids, width=got.shape[1], num_beams=4, num_return_sequences=3, eos_token_id=None)
+    assert got.shape == (6, lead + NEW) and len({tuple(r) for r in got[:3]}) == 3
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(pm.generate(ids, max_length=lead + 3)),
+                                  np.asarray(pm.generate(ids, max_new_tokens=3)))
+
+
+def test_sampling_returns_n_sequences_per_row(tiny_dir):
+    pm = jsoft_model(tiny_dir, "llama", "prompt")
+    ids = ids_batch(2, 5, seed=6)
+    kw = dict(max_new_tokens=NEW, do_sample=True, eos_token_id=[], num_return_sequences=3)
+    out = np.asarray(pm.generate(ids, seed=[5, 7], **kw))
+    assert out.shape == (6, 5 + NEW)
+    np.testing.assert_array_equal(out[:, :5], np.repeat(ids, 3, 0))
+    assert len({tuple(r) for r in out[:3, 5:]}) == 3  # three different samples of row 0
+    np.testing.assert_array_equal(out[3:], np.asarray(pm.generate(ids[1:], seed=[7], **kw)))  # as row 1 alone
+    with pytest.raises(ValueError, match="num_return_sequences=2 needs do_sample=True"):
+        pm.generate(ids, num_return_sequences=2)
+    with pytest.raises(ValueError, match="max_length=5 leaves no room"):
+        pm.generate(ids, max_length=5)
+
+
 PROCESSORS = dict(repetition_penalty=1.8, no_repeat_ngram_size=2, min_new_tokens=5)
 
 
