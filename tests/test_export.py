@@ -243,7 +243,7 @@ def test_regression_training_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
     assert summary["eval"]["spearman"] == pytest.approx(stats.spearmanr(preds, targets)[0], abs=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom", "gemma"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom", "gemma", "gpt_neox"])
 def test_decoder_only_classification_pads_left_and_matches_peft(tiny_dir, tmp_path, kind):
     """A decoder-only classifier reads the last position when PEFT feeds it embeddings (prompt tuning): the
     run pads on the left, so that is every row's last real token, in jsoft and in PEFT alike."""

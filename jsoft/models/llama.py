@@ -66,13 +66,18 @@ class Config(TransformerConfig):
     final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
     sandwich_norms: bool = False  # Gemma 2: norms after attention and MLP too (post_attention_layernorm is one)
 
+    @property
+    def rope_dim(self) -> int:
+        """The leading dims of each head that RoPE rotates (all of them here)."""
+        return self.head_dim
+
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         d, h = hf["hidden_size"], hf["num_attention_heads"]
         model_type = hf.get("model_type", "llama")
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
-        rope = _rope_from_hf(hf)
+        rope = rope_from_hf(hf)
         qwen2, gemma, gemma2 = model_type == "qwen2", model_type in ("gemma", "gemma2"), model_type == "gemma2"
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
@@ -123,7 +128,7 @@ def _sliding_window(hf: dict) -> int | None:
     return window if hf.get("model_type") == "mistral" else None
 
 
-def _rope_from_hf(hf: dict) -> dict:
+def rope_from_hf(hf: dict) -> dict:
     """One flat dict with rope_type and rope_theta, from either config.json spelling:
     transformers 5 `rope_parameters`, or the older top-level `rope_theta` + `rope_scaling`."""
     if hf.get("rope_parameters"):
@@ -148,7 +153,7 @@ def rope_inv_freq(c: Config) -> np.ndarray:
     """Inverse frequencies `[K/2]` as transformers computes them, in fp32 like torch so rotations
     match to the last bit that matters."""
     f32 = np.float32
-    inv = f32(1.0) / (f32(c.rope_theta) ** (np.arange(0, c.head_dim, 2).astype(f32) / f32(c.head_dim)))
+    inv = f32(1.0) / (f32(c.rope_theta) ** (np.arange(0, c.rope_dim, 2).astype(f32) / f32(c.rope_dim)))
     if c.rope_type == "linear":
         inv = inv / f32(c.rope_factor)
     elif c.rope_type == "llama3":  # Llama 3.1: slow down low frequencies, interpolate in between
@@ -166,7 +171,7 @@ def rope_inv_freq(c: Config) -> np.ndarray:
 def dynamic_inv_freq(c: Config, positions_BxT: jax.Array) -> jax.Array:
     """Dynamic NTK scaling, as transformers applies it to one forward: past max_position_embeddings the
     base grows with the sequence, `seq_len = max(position_ids) + 1`; within it, the default frequencies."""
-    f32, dim = jnp.float32, c.head_dim
+    f32, dim = jnp.float32, c.rope_dim
     length = jnp.maximum(jnp.max(positions_BxT) + 1, c.max_positions).astype(f32)
     base = f32(c.rope_theta) * ((f32(c.rope_factor) * length / f32(c.max_positions)) - f32(c.rope_factor - 1)) ** (
         f32(dim) / f32(dim - 2))
@@ -182,6 +187,10 @@ def rope_cos_sin(c: Config, positions_BxT: jax.Array, dtype) -> tuple[jax.Array,
 
 
 def apply_rope(x_BxTxNxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array) -> jax.Array:
+    """Rotates the leading `cos.shape[-1]` dims of each head (all, or GPT-NeoX's partial rotary) and passes the rest."""
+    r = cos_BxTxK.shape[-1]
+    if r < x_BxTxNxK.shape[-1]:
+        return jnp.concatenate([apply_rope(x_BxTxNxK[..., :r], cos_BxTxK, sin_BxTxK), x_BxTxNxK[..., r:]], axis=-1)
     x1, x2 = jnp.split(x_BxTxNxK, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return x_BxTxNxK * cos_BxTxK[:, :, None] + rotated * sin_BxTxK[:, :, None]

@@ -1,5 +1,7 @@
 """Backbone x head parity against transformers' PyTorch models, on padded batches."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,23 @@ def test_legacy_layernorm_names_load(tmp_path, fmt):
     ids, mask = batch("bert")
     got = jsoft_out(tmp_path, "seq_cls", ids, mask)
     np.testing.assert_allclose(got, hf_out(ref_model, "seq_cls", ids, mask), atol=1e-5, rtol=0)
+
+
+def test_pythia_config_and_checkpoint_names_load(tmp_path):
+    """Pythia's config.json spells RoPE `rotary_pct` / `rotary_emb_base`, and its checkpoints name the LM head
+    `embed_out` (transformers 5 renames both on load)."""
+    ref_model = tiny.build("gpt_neox", "causal_lm", num_attention_heads=3, rope_parameters={
+        "rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5})
+    config = ref_model.config.to_dict()
+    del config["rope_parameters"]
+    config |= {"rotary_pct": 0.5, "rotary_emb_base": 500}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import save_file
+
+    state = {k.replace("lm_head.", "embed_out."): v.contiguous() for k, v in ref_model.state_dict().items()}
+    assert "embed_out.weight" in state
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ids, mask = batch("gpt_neox")
+    got = jsoft_out(tmp_path, "causal_lm", ids, mask)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(got[keep], hf_out(ref_model, "causal_lm", ids, mask)[keep], atol=1e-5, rtol=0)
