@@ -319,7 +319,8 @@ def test_killed_and_preempted_runs_resume_bit_for_bit(bert, files, tmp_path):
 # ------------------------------------------------------------------------------------ the step
 
 
-def test_remat_gives_the_same_loss_and_gradients(tiny_dir):
+@pytest.mark.parametrize("kind,task", [("bert", "seq_cls"), ("bloom", "causal_lm"), ("gpt_neox", "seq_cls")])
+def test_remat_gives_the_same_loss_and_gradients(tiny_dir, kind, task):
     from flax import nnx
 
     import jsoft
@@ -343,15 +344,15 @@ def test_remat_gives_the_same_loss_and_gradients(tiny_dir):
 
     # prefix tuning (which PEFT cannot rematerialise), with dropout: the masks must not change
     config, key = jsoft.PrefixTuningConfig(num_virtual_tokens=3), jax.random.key(1)
-    (l0, g0), has0 = grads(None, "bert", "seq_cls", config, key)
+    (l0, g0), has0 = grads(None, kind, task, config, key)
     assert not has0
     for policy in build.REMAT_POLICIES:
-        (l1, g1), has1 = grads(policy, "bert", "seq_cls", config, key)
+        (l1, g1), has1 = grads(policy, kind, task, config, key)
         assert has1, policy
         np.testing.assert_allclose(l1, l0, rtol=1e-6)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g1, g0)
     with pytest.raises(ValueError, match="remat policy 'dots' is not valid"):
-        grads("dots", "bert", "seq_cls", config, key)
+        grads("dots", kind, task, config, key)
 
 
 def _losses(workdir) -> list[float]:
