@@ -78,10 +78,11 @@ def classifier_dropout_rate(hf: dict, default_key: str) -> float:
 
 
 class DecoderOnlyLM(nnx.Module):
-    """What GPT-2, Llama and BLOOM share above their decoder stack: the task heads transformers gives them
-    (a tied or separate LM head, `score` for seq_cls on the last token, a token classifier) and the call.
+    """What the decoder-only backbones (GPT-2, Llama, BLOOM, GPT-NeoX) share above their stack: the task heads
+    transformers gives them (a tied or separate LM head, `score` for seq_cls on the last token, a token
+    classifier) and the call.
 
-    A subclass builds its stack under transformers' attribute name (`transformer`, `model`), then calls
+    A subclass builds its stack under transformers' attribute name (`transformer`, `model`, `gpt_neox`), then calls
     `add_heads`, and returns the stack from `decoder` and its token embedding from `word_embeddings`."""
 
     cls_token = "last"  # the token seq_cls reads by default (transformers' rule; `cls_index` overrides it)
