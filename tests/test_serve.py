@@ -383,8 +383,10 @@ def test_load_over_loopback_is_complete_correct_and_batched(gpt, bert, gpt_expec
     n_gen, n_cls = 256, 64
     gen_jobs = [(f"a{i % 16}", rng.choice(PROMPTS)) for i in range(n_gen)]
     cls_jobs = [(f"c{i % 4}", rng.choice(TEXTS)) for i in range(n_cls)]
-    gpt_app = create_app(gpt_model, max_new_tokens_limit=LIMIT, batch_wait_ms=20)
-    bert_app = create_app(bert_model, batch_wait_ms=20)
+    # the client shares this process (and its GIL) with both servers: a wait long enough that a slow client still
+    # fills batches
+    gpt_app = create_app(gpt_model, max_new_tokens_limit=LIMIT, batch_wait_ms=50)
+    bert_app = create_app(bert_model, batch_wait_ms=50)
     with Server(gpt_app) as gs, Server(bert_app) as bs:
         before = {u: httpx.get(f"{u}/stats", trust_env=False).json() for u in (gs.url, bs.url)}
 
@@ -422,10 +424,10 @@ def test_load_over_loopback_is_complete_correct_and_batched(gpt, bert, gpt_expec
     b = {k: after[bs.url][k] - before[bs.url][k] for k in ("model_calls", "rows", "requests")}
     print(f"\n{n_gen + n_cls} requests in {elapsed:.1f}s; generate: {g}; classify: {b}; "
           f"programs: {after[gs.url]['compiled_programs']} + {after[bs.url]['compiled_programs']}")
-    assert g["rows"] == g["requests"] == n_gen and b["rows"] == b["requests"] == n_cls
-    assert g["model_calls"] < n_gen / 2 and b["model_calls"] < n_cls / 2  # batched across adapters
+    assert g["rows"] == g["requests"] == n_gen and b["rows"] == b["requests"] == n_cls, (g, b)
+    assert g["model_calls"] < n_gen / 2 and b["model_calls"] < n_cls / 2, (g, b)  # batched across adapters
     for stats in after.values():  # one program per shape seen, never one per request
-        assert stats["compiled_programs"] == len(stats["shapes"]) <= 16
+        assert stats["compiled_programs"] == len(stats["shapes"]) <= 16, stats
 
 
 def test_bucket():
