@@ -21,9 +21,10 @@ from tests.tuners import peft_ref
 DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.3}, "t5": {"initializer_factor": 5.0},
            "bloom": {"initializer_range": 0.3}, "gemma": {"initializer_range": 0.3},
            "gemma2": {"initializer_range": 0.3, "tie_word_embeddings": False},  # tied, it repeats its input
-           "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3}}  # head dim 16: 4 rotary dims
+           "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3},  # head dim 16: 4 rotary dims
+           "qwen3": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
-        "gemma2": "causal_lm", "gpt_neox": "causal_lm"}
+        "gemma2": "causal_lm", "gpt_neox": "causal_lm", "qwen3": "causal_lm"}
 NEW = 8
 
 
@@ -74,7 +75,7 @@ def width(kind, T):
 PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llama", "prefix")]
           + [("t5", "prompt"), ("t5", "prefix")] + [("bloom", m) for m in ("prompt", "prefix_proj", "ptuning_lstm")]
           + [("gemma", "prompt"), ("gemma", "prefix"), ("gemma2", "prompt"), ("gemma2", "prefix_proj")]
-          + [("gpt_neox", "prompt"), ("gpt_neox", "prefix")])
+          + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

@@ -39,6 +39,11 @@ CONFIGS = {
         "num_attention_heads": 6, "num_key_value_heads": 3, "max_position_embeddings": 128,
         "rms_norm_eps": 1e-6, "rope_theta": 1e6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
         "tie_word_embeddings": True, **kw}),
+    "qwen3": lambda **kw: tf.Qwen3Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+        "tie_word_embeddings": True, **kw}),
     "gemma": lambda **kw: tf.GemmaConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
@@ -70,6 +75,7 @@ CLASSES = {
     ("roberta", None): tf.RobertaModel, ("roberta", "seq_cls"): tf.RobertaForSequenceClassification,
     ("roberta", "token_cls"): tf.RobertaForTokenClassification,
     ("mistral", "causal_lm"): tf.MistralForCausalLM, ("mistral", "seq_cls"): tf.MistralForSequenceClassification,
+    ("qwen3", "causal_lm"): tf.Qwen3ForCausalLM, ("qwen3", "seq_cls"): tf.Qwen3ForSequenceClassification,
     ("gemma", "causal_lm"): tf.GemmaForCausalLM, ("gemma", "seq_cls"): tf.GemmaForSequenceClassification,
     ("gemma2", "causal_lm"): tf.Gemma2ForCausalLM, ("gemma2", "token_cls"): tf.Gemma2ForTokenClassification,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,

@@ -35,13 +35,13 @@ log = logging.getLogger(__name__)
 
 ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
                  "mt5": "jsoft.models.t5", "llama": "jsoft.models.llama", "mistral": "jsoft.models.llama",
-                 "qwen2": "jsoft.models.llama", "roberta": "jsoft.models.roberta",
+                 "qwen2": "jsoft.models.llama", "qwen3": "jsoft.models.llama", "roberta": "jsoft.models.roberta",
                  "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom",
                  "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama",
                  "gpt_neox": "jsoft.models.gpt_neox"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # causal self-attention over the input
-DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "bloom", "gpt_neox")
+DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "gpt_neox")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

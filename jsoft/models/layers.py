@@ -100,11 +100,11 @@ class RMSNorm(nnx.Module):
     """RMS norm computed in fp32, as T5 and Llama do (`weight * x / rms(x)`); Gemma's scales by
     `offset + weight` (offset 1: its checkpoints store the difference from one)."""
 
-    def __init__(self, d: int, eps: float, p: Precision, offset: float = 0.0):
+    def __init__(self, d: int, eps: float, p: Precision, offset: float = 0.0, names: tuple = ("embed",)):
         self.eps = eps
         self.offset = offset
         self.dtype = p.dtype
-        self.weight = nnx.Param(jnp.full((d,), 1.0 - offset, p.param_dtype), **axes("embed"))
+        self.weight = nnx.Param(jnp.full((d,), 1.0 - offset, p.param_dtype), **axes(*names))
 
     def __call__(self, x: Array) -> Array:
         w = self.weight[...]

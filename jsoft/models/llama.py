@@ -34,7 +34,7 @@ from jsoft.models.layers import (
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
-MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma", "gemma2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 
@@ -65,6 +65,7 @@ class Config(TransformerConfig):
     attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
     sandwich_norms: bool = False  # Gemma 2: norms after attention and MLP too (post_attention_layernorm is one)
+    qk_norm: bool = False  # Qwen3: RMS norms over each query and key head before RoPE
 
     @property
     def rope_dim(self) -> int:
@@ -110,6 +111,7 @@ class Config(TransformerConfig):
             query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2 else None,
             attn_softcap=hf.get("attn_logit_softcapping") if gemma2 else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2 else None, sandwich_norms=gemma2,
+            qk_norm=model_type == "qwen3",
         )
 
 
@@ -118,7 +120,7 @@ def _sliding_window(hf: dict) -> int | None:
     layers marked "sliding_attention" (transformers 5 `layer_types`) or, in older configs, with
     `use_sliding_window`."""
     window = hf.get("sliding_window")
-    if hf.get("model_type") == "qwen2":
+    if hf.get("model_type") in ("qwen2", "qwen3"):
         sliding = "sliding_attention" in (hf.get("layer_types") or []) or (
             not hf.get("layer_types") and hf.get("use_sliding_window")
             and hf.get("max_window_layers", hf["num_hidden_layers"]) < hf["num_hidden_layers"])
@@ -204,10 +206,15 @@ class Attention(nnx.Module):
         self.k_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
         self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
         self.o_proj = dense(q_width, d, ("joined_kv", "embed"), p, bias=c.attention_out_bias, rngs=rngs)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, names=(None,))
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, names=(None,))
 
     def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
-        q = apply_rope(split_heads(self.q_proj(x), self.c.num_heads), *cos_sin)
-        k = apply_rope(split_heads(self.k_proj(x), self.c.num_kv_heads), *cos_sin)
+        q, k = split_heads(self.q_proj(x), self.c.num_heads), split_heads(self.k_proj(x), self.c.num_kv_heads)
+        if self.c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         v = split_heads(self.v_proj(x), self.c.num_kv_heads)
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
