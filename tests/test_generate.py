@@ -22,9 +22,10 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "bloom": {"initializer_range": 0.3}, "gemma": {"initializer_range": 0.3},
            "gemma2": {"initializer_range": 0.3, "tie_word_embeddings": False},  # tied, it repeats its input
            "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3},  # head dim 16: 4 rotary dims
-           "qwen3": {"initializer_range": 0.3}}
+           "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
-        "gemma2": "causal_lm", "gpt_neox": "causal_lm", "qwen3": "causal_lm"}
+        "gemma2": "causal_lm", "gpt_neox": "causal_lm", "qwen3": "causal_lm",
+        "phi": "causal_lm"}
 NEW = 8
 
 
@@ -75,7 +76,8 @@ def width(kind, T):
 PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llama", "prefix")]
           + [("t5", "prompt"), ("t5", "prefix")] + [("bloom", m) for m in ("prompt", "prefix_proj", "ptuning_lstm")]
           + [("gemma", "prompt"), ("gemma", "prefix"), ("gemma2", "prompt"), ("gemma2", "prefix_proj")]
-          + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")])
+          + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")]
+          + [("phi", "prompt"), ("phi", "prefix")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))
@@ -101,6 +103,8 @@ HEAD_VARIANTS = [  # the other LM head layout each causal backbone can have, wit
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8})),
     ("bloom", dict(tie_word_embeddings=False, apply_residual_connection_post_layernorm=True, n_head=5, hidden_size=40)),
+    ("phi", dict(qk_layernorm=False, num_attention_heads=3, num_key_value_heads=3, rope_parameters={
+        "rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.25})),
     ("gpt_neox", dict(tie_word_embeddings=True, use_parallel_residual=False, rope_parameters={
         "rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5})),
 ]

@@ -58,6 +58,10 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 3,
         "num_attention_heads": 4, "max_position_embeddings": 128, "pad_token_id": 0, "bos_token_id": 1,
         "eos_token_id": 2, **kw}),
+    "phi": lambda **kw: tf.PhiConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "qk_layernorm": True,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -80,6 +84,7 @@ CLASSES = {
     ("gemma2", "causal_lm"): tf.Gemma2ForCausalLM, ("gemma2", "token_cls"): tf.Gemma2ForTokenClassification,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,
+    ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,
     ("bloom", None): tf.BloomModel, ("bloom", "causal_lm"): tf.BloomForCausalLM,
     ("bloom", "seq_cls"): tf.BloomForSequenceClassification, ("bloom", "token_cls"): tf.BloomForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,

@@ -89,10 +89,10 @@ class DecoderOnlyLM(nnx.Module):
     final_logit_softcap: float | None = None  # LM logits -> cap * tanh(logits / cap) (Gemma 2)
 
     def add_heads(self, c, task: str | None, num_labels: int | None, p, rngs: nnx.Rngs, *,
-                  token_cls_name: str = "classifier", token_cls_bias: bool = True) -> None:
+                  token_cls_name: str = "classifier", token_cls_bias: bool = True, lm_head_bias: bool = False) -> None:
         self.config, self.task, self.num_labels = c, task, num_labels
         if task == "causal_lm" and not c.tie_word_embeddings:
-            self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
+            self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=lm_head_bias, rngs=rngs)
         elif task == "seq_cls":
             self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
         elif task == "token_cls":
@@ -114,6 +114,8 @@ class DecoderOnlyLM(nnx.Module):
             logits = lm_head_logits(h, self.word_embeddings.embedding[...])
         else:
             logits = lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
+            if self.lm_head.bias is not None:  # Phi's
+                logits = logits + self.lm_head.bias[...].astype(jnp.float32)
         return logits if self.final_logit_softcap is None else ops.softcap(logits, self.final_logit_softcap)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,

@@ -87,10 +87,10 @@ def embed(n: int, d: int, p: Precision, *, rngs: nnx.Rngs, names=("vocab", "embe
 class LayerNorm(nnx.Module):
     """LayerNorm computed in fp32 (parameters `scale`, `bias`, as `nnx.LayerNorm` names them)."""
 
-    def __init__(self, d: int, eps: float, p: Precision):
+    def __init__(self, d: int, eps: float, p: Precision, names: tuple = ("embed",)):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((d,), p.param_dtype), **axes("embed"))
-        self.bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes("embed"))
+        self.scale = nnx.Param(jnp.ones((d,), p.param_dtype), **axes(*names))
+        self.bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes(*names))
 
     def __call__(self, x: Array) -> Array:
         return ops.layer_norm(x, self.scale[...], self.bias[...], self.eps)
