@@ -29,8 +29,8 @@ from jsoft.models.layers import (
     dot_product_attention,
     embed,
     merge_heads,
+    run_layers,
     self_attention_kv,
-    updated_cache,
 )
 from jsoft.models.ops import gelu_tanh
 
@@ -153,12 +153,9 @@ class BloomModel(nnx.Module):
             V = prefix_kv.shape[3]
             keys.insert(0, jnp.ones((B, V), bool) if prefix_mask is None else jnp.asarray(prefix_mask))
         bias = alibi_bias(jnp.concatenate([k.astype(bool) for k in keys], axis=1), self.c.num_heads)
-        layer_caches = []
-        for i, block in enumerate(self.h):
-            x, lc = block(x, mask, bias, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
-                          drop=drop)
-            layer_caches.append(lc)
-        return self.ln_f(x).astype(self.dtype), updated_cache(cache, layer_caches, T)
+        x, cache = run_layers(self.h, x, mask, bias, cache=cache, prefix_kv=prefix_kv,
+                              prefix_mask=prefix_mask, drop=drop)
+        return self.ln_f(x).astype(self.dtype), cache
 
 
 class Bloom(heads.DecoderOnlyLM):

@@ -23,9 +23,9 @@ from jsoft.models.layers import (
     dot_product_attention,
     embed,
     merge_heads,
+    run_layers,
     self_attention_kv,
     split_heads,
-    updated_cache,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
@@ -139,12 +139,9 @@ class GPT2Model(nnx.Module):
         S = T if cache is None else cache.slots
         mask = attention_mask_4d(attention_mask, T, S, causal=True,
                                  q_offset=0 if cache is None else cache.index)
-        layer_caches = []
-        for i, block in enumerate(self.h):
-            x, lc = block(x, mask, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
-                          drop=drop)
-            layer_caches.append(lc)
-        return self.ln_f(x).astype(self.dtype), updated_cache(cache, layer_caches, T)
+        x, cache = run_layers(self.h, x, mask, cache=cache, prefix_kv=prefix_kv,
+                              prefix_mask=prefix_mask, drop=drop)
+        return self.ln_f(x).astype(self.dtype), cache
 
 
 class GPT2(heads.DecoderOnlyLM):

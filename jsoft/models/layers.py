@@ -359,6 +359,17 @@ def self_attention_kv(k: Array, v: Array, mask: Array, *, layer: int, cache: KVC
     return k, v, mask, new_layer_cache
 
 
+def run_layers(layers, x: Array, mask: Array, *args, cache: KVCache | None, prefix_kv: Array | None,
+               prefix_mask: Array | None, drop: DropoutRng) -> tuple[Array, KVCache | None]:
+    """A decoder stack: `layer(x, mask, *args, layer=i, cache=..., prefix_kv=..., prefix_mask=..., drop=...)` for
+    each layer in turn, each returning `(x, its (k, v) cache or None)`; then the hidden states and the cache."""
+    layer_caches = []
+    for i, layer in enumerate(layers):
+        x, lc = layer(x, mask, *args, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop)
+        layer_caches.append(lc)
+    return x, updated_cache(cache, layer_caches, x.shape[1])
+
+
 def updated_cache(cache: KVCache | None, layers: list, written: int) -> KVCache | None:
     """The cache after one forward: the per-layer `(k, v)` that `self_attention_kv` returned,
     and the index advanced past the `written` new tokens."""

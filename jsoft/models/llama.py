@@ -28,9 +28,9 @@ from jsoft.models.layers import (
     dot_product_attention,
     embed,
     merge_heads,
+    run_layers,
     self_attention_kv,
     split_heads,
-    updated_cache,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
@@ -284,12 +284,9 @@ class LlamaModel(nnx.Module):
                              "config.json; jsoft does not implement the window: keep inputs within it")
         mask = attention_mask_4d(attention_mask, T, S, causal=True,
                                  q_offset=0 if cache is None else cache.index)
-        layer_caches = []
-        for i, layer in enumerate(self.layers):
-            x, lc = layer(x, mask, cos_sin, layer=i, cache=cache, prefix_kv=prefix_kv,
-                          prefix_mask=prefix_mask, drop=drop)
-            layer_caches.append(lc)
-        return self.norm(x), updated_cache(cache, layer_caches, T)
+        x, cache = run_layers(self.layers, x, mask, cos_sin, cache=cache, prefix_kv=prefix_kv,
+                              prefix_mask=prefix_mask, drop=drop)
+        return self.norm(x), cache
 
 
 class Llama(heads.DecoderOnlyLM):

@@ -22,9 +22,9 @@ from jsoft.models.layers import (
     dot_product_attention,
     embed,
     merge_heads,
+    run_layers,
     self_attention_kv,
     split_heads,
-    updated_cache,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
@@ -138,12 +138,9 @@ class PhiModel(nnx.Module):
         cos_sin = llama.rope_cos_sin(self.c, position_ids, self.dtype)
         S = T if cache is None else cache.slots
         mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
-        layer_caches = []
-        for i, layer in enumerate(self.layers):
-            x, lc = layer(x, mask, cos_sin, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
-                          drop=drop)
-            layer_caches.append(lc)
-        return self.final_layernorm(x).astype(self.dtype), updated_cache(cache, layer_caches, T)
+        x, cache = run_layers(self.layers, x, mask, cos_sin, cache=cache, prefix_kv=prefix_kv,
+                              prefix_mask=prefix_mask, drop=drop)
+        return self.final_layernorm(x).astype(self.dtype), cache
 
 
 class Phi(heads.DecoderOnlyLM):
