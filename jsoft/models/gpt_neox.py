@@ -11,14 +11,13 @@ import dataclasses
 from flax import nnx
 
 from jsoft.models import heads, llama
-from jsoft.models.base import default_positions, hf_name, is_kernel
+from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
     KVCache,
     LayerNorm,
     Precision,
     activation,
-    attention_mask_4d,
     dense,
     dot_product_attention,
     embed,
@@ -125,15 +124,9 @@ class GPTNeoXModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_in(input_ids)
-        B, T = inputs_embeds.shape[:2]
-        if position_ids is None:
-            position_ids = default_positions(B, T, prefix_kv, cache, self.c)
-        x = drop(inputs_embeds.astype(self.dtype), self.c.hidden_dropout)
-        cos_sin = llama.rope_cos_sin(self.c, position_ids, self.dtype)
-        S = T if cache is None else cache.slots
-        mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
+        x, cos_sin, mask = llama.rope_stack_inputs(self.c, self.embed_in, input_ids, attention_mask, position_ids,
+                                                   inputs_embeds, prefix_kv, cache, self.dtype)
+        x = drop(x, self.c.hidden_dropout)
         x, cache = run_layers(self.layers, x, mask, cos_sin, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
         return self.final_layer_norm(x).astype(self.dtype), cache

@@ -188,6 +188,21 @@ def rope_cos_sin(c: Config, positions_BxT: jax.Array, dtype) -> tuple[jax.Array,
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
 
+def rope_stack_inputs(c: Config, embed_tokens: nnx.Embed, input_ids, attention_mask, position_ids, inputs_embeds,
+                      prefix_kv, cache: KVCache | None, dtype) -> tuple[jax.Array, tuple, jax.Array]:
+    """What a RoPE decoder stack (Llama, GPT-NeoX, Phi) starts from: the input embeddings `[B, T, D]` in `dtype`
+    (looked up unless given), RoPE's `(cos, sin)` at the positions (default: after the prefix and the cache), and
+    the causal mask over the input or the cache's slots."""
+    if inputs_embeds is None:
+        inputs_embeds = embed_tokens(input_ids)
+    B, T = inputs_embeds.shape[:2]
+    if position_ids is None:
+        position_ids = default_positions(B, T, prefix_kv, cache, c)
+    S = T if cache is None else cache.slots
+    mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
+    return inputs_embeds.astype(dtype), rope_cos_sin(c, position_ids, dtype), mask
+
+
 def apply_rope(x_BxTxNxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array) -> jax.Array:
     """Rotates the leading `cos.shape[-1]` dims of each head (all, or GPT-NeoX's partial rotary) and passes the rest."""
     r = cos_BxTxK.shape[-1]
@@ -269,21 +284,13 @@ class LlamaModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        B, T = inputs_embeds.shape[:2]
-        if position_ids is None:
-            position_ids = default_positions(B, T, prefix_kv, cache, self.c)
-        x = inputs_embeds.astype(self.dtype)
-        cos_sin = rope_cos_sin(self.c, position_ids, self.dtype)
-        S = T if cache is None else cache.slots
-        keys = S + (0 if prefix_kv is None else prefix_kv.shape[3])
+        x, cos_sin, mask = rope_stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
+                                             inputs_embeds, prefix_kv, cache, self.dtype)
+        keys = mask.shape[-1] + (0 if prefix_kv is None else prefix_kv.shape[3])
         if self.c.sliding_window is not None and keys > self.c.sliding_window:
             raise ValueError(f"{keys} key positions (virtual tokens, then the input or the decoding cache) exceed "
                              f"the sliding_window={self.c.sliding_window} of this {self.c.model_type} model's "
                              "config.json; jsoft does not implement the window: keep inputs within it")
-        mask = attention_mask_4d(attention_mask, T, S, causal=True,
-                                 q_offset=0 if cache is None else cache.index)
         x, cache = run_layers(self.layers, x, mask, cos_sin, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
         return self.norm(x), cache
