@@ -527,6 +527,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--output", help="write JSON lines {prompt, completion} here instead of stdout")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--num-beams", type=int, default=1)
+    ap.add_argument("--num-return-sequences", type=int, default=1,
+                    help="n > 1: the n best beams (n <= --num-beams) or n samples (--do-sample) per prompt, "
+                         "written as 'completions' (a list) instead of 'completion'")
     ap.add_argument("--do-sample", action="store_true")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
@@ -551,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     eos = set(token_ids(pm.base_model.config.eos_token_id))
+    n = args.num_return_sequences
     lines = []
     for s in range(0, len(prompts), args.batch_size):
         batch = prompts[s:s + args.batch_size]
@@ -559,12 +563,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = np.asarray(generate(pm, enc["input_ids"], enc["attention_mask"], max_new_tokens=args.max_new_tokens,
                                   do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
                                   top_p=args.top_p, seed=[args.seed + s + j for j in range(len(filled))],
-                                  num_beams=args.num_beams, repetition_penalty=args.repetition_penalty,
+                                  num_beams=args.num_beams, num_return_sequences=n,
+                                  repetition_penalty=args.repetition_penalty,
                                   no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens))
         new = out[:, enc["input_ids"].shape[1]:] if task == "causal_lm" else out[:, 1:]
-        for prompt, ids in zip(batch, new.tolist()):
-            end = next((j for j, t in enumerate(ids) if t in eos), len(ids))
-            lines.append(json.dumps({"prompt": prompt, "completion": tok.decode(ids[:end], skip_special_tokens=True)}))
+        texts = [tok.decode(ids[:next((j for j, t in enumerate(ids) if t in eos), len(ids))], skip_special_tokens=True)
+                 for ids in new.tolist()]
+        for b, prompt in enumerate(batch):
+            mine = texts[b * n:(b + 1) * n]
+            out_row = {"completion": mine[0]} if n == 1 else {"completions": mine}
+            lines.append(json.dumps({"prompt": prompt, **out_row}))
     text = "\n".join(lines) + "\n"
     if args.output:
         with open(args.output, "w") as f:

@@ -11,8 +11,10 @@ loaded on first use. Endpoints:
     GET  /adapters  {"adapters": [{"name", "virtual_tokens", "loaded", "error"}]}
     GET  /stats     model calls, rows, compiled programs (batching at work)
     POST /generate  {"adapter", "prompt" | "prompts", "max_new_tokens", "temperature", "top_k", "top_p",
-                     "seed", "do_sample", "repetition_penalty", "no_repeat_ngram_size", "min_new_tokens"}
-                    -> {"completions", "token_ids", "finish_reasons"}
+                     "seed", "do_sample", "num_return_sequences", "repetition_penalty", "no_repeat_ngram_size",
+                     "min_new_tokens"}
+                    -> {"completions", "token_ids", "finish_reasons"}: one per prompt, or with
+                    num_return_sequences n (sampling) n per prompt, prompt j's at j*n .. j*n+n-1
     POST /classify  {"adapter", "text" | "texts"} -> {"labels", "probabilities"} over the adapter's own labels
                     (names from its jsoft_labels.json, else the model's); multi-label: the labels above 0.5
                     and sigmoids; regression: {"scores"}
@@ -21,8 +23,9 @@ Requests for different adapters are batched together: a queue collects rows for 
 --batch-wait-ms or --max-batch-size rows, takes the rows that can share one model call (same
 endpoint; for /generate the same sampling parameters and max_new_tokens bucket) and runs them as
 one mixed-adapter batch (`jsoft.multitask`) in a worker thread. Greedy decoding gives what
-`PeftModel.generate` gives for the row alone; sampling draws prompt j of a request from
-(seed, j) whatever the batch, as `PeftModel.generate(prompts, seed=seed)` does. Errors are JSON
+`PeftModel.generate` gives for the row alone; sampling draws sample k of prompt j of a request
+from (seed, j*n + k) whatever the batch, as `PeftModel.generate(prompts, seed=seed,
+num_return_sequences=n)` does. Errors are JSON
 `{"error": message, ...}` with a 4xx status for bad requests, 404 for an unknown adapter, 500
 for an adapter whose files cannot be loaded.
 """
@@ -170,6 +173,7 @@ class GenerateRequest(BaseModel):
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
+    num_return_sequences: int = 1
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     min_new_tokens: int = 0
@@ -199,6 +203,9 @@ def _sampling(r: GenerateRequest, limit: int) -> Sampling:
     processors = dict(repetition_penalty=float(r.repetition_penalty), no_repeat_ngram_size=r.no_repeat_ngram_size,
                       min_new_tokens=r.min_new_tokens)
     do_sample = r.do_sample if r.do_sample is not None else bool(r.temperature)
+    if r.num_return_sequences < 1 or (r.num_return_sequences > 1 and not do_sample):
+        raise ApiError(400, f"num_return_sequences={r.num_return_sequences} must be 1, or more with sampling "
+                       "(do_sample=true or temperature > 0): greedy decoding returns one sequence per prompt")
     if not do_sample:
         return Sampling(**processors)
     temperature = 1.0 if r.temperature is None else r.temperature
@@ -311,10 +318,14 @@ def create_app(model: MultiTaskModel, *, max_batch_size: int = 16, batch_wait_ms
     @app.post("/generate")
     async def generate(r: GenerateRequest):
         prompts = _one_of(r.prompt, r.prompts, ("prompt", "prompts"))
-        sampling = _sampling(r, max_new_tokens_limit)
+        sampling, n = _sampling(r, max_new_tokens_limit), r.num_return_sequences
+        if len(prompts) * n > MAX_ITEMS:
+            raise ApiError(400, f"{len(prompts)} prompts x num_return_sequences={n} asks for {len(prompts) * n} "
+                           f"sequences; at most {MAX_ITEMS} per request")
         ids = await prepare(r.adapter, prompts, "generate", r.max_new_tokens)
         key = ("generate", bucket(r.max_new_tokens), sampling)
-        new = await batched(key, [(r.adapter, x, r.max_new_tokens, (r.seed, j)) for j, x in enumerate(ids)])
+        new = await batched(key, [(r.adapter, x, r.max_new_tokens, (r.seed, j * n + k))
+                                  for j, x in enumerate(ids) for k in range(n)])
         eos = set(model.eos_token_ids)
         out = {"completions": [], "token_ids": [], "finish_reasons": []}
         for tokens in new:

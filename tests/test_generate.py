@@ -454,3 +454,7 @@ def test_cli_writes_completions(tiny_dir, tmp_path, capsys):
         assert r["completion"] == tok.decode(want)
     jgen.main(args + ["--prompt", prompts[0]])
     assert json.loads(capsys.readouterr().out) == rows[0]
+    jgen.main(args + ["--prompt", prompts[1], "--num-beams", "3", "--num-return-sequences", "2"])
+    ids = np.asarray([tok(prompts[1])["input_ids"]])
+    beams = np.asarray(pm.generate(ids, max_new_tokens=5, num_beams=3, num_return_sequences=2))[:, ids.shape[1]:]
+    assert json.loads(capsys.readouterr().out) == {"prompt": prompts[1], "completions": tok.batch_decode(beams)}

@@ -174,17 +174,23 @@ def test_sampling_is_reproducible_and_valid(gpt):
         assert c.post("/generate", json=req | {"temperature": 0}).status_code == 200  # greedy
         # concurrent requests with other seeds and adapters share batches; each draws what
         # PeftModel.generate(prompts, seed=seed) draws for it
-        reqs = [req | {"adapter": f"a{i}", "seed": 10 + i, "prompt": None, "prompts": PROMPTS[i:i + 2]}
-                for i in range(4)]
+        reqs = [req | {"adapter": f"a{i}", "seed": 10 + i, "prompt": None, "prompts": PROMPTS[i:i + 2],
+                       "num_return_sequences": 1 + i % 3} for i in range(4)]
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             bodies = list(pool.map(lambda r: c.post("/generate", json=r).json(), reqs))
+        greedy_n = c.post("/generate", json=req | {"temperature": 0, "num_return_sequences": 2})
+        assert greedy_n.status_code == 400 and "num_return_sequences=2" in greedy_n.json()["error"]
+        too_many = c.post("/generate", json=req | {"prompt": None, "prompts": PROMPTS, "num_return_sequences": 40})
+        assert too_many.status_code == 400 and "320 sequences" in too_many.json()["error"]
     for r, body in zip(reqs, bodies):
         ids = [tok(p)["input_ids"] for p in r["prompts"]]
         T = max(map(len, ids))
         arr = np.asarray([[0] * (T - len(x)) + x for x in ids])
         mask = np.asarray([[0] * (T - len(x)) + [1] * len(x) for x in ids])
         want = np.asarray(ref.generate(arr, mask, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=20,
-                                       top_p=0.9, seed=r["seed"], adapter_names=[r["adapter"]] * 2))[:, T:].tolist()
+                                       top_p=0.9, seed=r["seed"], adapter_names=[r["adapter"]] * 2,
+                                       num_return_sequences=r["num_return_sequences"]))[:, T:].tolist()
+        assert len(want) == 2 * r["num_return_sequences"]
         assert body["token_ids"] == [row[:row.index(4)] if 4 in row else row for row in want]
 
 
