@@ -305,9 +305,8 @@ def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, A
 
 def _seq2seq(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, Array, History]:
     nb, N = cfg.num_beams, cfg.max_new_tokens
-    enc = base.encode(input_ids=inputs.get("input_ids"), attention_mask=inputs["attention_mask"],
-                      inputs_embeds=inputs.get("inputs_embeds"), encoder_prefix_kv=inputs.get("encoder_prefix_kv"),
-                      prefix_mask=inputs.get("prefix_mask"))
+    enc = base.encode(attention_mask=inputs["attention_mask"], **{k: inputs[k] for k in (
+        "input_ids", "inputs_embeds", "encoder_prefix_kv", "prefix_mask", "position_ids") if k in inputs})
     enc, enc_mask = _repeat(enc, nb), _repeat(inputs["attention_mask"], nb)
     cross_prefix_kv = _repeat(inputs.get("cross_prefix_kv"), nb, 2)
     prefix_mask = _repeat(inputs.get("prefix_mask"), nb)  # the cross-attention prefix's too

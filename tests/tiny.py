@@ -20,6 +20,11 @@ CONFIGS = {
         "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
         "feed_forward_proj": "relu", "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1,
         "decoder_start_token_id": 0, **kw}),
+    "bart": lambda **kw: tf.BartConfig(**{  # fewer decoder than encoder layers, as in distilbart
+        "vocab_size": VOCAB, "d_model": 40, "encoder_layers": 3, "decoder_layers": 2, "encoder_attention_heads": 5,
+        "decoder_attention_heads": 5, "encoder_ffn_dim": 56, "decoder_ffn_dim": 72, "max_position_embeddings": 64,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2,
+        "forced_eos_token_id": None, **kw}),
     "llama": lambda **kw: tf.LlamaConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
         "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128,
@@ -73,6 +78,7 @@ CLASSES = {
     ("bert", None): tf.BertModel, ("bert", "seq_cls"): tf.BertForSequenceClassification,
     ("bert", "token_cls"): tf.BertForTokenClassification,
     ("t5", None): tf.T5Model, ("t5", "seq2seq_lm"): tf.T5ForConditionalGeneration,
+    ("bart", None): tf.BartModel, ("bart", "seq2seq_lm"): tf.BartForConditionalGeneration,
     ("llama", None): tf.LlamaModel, ("llama", "causal_lm"): tf.LlamaForCausalLM,
     ("llama", "seq_cls"): tf.LlamaForSequenceClassification,
     ("llama", "token_cls"): tf.LlamaForTokenClassification,
@@ -91,6 +97,7 @@ CLASSES = {
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)
+ENCODER_DECODER = ("t5", "bart")
 
 
 def build(kind: str, task: str | None = None, seed: int = 0, **overrides):

@@ -68,6 +68,15 @@ def default_positions(B: int, T: int, prefix_kv, cache: KVCache | None, config: 
     return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + past, (B, T))
 
 
+def shift_right(labels, decoder_start_token_id: int, pad_token_id: int):
+    """Decoder inputs from labels (transformers' `shift_tokens_right` / T5's `_shift_right`): the start token
+    in front, the last label dropped, -100 (ignored labels) replaced by the pad id."""
+    labels = jnp.asarray(labels, jnp.int32)
+    start = jnp.full(labels.shape[:-1] + (1,), decoder_start_token_id, jnp.int32)
+    shifted = jnp.concatenate([start, labels[..., :-1]], axis=-1)
+    return jnp.where(shifted == -100, pad_token_id, shifted)
+
+
 def check_position_count(config: TransformerConfig, n: int) -> None:
     """Refuses an input of `n` positions (prefix and virtual tokens included) that a learned position table
     cannot hold: the table lookup would otherwise read past its end silently."""

@@ -6,7 +6,7 @@ streams each tensor from the memory-mapped safetensors files straight into its p
 Parameters the checkpoint lacks (a new task head, a pooler) are initialised by a jit of the
 module's own initialisers from which XLA keeps only those parameters.
 
-Every architecture module (gpt2, bert, roberta, t5, llama, bloom) provides:
+Every architecture module (gpt2, bert, roberta, t5, bart, llama, bloom, ...) provides:
   Config.from_hf(dict) -> Config      the typed config
   TASKS                                tasks it can do
   build(config, task, num_labels, precision, rngs) -> nnx.Module
@@ -38,7 +38,7 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "qwen2": "jsoft.models.llama", "qwen3": "jsoft.models.llama", "roberta": "jsoft.models.roberta",
                  "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom",
                  "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama",
-                 "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi"}
+                 "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # causal self-attention over the input
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "gpt_neox", "phi")

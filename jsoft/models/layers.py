@@ -33,6 +33,11 @@ def axes(*names: str | None) -> dict:
     return {"out_sharding": names, "eager_sharding": False}
 
 
+class Buffer(nnx.Variable):
+    """A frozen tensor that transformers registers as a buffer, not a parameter (BART's `final_logits_bias`):
+    read from the checkpoint like a weight, but not counted among the parameters (as PEFT counts them)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Precision:
     dtype: jnp.dtype = jnp.float32  # compute

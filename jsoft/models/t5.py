@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models import heads
-from jsoft.models.base import TransformerConfig, hf_name, is_kernel
+from jsoft.models.base import TransformerConfig, hf_name, is_kernel, shift_right
 from jsoft.models.layers import (
     DropoutRng,
     KVCache,
@@ -296,12 +296,7 @@ class T5(nnx.Module):
         return self.shared
 
     def shift_right(self, labels: Array) -> Array:
-        """Decoder inputs from labels (transformers' `_shift_right`): start token in front, the
-        last label dropped, -100 (ignored labels) replaced by the pad id."""
-        c = self.config
-        start = jnp.full(labels.shape[:-1] + (1,), c.decoder_start_token_id, labels.dtype)
-        shifted = jnp.concatenate([start, labels[..., :-1]], axis=-1)
-        return jnp.where(shifted == -100, c.pad_token_id, shifted)
+        return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
 
     def _embeds(self, ids, embeds, prefix: str):
         if (ids is None) == (embeds is None):

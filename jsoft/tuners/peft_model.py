@@ -410,7 +410,8 @@ class PeftModel(nnx.Module):
         if base.config.is_encoder_decoder:
             if decoder_input_ids is None and labels is not None:
                 decoder_input_ids = base.shift_right(labels)
-            kw.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask)
+            kw.update(decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                      **_encoder_positions(base, B, T, p.embeds_mask))
         else:
             if token_type_ids is not None:
                 kw["token_type_ids"] = token_type_ids
@@ -499,7 +500,8 @@ class PeftModel(nnx.Module):
         if p.embeds is not None:
             embeds = base.word_embeddings(input_ids)
             out = {"inputs_embeds": jnp.concatenate([p.embeds.astype(embeds.dtype), embeds], axis=1),
-                   "attention_mask": jnp.concatenate([p.embeds_mask.astype(attention_mask.dtype), attention_mask], 1)}
+                   "attention_mask": jnp.concatenate([p.embeds_mask.astype(attention_mask.dtype), attention_mask], 1),
+                   **_encoder_positions(base, B, input_ids.shape[1], p.embeds_mask)}
         if p.prefix is not None:
             out |= self._split_prefix(p.prefix, self.adapters[names[0]].config) | {"prefix_mask": p.prefix_mask}
         return out
@@ -516,6 +518,16 @@ def _positions(B: int, T: int, Ve: int, embeds_mask, n_prefix, position_ids):
         prompt = jnp.maximum(jnp.arange(Ve, dtype=jnp.int32)[None] - (Ve - n_embed), 0)
         tokens = jnp.concatenate([jnp.broadcast_to(prompt, (B, Ve)), tokens], axis=1)
     return tokens + (n_prefix[:, None] if not isinstance(n_prefix, int) else n_prefix)
+
+
+def _encoder_positions(base, B: int, T: int, embeds_mask) -> dict:
+    """`position_ids` for an encoder with learned absolute positions (BART) behind a prompt block: each row's
+    prompt takes 0..n-1 whatever the block's left padding in a mixed batch (alone: 0..Ve+T-1, as PEFT). None
+    needed without a prompt, or where positions are relative (T5)."""
+    if embeds_mask is None or base.config.position_table_size is None:
+        return {}
+    check_position_count(base.config, embeds_mask.shape[1] + T)
+    return {"position_ids": _positions(B, T, embeds_mask.shape[1], embeds_mask, 0, None)}
 
 
 def _scatter_prompt(embeds_BxTxD, prompt_BxVxD, positions_BxV):

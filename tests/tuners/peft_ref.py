@@ -29,7 +29,7 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("bloom", "causal_lm"), ("bloom", "seq_cls"), ("bloom", "token_cls"), ("gemma", "causal_lm"),
           ("gemma", "seq_cls"), ("gemma2", "causal_lm"), ("gemma2", "token_cls"), ("gpt_neox", "causal_lm"),
           ("gpt_neox", "seq_cls"), ("gpt_neox", "token_cls"), ("qwen3", "causal_lm"), ("qwen3", "seq_cls"),
-          ("phi", "causal_lm"), ("phi", "seq_cls")]
+          ("phi", "causal_lm"), ("phi", "seq_cls"), ("bart", "seq2seq_lm")]
 
 
 def configs(method: str, task: str):
@@ -47,7 +47,7 @@ def batch(kind: str, B: int = 3, T: int = 9, seed: int = 0):
             ids[b, T - n:] = 0
             mask[b, T - n:] = 0
     out = {"input_ids": ids, "attention_mask": mask}
-    if kind == "t5":
+    if kind in tiny.ENCODER_DECODER:
         out["decoder_input_ids"] = rng.integers(0, tiny.VOCAB, size=(B, 6))
     return out
 

@@ -1,0 +1,313 @@
+"""BART (bart-base / -large, bart-large-cnn / -xsum, distilbart): the encoder-decoder of Li & Liang's
+summarisation experiments.
+
+Post-norm layers with biased projections, learned absolute positions (table rows offset by 2),
+LayerNorm over the embeddings, word lookups scaled by sqrt(d_model) where `scale_embedding`, an LM head
+tied to `shared` plus `final_logits_bias`. Module tree mirrors transformers' (`encoder.layers.0.self_attn
+.q_proj`; checkpoints of `BartForConditionalGeneration` prefix them with `model.`).
+
+Prefixes as in `jsoft.models.t5`: `prefix_kv [L_dec, 2, B, V, H, K]` reaches decoder self-attention
+(PEFT's form), `encoder_prefix_kv` and `cross_prefix_kv` add the Li & Liang form; all share
+`prefix_mask [B, V]`. Decoder tokens take positions after the row's valid prefix slots (PEFT passes the
+prefix as past_key_values: V..V+T-1), so a row whose shorter prefix is left-padded in a mixed batch gets
+the positions it has alone. Encoder tokens take `position_ids` (default 0..T-1, as transformers)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jsoft.models import heads
+from jsoft.models.base import TransformerConfig, check_position_count, hf_name, is_kernel, past_length, shift_right
+from jsoft.models.layers import (
+    Buffer,
+    DropoutRng,
+    KVCache,
+    LayerNorm,
+    ModelOutput,
+    Precision,
+    activation,
+    attention_mask_4d,
+    axes,
+    dense,
+    dot_product_attention,
+    embed,
+    heads_major,
+    layer_prefix,
+    merge_heads,
+    self_attention_kv,
+    split_heads,
+    updated_cache,
+    with_prefix,
+)
+
+Array = jax.Array
+
+TASKS = (None, "seq2seq_lm")
+BASE_PREFIX = "model"
+POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding: position p reads row p + 2
+
+
+@dataclasses.dataclass
+class Config(TransformerConfig):
+    num_decoder_layers: int = 12
+    encoder_ffn_dim: int = 4096
+    decoder_ffn_dim: int = 4096
+    activation_function: str = "gelu"
+    max_position_embeddings: int = 1024
+    scale_embedding: bool = False
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True  # False: a separate `lm_head.weight` in the checkpoint
+
+    @property
+    def position_table_size(self) -> int:
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Config:
+        if hf.get("model_type", "bart") != "bart":
+            raise ValueError(f"model_type={hf.get('model_type')!r} is not BART; jsoft.models.bart reads 'bart'")
+        d = hf["d_model"]
+        h, h_dec = hf.get("encoder_attention_heads", 16), hf.get("decoder_attention_heads", 16)
+        if h != h_dec:
+            raise ValueError(f"encoder_attention_heads={h} != decoder_attention_heads={h_dec}: jsoft (and PEFT, which "
+                             "sizes prefixes from the encoder's heads) needs one head count")
+        if d % h:
+            raise ValueError(f"d_model={d} is not a multiple of encoder_attention_heads={h}")
+        act = hf.get("activation_function", "gelu")
+        activation(act)  # fail early on an unsupported activation
+        return cls(
+            model_type="bart", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf.get("encoder_layers", 12),
+            num_heads=h, num_kv_heads=h, head_dim=d // h, pad_token_id=hf.get("pad_token_id", 1),
+            eos_token_id=hf.get("eos_token_id", 2), bos_token_id=hf.get("bos_token_id", 0),
+            decoder_start_token_id=hf.get("decoder_start_token_id", 2), is_encoder_decoder=True,
+            num_decoder_layers=hf.get("decoder_layers", 12), encoder_ffn_dim=hf.get("encoder_ffn_dim", 4096),
+            decoder_ffn_dim=hf.get("decoder_ffn_dim", 4096), activation_function=act,
+            max_position_embeddings=hf.get("max_position_embeddings", 1024),
+            scale_embedding=bool(hf.get("scale_embedding", False)), dropout=hf.get("dropout", 0.1),
+            attention_dropout=hf.get("attention_dropout", 0.0), activation_dropout=hf.get("activation_dropout", 0.0),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
+        )
+
+
+class Attention(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c = c
+        d = c.hidden_size
+        self.q_proj = dense(d, d, ("embed", "joined_kv"), p, rngs=rngs)
+        self.k_proj = dense(d, d, ("embed", "joined_kv"), p, rngs=rngs)
+        self.v_proj = dense(d, d, ("embed", "joined_kv"), p, rngs=rngs)
+        self.out_proj = dense(d, d, ("joined_kv", "embed"), p, rngs=rngs)
+
+    def __call__(self, x, mask, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng,
+                 kv_x=None, cross_kv: tuple | None = None):
+        """Self-attention (prefix and cache apply) when neither `kv_x` nor `cross_kv` is given; else
+        cross-attention over the encoder states `kv_x` or their precomputed `cross_kv`."""
+        n = self.c.num_heads
+        q = split_heads(self.q_proj(x), n)
+        new_cache = None
+        if cross_kv is not None:
+            k, v, mask = cross_kv
+        elif kv_x is not None:
+            k, v, mask = self.cross_kv(kv_x, mask, layer=layer, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        else:
+            k, v = split_heads(self.k_proj(x), n), split_heads(self.v_proj(x), n)
+            k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
+                                                      prefix_mask=prefix_mask)
+        out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
+                                    dropout_rate=self.c.attention_dropout)
+        return self.out_proj(merge_heads(out)), new_cache
+
+    def cross_kv(self, enc, enc_mask, *, layer, prefix_kv, prefix_mask) -> tuple:
+        """Keys, values `[B, H, S, K]` over the encoder states (the layer's prefix in front) and the mask."""
+        n = self.c.num_heads
+        k, v = heads_major(split_heads(self.k_proj(enc), n)), heads_major(split_heads(self.v_proj(enc), n))
+        return with_prefix(k, v, enc_mask, *layer_prefix(prefix_kv, layer), prefix_mask)
+
+
+class Layer(nnx.Module):
+    """`BartEncoderLayer` / `BartDecoderLayer`: post-norm residuals around self-attention, (decoder)
+    cross-attention and the feed-forward block."""
+
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, decoder: bool):
+        self.c, self.decoder = c, decoder
+        d, ffn = c.hidden_size, c.decoder_ffn_dim if decoder else c.encoder_ffn_dim
+        self.self_attn = Attention(c, p, rngs)
+        self.self_attn_layer_norm = LayerNorm(d, c.layer_norm_eps, p)
+        if decoder:
+            self.encoder_attn = Attention(c, p, rngs)
+            self.encoder_attn_layer_norm = LayerNorm(d, c.layer_norm_eps, p)
+        self.fc1 = dense(d, ffn, ("embed", "mlp"), p, rngs=rngs)
+        self.fc2 = dense(ffn, d, ("mlp", "embed"), p, rngs=rngs)
+        self.final_layer_norm = LayerNorm(d, c.layer_norm_eps, p)
+        self.act = activation(c.activation_function)
+
+    def __call__(self, x, mask, enc, enc_mask, cross_prefix_kv, cross_kv, *, layer, cache, prefix_kv, prefix_mask,
+                 drop: DropoutRng):
+        c = self.c
+        a, new_cache = self.self_attn(x, mask, layer=layer, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
+                                      drop=drop)
+        x = self.self_attn_layer_norm(x + drop(a, c.dropout))
+        if self.decoder and (enc is not None or cross_kv is not None):  # no encoder states: no cross-attention
+            a, _ = self.encoder_attn(x, enc_mask, layer=layer, cache=None, prefix_kv=cross_prefix_kv,
+                                     prefix_mask=prefix_mask, drop=drop, kv_x=enc,
+                                     cross_kv=None if cross_kv is None else cross_kv[layer])
+            x = self.encoder_attn_layer_norm(x + drop(a, c.dropout))
+        h = self.fc2(drop(self.act(self.fc1(x)), c.activation_dropout))
+        return self.final_layer_norm(x + drop(h, c.dropout)), new_cache
+
+
+class Stack(nnx.Module):
+    """`BartEncoder` / `BartDecoder` without the (tied) token embedding."""
+
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, decoder: bool):
+        self.c, self.decoder, self.dtype = c, decoder, p.dtype
+        if not c.tie_word_embeddings:  # untied (transformers ties all three to `shared` by default)
+            self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs,
+                                      scale=c.hidden_size ** 0.5 if c.scale_embedding else 1.0)
+        self.embed_positions = embed(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size, p, rngs=rngs,
+                                     names=(None, "embed"))
+        n = c.num_decoder_layers if decoder else c.num_layers
+        self.layers = nnx.List([Layer(c, p, rngs, decoder=decoder) for _ in range(n)])
+        self.layernorm_embedding = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
+
+    def __call__(self, embeds_BxTxD, mask_BxS, positions_BxT, *, prefix_kv=None, prefix_mask=None,
+                 cache: KVCache | None = None, enc=None, enc_mask=None, cross_prefix_kv=None,
+                 cross_kv: tuple | None = None, drop: DropoutRng):
+        T = embeds_BxTxD.shape[1]
+        x = embeds_BxTxD + self.embed_positions(positions_BxT + POSITION_OFFSET).astype(embeds_BxTxD.dtype)
+        x = drop(self.layernorm_embedding(x).astype(self.dtype), self.c.dropout)
+        S = T if cache is None else cache.slots
+        mask = attention_mask_4d(mask_BxS, T, S, causal=self.decoder, q_offset=0 if cache is None else cache.index)
+        enc_mask_4d = None
+        if enc is not None and cross_kv is None:
+            enc_mask_4d = attention_mask_4d(enc_mask, T, enc.shape[1], causal=False)
+        layer_caches = []
+        for i, layer in enumerate(self.layers):
+            x, lc = layer(x, mask, enc, enc_mask_4d, cross_prefix_kv, cross_kv, layer=i, cache=cache,
+                          prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop)
+            layer_caches.append(lc)
+        return x, updated_cache(cache, layer_caches, T)
+
+
+def _drop(dropout_rng: Array | None, which: int) -> DropoutRng:
+    """Encoder and decoder draw from disjoint streams, so `decode(encode(...))` == `__call__`."""
+    return DropoutRng(None if dropout_rng is None else jax.random.fold_in(dropout_rng, which))
+
+
+class Bart(nnx.Module):
+    """BART with the head for `task` (None: decoder hidden states, or seq2seq_lm)."""
+
+    def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
+        self.config, self.task, self.num_labels = c, task, num_labels
+        self.head_name = None  # no classification head: nothing of the backbone goes into an adapter
+        self.shared = embed(c.vocab_size, c.hidden_size, p, rngs=rngs,
+                            scale=c.hidden_size ** 0.5 if c.scale_embedding else 1.0)
+        self.encoder = Stack(c, p, rngs, decoder=False)
+        self.decoder = Stack(c, p, rngs, decoder=True)
+        if task == "seq2seq_lm":
+            self.final_logits_bias = Buffer(jnp.zeros((1, c.vocab_size), p.param_dtype), **axes(None, "vocab"))
+            if not c.tie_word_embeddings:
+                self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
+
+    @property
+    def word_embeddings(self) -> nnx.Embed:
+        return self.shared
+
+    def shift_right(self, labels: Array) -> Array:
+        return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+
+    def _embeds(self, ids, embeds, stack: Stack, prefix: str):
+        """Token lookups of `stack`: `shared`, or with untied embeddings the stack's own table (`shared` is then
+        only what `word_embeddings` returns, the table PEFT builds a prompt's inputs_embeds from)."""
+        if (ids is None) == (embeds is None):
+            raise ValueError(f"give exactly one of {prefix}input_ids and {prefix}inputs_embeds")
+        if embeds is not None:
+            return embeds
+        return self.shared(ids) if self.config.tie_word_embeddings else stack.embed_tokens(ids)
+
+    def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, encoder_prefix_kv=None,
+               prefix_mask=None, dropout_rng: Array | None = None, position_ids=None) -> Array:
+        """Encoder hidden states `[B, T, D]` (computed once, then reused by `decode`)."""
+        x = self._embeds(input_ids, inputs_embeds, self.encoder, "")
+        B, T = x.shape[:2]
+        if position_ids is None:
+            check_position_count(self.config, T)
+            position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        h, _ = self.encoder(x, attention_mask, position_ids, prefix_kv=encoder_prefix_kv, prefix_mask=prefix_mask,
+                            drop=_drop(dropout_rng, 0))
+        return h
+
+    def _decoder_positions(self, B: int, T: int, prefix_kv, prefix_mask, cache: KVCache | None) -> Array:
+        """After the row's valid prefix slots (in `prefix_kv`, or at the front of `cache`) and the tokens
+        the cache holds."""
+        past = past_length(prefix_kv, cache)
+        if cache is None:
+            check_position_count(self.config, past + T)
+        if prefix_mask is not None:  # a shorter prefix left-padded in a mixed batch: its pads take no position
+            past = past - (prefix_mask.shape[1] - prefix_mask.astype(jnp.int32).sum(-1, keepdims=True))
+        return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + past, (B, T))
+
+    def decode(self, decoder_input_ids=None, encoder_hidden_states=None, attention_mask=None,
+               decoder_attention_mask=None, decoder_inputs_embeds=None, prefix_kv=None, prefix_mask=None,
+               cross_prefix_kv=None, cache: KVCache | None = None,
+               dropout_rng: Array | None = None, cross_kv: tuple | None = None) -> ModelOutput:
+        """One decoder pass. `attention_mask` is the encoder's; `decoder_attention_mask` covers the
+        current tokens `[B, T]`, or all cache slots `[B, S]` when decoding with `cache` (whose first
+        slots may hold the prefix, `prefix_mask` then marking its valid ones). `cross_kv`
+        (`cross_attention_kv`) replaces the encoder states, their mask and the cross-attention prefix."""
+        y = self._embeds(decoder_input_ids, decoder_inputs_embeds, self.decoder, "decoder_")
+        B, T = y.shape[:2]
+        positions = self._decoder_positions(B, T, prefix_kv, prefix_mask, cache)
+        h, cache = self.decoder(y, decoder_attention_mask, positions, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
+                                cache=cache, enc=None if cross_kv is not None else encoder_hidden_states,
+                                enc_mask=attention_mask, cross_prefix_kv=cross_prefix_kv, cross_kv=cross_kv,
+                                drop=_drop(dropout_rng, 1))
+        if self.task != "seq2seq_lm":
+            return ModelOutput(last_hidden_state=h, cache=cache)
+        if self.config.tie_word_embeddings:
+            logits = heads.lm_head_logits(h, self.shared.embedding[...])
+        else:
+            logits = heads.lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
+        return ModelOutput(logits=logits + self.final_logits_bias[...].astype(jnp.float32), last_hidden_state=h,
+                           cache=cache)
+
+    def cross_attention_kv(self, encoder_hidden_states, attention_mask=None, cross_prefix_kv=None,
+                           prefix_mask=None) -> tuple:
+        """Each decoder layer's cross-attention keys, values and mask, for a decoding loop to compute once."""
+        enc_mask = attention_mask_4d(attention_mask, 1, encoder_hidden_states.shape[1], causal=False)
+        return tuple(layer.encoder_attn.cross_kv(encoder_hidden_states, enc_mask, layer=i, prefix_kv=cross_prefix_kv,
+                                                 prefix_mask=prefix_mask)
+                     for i, layer in enumerate(self.decoder.layers))
+
+    def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
+                 decoder_attention_mask=None, inputs_embeds=None, decoder_inputs_embeds=None,
+                 encoder_hidden_states=None, prefix_kv=None, prefix_mask=None, encoder_prefix_kv=None,
+                 cross_prefix_kv=None, cache: KVCache | None = None, position_ids=None,
+                 dropout_rng: Array | None = None) -> ModelOutput:
+        """`position_ids`: the encoder's (default 0..T-1)."""
+        if encoder_hidden_states is None:
+            encoder_hidden_states = self.encode(input_ids, attention_mask, inputs_embeds, encoder_prefix_kv,
+                                                prefix_mask, dropout_rng, position_ids)
+        out = self.decode(decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask,
+                          decoder_inputs_embeds, prefix_kv, prefix_mask, cross_prefix_kv, cache, dropout_rng)
+        return out.replace(encoder_last_hidden_state=encoder_hidden_states)
+
+
+def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> Bart:
+    return Bart(c, task, num_labels, p, rngs)
+
+
+def checkpoint_key(path: tuple) -> tuple[str | tuple[str, ...], bool]:
+    names = tuple(map(str, path))
+    if names == ("lm_head", "kernel"):
+        return ("lm_head.weight", "shared.weight"), True
+    if names == ("shared", "embedding"):  # tied, a checkpoint may keep only one of the copies
+        return ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"), False
+    return hf_name(path), is_kernel(path)  # every kernel is a torch nn.Linear [out, in]
