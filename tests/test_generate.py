@@ -22,10 +22,10 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "bloom": {"initializer_range": 0.3}, "gemma": {"initializer_range": 0.3},
            "gemma2": {"initializer_range": 0.3, "tie_word_embeddings": False},  # tied, it repeats its input
            "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3},  # head dim 16: 4 rotary dims
-           "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}}
+           "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}, "bart": {"init_std": 0.1}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gpt_neox": "causal_lm", "qwen3": "causal_lm",
-        "phi": "causal_lm"}
+        "phi": "causal_lm", "bart": "seq2seq_lm"}
 NEW = 8
 
 
@@ -70,14 +70,15 @@ def left_padded(seed=0):
 
 
 def width(kind, T):
-    return 1 + NEW if kind == "t5" else T + NEW
+    return 1 + NEW if kind in tiny.ENCODER_DECODER else T + NEW
 
 
 PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llama", "prefix")]
           + [("t5", "prompt"), ("t5", "prefix")] + [("bloom", m) for m in ("prompt", "prefix_proj", "ptuning_lstm")]
           + [("gemma", "prompt"), ("gemma", "prefix"), ("gemma2", "prompt"), ("gemma2", "prefix_proj")]
           + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")]
-          + [("phi", "prompt"), ("phi", "prefix")])
+          + [("phi", "prompt"), ("phi", "prefix")]
+          + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))
@@ -205,13 +206,13 @@ def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
         assert_logits_close(got[b][mask[b] == 1], want[b][right_mask[b] == 1])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom"])
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart"])
 def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
     pm = jsoft_model(tiny_dir, kind, "prompt")
     pm.add_adapter("prefix", peft_ref.configs("prefix", TASK[kind])[0], seed=2)
     pm.add_adapter("ptuning", peft_ref.configs("ptuning_mlp", TASK[kind])[0], seed=3)
     names = ["ptuning", "default", "prefix"]
-    if kind == "t5":  # encoder inputs: right padding
+    if kind in tiny.ENCODER_DECODER:  # encoder inputs: right padding
         ids = ids_batch(3, 9, seed=3)
         mask = np.ones_like(ids)
         mask[1, 6:], ids[1, 6:] = 0, 0
@@ -242,13 +243,13 @@ def pad_after_eos(new_tokens, eos, pad=0):
     return np.where(after, pad, new_tokens)
 
 
-@pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("t5", "prompt"), ("gpt2", "prefix")],
+@pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("t5", "prompt"), ("gpt2", "prefix"), ("bart", "prefix")],
                          ids=lambda x: str(x))
 def test_beam_search_matches_peft(tiny_dir, tmp_path, kind, method):
     pm = jsoft_model(tiny_dir, kind, method)
     ref = peft_model(tiny_dir, kind, pm, tmp_path / "adapter")
     ids = ids_batch(3, 6, seed=4)
-    lead = 1 if kind == "t5" else ids.shape[1]
+    lead = 1 if kind in tiny.ENCODER_DECODER else ids.shape[1]
     eos = int(np.asarray(pm.generate(ids, max_new_tokens=NEW))[0, lead + 3])  # an EOS that beams will meet
     for kw in ({}, {"eos_token_id": eos, "pad_token_id": 0}):
         got = np.asarray(pm.generate(ids, max_new_tokens=NEW, num_beams=3, **kw))
@@ -264,7 +265,7 @@ def test_return_sequences_and_max_length_match_peft(tiny_dir, tmp_path, kind, me
     pm = jsoft_model(tiny_dir, kind, method)
     ref = peft_model(tiny_dir, kind, pm, tmp_path / "adapter")
     ids = ids_batch(2, 6, seed=4)
-    lead = 1 if kind == "t5" else ids.shape[1]
+    lead = 1 if kind in tiny.ENCODER_DECODER else ids.shape[1]
     got = np.asarray(pm.generate(ids, max_length=lead + NEW, num_beams=4, num_return_sequences=3, eos_token_id=[]))
     want = peft_generate(ref, ids, width=got.shape[1], num_beams=4, num_return_sequences=3, eos_token_id=None)
     assert got.shape == (6, lead + NEW) and len({tuple(r) for r in got[:3]}) == 3
@@ -300,7 +301,7 @@ def test_logits_processors_match_peft(tiny_dir, tmp_path, kind, method):
     ref = peft_model(tiny_dir, kind, pm, tmp_path / "adapter")
     ids = ids_batch(3, 7, seed=2)
     ids[:, -1] = ids[:, 1]  # a decoder-only prompt ends as it began: (ids[1], ids[2]) is a 2-gram to block
-    lead = 1 if kind == "t5" else ids.shape[1]
+    lead = 1 if kind in tiny.ENCODER_DECODER else ids.shape[1]
     plain = np.asarray(pm.generate(ids, max_new_tokens=NEW))
     eos = int(plain[0, lead + 1])  # row 0 would stop after two tokens
     kw = dict(max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0, output_scores=True)
@@ -371,7 +372,7 @@ def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     hf = tiny.CLASSES[(kind, TASK[kind])].from_pretrained(model_dir(tiny_dir, kind)).eval()
     got = np.asarray(pm.generate(ids, max_new_tokens=NEW, num_beams=3))
     want = peft_generate(hf, ids, width=got.shape[1], num_beams=3)
-    lead = 1 if kind == "t5" else ids.shape[1]
+    lead = 1 if kind in tiny.ENCODER_DECODER else ids.shape[1]
     want[:, lead:] = pad_after_eos(want[:, lead:], pm.base_model.config.eos_token_id)
     np.testing.assert_array_equal(got, want)
     greedy = np.asarray(pm.generate(ids, max_new_tokens=NEW))

@@ -111,6 +111,8 @@ def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
         for name, p in model.named_parameters():
             if name.endswith("bias") or "ln" in name or "norm" in name.lower():
                 p.add_(0.1 * torch.randn_like(p))
+            if "embed_positions" in name:  # BART: positions as strong as tokens, so a position off by one shows
+                p.mul_(10.0)
     return model
 
 
