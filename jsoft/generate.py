@@ -65,20 +65,28 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     min_new_tokens: int = 0
     num_return_sequences: int = 1  # beam search: the best this many beams per row, best first
+    forced_bos: bool = False  # whether a token is forced when the sequence so far is one token long
+    forced_eos: bool = False  # whether an EOS is forced as the last new token
 
     @property
     def constrained(self) -> bool:
-        """Whether a logits processor reads the tokens so far."""
-        return self.repetition_penalty or self.no_repeat_ngram_size > 0 or self.min_new_tokens > 0
+        """Whether a logits processor reads the tokens so far (or their count)."""
+        return (self.repetition_penalty or self.no_repeat_ngram_size > 0 or self.min_new_tokens > 0 or self.forced_bos
+                or self.forced_eos)
 
 
 def knobs(temperature: float = 1.0, top_p: float = 1.0, length_penalty: float = 1.0,
-          eos_token_ids: Sequence[int] = (), pad_token_id: int = 0, repetition_penalty: float = 1.0
-          ) -> dict[str, Array]:
-    """The dynamic part of a `generate` call (changing it does not recompile)."""
+          eos_token_ids: Sequence[int] = (), pad_token_id: int = 0, repetition_penalty: float = 1.0,
+          forced_bos_token_ids: Sequence[int] = (), forced_eos_token_ids: Sequence[int] = (),
+          forced_eos_step: int | Sequence[int] = 0) -> dict[str, Array]:
+    """The dynamic part of a `generate` call (changing it does not recompile). `forced_eos_step`: the new token
+    (0-based) that is forced to an EOS; one per row where rows stop at different lengths (`jsoft.multitask`)."""
+    ids = lambda x: jnp.asarray(x, jnp.int32).reshape(-1)
     return {"temperature": jnp.float32(temperature), "top_p": jnp.float32(top_p),
-            "length_penalty": jnp.float32(length_penalty), "eos": jnp.asarray(eos_token_ids, jnp.int32).reshape(-1),
-            "pad": jnp.int32(pad_token_id), "repetition_penalty": jnp.float32(repetition_penalty)}
+            "length_penalty": jnp.float32(length_penalty), "eos": ids(eos_token_ids),
+            "pad": jnp.int32(pad_token_id), "repetition_penalty": jnp.float32(repetition_penalty),
+            "forced_bos": ids(forced_bos_token_ids), "forced_eos": ids(forced_eos_token_ids),
+            "forced_eos_step": ids(forced_eos_step)[:, None]}
 
 
 def row_keys(seeds_B: Array, index_B: Array) -> Array:
@@ -93,7 +101,8 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int | None =
              length_penalty: float = 1.0, eos_token_id: int | Sequence[int] | None = None,
              pad_token_id: int | None = None, adapter_names: Sequence[str] | None = None,
              output_scores: bool = False, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-             min_new_tokens: int = 0) -> Array | tuple[Array, Array]:
+             min_new_tokens: int = 0, forced_bos_token_id: int | Sequence[int] | None = None,
+             forced_eos_token_id: int | Sequence[int] | None = None) -> Array | tuple[Array, Array]:
     """Generate with `pm` (a `jsoft.PeftModel` on a causal-LM or seq2seq-LM backbone).
 
     Lengths as transformers: `max_new_tokens` (default 20), or else `max_length`, the whole output's
@@ -109,7 +118,11 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int | None =
     `[B, max_new_tokens, vocab]` each new token was chosen from (`[B * n, ...]` with n samples per row).
     `repetition_penalty`, `no_repeat_ngram_size` and `min_new_tokens` are transformers' logits processors,
     applied as it applies them (over the prompt's real tokens and what was generated; a decoder's
-    start token for seq2seq), in greedy search, sampling and beam search."""
+    start token for seq2seq), in greedy search, sampling and beam search. So are `forced_bos_token_id` (the only
+    choice while the sequence so far is one token long: a seq2seq decoder's first new token) and
+    `forced_eos_token_id` (an EOS id or ids, the only choices for the last new token), which default to the
+    model config's (BART's config.json: `forced_eos_token_id=2`, and `forced_bos_token_id=0` for
+    bart-large-cnn); `[]` turns one off."""
     mc = pm.base_model.config
     max_new_tokens = _new_token_count(max_new_tokens, max_length, np.shape(input_ids), mc.is_encoder_decoder)
     ids, mask = _checked_inputs(pm, input_ids, attention_mask, max_new_tokens)
@@ -147,12 +160,12 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int | None =
         raise ValueError(f"adapter_names={adapter_names!r} given but no adapter is loaded")
     else:  # a PeftModel without adapters generates with the backbone alone
         names, rows = (), None
-    if mc.model_type == "gpt2":  # learned positions: an index past the table would be clamped silently
-        longest = max((pm.adapters[n].config.num_virtual_tokens for n in names), default=0) + ids.shape[1]
-        if longest + max_new_tokens - 1 > mc.max_positions:
-            raise ValueError(f"virtual tokens + {ids.shape[1]} input tokens + max_new_tokens={max_new_tokens} "
-                             f"exceed this model's {mc.max_positions} positions")
+    _check_decoding_positions(pm, names, ids.shape[1], max_new_tokens)
     eos = token_ids(mc.eos_token_id if eos_token_id is None else eos_token_id)
+    forced_bos = token_ids(mc.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id)
+    forced_eos = token_ids(mc.forced_eos_token_id if forced_eos_token_id is None else forced_eos_token_id)
+    if len(forced_bos) > 1:
+        raise ValueError(f"forced_bos_token_id={forced_bos_token_id!r} must be one token id (or [] for none)")
     pad = pad_token_id if pad_token_id is not None else mc.pad_token_id
     pad = pad if pad is not None else (eos[0] if eos else 0)
     cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample),
@@ -160,10 +173,32 @@ def generate(pm, input_ids, attention_mask=None, *, max_new_tokens: int | None =
                            num_beams=int(num_beams), num_eos=len(eos), output_scores=bool(output_scores),
                            repetition_penalty=repetition_penalty != 1.0, no_repeat_ngram_size=int(no_repeat_ngram_size),
                            min_new_tokens=int(min_new_tokens) if eos else 0,
-                           num_return_sequences=int(n) if num_beams > 1 else 1)
-    k = knobs(temperature, top_p, length_penalty, eos, pad, repetition_penalty)
+                           num_return_sequences=int(n) if num_beams > 1 else 1, forced_bos=bool(forced_bos),
+                           forced_eos=bool(forced_eos))
+    k = knobs(temperature, top_p, length_penalty, eos, pad, repetition_penalty, forced_bos, forced_eos,
+              max_new_tokens - 1)
     graphdef, state = nnx.split(pm)
     return _jitted(graphdef)(state, jnp.asarray(ids), jnp.asarray(mask), rows, row_keys(seeds, index), k, names, cfg)
+
+
+def _check_decoding_positions(pm, names: tuple[str, ...], T: int, max_new_tokens: int) -> None:
+    """Refuses a generation whose decoder would read past a learned position table (GPT-2, BART), which the
+    jitted lookup would clamp silently: decoder-only, the virtual tokens, the T input tokens and all but the
+    last new token; encoder-decoder, a decoder prefix's V, the start token and all but the last new token."""
+    mc = pm.base_model.config
+    limit = mc.position_table_size
+    if limit is None:
+        return
+    adapters = [pm.adapters[n] for n in names]
+    if mc.is_encoder_decoder:
+        V = max((a.config.num_virtual_tokens for a in adapters if a.is_prefix), default=0)
+        used, what = V + max_new_tokens, f"a decoder prefix of {V} + max_new_tokens={max_new_tokens}"
+    else:
+        V = max((a.config.num_virtual_tokens for a in adapters), default=0)
+        used = V + T + max_new_tokens - 1
+        what = f"{V} virtual tokens + {T} input tokens + max_new_tokens={max_new_tokens} - 1"
+    if used > limit:
+        raise ValueError(f"{what} = {used} positions exceed this {mc.model_type} model's {limit} learned positions")
 
 
 def _new_token_count(max_new_tokens: int | None, max_length: int | None, shape: tuple, encoder_decoder: bool) -> int:
@@ -350,7 +385,8 @@ def constrain(x_RxV: Array, tokens_RxL: Array, real_RxL: Array, length: Array, n
               cfg: GenerationConfig) -> Array:
     """transformers' logits processors, in its order, on logits (log-probabilities in beam search) given
     the sequence so far, `tokens[:, :length]` (`real`: the tokens a repetition penalty counts; pads are not),
-    of which `new` were generated: repetition penalty, no repeated n-grams, at least min_new_tokens."""
+    of which `new` were generated: repetition penalty, no repeated n-grams, at least min_new_tokens, forced BOS
+    and EOS."""
     R, V = x_RxV.shape
     rows = jnp.arange(R)[:, None]
     before = jnp.arange(tokens_RxL.shape[1])[None] < length
@@ -363,6 +399,11 @@ def constrain(x_RxV: Array, tokens_RxL: Array, real_RxL: Array, length: Array, n
     if cfg.min_new_tokens:
         eos_V = jnp.zeros((V,), bool).at[knobs["eos"]].set(True)
         x_RxV = jnp.where((new < cfg.min_new_tokens) & eos_V[None], -jnp.inf, x_RxV)
+    for on, ids, now in ((cfg.forced_bos, knobs["forced_bos"], length == 1),
+                         (cfg.forced_eos, knobs["forced_eos"], new == knobs["forced_eos_step"])):
+        if on:  # transformers' ForcedBOS / ForcedEOSTokenLogitsProcessor: 0 for the forced ids, -inf elsewhere
+            only = jnp.where(jnp.zeros((V,), bool).at[ids].set(True), 0.0, -jnp.inf)
+            x_RxV = jnp.where(now, only[None], x_RxV)
     return x_RxV
 
 

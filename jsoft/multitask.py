@@ -174,6 +174,7 @@ class MultiTaskModel:
         self.decoder_only = mc.model_type in DECODER_ONLY
         self.tokenizer = _load_tokenizer(model_dir)
         self.eos_token_ids = token_ids(mc.eos_token_id)
+        self.forced_token_ids = (token_ids(mc.forced_bos_token_id), token_ids(mc.forced_eos_token_id))
         # what PeftModel.generate emits after EOS; also fills pads (masked, but must index the vocabulary)
         pad = next((v for v in (mc.pad_token_id, *self.eos_token_ids[:1], self.tokenizer.pad_token_id)
                     if v is not None), 0)
@@ -407,7 +408,8 @@ class MultiTaskModel:
             N = N if N <= room else max(max_new_tokens)
         if not 0 < sampling.top_k < self.config.vocab_size:  # top_k >= vocabulary filters nothing
             sampling = dataclasses.replace(sampling, top_k=0)
-        cfg, knobs = _decoding(N, sampling, self.eos_token_ids, self.pad_token_id)
+        last = [n - 1 for n in max_new_tokens] + [N - 1] * (arr.shape[0] - len(ids))  # each row's forced EOS
+        cfg, knobs = _decoding(N, sampling, self.eos_token_ids, self.pad_token_id, self.forced_token_ids, last)
         self.shapes.add(("generate", *arr.shape, cfg))
         seeds = list(seeds or [(0, b) for b in range(len(ids))])
         seeds = np.asarray(seeds + seeds[:1] * (arr.shape[0] - len(seeds)), np.int64)  # like _batch's extra rows
@@ -486,15 +488,19 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
     return logits
 
 
-def _decoding(N: int, s: Sampling, eos: tuple[int, ...], pad: int) -> tuple[gen.GenerationConfig, dict]:
-    """jsoft.generate's static config and dynamic knobs for one batch."""
+def _decoding(N: int, s: Sampling, eos: tuple[int, ...], pad: int, forced: tuple[tuple[int, ...], ...],
+              forced_eos_step: list[int]) -> tuple[gen.GenerationConfig, dict]:
+    """jsoft.generate's static config and dynamic knobs for one batch; `forced`: the model's forced BOS and EOS
+    ids, the EOS forced at each row's `forced_eos_step` (its last new token)."""
     cfg = gen.GenerationConfig(max_new_tokens=N, do_sample=s.do_sample, top_k=s.top_k if s.do_sample else 0,
                                top_p=s.do_sample and s.top_p < 1.0, num_eos=len(eos),
                                repetition_penalty=s.repetition_penalty != 1.0,
                                no_repeat_ngram_size=s.no_repeat_ngram_size,
-                               min_new_tokens=s.min_new_tokens if eos else 0)
+                               min_new_tokens=s.min_new_tokens if eos else 0, forced_bos=bool(forced[0]),
+                               forced_eos=bool(forced[1]))
     return cfg, gen.knobs(temperature=s.temperature, top_p=s.top_p, eos_token_ids=eos, pad_token_id=pad,
-                          repetition_penalty=s.repetition_penalty)
+                          repetition_penalty=s.repetition_penalty, forced_bos_token_ids=forced[0],
+                          forced_eos_token_ids=forced[1], forced_eos_step=forced_eos_step)
 
 
 def _generate(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots, keys, knobs, cfg) -> Array:

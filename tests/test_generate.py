@@ -258,6 +258,30 @@ def test_beam_search_matches_peft(tiny_dir, tmp_path, kind, method):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_forced_bos_and_eos_match_peft(tiny_dir, tmp_path, num_beams):
+    """BART checkpoints force their first and last new tokens (generation_config.json's forced_bos_token_id and
+    forced_eos_token_id, which transformers' generate reads); jsoft reads them too, and takes them as arguments."""
+    path = tiny_dir("bart", "seq2seq_lm", **DIVERSE["bart"], forced_eos_token_id=7)
+    gen = json.loads((path / "generation_config.json").read_text())  # transformers 5 keeps forced_bos there only
+    (path / "generation_config.json").write_text(json.dumps(gen | {"forced_bos_token_id": 5}))
+    config = peft_ref.configs("prefix", "seq2seq_lm")[0]
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(path, task="seq2seq_lm"), config, seed=1)
+    pm.save_pretrained(tmp_path / "adapter")
+    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base("bart", "seq2seq_lm", path), tmp_path / "adapter").eval()
+    ids = ids_batch(3, 6, seed=4)
+    kw = dict(num_beams=num_beams, eos_token_id=[])  # forced EOS still ends every row at max_new_tokens
+    got = np.asarray(pm.generate(ids, max_new_tokens=NEW, **kw))
+    assert (got[:, 1] == 5).all() and (got[:, -1] == 7).all()
+    np.testing.assert_array_equal(got, peft_generate(ref, ids, width=got.shape[1], num_beams=num_beams,
+                                                     eos_token_id=None))
+    free = np.asarray(pm.generate(ids, max_new_tokens=NEW, forced_bos_token_id=[], forced_eos_token_id=[], **kw))
+    assert not (free[:, 1] == 5).all()
+    want = peft_generate(ref, ids, width=free.shape[1], num_beams=num_beams, eos_token_id=None,
+                         forced_bos_token_id=None, forced_eos_token_id=None)
+    np.testing.assert_array_equal(free, want)
+
+
 @pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("gpt2", "prompt")], ids=lambda x: str(x))
 def test_return_sequences_and_max_length_match_peft(tiny_dir, tmp_path, kind, method):
     """transformers' `num_return_sequences` (the n best beams, best first) and `max_length` (the whole output's

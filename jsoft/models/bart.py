@@ -93,6 +93,7 @@ class Config(TransformerConfig):
             scale_embedding=bool(hf.get("scale_embedding", False)), dropout=hf.get("dropout", 0.1),
             attention_dropout=hf.get("attention_dropout", 0.0), activation_dropout=hf.get("activation_dropout", 0.0),
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
+            forced_bos_token_id=hf.get("forced_bos_token_id"), forced_eos_token_id=hf.get("forced_eos_token_id", 2),
         )
 
 

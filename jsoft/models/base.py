@@ -28,6 +28,8 @@ class TransformerConfig:
     is_encoder_decoder: bool = False
     name_or_path: str = ""
     problem_type: str | None = None  # seq_cls loss, as transformers: None infers it from num_labels and labels
+    forced_bos_token_id: int | None = None  # generation forces it first (a seq2seq decoder's first new token)
+    forced_eos_token_id: int | list[int] | None = None  # generation forces it (any of them) last
 
     @property
     def position_table_size(self) -> int | None:

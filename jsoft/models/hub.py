@@ -114,6 +114,19 @@ def read_config(model_dir: Path) -> dict:
     return json.loads(f.read_text())
 
 
+GENERATION_KEYS = ("eos_token_id", "forced_bos_token_id", "forced_eos_token_id")
+
+
+def generation_defaults(model_dir: Path) -> dict:
+    """What generation_config.json sets of `GENERATION_KEYS`: transformers' `generate` reads these from it rather
+    than from config.json (Llama 3 Instruct's extra EOS `<|eot_id|>`, bart-large-cnn's `forced_bos_token_id`)."""
+    f = model_dir / "generation_config.json"
+    if not f.is_file():
+        return {}
+    gen = json.loads(f.read_text())
+    return {k: gen[k] for k in GENERATION_KEYS if k in gen}
+
+
 _ALIGN = 64  # XLA's CPU client adopts a host buffer aligned to this instead of copying it
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
                        "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -321,6 +334,9 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
         trained_labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or None
         num_labels = num_labels or trained_labels or 2
     config = arch.Config.from_hf(hf)
+    for key, value in generation_defaults(model_dir).items():
+        if key not in config_overrides:
+            setattr(config, key, value)
     config.name_or_path = str(name_or_path)
     config.problem_type = hf.get("problem_type")
     if config.problem_type not in PROBLEM_TYPES:
