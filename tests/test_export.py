@@ -141,13 +141,14 @@ def test_gpt2_prompt_tuning_with_a_verbalizer_gives_the_same_accuracy_in_peft(ti
     assert nll / tokens == pytest.approx(summary["eval"]["loss"], rel=1e-4)
 
 
-def test_t5_prefix_tuning_adapter_gives_the_same_loss_in_peft(tiny_dir, tmp_path):
-    model, c = tu.t5_summarize_config(tiny_dir, tmp_path, train=dict(num_steps=2, learning_rate=0.1),
+@pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_seq2seq_prefix_tuning_adapter_gives_the_same_loss_in_peft(tiny_dir, tmp_path, kind):
+    model, c = tu.summarize_config(tiny_dir, tmp_path, kind, train=dict(num_steps=2, learning_rate=0.1),
                                       peft=dict(peft_type="PREFIX_TUNING", num_virtual_tokens=4,
                                                 prefix_projection=True, encoder_hidden_size=16))
     summary = train.train(c, tmp_path / "wd")
     export.export(tmp_path / "wd", tmp_path / "adapter")
-    ref = _peft_model("t5", "seq2seq_lm", model, tmp_path / "adapter")
+    ref = _peft_model(kind, "seq2seq_lm", model, tmp_path / "adapter")
     _, batches = _eval_batches(tmp_path / "wd")
     nll = tokens = 0.0
     for b in batches:

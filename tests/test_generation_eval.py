@@ -32,7 +32,7 @@ def test_bleu_known_values():
 
 
 def test_seq2seq_training_eval_reports_generation_metrics(tiny_dir, tmp_path):
-    _, c = tu.t5_summarize_config(tiny_dir, tmp_path, train=dict(num_steps=2, learning_rate=0.1,
+    _, c = tu.summarize_config(tiny_dir, tmp_path, train=dict(num_steps=2, learning_rate=0.1,
                                                                  eval_generate_tokens=4, eval_generate_options=dict(
                                                                      num_beams=2, no_repeat_ngram_size=2)),
                                   peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=3))

@@ -115,9 +115,9 @@ def config(model_path: Path, train_file: Path, eval_file: Path | None, task: str
     return c
 
 
-def t5_summarize_config(tiny_dir, tmp_path: Path, **sections):
-    """A tiny T5 seq2seq run (text -> short target) with its tokenizer saved beside the model."""
-    model = tiny_dir("t5", "seq2seq_lm")
+def summarize_config(tiny_dir, tmp_path: Path, kind: str = "t5", **sections):
+    """A tiny seq2seq run (T5 or BART; text -> short target) with its tokenizer saved beside the model."""
+    model = tiny_dir(kind, "seq2seq_lm")
     if not (model / "tokenizer.json").exists():
         tokenizer("t5").save_pretrained(model)
     rows = lambda n, seed: [{"text": r["text"], "target": ("great plot" if r["label"] else "bad")}
