@@ -6,7 +6,10 @@ reparameterisation MLP (hidden 512) during training; the export stores the proje
 
 Evaluated by loss and perplexity on 2000 validation documents. PEFT's form puts the prefixes on the
 decoder's self-attention; the paper's (encoder, decoder and cross-attention) is
---config.peft.prefix_targets=all, exported in jsoft's format.
+--config.peft.prefix_targets=all, exported in jsoft's format. The paper's own backbone is BART-large:
+
+  python -m jsoft.train --config configs/prefix_tuning_xsum.py --workdir runs/prefix_tuning_xsum_bart \
+      --config.model.name_or_path=facebook/bart-large --config.data.template="{document}"
 """
 
 from jsoft.build import default_config
