@@ -30,18 +30,16 @@ from jsoft.models.layers import (
     ModelOutput,
     Precision,
     activation,
+    attention_kv,
     attention_mask_4d,
     axes,
+    cross_attention_kv,
     dense,
     dot_product_attention,
     embed,
-    heads_major,
-    layer_prefix,
     merge_heads,
-    self_attention_kv,
     split_heads,
     updated_cache,
-    with_prefix,
 )
 
 Array = jax.Array
@@ -110,26 +108,15 @@ class Attention(nnx.Module):
                  kv_x=None, cross_kv: tuple | None = None):
         """Self-attention (prefix and cache apply) when neither `kv_x` nor `cross_kv` is given; else
         cross-attention over the encoder states `kv_x` or their precomputed `cross_kv`."""
-        n = self.c.num_heads
-        q = split_heads(self.q_proj(x), n)
-        new_cache = None
-        if cross_kv is not None:
-            k, v, mask = cross_kv
-        elif kv_x is not None:
-            k, v, mask = self.cross_kv(kv_x, mask, layer=layer, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
-        else:
-            k, v = split_heads(self.k_proj(x), n), split_heads(self.v_proj(x), n)
-            k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
-                                                      prefix_mask=prefix_mask)
+        q = split_heads(self.q_proj(x), self.c.num_heads)
+        k, v, mask, new_cache = attention_kv(self.project_kv, x, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
+                                             prefix_mask=prefix_mask, kv_x=kv_x, cross_kv=cross_kv)
         out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
                                     dropout_rate=self.c.attention_dropout)
         return self.out_proj(merge_heads(out)), new_cache
 
-    def cross_kv(self, enc, enc_mask, *, layer, prefix_kv, prefix_mask) -> tuple:
-        """Keys, values `[B, H, S, K]` over the encoder states (the layer's prefix in front) and the mask."""
-        n = self.c.num_heads
-        k, v = heads_major(split_heads(self.k_proj(enc), n)), heads_major(split_heads(self.v_proj(enc), n))
-        return with_prefix(k, v, enc_mask, *layer_prefix(prefix_kv, layer), prefix_mask)
+    def project_kv(self, states: Array) -> tuple[Array, Array]:
+        return split_heads(self.k_proj(states), self.c.num_heads), split_heads(self.v_proj(states), self.c.num_heads)
 
 
 class Layer(nnx.Module):
@@ -197,11 +184,6 @@ class Stack(nnx.Module):
         return x, updated_cache(cache, layer_caches, T)
 
 
-def _drop(dropout_rng: Array | None, which: int) -> DropoutRng:
-    """Encoder and decoder draw from disjoint streams, so `decode(encode(...))` == `__call__`."""
-    return DropoutRng(None if dropout_rng is None else jax.random.fold_in(dropout_rng, which))
-
-
 class Bart(nnx.Module):
     """BART with the head for `task` (None: decoder hidden states, or seq2seq_lm)."""
 
@@ -242,7 +224,7 @@ class Bart(nnx.Module):
             check_position_count(self.config, T)
             position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         h, _ = self.encoder(x, attention_mask, position_ids, prefix_kv=encoder_prefix_kv, prefix_mask=prefix_mask,
-                            drop=_drop(dropout_rng, 0))
+                            drop=DropoutRng.stream(dropout_rng, 0))
         return h
 
     def _decoder_positions(self, B: int, T: int, prefix_kv, prefix_mask, cache: KVCache | None) -> Array:
@@ -269,7 +251,7 @@ class Bart(nnx.Module):
         h, cache = self.decoder(y, decoder_attention_mask, positions, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                                 cache=cache, enc=None if cross_kv is not None else encoder_hidden_states,
                                 enc_mask=attention_mask, cross_prefix_kv=cross_prefix_kv, cross_kv=cross_kv,
-                                drop=_drop(dropout_rng, 1))
+                                drop=DropoutRng.stream(dropout_rng, 1))
         if self.task != "seq2seq_lm":
             return ModelOutput(last_hidden_state=h, cache=cache)
         if self.config.tie_word_embeddings:
@@ -283,8 +265,8 @@ class Bart(nnx.Module):
                            prefix_mask=None) -> tuple:
         """Each decoder layer's cross-attention keys, values and mask, for a decoding loop to compute once."""
         enc_mask = attention_mask_4d(attention_mask, 1, encoder_hidden_states.shape[1], causal=False)
-        return tuple(layer.encoder_attn.cross_kv(encoder_hidden_states, enc_mask, layer=i, prefix_kv=cross_prefix_kv,
-                                                 prefix_mask=prefix_mask)
+        return tuple(cross_attention_kv(layer.encoder_attn.project_kv, encoder_hidden_states, enc_mask, layer=i,
+                                        prefix_kv=cross_prefix_kv, prefix_mask=prefix_mask)
                      for i, layer in enumerate(self.decoder.layers))
 
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,

@@ -162,6 +162,12 @@ class DropoutRng:
         keep = self.keep_mask(x.shape, rate)
         return x if keep is None else dropped(x, keep, rate)
 
+    @classmethod
+    def stream(cls, key: Array | None, which: int) -> DropoutRng:
+        """Stream `which` of `key` (an encoder-decoder's encoder 0 and decoder 1: disjoint, so that
+        `decode(encode(...))` draws what `__call__` draws)."""
+        return cls(None if key is None else jax.random.fold_in(key, which))
+
     def keep_mask(self, shape: tuple, rate: float) -> Array | None:
         """The next site's boolean keep mask, or None when dropout is off."""
         if self.key is None or rate == 0.0:
@@ -362,6 +368,31 @@ def self_attention_kv(k: Array, v: Array, mask: Array, *, layer: int, cache: KVC
     pk, pv = layer_prefix(prefix_kv, layer)
     k, v, mask = with_prefix(k, v, mask, pk, pv, prefix_mask)
     return k, v, mask, new_layer_cache
+
+
+def attention_kv(project_kv: Callable[[Array], tuple[Array, Array]], x: Array, mask: Array, *, layer: int,
+                 cache: KVCache | None, prefix_kv: Array | None, prefix_mask: Array | None, kv_x: Array | None = None,
+                 cross_kv: tuple | None = None):
+    """What an encoder-decoder's attention layer reads: `(k, v, mask, new layer cache | None)`. Self-attention
+    over `x` (its prefix, and the decoding cache) when neither `kv_x` nor `cross_kv` is given; cross-attention
+    over the encoder states `kv_x` (`cross_attention_kv`: the layer's prefix in front, no cache), or the keys,
+    values and mask that were computed from them once before (`cross_kv`). `project_kv(states)` gives the keys
+    and values `[B, S, G, K]` of some states."""
+    if cross_kv is not None:
+        return (*cross_kv, None)
+    if kv_x is not None:
+        return (*cross_attention_kv(project_kv, kv_x, mask, layer=layer, prefix_kv=prefix_kv,
+                                    prefix_mask=prefix_mask), None)
+    k, v = project_kv(x)
+    return self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+
+
+def cross_attention_kv(project_kv: Callable[[Array], tuple[Array, Array]], enc: Array, enc_mask: Array, *, layer: int,
+                       prefix_kv: Array | None, prefix_mask: Array | None) -> tuple[Array, Array, Array]:
+    """Cross-attention's keys and values `[B, G, S, K]` over encoder states `enc` (the layer's prefix in front)
+    and its 4-D mask `enc_mask` extended over the prefix."""
+    k, v = project_kv(enc)
+    return with_prefix(heads_major(k), heads_major(v), enc_mask, *layer_prefix(prefix_kv, layer), prefix_mask)
 
 
 def run_layers(layers, x: Array, mask: Array, *args, cache: KVCache | None, prefix_kv: Array | None,

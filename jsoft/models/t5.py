@@ -27,17 +27,15 @@ from jsoft.models.layers import (
     Precision,
     RMSNorm,
     activation,
+    attention_kv,
     attention_mask_4d,
+    cross_attention_kv,
     dense,
     dot_product_attention,
     embed,
-    heads_major,
-    layer_prefix,
     merge_heads,
-    self_attention_kv,
     split_heads,
     updated_cache,
-    with_prefix,
 )
 
 Array = jax.Array
@@ -131,27 +129,15 @@ class Attention(nnx.Module):
         """Self-attention when `kv_x` is None (prefix and cache apply), else cross-attention over
         `kv_x` (prefix applies, no cache: the encoder states are fixed), or over `cross_kv`: the keys,
         values and mask that `self.cross_kv` computed from the encoder states before."""
-        n = self.c.num_heads
-        q = split_heads(self.q(x), n)
-        new_cache = None
-        if cross_kv is not None:
-            k, v, mask = cross_kv
-        elif kv_x is not None:
-            k, v, mask = self.cross_kv(kv_x, mask, layer=layer, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
-        else:
-            k, v = split_heads(self.k(x), n), split_heads(self.v(x), n)
-            k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
-                                                      prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        q = split_heads(self.q(x), self.c.num_heads)
+        k, v, mask, new_cache = attention_kv(self.project_kv, x, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
+                                             prefix_mask=prefix_mask, kv_x=kv_x, cross_kv=cross_kv)
         out = dot_product_attention(q, k, v, mask, scale=1.0, bias=bias, dropout=drop,
                                     dropout_rate=self.c.dropout_rate)
         return self.o(merge_heads(out)), new_cache
 
-    def cross_kv(self, enc, enc_mask, *, layer, prefix_kv, prefix_mask) -> tuple:
-        """Cross-attention's keys and values `[B, G, S, K]` over encoder states `enc` (the layer's prefix in
-        front) and its mask `enc_mask` extended over the prefix."""
-        n = self.c.num_heads
-        k, v = heads_major(split_heads(self.k(enc), n)), heads_major(split_heads(self.v(enc), n))
-        return with_prefix(k, v, enc_mask, *layer_prefix(prefix_kv, layer), prefix_mask)
+    def project_kv(self, states: Array) -> tuple[Array, Array]:
+        return split_heads(self.k(states), self.c.num_heads), split_heads(self.v(states), self.c.num_heads)
 
 
 class LayerAttention(nnx.Module):
@@ -270,11 +256,6 @@ class Stack(nnx.Module):
         return x, updated_cache(cache, layer_caches, T)
 
 
-def _drop(dropout_rng: Array | None, which: int) -> DropoutRng:
-    """Encoder and decoder draw from disjoint streams, so `decode(encode(...))` == `__call__`."""
-    return DropoutRng(None if dropout_rng is None else jax.random.fold_in(dropout_rng, which))
-
-
 class T5(nnx.Module):
     """T5 with the head for `task` (None: decoder hidden states, or seq2seq_lm)."""
 
@@ -308,7 +289,7 @@ class T5(nnx.Module):
         """Encoder hidden states `[B, T, D]` (computed once, then reused by `decode`)."""
         x = self._embeds(input_ids, inputs_embeds, "")
         h, _ = self.encoder(x, attention_mask, prefix_kv=encoder_prefix_kv, prefix_mask=prefix_mask,
-                            drop=_drop(dropout_rng, 0))
+                            drop=DropoutRng.stream(dropout_rng, 0))
         return h
 
     def decode(self, decoder_input_ids=None, encoder_hidden_states=None, attention_mask=None,
@@ -321,7 +302,8 @@ class T5(nnx.Module):
         y = self._embeds(decoder_input_ids, decoder_inputs_embeds, "decoder_")
         h, cache = self.decoder(y, decoder_attention_mask, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                                 cache=cache, enc=encoder_hidden_states, enc_mask=attention_mask,
-                                cross_prefix_kv=cross_prefix_kv, cross_kv=cross_kv, drop=_drop(dropout_rng, 1))
+                                cross_prefix_kv=cross_prefix_kv, cross_kv=cross_kv,
+                                drop=DropoutRng.stream(dropout_rng, 1))
         if self.task != "seq2seq_lm":
             return ModelOutput(last_hidden_state=h, cache=cache)
         c = self.config
@@ -336,8 +318,8 @@ class T5(nnx.Module):
         decoding loop to compute once (`decode(cross_kv=...)`) rather than at every token (as the cache
         of transformers' `EncoderDecoderCache` holds them)."""
         enc_mask = attention_mask_4d(attention_mask, 1, encoder_hidden_states.shape[1], causal=False)
-        return tuple(block.layer[1].EncDecAttention.cross_kv(encoder_hidden_states, enc_mask, layer=i,
-                                                             prefix_kv=cross_prefix_kv, prefix_mask=prefix_mask)
+        return tuple(cross_attention_kv(block.layer[1].EncDecAttention.project_kv, encoder_hidden_states, enc_mask,
+                                        layer=i, prefix_kv=cross_prefix_kv, prefix_mask=prefix_mask)
                      for i, block in enumerate(self.decoder.block))
 
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None,
