@@ -379,8 +379,9 @@ def test_config_roundtrip_keeps_peft_fields():
     assert torch is not None and jnp is not None
 
 
-def test_encoder_decoder_prefixes_everywhere_paper_form(tiny_dir, tmp_path):
-    model_dir = tiny_dir("t5", "seq2seq_lm")
+@pytest.mark.parametrize("kind", tiny.ENCODER_DECODER)
+def test_encoder_decoder_prefixes_everywhere_paper_form(tiny_dir, tmp_path, kind):
+    model_dir = tiny_dir(kind, "seq2seq_lm")
     model = jsoft.from_pretrained(model_dir, task="seq2seq_lm")
     cfg = jsoft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prefix_targets="all",
                                    prefix_projection=True, encoder_hidden_size=16)
@@ -388,9 +389,13 @@ def test_encoder_decoder_prefixes_everywhere_paper_form(tiny_dir, tmp_path):
     c = model.config
     # one prefix per attention layer: encoder self, decoder self, decoder cross
     assert pm.adapters["default"].prompt().shape == (3, (c.num_layers + 2 * c.num_decoder_layers) * 2 * c.kv_width)
-    inputs = peft_ref.batch("t5")
+    inputs = peft_ref.batch(kind)
     out = np.asarray(pm(**inputs).logits)
     assert np.isfinite(out).all()
+    enc = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    generated = np.asarray(pm.generate(**enc, max_new_tokens=4, eos_token_id=[]))
+    decoded = np.asarray(pm(**enc, decoder_input_ids=generated[:, :-1]).logits)  # cached loop == full forward
+    np.testing.assert_array_equal(decoded.argmax(-1), generated[:, 1:])
     with pytest.raises(ValueError, match="PEFT prefixes only the decoder"):
         pm.save_pretrained(tmp_path / "p", format="peft")
     assert pm.save_pretrained(tmp_path / "own") == "jsoft"
