@@ -318,6 +318,19 @@ class Featurizer:
         special = self.task == "seq2seq_lm"  # T5 ends a target with </s>
         return [self.tokenizer(w, add_special_tokens=special)["input_ids"] for w in self.verbalizer]
 
+    def verbalizer_choice(self) -> tuple[int, list[int]]:
+        """How a verbalizer's classes are scored: the target position `k` after the tokens every class's target
+        starts with (BART's `<s>`: k = 1; else 0) and the token each class has there, which must differ."""
+        words = self.verbalizer_token_ids()
+        k = 0
+        while all(len(w) > k + 1 for w in words) and len({w[k] for w in words}) == 1:
+            k += 1
+        tokens = [w[k] if len(w) > k else None for w in words]
+        if None in tokens or len(set(tokens)) != len(tokens):
+            raise ValueError(f"data.verbalizer={list(self.verbalizer)}: the words must start with different tokens "
+                             f"(classes are scored by their first token; tokenized: {words})")
+        return k, tokens
+
     # -- the tasks
 
     def __call__(self, ds: datasets.Dataset, key: str = "data.train") -> Encoded:

@@ -323,12 +323,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     num_steps = t.num_steps or t.num_epochs * batches.steps_per_epoch
     eval_batch_size = t.eval_batch_size or t.batch_size
     num_labels = build.num_labels_of(config, feat)
-    verbalizer_ids = None
+    verbalizer_ids, verbalizer_at = None, 0
     if feat.verbalizer is not None:
-        firsts = [ids[0] for ids in feat.verbalizer_token_ids()]
-        if len(set(firsts)) != len(firsts):
-            raise ValueError(f"data.verbalizer={list(feat.verbalizer)}: the words must start with different "
-                             "tokens (classes are scored by their first token)")
+        verbalizer_at, firsts = feat.verbalizer_choice()
         verbalizer_ids = np.asarray(firsts, np.int32)
         num_labels = len(firsts)
     id2label = feat.id2label
@@ -435,7 +432,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
         out = {"nll_sum": jnp.sum(ce * valid), "count": jnp.sum(valid)}
         if verbalizer_ids is not None:
-            first = jnp.argmax(valid, axis=1)  # each row's first target token
+            first = jnp.argmax(valid, axis=1) + verbalizer_at  # each row's first target token that tells classes apart
             rows = jnp.arange(labels.shape[0])
             scores = logits[rows, first][:, verbalizer_ids]
             true = jnp.argmax(labels[rows, first][:, None] == verbalizer_ids[None], -1)

@@ -142,6 +142,29 @@ def test_gpt2_prompt_tuning_with_a_verbalizer_gives_the_same_accuracy_in_peft(ti
 
 
 @pytest.mark.parametrize("kind", ["t5", "bart"])
+def test_seq2seq_verbalizer_accuracy_equals_peft_scored_at_the_first_telling_token(tiny_dir, tmp_path, kind):
+    """Classes scored by their target's first token; a BART target starts with <s>, so the token after it."""
+    model = tu.model_dir(tiny_dir, kind, "seq2seq_lm")
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", tu.sentiment(16)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", tu.sentiment(13, 1)), task="seq2seq_lm",
+                  peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=3),
+                  data=dict(verbalizer=("negative", "positive")), train=dict(num_steps=2, learning_rate=0.1))
+    summary = train.train(c, tmp_path / "wd")
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    ref = _peft_model(kind, "seq2seq_lm", model, tmp_path / "adapter")
+    feat, batches = _eval_batches(tmp_path / "wd")
+    at, firsts = feat.verbalizer_choice()
+    assert at == (1 if kind == "bart" else 0)
+    correct = total = 0.0
+    for b in batches:
+        logits = _logits(ref, b, keys=("input_ids", "attention_mask", "labels"))[:, at]
+        pred = np.asarray(firsts)[logits[:, firsts].argmax(-1)]
+        correct += float(((pred == b["labels"][:, at]) * b["weights"]).sum())
+        total += float(b["weights"].sum())
+    assert total == 13 and correct / total == summary["eval"]["accuracy"]
+
+
+@pytest.mark.parametrize("kind", ["t5", "bart"])
 def test_seq2seq_prefix_tuning_adapter_gives_the_same_loss_in_peft(tiny_dir, tmp_path, kind):
     model, c = tu.summarize_config(tiny_dir, tmp_path, kind, train=dict(num_steps=2, learning_rate=0.1),
                                       peft=dict(peft_type="PREFIX_TUNING", num_virtual_tokens=4,

@@ -22,16 +22,21 @@ WORDS = POSITIVE + NEGATIVE + FILLER + NAMES + PLACES + ["positive", "negative",
 
 
 def tokenizer(kind: str):
-    """A word-level WordPiece tokenizer: BERT-like ("bert"), T5-like ("t5": "</s>" after the text), or
-    decoder-like (anything else: no special tokens, no pad token)."""
+    """A word-level WordPiece tokenizer: BERT-like ("bert"), T5-like ("t5": "</s>" after the text), BART-like
+    ("bart": "<s>" before it too; "[CLS]" plays "<s>"), or decoder-like (anything else: no special tokens, no
+    pad token)."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
     vocab = {w: i for i, w in enumerate(specials + WORDS + [":", ".", "##s"])}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    if kind == "t5":
-        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", vocab["</s>"])])
+    if kind in ("t5", "bart"):
+        single = "$A </s>" if kind == "t5" else "[CLS] $A </s>"
+        tok.post_processor = processors.TemplateProcessing(
+            single=single, special_tokens=[("</s>", vocab["</s>"]), ("[CLS]", vocab["[CLS]"])])
         kw = dict(eos_token="</s>", pad_token="[PAD]", model_input_names=["input_ids", "attention_mask"])
+        if kind == "bart":
+            kw["bos_token"] = "[CLS]"
     elif kind in ("bert", "roberta"):  # RoBERTa's tokenizers return no token types
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -117,9 +122,7 @@ def config(model_path: Path, train_file: Path, eval_file: Path | None, task: str
 
 def summarize_config(tiny_dir, tmp_path: Path, kind: str = "t5", **sections):
     """A tiny seq2seq run (T5 or BART; text -> short target) with its tokenizer saved beside the model."""
-    model = tiny_dir(kind, "seq2seq_lm")
-    if not (model / "tokenizer.json").exists():
-        tokenizer("t5").save_pretrained(model)
+    model = model_dir(tiny_dir, kind, "seq2seq_lm")
     rows = lambda n, seed: [{"text": r["text"], "target": ("great plot" if r["label"] else "bad")}
                             for r in sentiment(n, seed)]
     return model, config(model, write_jsonl(tmp_path / "t.jsonl", rows(16, 0)),
