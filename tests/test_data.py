@@ -453,6 +453,17 @@ def test_seq2seq_labels_have_their_own_bucket():
     assert verbalized.labels[0].tolist() == tok("positive")["input_ids"]
 
 
+@pytest.mark.parametrize("kind,at", [("t5", 0), ("bart", 1)])
+def test_verbalizer_classes_are_told_apart_after_the_tokens_all_targets_share(kind, at):
+    from tests.train_utils import tokenizer
+
+    tok = tokenizer(kind)
+    feat = data.Featurizer(tok, "seq2seq_lm", 16, verbalizer=["negative", "positive"])
+    assert feat.verbalizer_choice() == (at, [tok.convert_tokens_to_ids(w) for w in ("negative", "positive")])
+    with pytest.raises(ValueError, match=r"data.verbalizer=\['good', 'good'\]: the words must start with different"):
+        data.Featurizer(tok, "seq2seq_lm", 16, verbalizer=["good", "good"]).verbalizer_choice()
+
+
 # ------------------------------------------------------------------------------ bundled data set
 
 
