@@ -22,10 +22,11 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "bloom": {"initializer_range": 0.3}, "gemma": {"initializer_range": 0.3},
            "gemma2": {"initializer_range": 0.3, "tie_word_embeddings": False},  # tied, it repeats its input
            "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3},  # head dim 16: 4 rotary dims
-           "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}, "bart": {"init_std": 0.1}}
+           "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}, "bart": {"init_std": 0.1},
+           "opt": {"init_std": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gpt_neox": "causal_lm", "qwen3": "causal_lm",
-        "phi": "causal_lm", "bart": "seq2seq_lm"}
+        "phi": "causal_lm", "bart": "seq2seq_lm", "opt": "causal_lm"}
 NEW = 8
 
 
@@ -78,7 +79,8 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("gemma", "prompt"), ("gemma", "prefix"), ("gemma2", "prompt"), ("gemma2", "prefix_proj")]
           + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")]
           + [("phi", "prompt"), ("phi", "prefix")]
-          + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")])
+          + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")]
+          + [("opt", "prompt"), ("opt", "prefix"), ("opt", "ptuning_mlp")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))
@@ -126,7 +128,7 @@ def test_greedy_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, ov
 
 @pytest.mark.parametrize("kind,method", [("gpt2", "prompt"), ("gpt2", "prefix_proj"), ("llama", "ptuning_mlp"),
                                          ("llama", "prefix"), ("bloom", "prompt"), ("bloom", "prefix"),
-                                         ("gemma2", "prompt")],
+                                         ("gemma2", "prompt"), ("opt", "prompt"), ("opt", "prefix_proj")],
                          ids=lambda x: str(x))
 def test_left_padded_rows_equal_rows_alone(tiny_dir, tmp_path, kind, method):
     """The soft prompt sits right before each row's first real token (PEFT would put it before the
@@ -206,7 +208,7 @@ def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
         assert_logits_close(got[b][mask[b] == 1], want[b][right_mask[b] == 1])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart"])
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart", "opt"])
 def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
     pm = jsoft_model(tiny_dir, kind, "prompt")
     pm.add_adapter("prefix", peft_ref.configs("prefix", TASK[kind])[0], seed=2)

@@ -323,7 +323,8 @@ ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1,
 @pytest.mark.parametrize("kind,task,post", [("t5", "seq2seq_lm", "t5"), ("bart", "seq2seq_lm", "t5"),
                                             ("gpt2", "seq_cls", "gpt"),
                                             ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert"),
-                                            ("roberta", "seq_cls", "bert"), ("bloom", "seq_cls", "gpt")])
+                                            ("roberta", "seq_cls", "bert"), ("bloom", "seq_cls", "gpt"),
+                                            ("opt", "seq_cls", "gpt")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     """The other layouts: T5 (prompt into the encoder, prefix into the decoder), decoder-only
     classification (left padding, every adapter a key/value prefix), encoder token labels (prompts

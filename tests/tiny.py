@@ -25,6 +25,10 @@ CONFIGS = {
         "decoder_attention_heads": 5, "encoder_ffn_dim": 56, "decoder_ffn_dim": 72, "max_position_embeddings": 64,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2,
         "forced_eos_token_id": None, **kw}),
+    "opt": lambda **kw: tf.OPTConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4, "ffn_dim": 72,
+        "max_position_embeddings": 64, "word_embed_proj_dim": 48, "pad_token_id": 0, "bos_token_id": 1,
+        "eos_token_id": 2, **kw}),
     "llama": lambda **kw: tf.LlamaConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
         "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128,
@@ -78,6 +82,8 @@ CLASSES = {
     ("bert", None): tf.BertModel, ("bert", "seq_cls"): tf.BertForSequenceClassification,
     ("bert", "token_cls"): tf.BertForTokenClassification,
     ("t5", None): tf.T5Model, ("t5", "seq2seq_lm"): tf.T5ForConditionalGeneration,
+    ("opt", None): tf.OPTModel, ("opt", "causal_lm"): tf.OPTForCausalLM,
+    ("opt", "seq_cls"): tf.OPTForSequenceClassification,
     ("bart", None): tf.BartModel, ("bart", "seq2seq_lm"): tf.BartForConditionalGeneration,
     ("llama", None): tf.LlamaModel, ("llama", "causal_lm"): tf.LlamaForCausalLM,
     ("llama", "seq_cls"): tf.LlamaForSequenceClassification,

@@ -89,15 +89,17 @@ class DecoderOnlyLM(nnx.Module):
     final_logit_softcap: float | None = None  # LM logits -> cap * tanh(logits / cap) (Gemma 2)
 
     def add_heads(self, c, task: str | None, num_labels: int | None, p, rngs: nnx.Rngs, *,
-                  token_cls_name: str = "classifier", token_cls_bias: bool = True, lm_head_bias: bool = False) -> None:
+                  token_cls_name: str = "classifier", token_cls_bias: bool = True, lm_head_bias: bool = False,
+                  width: int | None = None) -> None:
+        """`width`: of the stack's output, where it is not `hidden_size` (OPT-350m projects it out to 512)."""
         self.config, self.task, self.num_labels = c, task, num_labels
+        d = width or c.hidden_size
         if task == "causal_lm" and not c.tie_word_embeddings:
-            self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=lm_head_bias, rngs=rngs)
+            self.lm_head = dense(d, c.vocab_size, ("embed", "vocab"), p, bias=lm_head_bias, rngs=rngs)
         elif task == "seq_cls":
-            self.score = dense(c.hidden_size, num_labels, ("embed", None), p, bias=False, rngs=rngs)
+            self.score = dense(d, num_labels, ("embed", None), p, bias=False, rngs=rngs)
         elif task == "token_cls":
-            setattr(self, token_cls_name, dense(c.hidden_size, num_labels, ("embed", None), p, bias=token_cls_bias,
-                                                rngs=rngs))
+            setattr(self, token_cls_name, dense(d, num_labels, ("embed", None), p, bias=token_cls_bias, rngs=rngs))
         self.head_name = {"seq_cls": "score", "token_cls": token_cls_name}.get(task)
 
     @property

@@ -38,10 +38,11 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "qwen2": "jsoft.models.llama", "qwen3": "jsoft.models.llama", "roberta": "jsoft.models.roberta",
                  "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom",
                  "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama",
-                 "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart"}
+                 "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart",
+                 "opt": "jsoft.models.opt"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # causal self-attention over the input
-DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "gpt_neox", "phi")
+DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "gpt_neox", "phi", "opt")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

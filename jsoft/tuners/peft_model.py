@@ -112,9 +112,13 @@ def prepare_config(config: PromptLearningConfig, model: nnx.Module) -> PromptLea
     # d_model (T5-3B / 11B; PEFT derives d_model there and fails, but runs the adapter jsoft saves)
     kv_prefix = config.peft_type == PeftType.PREFIX_TUNING and (mc.kv_width != mc.hidden_size
                                                                 or mc.num_kv_heads != mc.num_heads)
+    # An embedding prompt is as wide as the word embeddings, which OPT-350m projects up to its hidden size (PEFT
+    # derives the hidden size there and fails; it runs the adapter jsoft saves)
+    embedding_prompt = config.peft_type != PeftType.PREFIX_TUNING
     derived = {
         "num_layers": mc.num_layers,
-        "token_dim": mc.kv_width if kv_prefix else mc.hidden_size,
+        "token_dim": mc.kv_width if kv_prefix else model.word_embeddings.features if embedding_prompt
+        else mc.hidden_size,
         "num_attention_heads": mc.num_kv_heads if kv_prefix else mc.num_heads,
         "num_transformer_submodules": 2 if config.task_type == TaskType.SEQ_2_SEQ_LM else 1,
     }

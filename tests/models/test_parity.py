@@ -90,6 +90,10 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     # dynamic NTK: the batch's 11 positions outgrow the 8 of max_position_embeddings, so the base is scaled
     ("llama", "causal_lm", dict(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 3.0})),
     ("bloom", "causal_lm", dict(n_head=12, apply_residual_connection_post_layernorm=True, tie_word_embeddings=False)),
+    # opt-350m: post-LN layers, no final LayerNorm, 32-wide word embeddings projected in and out of the 48-wide stack
+    ("opt", "causal_lm", dict(do_layer_norm_before=False, word_embed_proj_dim=32, activation_function="gelu")),
+    ("opt", "seq_cls", dict(do_layer_norm_before=False, word_embed_proj_dim=32, num_labels=2)),
+    ("opt", "causal_lm", dict(enable_bias=False, _remove_final_layer_norm=True, tie_word_embeddings=False)),
 ]
 
 
