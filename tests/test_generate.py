@@ -23,10 +23,11 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "gemma2": {"initializer_range": 0.3, "tie_word_embeddings": False},  # tied, it repeats its input
            "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3},  # head dim 16: 4 rotary dims
            "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}, "bart": {"init_std": 0.1},
-           "opt": {"init_std": 0.3}}
+           "opt": {"init_std": 0.3}, "mbart": {"init_std": 0.2, "scale_embedding": False}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gpt_neox": "causal_lm", "qwen3": "causal_lm",
-        "phi": "causal_lm", "bart": "seq2seq_lm", "opt": "causal_lm"}
+        "phi": "causal_lm", "bart": "seq2seq_lm", "opt": "causal_lm",
+        "mbart": "seq2seq_lm"}
 NEW = 8
 
 
@@ -80,7 +81,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")]
           + [("phi", "prompt"), ("phi", "prefix")]
           + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")]
-          + [("opt", "prompt"), ("opt", "prefix"), ("opt", "ptuning_mlp")])
+          + [("opt", "prompt"), ("opt", "prefix"), ("opt", "ptuning_mlp"), ("mbart", "prompt"), ("mbart", "prefix")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

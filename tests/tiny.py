@@ -25,6 +25,11 @@ CONFIGS = {
         "decoder_attention_heads": 5, "encoder_ffn_dim": 56, "decoder_ffn_dim": 72, "max_position_embeddings": 64,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2,
         "forced_eos_token_id": None, **kw}),
+    "mbart": lambda **kw: tf.MBartConfig(**{
+        "vocab_size": VOCAB, "d_model": 40, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4, "encoder_ffn_dim": 56, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
+        "scale_embedding": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2,
+        "forced_eos_token_id": None, **kw}),
     "opt": lambda **kw: tf.OPTConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4, "ffn_dim": 72,
         "max_position_embeddings": 64, "word_embed_proj_dim": 48, "pad_token_id": 0, "bos_token_id": 1,
@@ -82,6 +87,7 @@ CLASSES = {
     ("bert", None): tf.BertModel, ("bert", "seq_cls"): tf.BertForSequenceClassification,
     ("bert", "token_cls"): tf.BertForTokenClassification,
     ("t5", None): tf.T5Model, ("t5", "seq2seq_lm"): tf.T5ForConditionalGeneration,
+    ("mbart", "seq2seq_lm"): tf.MBartForConditionalGeneration,
     ("opt", None): tf.OPTModel, ("opt", "causal_lm"): tf.OPTForCausalLM,
     ("opt", "seq_cls"): tf.OPTForSequenceClassification,
     ("bart", None): tf.BartModel, ("bart", "seq2seq_lm"): tf.BartForConditionalGeneration,
@@ -103,7 +109,7 @@ CLASSES = {
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)
-ENCODER_DECODER = ("t5", "bart")
+ENCODER_DECODER = ("t5", "bart", "mbart")
 
 
 def build(kind: str, task: str | None = None, seed: int = 0, **overrides):

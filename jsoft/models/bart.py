@@ -1,5 +1,6 @@
 """BART (bart-base / -large, bart-large-cnn / -xsum, distilbart): the encoder-decoder of Li & Liang's
-summarisation experiments.
+summarisation experiments; and mBART (mbart-large-cc25 / -50: pre-norm layers, a final LayerNorm per stack,
+decoder inputs that start with the label's language id).
 
 Post-norm layers with biased projections, learned absolute positions (table rows offset by 2),
 LayerNorm over the embeddings, word lookups scaled by sqrt(d_model) where `scale_embedding`, an LM head
@@ -62,6 +63,7 @@ class Config(TransformerConfig):
     activation_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True  # False: a separate `lm_head.weight` in the checkpoint
+    pre_norm: bool = False  # mBART: LayerNorm before each block, and once more after each stack
 
     @property
     def position_table_size(self) -> int:
@@ -69,8 +71,9 @@ class Config(TransformerConfig):
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
-        if hf.get("model_type", "bart") != "bart":
-            raise ValueError(f"model_type={hf.get('model_type')!r} is not BART; jsoft.models.bart reads 'bart'")
+        model_type = hf.get("model_type", "bart")
+        if model_type not in ("bart", "mbart"):
+            raise ValueError(f"model_type={model_type!r} is not BART; jsoft.models.bart reads 'bart' and 'mbart'")
         d = hf["d_model"]
         h, h_dec = hf.get("encoder_attention_heads", 16), hf.get("decoder_attention_heads", 16)
         if h != h_dec:
@@ -81,7 +84,7 @@ class Config(TransformerConfig):
         act = hf.get("activation_function", "gelu")
         activation(act)  # fail early on an unsupported activation
         return cls(
-            model_type="bart", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf.get("encoder_layers", 12),
+            model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf.get("encoder_layers", 12),
             num_heads=h, num_kv_heads=h, head_dim=d // h, pad_token_id=hf.get("pad_token_id", 1),
             eos_token_id=hf.get("eos_token_id", 2), bos_token_id=hf.get("bos_token_id", 0),
             decoder_start_token_id=hf.get("decoder_start_token_id", 2), is_encoder_decoder=True,
@@ -92,6 +95,7 @@ class Config(TransformerConfig):
             attention_dropout=hf.get("attention_dropout", 0.0), activation_dropout=hf.get("activation_dropout", 0.0),
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
             forced_bos_token_id=hf.get("forced_bos_token_id"), forced_eos_token_id=hf.get("forced_eos_token_id", 2),
+            pre_norm=model_type == "mbart",
         )
 
 
@@ -136,19 +140,27 @@ class Layer(nnx.Module):
         self.final_layer_norm = LayerNorm(d, c.layer_norm_eps, p)
         self.act = activation(c.activation_function)
 
+    def _residual(self, norm: LayerNorm, block, x, drop: DropoutRng):
+        """`norm(x + block(x))` (BART), or `x + block(norm(x))` (mBART), dropout on the block's output."""
+        c = self.c
+        if c.pre_norm:
+            out, extra = block(norm(x).astype(x.dtype))
+            return x + drop(out, c.dropout), extra
+        out, extra = block(x)
+        return norm(x + drop(out, c.dropout)).astype(x.dtype), extra
+
     def __call__(self, x, mask, enc, enc_mask, cross_prefix_kv, cross_kv, *, layer, cache, prefix_kv, prefix_mask,
                  drop: DropoutRng):
         c = self.c
-        a, new_cache = self.self_attn(x, mask, layer=layer, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
-                                      drop=drop)
-        x = self.self_attn_layer_norm(x + drop(a, c.dropout))
+        x, new_cache = self._residual(self.self_attn_layer_norm, lambda h: self.self_attn(
+            h, mask, layer=layer, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop), x, drop)
         if self.decoder and (enc is not None or cross_kv is not None):  # no encoder states: no cross-attention
-            a, _ = self.encoder_attn(x, enc_mask, layer=layer, cache=None, prefix_kv=cross_prefix_kv,
-                                     prefix_mask=prefix_mask, drop=drop, kv_x=enc,
-                                     cross_kv=None if cross_kv is None else cross_kv[layer])
-            x = self.encoder_attn_layer_norm(x + drop(a, c.dropout))
-        h = self.fc2(drop(self.act(self.fc1(x)), c.activation_dropout))
-        return self.final_layer_norm(x + drop(h, c.dropout)), new_cache
+            x, _ = self._residual(self.encoder_attn_layer_norm, lambda h: self.encoder_attn(
+                h, enc_mask, layer=layer, cache=None, prefix_kv=cross_prefix_kv, prefix_mask=prefix_mask, drop=drop,
+                kv_x=enc, cross_kv=None if cross_kv is None else cross_kv[layer]), x, drop)
+        x, _ = self._residual(self.final_layer_norm, lambda h: (
+            self.fc2(drop(self.act(self.fc1(h)), c.activation_dropout)), None), x, drop)
+        return x, new_cache
 
 
 class Stack(nnx.Module):
@@ -164,6 +176,8 @@ class Stack(nnx.Module):
         n = c.num_decoder_layers if decoder else c.num_layers
         self.layers = nnx.List([Layer(c, p, rngs, decoder=decoder) for _ in range(n)])
         self.layernorm_embedding = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
+        if c.pre_norm:
+            self.layer_norm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
 
     def __call__(self, embeds_BxTxD, mask_BxS, positions_BxT, *, prefix_kv=None, prefix_mask=None,
                  cache: KVCache | None = None, enc=None, enc_mask=None, cross_prefix_kv=None,
@@ -181,6 +195,8 @@ class Stack(nnx.Module):
             x, lc = layer(x, mask, enc, enc_mask_4d, cross_prefix_kv, cross_kv, layer=i, cache=cache,
                           prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop)
             layer_caches.append(lc)
+        if self.c.pre_norm:
+            x = self.layer_norm(x).astype(self.dtype)
         return x, updated_cache(cache, layer_caches, T)
 
 
@@ -204,7 +220,10 @@ class Bart(nnx.Module):
         return self.shared
 
     def shift_right(self, labels: Array) -> Array:
-        return shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+        c = self.config
+        if c.model_type == "mbart":
+            return shift_right_wrapping(labels, c.pad_token_id)
+        return shift_right(labels, c.decoder_start_token_id, c.pad_token_id)
 
     def _embeds(self, ids, embeds, stack: Stack, prefix: str):
         """Token lookups of `stack`: `shared`, or with untied embeddings the stack's own table (`shared` is then
@@ -281,6 +300,16 @@ class Bart(nnx.Module):
         out = self.decode(decoder_input_ids, encoder_hidden_states, attention_mask, decoder_attention_mask,
                           decoder_inputs_embeds, prefix_kv, prefix_mask, cross_prefix_kv, cache, dropout_rng)
         return out.replace(encoder_last_hidden_state=encoder_hidden_states)
+
+
+def shift_right_wrapping(labels, pad_token_id: int) -> Array:
+    """mBART's decoder inputs from labels (transformers' `modeling_mbart.shift_tokens_right`): -100 read as the pad
+    id, the labels shifted right, and each row's last non-pad label (its language id) in front."""
+    labels = jnp.asarray(labels, jnp.int32)
+    labels = jnp.where(labels == -100, pad_token_id, labels)
+    last = jnp.sum(labels != pad_token_id, axis=-1, keepdims=True) - 1
+    start = jnp.take_along_axis(labels, last, axis=-1)
+    return jnp.concatenate([start, labels[..., :-1]], axis=-1)
 
 
 def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> Bart:

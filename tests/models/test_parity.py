@@ -152,3 +152,17 @@ def test_pythia_config_and_checkpoint_names_load(tmp_path):
     got = jsoft_out(tmp_path, "causal_lm", ids, mask)
     keep = mask.astype(bool)
     np.testing.assert_allclose(got[keep], hf_out(ref_model, "causal_lm", ids, mask)[keep], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["bart", "mbart"])
+def test_decoder_inputs_from_labels_match_transformers(tiny_dir, kind):
+    """BART shifts the start token in; mBART wraps each row's last non-pad label (its language id) to the front."""
+    import importlib
+
+    labels = np.array([[5, 6, 7, 8, 9], [11, 12, 13, -100, -100], [21, 22, 0, 0, 0]])
+    hf = importlib.import_module(f"transformers.models.{kind}.modeling_{kind}")
+    args = (0,) if kind == "mbart" else (0, 2)  # pad id (and BART's decoder start id)
+    want = hf.shift_tokens_right(torch.tensor(labels), *args).numpy()
+    model = jsoft.from_pretrained(tiny_dir(kind, "seq2seq_lm"), task="seq2seq_lm")
+    np.testing.assert_array_equal(np.asarray(model.shift_right(labels)), want)
+    assert (want[:, 0] == ([9, 13, 22] if kind == "mbart" else 2)).all()

@@ -29,7 +29,8 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("bloom", "causal_lm"), ("bloom", "seq_cls"), ("bloom", "token_cls"), ("gemma", "causal_lm"),
           ("gemma", "seq_cls"), ("gemma2", "causal_lm"), ("gemma2", "token_cls"), ("gpt_neox", "causal_lm"),
           ("gpt_neox", "seq_cls"), ("gpt_neox", "token_cls"), ("qwen3", "causal_lm"), ("qwen3", "seq_cls"),
-          ("phi", "causal_lm"), ("phi", "seq_cls"), ("bart", "seq2seq_lm"), ("opt", "causal_lm"), ("opt", "seq_cls")]
+          ("phi", "causal_lm"), ("phi", "seq_cls"), ("bart", "seq2seq_lm"), ("opt", "causal_lm"), ("opt", "seq_cls"),
+          ("mbart", "seq2seq_lm")]
 
 
 def configs(method: str, task: str):
