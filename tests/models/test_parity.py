@@ -166,3 +166,15 @@ def test_decoder_inputs_from_labels_match_transformers(tiny_dir, kind):
     model = jsoft.from_pretrained(tiny_dir(kind, "seq2seq_lm"), task="seq2seq_lm")
     np.testing.assert_array_equal(np.asarray(model.shift_right(labels)), want)
     assert (want[:, 0] == ([9, 13, 22] if kind == "mbart" else 2)).all()
+
+
+def test_generation_config_supplies_what_transformers_generate_reads(tmp_path):
+    """generation_config.json's eos_token_id (Llama 3 Instruct adds <|eot_id|> there) and forced tokens override
+    config.json's; a from_pretrained keyword overrides both."""
+    tiny.save("llama", "causal_lm", tmp_path)
+    gen = json.loads((tmp_path / "generation_config.json").read_text())
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen | {"eos_token_id": [2, 7],
+                                                                       "forced_eos_token_id": 9}))
+    config = jsoft.from_pretrained(tmp_path, task="causal_lm").config
+    assert config.eos_token_id == [2, 7] and config.forced_eos_token_id == 9
+    assert jsoft.from_pretrained(tmp_path, task="causal_lm", eos_token_id=5).config.eos_token_id == 5
