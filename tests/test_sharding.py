@@ -60,13 +60,13 @@ def test_logical_rules(names, shape, mesh, spec):
     assert sharding.logical_to_spec(names, shape, mesh) == spec
 
 
-def test_state_shardings_of_a_model(tiny_dir):
+@pytest.mark.parametrize("kind,task", [("bert", "seq_cls"), ("bart", "seq2seq_lm"), ("opt", "causal_lm")])
+def test_state_shardings_of_a_model(tiny_dir, kind, task):
     from flax import nnx
 
     import jsoft
 
-    pm = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir("bert", "seq_cls", num_labels=2), task="seq_cls",
-                                                    num_labels=2),
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(tiny_dir(kind, task, num_labels=2), task=task, num_labels=2),
                               jsoft.PrefixTuningConfig(num_virtual_tokens=4))
     _, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
     mesh = sharding.make_mesh({"data": 1})
