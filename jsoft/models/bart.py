@@ -124,8 +124,8 @@ class Attention(nnx.Module):
 
 
 class Layer(nnx.Module):
-    """`BartEncoderLayer` / `BartDecoderLayer`: post-norm residuals around self-attention, (decoder)
-    cross-attention and the feed-forward block."""
+    """`BartEncoderLayer` / `BartDecoderLayer`: post-norm (mBART: pre-norm) residuals around self-attention,
+    (decoder) cross-attention and the feed-forward block."""
 
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, decoder: bool):
         self.c, self.decoder = c, decoder
@@ -164,7 +164,7 @@ class Layer(nnx.Module):
 
 
 class Stack(nnx.Module):
-    """`BartEncoder` / `BartDecoder` without the (tied) token embedding."""
+    """`BartEncoder` / `BartDecoder`; its own token embedding only when untied (else the model's `shared`)."""
 
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, decoder: bool):
         self.c, self.decoder, self.dtype = c, decoder, p.dtype
