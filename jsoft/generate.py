@@ -578,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--no-repeat-ngram-size", type=int, default=0)
     ap.add_argument("--min-new-tokens", type=int, default=0)
+    ap.add_argument("--forced-bos-token", help="a token the output must start with (mBART-50: the target language, "
+                    "e.g. fr_XX; default: the model's forced_bos_token_id, if any)")
     ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args(argv)
 
@@ -594,6 +596,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     eos = set(token_ids(pm.base_model.config.eos_token_id))
+    forced_bos = None
+    if args.forced_bos_token is not None:
+        forced_bos = tok.convert_tokens_to_ids(args.forced_bos_token)
+        if forced_bos is None or forced_bos == tok.unk_token_id:
+            raise ValueError(f"--forced-bos-token={args.forced_bos_token!r} is not a token of {args.model}'s tokenizer")
     n = args.num_return_sequences
     lines = []
     for s in range(0, len(prompts), args.batch_size):
@@ -605,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   top_p=args.top_p, seed=[args.seed + s + j for j in range(len(filled))],
                                   num_beams=args.num_beams, num_return_sequences=n,
                                   repetition_penalty=args.repetition_penalty,
-                                  no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens))
+                                  no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens,
+                                  forced_bos_token_id=forced_bos))
         new = out[:, enc["input_ids"].shape[1]:] if task == "causal_lm" else out[:, 1:]
         texts = [tok.decode(ids[:next((j for j, t in enumerate(ids) if t in eos), len(ids))], skip_special_tokens=True)
                  for ids in new.tolist()]

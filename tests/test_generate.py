@@ -464,6 +464,25 @@ def _word_tokenizer(path):
     return fast
 
 
+def test_cli_forces_the_first_token_of_a_seq2seq_output(tiny_dir, tmp_path, capsys):
+    """mBART-50 translates into the language whose code the output starts with: --forced-bos-token."""
+    pm = jsoft_model(tiny_dir, "bart", "prefix")
+    model = tmp_path / "model"
+    tiny.save("bart", "seq2seq_lm", model, **DIVERSE["bart"])
+    tok = _word_tokenizer(model)
+    pm.save_pretrained(tmp_path / "adapter")
+    prompt = "w5 w17 w33 w8"
+    args = ["--model", str(model), "--adapter", str(tmp_path / "adapter"), "--max-new-tokens", "5", "--prompt", prompt]
+    jgen.main(args + ["--forced-bos-token", "w42"])
+    new = np.asarray(pm.generate(np.asarray([tok(prompt)["input_ids"]]), max_new_tokens=5,
+                                 forced_bos_token_id=42))[0, 1:].tolist()
+    assert new[0] == 42
+    want = tok.decode(new[:new.index(2)] if 2 in new else new, skip_special_tokens=True)
+    assert json.loads(capsys.readouterr().out) == {"prompt": prompt, "completion": want}
+    with pytest.raises(ValueError, match="--forced-bos-token='nope' is not a token"):
+        jgen.main(args + ["--forced-bos-token", "nope"])
+
+
 def test_cli_writes_completions(tiny_dir, tmp_path, capsys):
     pm = jsoft_model(tiny_dir, "gpt2", "prefix")
     model = tmp_path / "model"
