@@ -316,7 +316,8 @@ def check_token_ids(pm: jsoft.PeftModel, encoded: dict) -> None:
                              "the tokenizer (model.tokenizer) does not match model.name_or_path")
         label_rows = enc.labels if pm.base_model.task in ("causal_lm", "seq2seq_lm") else []  # else class ids
         types = getattr(pm.base_model.config, "type_vocab_size", None)
-        type_rows = enc.token_type_ids if types is not None and enc.token_type_ids is not None else []
+        # a model without a token-type table (DeBERTa-v3: type_vocab_size 0) ignores them, as transformers does
+        type_rows = enc.token_type_ids if types and enc.token_type_ids is not None else []
         bad = [i for i, r in enumerate(type_rows) if r.size and r.max() >= types]
         if bad:
             raise ValueError(f"{key} row {bad[0]}: token type id {int(type_rows[bad[0]].max())} is outside the model's "

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jsoft.tuners.config import CONFIG_NAME, PromptLearningConfig
+from jsoft.tuners.config import CONFIG_NAME, PeftType, PromptLearningConfig
 from jsoft.tuners.peft_model import Adapter, Head, PeftModel, prepare_config
 from jsoft.tuners.variables import Trainable, trainable
 
@@ -101,11 +101,11 @@ def save_adapter(pm: PeftModel, directory: str | os.PathLike, adapter_name: str 
     config = adapter.config
     if format not in (None, *FORMATS):
         raise ValueError(f"format={format!r} is not valid; choose one of {list(FORMATS)} (or None)")
-    if format == "peft" and not config.is_peft_compatible:
-        raise ValueError(
-            f"this adapter uses a jsoft-only form ({_jsoft_only_reason(config)}) that PEFT cannot load; "
-            "save it with format='jsoft'")
-    format = format or ("peft" if config.is_peft_compatible else "jsoft")
+    jsoft_only = _jsoft_only_reason(config, pm.base_model)
+    if format == "peft" and jsoft_only:
+        raise ValueError(f"this adapter uses a jsoft-only form ({jsoft_only}) that PEFT cannot run; "
+                         "save it with format='jsoft'")
+    format = format or ("jsoft" if jsoft_only else "peft")
     target = Path(directory)
     tmp = _atomic_dir(target)
     try:
@@ -131,7 +131,13 @@ def save_adapter(pm: PeftModel, directory: str | os.PathLike, adapter_name: str 
     return format
 
 
-def _jsoft_only_reason(config) -> str:
+def _jsoft_only_reason(config, base_model) -> str | None:
+    """Why PEFT cannot run this adapter on this base model (None: it can)."""
+    if config.peft_type == PeftType.PREFIX_TUNING and not getattr(base_model, "peft_runs_prefix", True):
+        return (f"a prefix on {base_model.config.model_type}, whose transformers model takes no past_key_values "
+                "(PEFT's way in for a prefix)")
+    if config.is_peft_compatible:
+        return None
     if getattr(config, "prefix_targets", "decoder") != "decoder":
         return "prefix_targets='all': PEFT prefixes only the decoder's self-attention"
     if getattr(config, "template", None):

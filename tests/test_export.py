@@ -304,3 +304,34 @@ def test_roberta_p_tuning_v2_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
     _, batches = _eval_batches(tmp_path / "wd")
     assert not any("token_type_ids" in b for b in batches)
     assert_peft_classifies_the_same(ref, batches, summary, 27)
+
+
+@pytest.mark.parametrize("method", ["PROMPT_TUNING", "PREFIX_TUNING"])
+def test_deberta_v3_trains_and_exports(tiny_dir, tmp_path, method):
+    """DeBERTa-v3 on text pairs: Prompt Tuning exports a PEFT adapter with PEFT's accuracy and loss; P-Tuning v2
+    (prefixes, which transformers' DeBERTa cannot take) exports in jsoft's format and reloads with the run's
+    accuracy."""
+    model = tu.model_dir(tiny_dir, "deberta-v2", "seq_cls", num_labels=2)
+    rows = lambda n, seed: [{"premise": a["text"], "hypothesis": b["text"], "label": a["label"]}
+                            for a, b in zip(tu.sentiment(n, seed), tu.sentiment(n, seed + 5))]
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", rows(48, 0)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", rows(27, 1)), peft=dict(peft_type=method, num_virtual_tokens=4),
+                  data=dict(text_columns=("premise", "hypothesis")), train=dict(learning_rate=0.1))
+    summary = train.train(c, tmp_path / "wd")
+    written = export.export(tmp_path / "wd", tmp_path / "adapter")
+    _, batches = _eval_batches(tmp_path / "wd")
+    assert all(b["token_type_ids"].any() for b in batches)  # the second text's segment
+    if method == "PROMPT_TUNING":
+        assert written["format"] == "peft"
+        assert_peft_classifies_the_same(_peft_model("deberta-v2", "seq_cls", model, tmp_path / "adapter"), batches,
+                                        summary, 27)
+        return
+    import jsoft
+
+    assert written["format"] == "jsoft"
+    pm = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model, task="seq_cls", num_labels=2),
+                                         tmp_path / "adapter")
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    correct = sum(float(((np.asarray(pm(**{k: b[k] for k in keys}).logits).argmax(-1) == b["labels"])
+                         * b["weights"]).sum()) for b in batches)
+    assert correct / 27 == summary["eval"]["accuracy"]

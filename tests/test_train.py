@@ -320,7 +320,7 @@ def test_killed_and_preempted_runs_resume_bit_for_bit(bert, files, tmp_path):
 
 
 @pytest.mark.parametrize("kind,task", [("bert", "seq_cls"), ("bloom", "causal_lm"), ("gpt_neox", "seq_cls"),
-                                       ("opt", "causal_lm"), ("bart", "seq2seq_lm")])
+                                       ("opt", "causal_lm"), ("bart", "seq2seq_lm"), ("deberta-v2", "seq_cls")])
 def test_remat_gives_the_same_loss_and_gradients(tiny_dir, kind, task):
     from flax import nnx
 

@@ -76,6 +76,13 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "qk_layernorm": True,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # v3's options: log-bucketed relative distances (8 buckets, so distances past 4 are bucketed) read through
+    # query_proj / key_proj, a LayerNorm over the relative table, no absolute positions, no token types
+    "deberta-v2": lambda **kw: tf.DebertaV2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 40, "num_hidden_layers": 3, "num_attention_heads": 5,
+        "intermediate_size": 72, "max_position_embeddings": 64, "relative_attention": True, "position_buckets": 8,
+        "max_relative_positions": 20, "pos_att_type": "p2c|c2p", "share_att_key": True, "norm_rel_ebd": "layer_norm",
+        "position_biased_input": False, "type_vocab_size": 0, "pad_token_id": 0, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -105,6 +112,8 @@ CLASSES = {
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,
     ("bloom", None): tf.BloomModel, ("bloom", "causal_lm"): tf.BloomForCausalLM,
     ("bloom", "seq_cls"): tf.BloomForSequenceClassification, ("bloom", "token_cls"): tf.BloomForTokenClassification,
+    ("deberta-v2", None): tf.DebertaV2Model, ("deberta-v2", "seq_cls"): tf.DebertaV2ForSequenceClassification,
+    ("deberta-v2", "token_cls"): tf.DebertaV2ForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

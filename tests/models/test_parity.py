@@ -46,7 +46,7 @@ def jsoft_out(path, task, ids, mask, dec_ids=None):
 @pytest.mark.parametrize("kind,task", tiny.TASK_MATRIX, ids=lambda x: str(x))
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_logits_match_transformers(tiny_dir, kind, task, side):
-    if side == "left" and kind in ("bert", "t5"):
+    if side == "left" and kind in ("bert", "t5", "deberta-v2"):
         pytest.skip("encoders with relative positions or no causal mask: left padding tests nothing new")
     path = tiny_dir(kind, task)
     ref_model = tiny.build(kind, task)
@@ -94,6 +94,16 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("opt", "causal_lm", dict(do_layer_norm_before=False, word_embed_proj_dim=32, activation_function="gelu")),
     ("opt", "seq_cls", dict(do_layer_norm_before=False, word_embed_proj_dim=32, num_labels=2)),
     ("opt", "causal_lm", dict(enable_bias=False, _remove_final_layer_norm=True, tie_word_embeddings=False)),
+    # DeBERTa-v2 (v3 is the tiny default): separate position projections, unbucketed distances clamped to 6, absolute
+    # positions and token types; xlarge's convolution beside the first layer; ALBERT-style narrower embeddings;
+    # c2p alone; no relative attention at all
+    ("deberta-v2", "token_cls", dict(share_att_key=False, position_buckets=-1, max_relative_positions=6,
+                                     position_biased_input=True, type_vocab_size=2)),
+    ("deberta-v2", "token_cls", dict(conv_kernel_size=3, conv_act="gelu", attention_head_size=8)),
+    ("deberta-v2", "seq_cls", dict(conv_kernel_size=5, conv_groups=4, num_hidden_layers=1)),
+    ("deberta-v2", "token_cls", dict(embedding_size=24, pos_att_type="c2p", share_att_key=False)),
+    ("deberta-v2", "seq_cls", dict(relative_attention=False, position_biased_input=True, pooler_hidden_act="tanh",
+                                   num_labels=2)),
 ]
 
 
@@ -107,7 +117,7 @@ def test_config_variants_match_transformers(tiny_dir, kind, task, overrides):
     model = jsoft.from_pretrained(path, task=task, num_labels=overrides.get("num_labels", 3))
     kw = dict(input_ids=ids, attention_mask=mask) | ({} if dec is None else dict(decoder_input_ids=dec))
     got = np.asarray(model(**kw).logits)
-    if task == "causal_lm":
+    if task in ("causal_lm", "token_cls"):  # real tokens only
         keep = mask.astype(bool)
         got, ref = got[keep], ref[keep]
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)

@@ -1,0 +1,90 @@
+"""DeBERTa-v2 / v3 beyond the parity matrix: transformers' log buckets exactly, P-Tuning v2 prefixes against
+Liu et al.'s definition (content scores only for prefix keys) built on transformers' own attention, and the
+refusal of a PEFT export for a prefix PEFT cannot run."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers.models.deberta_v2 import modeling_deberta_v2 as hf_deberta
+
+import jsoft
+from jsoft.models.deberta_v2 import log_bucket
+from tests import tiny
+from tests.tuners import peft_ref
+
+
+@pytest.mark.parametrize("buckets,max_position", [(256, 512), (8, 20), (64, 128), (32, 512), (7, 33)])
+def test_log_buckets_equal_transformers(buckets, max_position):
+    rel = np.arange(-5000, 5001)
+    want = hf_deberta.make_log_bucket_position(torch.tensor(rel), buckets, max_position).long().numpy()
+    np.testing.assert_array_equal(log_bucket(rel, buckets, max_position), want)
+
+
+def _prefix_attention(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
+                      relative_pos=None, rel_embeddings=None):
+    """transformers' DisentangledSelfAttention.forward with `self.prefix = (k, v [B, H, V, hd], mask [B, V])`
+    in front of its keys, scored by content only: P-Tuning v2's DeBERTa (THUDM/P-tuning-v2, model/deberta*.py)."""
+    pk, pv, pmask = self.prefix
+    B, T, _ = hidden_states.shape
+    H, V = self.num_attention_heads, pk.shape[2]
+    q, k, v = (self.transpose_for_scores(f(hidden_states), H) for f in (self.query_proj, self.key_proj,
+                                                                         self.value_proj))
+    hd = q.shape[-1]
+    factor = 1 + len(self.pos_att_type)
+    rel = self.disentangled_attention_bias(q, k, relative_pos, self.pos_dropout(rel_embeddings), factor)
+    keys = torch.cat([pk.reshape(B * H, V, hd), k], 1)
+    values = torch.cat([pv.reshape(B * H, V, hd), v], 1)
+    scores = q @ keys.transpose(-1, -2) / math.sqrt(hd * factor) + torch.cat([torch.zeros(B * H, T, V), rel], -1)
+    scores = scores.view(B, H, T, V + T)
+    mask = torch.cat([pmask[:, None, None, :].expand(B, 1, T, V).bool(), attention_mask.bool()], -1)
+    probs = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), -1)
+    ctx = (probs.view(B * H, T, V + T) @ values).view(B, H, T, hd).permute(0, 2, 1, 3).reshape(B, T, H * hd)
+    return ctx, None
+
+
+@pytest.mark.parametrize("task", ["seq_cls", "token_cls"])
+@pytest.mark.parametrize("overrides", [{}, dict(share_att_key=False, position_buckets=-1, max_relative_positions=6)],
+                         ids=["v3", "v2"])
+def test_prefix_keys_take_the_content_score_only(tiny_dir, monkeypatch, task, overrides):
+    path = tiny_dir("deberta-v2", task, **overrides)
+    ref = tiny.CLASSES[("deberta-v2", task)].from_pretrained(path).eval()
+    c = ref.config
+    L, H, V, hd = c.num_hidden_layers, c.num_attention_heads, 4, c.hidden_size // c.num_attention_heads
+    inputs = peft_ref.batch("deberta-v2")
+    B = inputs["input_ids"].shape[0]
+    rng = np.random.default_rng(0)
+    prefix = rng.normal(size=(L, 2, B, V, H, hd)).astype(np.float32)
+    prefix[:, 0] *= 30.0  # keys that draw attention against the tiny model's small queries
+    prefix_mask = np.ones((B, V), np.int32)
+    prefix_mask[2, :2] = 0  # a shorter prefix, left-padded (a mixed-adapter batch)
+    monkeypatch.setattr(hf_deberta.DisentangledSelfAttention, "forward", _prefix_attention)
+    for i, layer in enumerate(ref.deberta.encoder.layer):
+        kv = torch.tensor(prefix[i]).permute(0, 1, 3, 2, 4)  # [2, B, H, V, hd]
+        layer.attention.self.prefix = (kv[0], kv[1], torch.tensor(prefix_mask))
+    want = peft_ref.peft_logits(ref, inputs)
+    model = jsoft.from_pretrained(path, task=task, num_labels=3)
+    got = np.asarray(model(**inputs, prefix_kv=prefix, prefix_mask=prefix_mask).logits)
+    without = np.asarray(model(**inputs).logits)
+    if task == "token_cls":
+        keep = inputs["attention_mask"].astype(bool)
+        got, want, without = got[keep], want[keep], without[keep]
+    assert np.abs(got - without).max() > 1e-3  # the prefix changes the outputs (100x the tolerance)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_prefix_adapters_save_in_jsoft_format(tiny_dir, tmp_path):
+    path = tiny_dir("deberta-v2", "seq_cls")
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(path, task="seq_cls", num_labels=3),
+                              jsoft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5), seed=1)
+    with pytest.raises(ValueError, match="deberta-v2, whose transformers model takes no past_key_values"):
+        pm.save_pretrained(tmp_path / "peft", format="peft")
+    assert not (tmp_path / "peft").exists()
+    assert pm.save_pretrained(tmp_path / "a") == "jsoft"
+    back = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(path, task="seq_cls", num_labels=3), tmp_path / "a")
+    inputs = peft_ref.batch("deberta-v2")
+    np.testing.assert_array_equal(np.asarray(back(**inputs).logits), np.asarray(pm(**inputs).logits))
+    prompt = jsoft.get_peft_model(jsoft.from_pretrained(path, task="seq_cls", num_labels=3),
+                                  jsoft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5))
+    assert prompt.save_pretrained(tmp_path / "b") == "peft"
