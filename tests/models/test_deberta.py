@@ -88,3 +88,31 @@ def test_prefix_adapters_save_in_jsoft_format(tiny_dir, tmp_path):
     prompt = jsoft.get_peft_model(jsoft.from_pretrained(path, task="seq_cls", num_labels=3),
                                   jsoft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=5))
     assert prompt.save_pretrained(tmp_path / "b") == "peft"
+
+
+def test_a_sentencepiece_only_tokenizer_loads_for_a_run(tiny_dir, tmp_path):
+    """DeBERTa-v3 checkpoints ship `spm.model` and no tokenizer.json: the run's tokenizer is converted from it,
+    which needs the sentencepiece package (without it transformers fails asking for tiktoken)."""
+    import json
+
+    import sentencepiece
+
+    from jsoft import build
+    from tests import train_utils as tu
+
+    (tmp_path / "corpus.txt").write_text("the movie was great\nthe plot was bad\ni loved it and hated this\n" * 20)
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    sentencepiece.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tok_dir / "spm"),
+                                             vocab_size=40, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+                                             pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
+                                             unk_piece="[UNK]", hard_vocab_limit=False, minloglevel=2)
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "DebertaV2Tokenizer", "bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "[UNK]",
+        "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}))
+    model = tiny_dir("deberta-v2", "seq_cls", num_labels=2)
+    c = tu.config(model, tmp_path / "unused.jsonl", None)
+    c.model.tokenizer = str(tok_dir)
+    enc = build.load_tokenizer(c)("the movie was great", "i loved it")
+    assert enc["input_ids"][0] == 1 and max(enc["input_ids"]) < 40  # [CLS] first, ids in the spm vocabulary
+    assert set(enc["token_type_ids"]) == {0, 1}
