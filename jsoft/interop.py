@@ -2,7 +2,8 @@
 
 PEFT format (shared/reference/peft-adapter-format.md): `adapter_config.json` +
 `adapter_model.safetensors` holding `prompt_embeddings` (the prompt, the P-Tuning encoder's
-output, or the projected prefix) and the head as `base_model.<head>.weight|bias`. An adapter that
+output, or the projected prefix) and the head as `base_model.<head>.weight|bias`, plus any frozen module the
+backbone says an adapter must carry (DeBERTa's pooler, absent from v3's checkpoints). An adapter that
 `jsoft.export` writes for classification also has `jsoft_labels.json` (label names, problem type),
 which the multi-task server reads and PEFT ignores.
 
@@ -17,6 +18,7 @@ so an interrupted save never leaves a half-written adapter where a good one was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,9 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jsoft.models import hub
 from jsoft.tuners.config import CONFIG_NAME, PeftType, PromptLearningConfig
 from jsoft.tuners.peft_model import Adapter, Head, PeftModel, prepare_config
 from jsoft.tuners.variables import Trainable, trainable
+
+log = logging.getLogger(__name__)
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_WEIGHTS_BIN = "adapter_model.bin"
@@ -91,6 +96,48 @@ def peft_tensors(adapter: Adapter, head_name: str | None) -> dict[str, np.ndarra
     return tensors
 
 
+def carried_tensors(base_model) -> dict[str, np.ndarray]:
+    """The frozen modules an adapter carries (the backbone's `adapter_carries`), under their transformers names
+    with PEFT's `base_model.` prefix, in torch layout: what transformers would otherwise initialise at random."""
+    arch = hub.architecture(base_model.config.model_type)
+    tensors = {}
+    for name in getattr(base_model, "adapter_carries", ()):
+        for path, var in nnx.to_flat_state(nnx.state(getattr(base_model, name), nnx.Param)):
+            hf, transpose = arch.checkpoint_key((name, *path))
+            arr = np.asarray(var.get_value(), np.float32)
+            tensors[f"base_model.{hf}"] = arr.T if transpose else arr
+    return tensors
+
+
+def _adopt_carried(base_model, tensors: dict[str, np.ndarray], directory: Path) -> None:
+    """An adapter's carried modules must be the base model's: where the base model initialised them itself (its
+    checkpoint lacks them) it takes the adapter's; otherwise any difference is refused."""
+    ours = carried_tensors(base_model)
+    theirs = {k: v for k, v in tensors.items() if k in ours}
+    differ = [k for k, v in theirs.items() if v.shape != ours[k].shape or not np.array_equal(v, ours[k])]
+    if not differ:
+        return
+    arch = hub.architecture(base_model.config.model_type)
+    fresh = set(getattr(base_model, "initialised_params", ()))
+    for name in base_model.adapter_carries:
+        module = getattr(base_model, name)
+        flat = list(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+        if any(".".join(map(str, (name, *path))) not in fresh for path, _ in flat):
+            raise ValueError(f"{directory} carries its own {name} ({differ[0]} differs from this base model's, which "
+                             "its checkpoint holds): the adapter was made for another base model, or trained that "
+                             "module, which jsoft keeps frozen")
+        new = []
+        for path, var in flat:
+            hf, transpose = arch.checkpoint_key((name, *path))
+            arr = theirs.get(f"base_model.{hf}", ours[f"base_model.{hf}"])
+            arr = arr.T if transpose else arr
+            _check_shape(arr, var.get_value().shape, f"base_model.{hf} (as jsoft lays it out)", directory)
+            new.append((path, var.replace(jnp.asarray(arr, var.get_value().dtype))))
+        nnx.update(module, nnx.from_flat_state(new))
+    log.info("%s: the base model's %s (absent from its checkpoint) now holds the adapter's", directory,
+             ", ".join(base_model.adapter_carries))
+
+
 def save_adapter(pm: PeftModel, directory: str | os.PathLike, adapter_name: str | None = None,
                  format: str | None = None, labels: dict | None = None) -> str:
     """Write one adapter; returns the format used. format=None: PEFT's when PEFT can hold it. `labels`
@@ -112,12 +159,18 @@ def save_adapter(pm: PeftModel, directory: str | os.PathLike, adapter_name: str 
         config.save_pretrained(tmp)
         if labels is not None:
             (tmp / LABELS).write_text(json.dumps(labels, indent=2, sort_keys=True))
+        carried = carried_tensors(pm.base_model)
         if format == "peft":
-            _save_safetensors(peft_tensors(adapter, pm.base_model.head_name), tmp / PEFT_WEIGHTS)
+            _save_safetensors(peft_tensors(adapter, pm.base_model.head_name) | carried, tmp / PEFT_WEIGHTS)
+            if carried:  # PEFT loads a module's tensors when modules_to_save names it
+                d = json.loads((tmp / CONFIG_NAME).read_text())
+                d["modules_to_save"] = list(dict.fromkeys([*(d.get("modules_to_save") or []),
+                                                           *pm.base_model.adapter_carries]))
+                (tmp / CONFIG_NAME).write_text(json.dumps(d, indent=2, sort_keys=True))
         else:
             flat = nnx.to_flat_state(nnx.state(adapter, Trainable))
-            _save_safetensors({".".join(map(str, p)): np.asarray(v.get_value(), np.float32) for p, v in flat},
-                              tmp / JSOFT_WEIGHTS)
+            _save_safetensors({".".join(map(str, p)): np.asarray(v.get_value(), np.float32) for p, v in flat}
+                              | carried, tmp / JSOFT_WEIGHTS)
             d = json.loads((tmp / CONFIG_NAME).read_text())
             d.update(config.to_dict(), jsoft_format=1, inference_mode=config.inference_mode)
             d.pop("jsoft_prompt_tuning_init", None)
@@ -159,6 +212,8 @@ def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None, a
         config = prepare_config(config, model)
         adapter = Adapter(config, model, jax.random.key(0), tokenizer=_NoTokenizer())
         tensors = _load_safetensors(directory / JSOFT_WEIGHTS)
+        _adopt_carried(model, tensors, directory)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("base_model.")}
         if any_num_labels and adapter.head is not None and "head.kernel" in tensors:
             arrays = [tensors.get(f"head.{a}") for a in ("kernel", "bias", "dense_kernel", "dense_bias")]
             adapter.head = _own_head(adapter.head, arrays, "head", directory)
@@ -180,6 +235,7 @@ def build_adapter(pm: PeftModel, directory: str | os.PathLike, tokenizer=None, a
     tensors = _read_peft_weights(directory)
     if "prompt_embeddings" not in tensors:
         raise ValueError(f"{directory} holds no 'prompt_embeddings' tensor; is it a prompt-learning adapter?")
+    _adopt_carried(model, tensors, directory)
     prompt = tensors["prompt_embeddings"]
     _check_shape(prompt, adapter.prompt.embedding.shape, "prompt_embeddings", directory)
     adapter.prompt.embedding = trainable(jnp.asarray(prompt, jnp.float32))

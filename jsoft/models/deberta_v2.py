@@ -359,6 +359,12 @@ class DebertaV2(nnx.Module):
     def word_embeddings(self) -> nnx.Embed:
         return self.deberta.embeddings.word_embeddings
 
+    @property
+    def adapter_carries(self) -> tuple[str, ...]:
+        """Frozen modules a PEFT adapter carries (as `modules_to_save`): v3's pretraining checkpoints hold no
+        pooler, and transformers would initialise its own at random, so PEFT gets jsoft's."""
+        return ("pooler",) if self.task == "seq_cls" else ()
+
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
                  dropout_rng: jax.Array | None = None, head=None, cls_index=None) -> ModelOutput:

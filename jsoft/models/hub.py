@@ -302,7 +302,9 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
         log.warning("initialised parameters absent from the checkpoint: %s", names)
         fresh = dict(init_fn(tuple(missing)))
         loaded = [(p, v.replace(fresh[p]) if p in fresh else v) for p, v in loaded]
-    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+    model = nnx.merge(graphdef, nnx.from_flat_state(loaded))
+    model.initialised_params = tuple(".".join(map(str, p)) for p in missing)  # not from the checkpoint
+    return model
 
 
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")

@@ -116,3 +116,40 @@ def test_a_sentencepiece_only_tokenizer_loads_for_a_run(tiny_dir, tmp_path):
     enc = build.load_tokenizer(c)("the movie was great", "i loved it")
     assert enc["input_ids"][0] == 1 and max(enc["input_ids"]) < 40  # [CLS] first, ids in the spm vocabulary
     assert set(enc["token_type_ids"]) == {0, 1}
+
+
+def test_a_pooler_the_checkpoint_lacks_travels_with_the_adapter(tmp_path, caplog):
+    """DeBERTa-v3's pretraining checkpoints hold no pooler: transformers and jsoft each initialise one at random.
+    A PEFT export carries jsoft's (modules_to_save) so PEFT gives the same outputs; a jsoft base model whose own
+    pooler is random takes the adapter's; one whose checkpoint holds a pooler refuses a different one."""
+    import json
+
+    import peft
+
+    tiny.build("deberta-v2", None).save_pretrained(tmp_path / "pretrained")  # no pooler, no classifier
+    base = jsoft.from_pretrained(tmp_path / "pretrained", task="seq_cls", num_labels=3)
+    assert "pooler.dense.kernel" in base.initialised_params
+    pm = jsoft.get_peft_model(base, jsoft.PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4), seed=1)
+    assert pm.save_pretrained(tmp_path / "adapter") == "peft"
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["modules_to_save"] == ["classifier", "pooler"]
+    inputs = peft_ref.batch("deberta-v2")
+    want = np.asarray(pm(**inputs).logits)
+    hf = tiny.CLASSES[("deberta-v2", "seq_cls")].from_pretrained(tmp_path / "pretrained", num_labels=3).eval()
+    ref = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    np.testing.assert_allclose(peft_ref.peft_logits(ref, inputs), want, atol=1e-5)
+
+    other_seed = jsoft.from_pretrained(tmp_path / "pretrained", task="seq_cls", num_labels=3, seed=7)
+    assert not np.array_equal(other_seed.pooler.dense.kernel[...], base.pooler.dense.kernel[...])
+    for fmt in ("peft", "jsoft"):
+        pm.save_pretrained(tmp_path / fmt, format=fmt)
+        fresh = jsoft.from_pretrained(tmp_path / "pretrained", task="seq_cls", num_labels=3, seed=7)
+        with caplog.at_level("INFO", logger="jsoft.interop"):
+            back = jsoft.PeftModel.from_pretrained(fresh, tmp_path / fmt)
+        assert "now holds the adapter's" in caplog.text
+        np.testing.assert_allclose(np.asarray(back(**inputs).logits), want, atol=1e-6)
+
+    tiny.build("deberta-v2", "seq_cls", seed=3).save_pretrained(tmp_path / "finetuned")  # holds a pooler
+    with pytest.raises(ValueError, match="carries its own pooler .*which its checkpoint holds"):
+        jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(tmp_path / "finetuned", task="seq_cls", num_labels=3),
+                                        tmp_path / "adapter")
