@@ -134,6 +134,8 @@ def _adopt_carried(base_model, tensors: dict[str, np.ndarray], directory: Path) 
             _check_shape(arr, var.get_value().shape, f"base_model.{hf} (as jsoft lays it out)", directory)
             new.append((path, var.replace(jnp.asarray(arr, var.get_value().dtype))))
         nnx.update(module, nnx.from_flat_state(new))
+    # the adapter fixed what was random: a later adapter carrying other values is refused
+    base_model.initialised_params = tuple(n for n in fresh if n.split(".")[0] not in base_model.adapter_carries)
     log.info("%s: the base model's %s (absent from its checkpoint) now holds the adapter's", directory,
              ", ".join(base_model.adapter_carries))
 

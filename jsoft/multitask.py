@@ -477,8 +477,9 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
         return out.logits.astype(jnp.float32)
     embeds, full_mask, n = _packed(base, t, ids, mask, slots)
     W = embeds.shape[1]
-    positions = jnp.minimum(jnp.arange(W, dtype=jnp.int32)[None] + n_prefix[:, None],
-                            base.config.position_table_size - 1)  # encoders (BERT, RoBERTa): learned positions
+    positions = jnp.arange(W, dtype=jnp.int32)[None] + n_prefix[:, None]
+    if base.config.position_table_size is not None:  # learned positions (BERT, RoBERTa): pads clip into the table
+        positions = jnp.minimum(positions, base.config.position_table_size - 1)
     out = base(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, head=_head(t, slots),
                **prefix)
     logits = out.logits.astype(jnp.float32)
