@@ -131,14 +131,18 @@ def log_bucket(rel: np.ndarray, buckets: int, max_position: int) -> np.ndarray:
     return np.where(abs_pos <= mid, rel, log_pos * sign).astype(np.int32)
 
 
-def relative_index(c: Config, q_pos, T: int) -> jax.Array:
-    """`[B|1, 1, Tq, T]`: the row of the relative table that query position `q_pos [B|1, Tq]` reads for each key
-    0..T-1 (transformers' `build_relative_position`, then c2p's clamp to the table)."""
-    deltas = np.arange(-(T - 1), T)  # every query - key distance of a T-token input
+def relative_rows(c: Config, T: int) -> np.ndarray:
+    """`[2T - 1]`: the relative table row that each query - key distance -(T-1) .. T-1 of a T-token input reads
+    (transformers' `build_relative_position`, then c2p's clamp to the table)."""
+    deltas = np.arange(-(T - 1), T)
     rows = log_bucket(deltas, c.position_buckets, c.max_relative_positions) if c.position_buckets > 0 else deltas
     span = c.attention_span
-    table = jnp.asarray(np.clip(rows + span, 0, 2 * span - 1), jnp.int32)
-    return table[q_pos[:, None, :, None] - jnp.arange(T)[None, None, None, :] + (T - 1)]
+    return np.clip(rows + span, 0, 2 * span - 1)
+
+
+def relative_index(rows_of_distance: jax.Array, q_pos, T: int) -> jax.Array:
+    """`[B|1, 1, Tq, T]`: the row (of `relative_rows`) that query position `q_pos [B|1, Tq]` reads for each key."""
+    return rows_of_distance[q_pos[:, None, :, None] - jnp.arange(T)[None, None, None, :] + (T - 1)]
 
 
 class Embeddings(nnx.Module):
@@ -285,17 +289,22 @@ class Encoder(nnx.Module):
         """`rows [B, K]`: the last layer computes only those tokens' outputs, `[B, K, D]`."""
         T = x.shape[1]
         mask = attention_mask_4d(mask_BxT, T, T, causal=False)
-        rel_embeddings = rel_index = None
+        rel_embeddings = rel_index = table = None
         if self.rel_embeddings is not None:
-            rel_embeddings = self.rel_embeddings.embedding[...]
+            # only the table rows this length reaches (a 128-token input reads 255 of deberta-v3's 512): the
+            # position terms multiply each query and key by those rows alone
+            reach = relative_rows(self.c, T)
+            lo, hi = int(reach.min()), int(reach.max())
+            rel_embeddings = self.rel_embeddings.embedding[lo:hi + 1]
             if self.LayerNorm is not None:
                 rel_embeddings = self.LayerNorm(rel_embeddings)
             rel_embeddings = rel_embeddings.astype(x.dtype)
-            rel_index = relative_index(self.c, jnp.arange(T)[None], T)
+            table = jnp.asarray(reach - lo, jnp.int32)
+            rel_index = relative_index(table, jnp.arange(T)[None], T)
         embeds, last = x, len(self.layer) - 1
         for i, layer in enumerate(self.layer):
             sub = rows if i == last else None
-            index = rel_index if sub is None or rel_index is None else relative_index(self.c, sub, T)
+            index = rel_index if sub is None or table is None else relative_index(table, sub, T)
             x = layer(x, mask, layer=i, rel_index=index, rel_embeddings=rel_embeddings, prefix_kv=prefix_kv,
                       prefix_mask=prefix_mask, drop=drop, **({} if sub is None else {"rows": sub}))
             if i == 0 and self.conv is not None:
