@@ -5,7 +5,8 @@
     python scripts/bench_train.py --quick --cases gpt2m-prompt --batch 128   # on a GPU: MFU (bf16 peak by GPU name)
     python scripts/bench_train.py --dtype bfloat16                 # bf16 frozen weights, both frameworks
 
-Cases (random weights: a GPT2Config / BertConfig saved with save_pretrained to a temp dir, loaded by both):
+Cases (random weights: a GPT2Config / BertConfig / DebertaV2Config saved with save_pretrained to a temp dir, loaded
+by both):
   gpt2-prompt    GPT-2 small causal LM, prompt tuning
   gpt2-prefix    GPT-2 small causal LM, prefix tuning with projection (encoder_hidden_size 768)
   gpt2-ptuning   GPT-2 small causal LM, P-tuning with an LSTM encoder (encoder_hidden_size 768)
@@ -13,6 +14,7 @@ Cases (random weights: a GPT2Config / BertConfig saved with save_pretrained to a
   gpt2-verbalizer GPT-2 small causal LM, prompt tuning, a label on each row's last token only (classifying
                  by a verbalizer word, as jsoft.train's batches do it: the LM head on `label_positions`)
   gpt2m-prompt   GPT-2 medium causal LM, prompt tuning (the GPU MFU case; in the default cases on a GPU)
+  deberta-prompt DeBERTa-v3-base seq_cls (2 labels), prompt tuning (PEFT cannot run prefixes on DeBERTa)
 batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3). Each (case, framework) runs in its own subprocess,
 which reports its peak memory: RSS (VmHWM) on CPU, the device allocator's peak on a GPU. jsoft's compile
 time is measured separately (AOT lower + compile); the timed steps start after `--warmup` steps in both.
@@ -46,7 +48,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2-verbalizer", "gpt2m-prompt")
+CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2-verbalizer", "gpt2m-prompt",
+         "deberta-prompt")
 CPU_CASES = CASES[:5]
 VT = 20
 LR = 1e-3
@@ -56,6 +59,8 @@ LR = 1e-3
 
 
 def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
+    import numpy as np
+
     if case.startswith("gpt2"):  # gpt2 or gpt2m
         d, n_layer, ff, vocab = cfg["n_embd"], cfg["n_layer"], cfg.get("n_inner") or 4 * cfg["n_embd"], cfg[
             "vocab_size"]
@@ -76,6 +81,16 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
     # tokens, predicted from the last virtual token on with a prompt in front, else from the second token
     labelled = (length if s_q > length else length - 1) if case.startswith("gpt2") else 1
     fwd += 2 * head * batch * (1 if _method(case) == "verbalizer" else labelled)
+    if case.startswith("deberta"):  # c2p (the last layer: the pooled query) and p2c against the relative table
+        # rows the length reaches, and those rows through query_proj and key_proj in each layer
+        from jsoft.models.deberta_v2 import log_bucket
+
+        buckets, far = cfg.get("position_buckets", -1), cfg.get("max_relative_positions", -1)
+        far = far if far >= 1 else cfg.get("max_position_embeddings", 512)
+        reach = int(log_bucket(np.asarray([s_q - 1]), buckets, far)[0]) if buckets > 0 else min(s_q - 1, far)
+        rows = 2 * reach + 1
+        fwd += n_layer * (2 * batch * s_q * rows * d + 2 * 2 * rows * d * d)  # p2c, table projections
+        fwd += ((n_layer - 1) * s_q + 1) * 2 * batch * rows * d  # c2p
     return 3.0 * fwd
 
 
@@ -267,10 +282,16 @@ def make_models(d: str, families: set) -> dict:
 
     configs = {"gpt2": transformers.GPT2Config(),  # GPT-2 small
                "gpt2m": transformers.GPT2Config(n_embd=1024, n_layer=24, n_head=16),  # GPT-2 medium
-               "bert": transformers.BertConfig(num_labels=2)}  # BERT-base
+               "bert": transformers.BertConfig(num_labels=2),  # BERT-base
+               "deberta": transformers.DebertaV2Config(  # DeBERTa-v3-base
+                   vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                   intermediate_size=3072, relative_attention=True, position_buckets=256, pos_att_type="p2c|c2p",
+                   share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
+                   num_labels=2)}
+    classes = {"bert": transformers.BertForSequenceClassification,
+               "deberta": transformers.DebertaV2ForSequenceClassification}
     for fam in families:
-        cls = transformers.BertForSequenceClassification if fam == "bert" else transformers.GPT2LMHeadModel
-        cls(configs[fam]).save_pretrained(os.path.join(d, fam))
+        classes.get(fam, transformers.GPT2LMHeadModel)(configs[fam]).save_pretrained(os.path.join(d, fam))
     return {fam: configs[fam].to_dict() for fam in families}
 
 

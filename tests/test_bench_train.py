@@ -38,12 +38,19 @@ def _dot_flops(jaxpr) -> int:
     return total
 
 
-@pytest.mark.parametrize("case", ["gpt2-prompt", "gpt2-prefix", "bert-ptv2", "gpt2-verbalizer"])
+@pytest.mark.parametrize("case", ["gpt2-prompt", "gpt2-prefix", "bert-ptv2", "gpt2-verbalizer", "deberta-prompt"])
 def test_model_flops_count_the_forward_matmuls(case, tmp_path):
     if case.startswith("gpt2"):
         cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=256)
         transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
         task, task_type = "causal_lm", "CAUSAL_LM"
+    elif case.startswith("deberta"):  # 32 buckets: the 60 slots' longer distances are log-bucketed
+        cfg = transformers.DebertaV2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=256, vocab_size=1000, relative_attention=True,
+                                           position_buckets=32, pos_att_type="p2c|c2p", share_att_key=True,
+                                           norm_rel_ebd="layer_norm", position_biased_input=False)
+        transformers.DebertaV2ForSequenceClassification(cfg).save_pretrained(tmp_path)
+        task, task_type = "seq_cls", "SEQ_CLS"
     else:
         cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                       intermediate_size=256, vocab_size=1000)
