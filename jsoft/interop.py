@@ -79,11 +79,12 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def head_layers(head: Head, head_name: str) -> list[tuple[str, str, str]]:
     """(PEFT tensor name prefix, Head kernel attribute, Head bias attribute) per linear layer of a head:
-    `base_model.classifier` for a Linear; `.dense` and `.out_proj` of RoBERTa's classification head."""
+    `base_model.classifier` for a Linear; the two layers of a two-layer head under their transformers names
+    (`classifier.dense` / `.out_proj` for RoBERTa, `pre_classifier` / `classifier` for DistilBERT)."""
     if head.dense_kernel is None:
         return [(f"base_model.{head_name}", "kernel", "bias")]
-    return [(f"base_model.{head_name}.dense", "dense_kernel", "dense_bias"),
-            (f"base_model.{head_name}.out_proj", "kernel", "bias")]
+    dense, out = head.peft_names or (f"{head_name}.dense", f"{head_name}.out_proj")
+    return [(f"base_model.{dense}", "dense_kernel", "dense_bias"), (f"base_model.{out}", "kernel", "bias")]
 
 
 def peft_tensors(adapter: Adapter, head_name: str | None) -> dict[str, np.ndarray]:
@@ -280,7 +281,7 @@ def _own_head(like: Head, arrays: list, name: str, directory: Path) -> Head:
     if kernel.ndim != 2 or kernel.shape[0] != like.kernel.shape[0]:
         raise ValueError(f"the head {name} in {directory} takes inputs of width {kernel.shape[:1]}, but this base "
                          f"model's is {like.kernel.shape[0]}: the adapter was made for another base model")
-    return Head(*arrays)
+    return like.like(arrays)
 
 
 def head_num_labels(directory: str | os.PathLike, head_name: str) -> int | None:

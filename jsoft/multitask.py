@@ -451,13 +451,15 @@ def _packed(base, t: Tables, ids: Array, mask: Array, slots: Array):
     return embeds, jnp.take_along_axis(both_mask, src, 1) & valid, n
 
 
-def _head(t: Tables, slots: Array):
-    """Each row's adapter head (`peft_model.apply_head`), or None without heads."""
+def _head(t: Tables, slots: Array, base):
+    """Each row's adapter head (`peft_model.apply_head`, with the activation of the base model's head), or None
+    without heads."""
     if t.head_kernel is None:
         return None
     arrays = tuple(None if a is None else a[slots] for a in (t.head_kernel, t.head_bias, t.head_dense_kernel,
                                                               t.head_dense_bias))
-    return lambda x, drop=None, rate=0.0: apply_head(x, arrays, drop, rate, per_row=True)
+    act = getattr(getattr(base, base.head_name), "activation", "tanh")
+    return lambda x, drop=None, rate=0.0: apply_head(x, arrays, drop, rate, per_row=True, activation=act)
 
 
 def _left_positions(mask: Array, n_prefix: Array) -> Array:
@@ -473,14 +475,14 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
     n_prefix = prefix["prefix_mask"].sum(-1, dtype=jnp.int32) if prefix else jnp.zeros(ids.shape[:1], jnp.int32)
     if decoder_only:
         out = base(input_ids=ids, attention_mask=mask, position_ids=_left_positions(mask, n_prefix),
-                   head=_head(t, slots), **prefix)
+                   head=_head(t, slots, base), **prefix)
         return out.logits.astype(jnp.float32)
     embeds, full_mask, n = _packed(base, t, ids, mask, slots)
     W = embeds.shape[1]
     positions = jnp.arange(W, dtype=jnp.int32)[None] + n_prefix[:, None]
     if base.config.position_table_size is not None:  # learned positions (BERT, RoBERTa): pads clip into the table
         positions = jnp.minimum(positions, base.config.position_table_size - 1)
-    out = base(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, head=_head(t, slots),
+    out = base(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, head=_head(t, slots, base),
                **prefix)
     logits = out.logits.astype(jnp.float32)
     if logits.ndim == 3:  # token_cls: each row's tokens start after its n virtual tokens

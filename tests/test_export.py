@@ -307,11 +307,12 @@ def test_roberta_p_tuning_v2_gives_the_same_metrics_in_peft(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["PROMPT_TUNING", "PREFIX_TUNING"])
-def test_deberta_v3_trains_and_exports(tiny_dir, tmp_path, method):
-    """DeBERTa-v3 on text pairs: Prompt Tuning exports a PEFT adapter with PEFT's accuracy and loss; P-Tuning v2
-    (prefixes, which transformers' DeBERTa cannot take) exports in jsoft's format and reloads with the run's
-    accuracy."""
-    model = tu.model_dir(tiny_dir, "deberta-v2", "seq_cls", num_labels=2)
+@pytest.mark.parametrize("kind", ["deberta-v2", "distilbert"])
+def test_encoders_without_past_key_values_train_and_export(tiny_dir, tmp_path, kind, method):
+    """DeBERTa-v3 and DistilBERT on text pairs: Prompt Tuning exports a PEFT adapter with PEFT's accuracy and loss
+    (DistilBERT's two-layer head, pre_classifier and classifier, under their names); P-Tuning v2 (prefixes, which
+    transformers' models cannot take) exports in jsoft's format and reloads with the run's accuracy."""
+    model = tu.model_dir(tiny_dir, kind, "seq_cls", num_labels=2)
     rows = lambda n, seed: [{"premise": a["text"], "hypothesis": b["text"], "label": a["label"]}
                             for a, b in zip(tu.sentiment(n, seed), tu.sentiment(n, seed + 5))]
     c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", rows(48, 0)),
@@ -320,10 +321,16 @@ def test_deberta_v3_trains_and_exports(tiny_dir, tmp_path, method):
     summary = train.train(c, tmp_path / "wd")
     written = export.export(tmp_path / "wd", tmp_path / "adapter")
     _, batches = _eval_batches(tmp_path / "wd")
-    assert all(b["token_type_ids"].any() for b in batches)  # the second text's segment
+    # the second text's segment (DeBERTa's tokenizer gives token types, DistilBERT's does not)
+    assert all(b["token_type_ids"].any() if "token_type_ids" in b else kind == "distilbert" for b in batches)
     if method == "PROMPT_TUNING":
         assert written["format"] == "peft"
-        assert_peft_classifies_the_same(_peft_model("deberta-v2", "seq_cls", model, tmp_path / "adapter"), batches,
+        if kind == "distilbert":
+            from safetensors.numpy import load_file
+
+            assert {"base_model.pre_classifier.weight", "base_model.classifier.weight"} <= set(
+                load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+        assert_peft_classifies_the_same(_peft_model(kind, "seq_cls", model, tmp_path / "adapter"), batches,
                                         summary, 27)
         return
     import jsoft
@@ -332,6 +339,6 @@ def test_deberta_v3_trains_and_exports(tiny_dir, tmp_path, method):
     pm = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model, task="seq_cls", num_labels=2),
                                          tmp_path / "adapter")
     keys = ("input_ids", "attention_mask", "token_type_ids")
-    correct = sum(float(((np.asarray(pm(**{k: b[k] for k in keys}).logits).argmax(-1) == b["labels"])
+    correct = sum(float(((np.asarray(pm(**{k: b[k] for k in keys if k in b}).logits).argmax(-1) == b["labels"])
                          * b["weights"]).sum()) for b in batches)
     assert correct / 27 == summary["eval"]["accuracy"]

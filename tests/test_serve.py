@@ -324,13 +324,14 @@ ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1,
                                             ("gpt2", "seq_cls", "gpt"),
                                             ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert"),
                                             ("roberta", "seq_cls", "bert"), ("bloom", "seq_cls", "gpt"),
-                                            ("opt", "seq_cls", "gpt"), ("deberta-v2", "seq_cls", "bert")])
+                                            ("opt", "seq_cls", "gpt"), ("deberta-v2", "seq_cls", "bert"),
+                                            ("distilbert", "seq_cls", "bert")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     """The other layouts: T5 (prompt into the encoder, prefix into the decoder), decoder-only
     classification (left padding, every adapter a key/value prefix), encoder token labels (prompts
-    packed in front of each row). One mixed batch of a prompt and a prefix adapter. DeBERTa: a pretraining
-    checkpoint without the pooler, the adapters made on a base that initialised it with another seed than the
-    server's, so the server must take the pooler the adapters carry."""
+    packed in front of each row), DistilBERT's two-layer ReLU head. One mixed batch of a prompt and a prefix
+    adapter. DeBERTa: a pretraining checkpoint without the pooler, the adapters made on a base that initialised
+    it with another seed than the server's, so the server must take the pooler the adapters carry."""
     pretraining = kind == "deberta-v2"
     tiny.save(kind, None if pretraining else task, tmp_path / "m", **ENGINE_OVERRIDES.get(kind, {}))
     tiny.tokenizer(post).save_pretrained(tmp_path / "m")

@@ -83,6 +83,9 @@ CONFIGS = {
         "intermediate_size": 72, "max_position_embeddings": 64, "relative_attention": True, "position_buckets": 8,
         "max_relative_positions": 20, "pos_att_type": "p2c|c2p", "share_att_key": True, "norm_rel_ebd": "layer_norm",
         "position_biased_input": False, "type_vocab_size": 0, "pad_token_id": 0, **kw}),
+    "distilbert": lambda **kw: tf.DistilBertConfig(**{
+        "vocab_size": VOCAB, "dim": 40, "n_layers": 3, "n_heads": 5, "hidden_dim": 72, "max_position_embeddings": 64,
+        "pad_token_id": 0, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -114,6 +117,8 @@ CLASSES = {
     ("bloom", "seq_cls"): tf.BloomForSequenceClassification, ("bloom", "token_cls"): tf.BloomForTokenClassification,
     ("deberta-v2", None): tf.DebertaV2Model, ("deberta-v2", "seq_cls"): tf.DebertaV2ForSequenceClassification,
     ("deberta-v2", "token_cls"): tf.DebertaV2ForTokenClassification,
+    ("distilbert", None): tf.DistilBertModel, ("distilbert", "seq_cls"): tf.DistilBertForSequenceClassification,
+    ("distilbert", "token_cls"): tf.DistilBertForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -22,9 +22,9 @@ WORDS = POSITIVE + NEGATIVE + FILLER + NAMES + PLACES + ["positive", "negative",
 
 
 def tokenizer(kind: str):
-    """A word-level WordPiece tokenizer: BERT-like ("bert", "roberta", "deberta-v2"), T5-like ("t5": "</s>" after
-    the text), BART-like ("bart": "<s>" before it too; "[CLS]" plays "<s>"), or decoder-like (anything else: no
-    special tokens, no pad token)."""
+    """A word-level WordPiece tokenizer: BERT-like ("bert", "roberta", "deberta-v2", "distilbert"), T5-like ("t5":
+    "</s>" after the text), BART-like ("bart": "<s>" before it too; "[CLS]" plays "<s>"), or decoder-like (anything
+    else: no special tokens, no pad token)."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>"]
     vocab = {w: i for i, w in enumerate(specials + WORDS + [":", ".", "##s"])}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
@@ -37,12 +37,13 @@ def tokenizer(kind: str):
         kw = dict(eos_token="</s>", pad_token="[PAD]", model_input_names=["input_ids", "attention_mask"])
         if kind == "bart":
             kw["bos_token"] = "[CLS]"
-    elif kind in ("bert", "roberta", "deberta-v2"):  # RoBERTa's tokenizers return no token types
+    elif kind in ("bert", "roberta", "deberta-v2", "distilbert"):  # RoBERTa's and DistilBERT's: no token types
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
         kw = dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-                  model_input_names=["input_ids", "token_type_ids", "attention_mask"] if kind != "roberta"
+                  model_input_names=["input_ids", "token_type_ids", "attention_mask"]
+                  if kind not in ("roberta", "distilbert")
                   else ["input_ids", "attention_mask"])
     else:
         kw = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import bert
+from jsoft.models import bert, layers
 from jsoft.models.base import check_position_count, hf_name, is_kernel, past_length
 from jsoft.models.layers import DropoutRng, ModelOutput, Precision, attention_mask_4d, dense
 
@@ -63,14 +63,18 @@ class Embeddings(bert.Embeddings):
 
 
 class ClassificationHead(nnx.Module):
-    """transformers' RobertaClassificationHead: dropout, dense, tanh, dropout, out_proj."""
+    """transformers' RobertaClassificationHead: (dropout,) dense, tanh, dropout, out_proj. Other two-layer heads
+    take another `activation` (DistilBERT: ReLU) and their own transformers names (`peft_names`: the dense and
+    the output layer's, as a PEFT adapter stores them)."""
 
-    def __init__(self, c: Config, num_labels: int, p: Precision, rngs: nnx.Rngs):
+    def __init__(self, c, num_labels: int, p: Precision, rngs: nnx.Rngs, activation: str = "tanh",
+                 peft_names: tuple[str, str] = ("classifier.dense", "classifier.out_proj")):
+        self.activation, self.peft_names = activation, peft_names
         self.dense = dense(c.hidden_size, c.hidden_size, ("embed", None), p, rngs=rngs)
         self.out_proj = dense(c.hidden_size, num_labels, ("embed", None), p, rngs=rngs)
 
     def __call__(self, x, drop: DropoutRng | None = None, rate: float = 0.0):
-        x = jnp.tanh(self.dense(x).astype(jnp.float32))
+        x = layers.activation(self.activation)(self.dense(x).astype(jnp.float32))
         return self.out_proj(x if drop is None else drop(x, rate))
 
 

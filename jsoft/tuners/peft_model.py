@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jsoft.models import layers
 from jsoft.models.base import check_position_count, compute_dtype
 from jsoft.models.heads import last_token_index
 from jsoft.models.layers import KVCache, ModelOutput
@@ -42,19 +43,27 @@ class Head(nnx.Module):
     Linear, or (RoBERTa's) a dense layer and tanh before the output projection. The backbone's own head
     stays frozen."""
 
-    def __init__(self, kernel, bias=None, dense_kernel=None, dense_bias=None):
-        """`kernel [D, C]`, `bias [C]`; `dense_kernel [D, D]`, `dense_bias [D]` (each may be None)."""
+    def __init__(self, kernel, bias=None, dense_kernel=None, dense_bias=None, activation: str = "tanh",
+                 peft_names: tuple[str, str] | None = None):
+        """`kernel [D, C]`, `bias [C]`; `dense_kernel [D, D]`, `dense_bias [D]` (each may be None); `activation`
+        between the two layers; `peft_names`: the two layers' transformers names (default: RoBERTa's)."""
         as_var = lambda x: nnx.data(None) if x is None else trainable(jnp.asarray(x, jnp.float32))
         self.kernel, self.bias = as_var(kernel), as_var(bias)
         self.dense_kernel, self.dense_bias = as_var(dense_kernel), as_var(dense_bias)
+        self.activation, self.peft_names = activation, peft_names
 
     @classmethod
     def copy_of(cls, base_head: nnx.Module) -> Head:
         value = lambda layer, name: None if getattr(layer, name, None) is None else getattr(layer, name)[...]
-        if hasattr(base_head, "out_proj"):  # dense -> tanh -> out_proj
+        if hasattr(base_head, "out_proj"):  # dense -> activation -> out_proj
             d, o = base_head.dense, base_head.out_proj
-            return cls(o.kernel[...], value(o, "bias"), d.kernel[...], value(d, "bias"))
+            return cls(o.kernel[...], value(o, "bias"), d.kernel[...], value(d, "bias"), base_head.activation,
+                       base_head.peft_names)
         return cls(base_head.kernel[...], value(base_head, "bias"))
+
+    def like(self, arrays) -> Head:
+        """A head of this one's kind holding `arrays` (as `arrays()` gives them)."""
+        return Head(*arrays, activation=self.activation, peft_names=self.peft_names)
 
     @property
     def num_labels(self) -> int:
@@ -66,16 +75,17 @@ class Head(nnx.Module):
                                                              self.dense_bias))
 
     def __call__(self, x: jax.Array, drop=None, rate: float = 0.0) -> jax.Array:
-        return apply_head(x, self.arrays(), drop, rate)
+        return apply_head(x, self.arrays(), drop, rate, activation=self.activation)
 
 
-def apply_head(x: jax.Array, arrays: tuple, drop=None, rate: float = 0.0, per_row: bool = False) -> jax.Array:
+def apply_head(x: jax.Array, arrays: tuple, drop=None, rate: float = 0.0, per_row: bool = False,
+               activation: str = "tanh") -> jax.Array:
     """A head's `arrays` (`Head.arrays`) on `x [B, ..., D]` in fp32; `per_row`: each array has a leading
     batch axis (one head per row: a mixed-adapter batch). `drop` applies between the two layers."""
     kernel, bias, dense_kernel, dense_bias = arrays
     x = x.astype(jnp.float32)
     if dense_kernel is not None:
-        x = jnp.tanh(_affine(x, dense_kernel, dense_bias, per_row))
+        x = layers.activation(activation)(_affine(x, dense_kernel, dense_bias, per_row))
         x = x if drop is None else drop(x, rate)
     return _affine(x, kernel, bias, per_row)
 
@@ -340,7 +350,8 @@ class PeftModel(nnx.Module):
         arrays = [h.arrays() for h in heads]
         stacked = tuple(None if a is None else jnp.stack([x[i] for x in arrays])[rows]
                         for i, a in enumerate(arrays[0]))
-        return lambda x, drop=None, rate=0.0: apply_head(x, stacked, drop, rate, per_row=True)
+        act = heads[0].activation
+        return lambda x, drop=None, rate=0.0: apply_head(x, stacked, drop, rate, per_row=True, activation=act)
 
     def _names_and_rows(self, adapter_names, B: int):
         if adapter_names is None:

@@ -104,6 +104,7 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("deberta-v2", "token_cls", dict(embedding_size=24, pos_att_type="c2p", share_att_key=False)),
     ("deberta-v2", "seq_cls", dict(relative_attention=False, position_biased_input=True, pooler_hidden_act="tanh",
                                    num_labels=2)),
+    ("distilbert", "seq_cls", dict(sinusoidal_pos_embds=True, activation="relu", num_labels=2)),
 ]
 
 

@@ -30,15 +30,22 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("gemma", "seq_cls"), ("gemma2", "causal_lm"), ("gemma2", "token_cls"), ("gpt_neox", "causal_lm"),
           ("gpt_neox", "seq_cls"), ("gpt_neox", "token_cls"), ("qwen3", "causal_lm"), ("qwen3", "seq_cls"),
           ("phi", "causal_lm"), ("phi", "seq_cls"), ("bart", "seq2seq_lm"), ("opt", "causal_lm"), ("opt", "seq_cls"),
-          ("mbart", "seq2seq_lm"), ("deberta-v2", "seq_cls"), ("deberta-v2", "token_cls")]
+          ("mbart", "seq2seq_lm"), ("deberta-v2", "seq_cls"), ("deberta-v2", "token_cls"), ("distilbert", "seq_cls"),
+          ("distilbert", "token_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
-NO_PEFT_PREFIX = ("deberta-v2",)
+NO_PEFT_PREFIX = ("deberta-v2", "distilbert")
 
 
-def configs(method: str, task: str):
+def configs(method: str, task: str, kind: str | None = None):
+    """jsoft's and PEFT's config of a method; for `kind` (a backbone of tests/tiny.py) PEFT's gets what it
+    cannot derive itself (DistilBERT's dim, n_layers and n_heads)."""
     spec = dict(METHODS[method](TASK_TYPES[task]))
     cls = spec.pop("cls")
-    return getattr(jsoft, cls)(**spec), getattr(peft, cls)(**spec)
+    dims = {}
+    if kind == "distilbert":
+        c = tiny.CONFIGS[kind]()
+        dims = dict(token_dim=c.dim, num_layers=c.n_layers, num_attention_heads=c.n_heads)
+    return getattr(jsoft, cls)(**spec), getattr(peft, cls)(**spec, **dims)
 
 
 def batch(kind: str, B: int = 3, T: int = 9, seed: int = 0):

@@ -15,7 +15,7 @@ CASES = [(kind, task, method) for kind, task in peft_ref.MATRIX for method in pe
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
 def test_jsoft_adapter_loads_in_peft(tiny_dir, tmp_path, kind, task, method):
     model_dir = tiny_dir(kind, task)
-    config, _ = peft_ref.configs(method, task)
+    config, _ = peft_ref.configs(method, task, kind)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
     assert pm.save_pretrained(tmp_path / "adapter") == "peft"
     ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "adapter").eval()
@@ -27,7 +27,7 @@ def test_jsoft_adapter_loads_in_peft(tiny_dir, tmp_path, kind, task, method):
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
 def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
     model_dir = tiny_dir(kind, task)
-    jconfig, pconfig = peft_ref.configs(method, task)
+    jconfig, pconfig = peft_ref.configs(method, task, kind)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
     ref.save_pretrained(tmp_path / "adapter")
     ref.eval()
@@ -43,7 +43,7 @@ def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
 def test_trainable_parameter_counts_match_peft(tiny_dir, kind, task, method):
     model_dir = tiny_dir(kind, task)
-    jconfig, pconfig = peft_ref.configs(method, task)
+    jconfig, pconfig = peft_ref.configs(method, task, kind)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig)
     assert pm.get_nb_trainable_parameters() == ref.get_nb_trainable_parameters()
@@ -58,7 +58,7 @@ def test_adapter_trained_in_peft_loads_in_jsoft(tiny_dir, tmp_path, kind, task, 
     import torch
 
     model_dir = tiny_dir(kind, task)
-    jconfig, pconfig = peft_ref.configs(method, task)
+    jconfig, pconfig = peft_ref.configs(method, task, kind)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
     inputs = {k: torch.tensor(v) for k, v in peft_ref.batch(kind).items()}
     labels = inputs["input_ids"] if task == "causal_lm" else torch.tensor([0, 2, 1])
@@ -106,7 +106,7 @@ def test_loss_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, over
 def _assert_loss_matches_peft(model_dir, tmp_path, kind, task, method):
     import torch
 
-    config, _ = peft_ref.configs(method, task)
+    config, _ = peft_ref.configs(method, task, kind)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
     pm.save_pretrained(tmp_path / "adapter")
     ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "adapter").eval()
@@ -174,7 +174,7 @@ def test_prefix_as_wide_as_keys_and_values_both_ways(tiny_dir, tmp_path, kind, t
     num_attention_heads as PEFT does (for T5, where PEFT would derive d_model and fail, PEFT runs the
     adapter jsoft saves and one it makes with that token_dim)."""
     model_dir = tiny_dir(kind, task, **overrides)
-    jconfig, pconfig = peft_ref.configs(method, task)
+    jconfig, pconfig = peft_ref.configs(method, task, kind)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig, seed=1)
     mc = pm.base_model.config
     assert pm.active_peft_config.token_dim == mc.kv_width

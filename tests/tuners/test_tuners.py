@@ -122,7 +122,9 @@ def _task_labels(kind, task, inputs):
         return ids % 3
     if task == "seq2seq_lm":
         return inputs["decoder_input_ids"]
-    return np.array([0, 1, 2])
+    # one class for every row: a tiny random encoder's [CLS] output barely depends on the input, so rows of
+    # different classes would nearly cancel, and the sum would be rounding noise in either precision
+    return np.array([2, 2, 2])
 
 
 @pytest.mark.parametrize("method", ["prefix_proj", "ptuning_mlp", "ptuning_lstm"])
