@@ -2,7 +2,8 @@
 
 Rebuilds the run from `DIR/config.json`, restores the trainable state of a checkpoint (the latest by
 default) and writes it as a Hugging Face PEFT adapter, or in jsoft's format when the config uses a
-paper-only option PEFT cannot load (`--format jsoft` forces it, keeping encoders for further training).
+paper-only option or a backbone PEFT cannot run it on (a prefix on DeBERTa or DistilBERT); `--format jsoft` forces
+it, keeping encoders for further training.
 A classification adapter also gets `jsoft_labels.json`: its label names and problem type, for the server.
 """
 
