@@ -60,7 +60,8 @@ def test_logical_rules(names, shape, mesh, spec):
     assert sharding.logical_to_spec(names, shape, mesh) == spec
 
 
-@pytest.mark.parametrize("kind,task", [("bert", "seq_cls"), ("bart", "seq2seq_lm"), ("opt", "causal_lm")])
+@pytest.mark.parametrize("kind,task", [("bert", "seq_cls"), ("bart", "seq2seq_lm"), ("opt", "causal_lm"),
+                                       ("deberta-v2", "seq_cls"), ("distilbert", "seq_cls")])
 def test_state_shardings_of_a_model(tiny_dir, kind, task):
     from flax import nnx
 
@@ -104,8 +105,9 @@ json.dump(results, open(os.path.join(out, "results.json"), "w"))
 """
 
 
-def test_sharded_run_matches_single_device(tiny_dir, tmp_path):
-    model = tu.model_dir(tiny_dir, "bert", "seq_cls", num_labels=2)
+@pytest.mark.parametrize("kind", ["bert", "deberta-v2"])  # DeBERTa: its position terms' gathers, sharded
+def test_sharded_run_matches_single_device(tiny_dir, tmp_path, kind):
+    model = tu.model_dir(tiny_dir, kind, "seq_cls", num_labels=2)
     train_file = tu.write_jsonl(tmp_path / "train.jsonl", tu.sentiment(96))
     (tmp_path / "run.py").write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_NUM_CPU_DEVICES="8")
