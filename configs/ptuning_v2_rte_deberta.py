@@ -8,7 +8,8 @@ content score only, as in Liu et al.'s DeBERTa code).
 
 Needs the Hub (or a warm HF cache) for the model and the data set. Premise and hypothesis are a text pair
 (`[CLS] premise [SEP] hypothesis [SEP]`). On an accelerator add --config.model.dtype=bfloat16. For a PEFT adapter,
---config.peft.peft_type=PROMPT_TUNING (or P_TUNING) trains an input prompt instead.
+--config.peft.peft_type=PROMPT_TUNING (or P_TUNING) trains an input prompt instead. The paper's own backbone was
+DeBERTa v1: --config.model.name_or_path=microsoft/deberta-xlarge.
 """
 
 from jsoft.build import default_config

@@ -83,7 +83,7 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
     fwd += 2 * head * batch * (1 if _method(case) == "verbalizer" else labelled)
     if case.startswith("deberta"):  # c2p (the last layer: the pooled query) and p2c against the relative table
         # rows the length reaches, and those rows through query_proj and key_proj in each layer
-        from jsoft.models.deberta_v2 import log_bucket
+        from jsoft.models.deberta import log_bucket
 
         buckets, far = cfg.get("position_buckets", -1), cfg.get("max_relative_positions", -1)
         far = far if far >= 1 else cfg.get("max_position_embeddings", 512)

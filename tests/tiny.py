@@ -76,6 +76,12 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "qk_layernorm": True,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # v1 (deberta-base .. xlarge): fused in_proj with query / value biases, distances clamped to 12
+    "deberta": lambda **kw: tf.DebertaConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 40, "num_hidden_layers": 3, "num_attention_heads": 5,
+        "intermediate_size": 72, "max_position_embeddings": 64, "relative_attention": True,
+        "max_relative_positions": 12, "pos_att_type": "c2p|p2c", "position_biased_input": False, "type_vocab_size": 0,
+        "pad_token_id": 0, **kw}),
     # v3's options: log-bucketed relative distances (8 buckets, so distances past 4 are bucketed) read through
     # query_proj / key_proj, a LayerNorm over the relative table, no absolute positions, no token types
     "deberta-v2": lambda **kw: tf.DebertaV2Config(**{
@@ -115,6 +121,8 @@ CLASSES = {
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,
     ("bloom", None): tf.BloomModel, ("bloom", "causal_lm"): tf.BloomForCausalLM,
     ("bloom", "seq_cls"): tf.BloomForSequenceClassification, ("bloom", "token_cls"): tf.BloomForTokenClassification,
+    ("deberta", None): tf.DebertaModel, ("deberta", "seq_cls"): tf.DebertaForSequenceClassification,
+    ("deberta", "token_cls"): tf.DebertaForTokenClassification,
     ("deberta-v2", None): tf.DebertaV2Model, ("deberta-v2", "seq_cls"): tf.DebertaV2ForSequenceClassification,
     ("deberta-v2", "token_cls"): tf.DebertaV2ForTokenClassification,
     ("distilbert", None): tf.DistilBertModel, ("distilbert", "seq_cls"): tf.DistilBertForSequenceClassification,

@@ -1,16 +1,17 @@
-"""DeBERTa-v2 / v3 beyond the parity matrix: transformers' log buckets exactly, P-Tuning v2 prefixes against
-Liu et al.'s definition (content scores only for prefix keys) built on transformers' own attention, and the
-refusal of a PEFT export for a prefix PEFT cannot run."""
+"""DeBERTa (v1, v2, v3) beyond the parity matrix: transformers' log buckets exactly, P-Tuning v2 prefixes against
+Liu et al.'s definition (content scores only for prefix keys) built on transformers' own attention, the refusal of
+a PEFT export for a prefix PEFT cannot run, and the pooler that v3's checkpoints lack travelling with adapters."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+from transformers.models.deberta import modeling_deberta as hf_deberta_v1
 from transformers.models.deberta_v2 import modeling_deberta_v2 as hf_deberta
 
 import jsoft
-from jsoft.models.deberta_v2 import log_bucket
+from jsoft.models.deberta import log_bucket
 from tests import tiny
 from tests.tuners import peft_ref
 
@@ -22,44 +23,71 @@ def test_log_buckets_equal_transformers(buckets, max_position):
     np.testing.assert_array_equal(log_bucket(rel, buckets, max_position), want)
 
 
-def _prefix_attention(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
-                      relative_pos=None, rel_embeddings=None):
-    """transformers' DisentangledSelfAttention.forward with `self.prefix = (k, v [B, H, V, hd], mask [B, V])`
-    in front of its keys, scored by content only: P-Tuning v2's DeBERTa (THUDM/P-tuning-v2, model/deberta*.py)."""
+def _attend(scores, values, attention_mask, pmask):
+    """Softmax over `[prefix | tokens]` scores `[B, H, T, V + T]` (prefix mask `[B, V]`), then the values."""
+    B, H, T, S = scores.shape
+    mask = torch.cat([pmask[:, None, None, :].expand(B, 1, T, S - T).bool(), attention_mask.bool()], -1)
+    probs = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), -1)
+    return (probs @ values).permute(0, 2, 1, 3).reshape(B, T, -1), None
+
+
+def _prefix_attention_v2(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
+                         relative_pos=None, rel_embeddings=None):
+    """transformers' DeBERTa-v2 DisentangledSelfAttention.forward with `self.prefix = (k, v [B, H, V, hd],
+    mask [B, V])` in front of its keys, scored by content only: P-Tuning v2's DeBERTa (THUDM/P-tuning-v2,
+    model/deberta*.py)."""
     pk, pv, pmask = self.prefix
     B, T, _ = hidden_states.shape
     H, V = self.num_attention_heads, pk.shape[2]
     q, k, v = (self.transpose_for_scores(f(hidden_states), H) for f in (self.query_proj, self.key_proj,
-                                                                         self.value_proj))
+                                                                         self.value_proj))  # [B * H, T, hd]
     hd = q.shape[-1]
     factor = 1 + len(self.pos_att_type)
     rel = self.disentangled_attention_bias(q, k, relative_pos, self.pos_dropout(rel_embeddings), factor)
     keys = torch.cat([pk.reshape(B * H, V, hd), k], 1)
-    values = torch.cat([pv.reshape(B * H, V, hd), v], 1)
+    values = torch.cat([pv.reshape(B * H, V, hd), v], 1).view(B, H, V + T, hd)
     scores = q @ keys.transpose(-1, -2) / math.sqrt(hd * factor) + torch.cat([torch.zeros(B * H, T, V), rel], -1)
-    scores = scores.view(B, H, T, V + T)
-    mask = torch.cat([pmask[:, None, None, :].expand(B, 1, T, V).bool(), attention_mask.bool()], -1)
-    probs = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), -1)
-    ctx = (probs.view(B * H, T, V + T) @ values).view(B, H, T, hd).permute(0, 2, 1, 3).reshape(B, T, H * hd)
-    return ctx, None
+    return _attend(scores.view(B, H, T, V + T), values, attention_mask, pmask)
+
+
+def _prefix_attention_v1(self, hidden_states, attention_mask, output_attentions=False, query_states=None,
+                         relative_pos=None, rel_embeddings=None):
+    """The same for DeBERTa v1's attention (fused in_proj, query and value biases, the query scaled first)."""
+    pk, pv, pmask = self.prefix
+    q, k, v = self.transpose_for_scores(self.in_proj(hidden_states)).chunk(3, dim=-1)  # [B, H, T, hd]
+    q = q + self.transpose_for_scores(self.q_bias[None, None, :])
+    v = v + self.transpose_for_scores(self.v_bias[None, None, :])
+    factor = 1 + len(self.pos_att_type)
+    q = q / math.sqrt(q.shape[-1] * factor)
+    rel = self.disentangled_att_bias(q, k, relative_pos, self.pos_dropout(rel_embeddings), factor)
+    scores = q @ torch.cat([pk, k], 2).transpose(-1, -2) + torch.cat([torch.zeros(*rel.shape[:3], pk.shape[2]), rel],
+                                                                       -1)
+    return _attend(scores, torch.cat([pv, v], 2), attention_mask, pmask)
+
+
+PREFIX_CASES = {"v3": ("deberta-v2", {}),
+                "v2": ("deberta-v2", dict(share_att_key=False, position_buckets=-1, max_relative_positions=6)),
+                "v1": ("deberta", {})}
 
 
 @pytest.mark.parametrize("task", ["seq_cls", "token_cls"])
-@pytest.mark.parametrize("overrides", [{}, dict(share_att_key=False, position_buckets=-1, max_relative_positions=6)],
-                         ids=["v3", "v2"])
-def test_prefix_keys_take_the_content_score_only(tiny_dir, monkeypatch, task, overrides):
-    path = tiny_dir("deberta-v2", task, **overrides)
-    ref = tiny.CLASSES[("deberta-v2", task)].from_pretrained(path).eval()
+@pytest.mark.parametrize("case", list(PREFIX_CASES))
+def test_prefix_keys_take_the_content_score_only(tiny_dir, monkeypatch, task, case):
+    kind, overrides = PREFIX_CASES[case]
+    path = tiny_dir(kind, task, **overrides)
+    ref = tiny.CLASSES[(kind, task)].from_pretrained(path).eval()
     c = ref.config
     L, H, V, hd = c.num_hidden_layers, c.num_attention_heads, 4, c.hidden_size // c.num_attention_heads
-    inputs = peft_ref.batch("deberta-v2")
+    inputs = peft_ref.batch(kind)
     B = inputs["input_ids"].shape[0]
     rng = np.random.default_rng(0)
     prefix = rng.normal(size=(L, 2, B, V, H, hd)).astype(np.float32)
     prefix[:, 0] *= 30.0  # keys that draw attention against the tiny model's small queries
     prefix_mask = np.ones((B, V), np.int32)
     prefix_mask[2, :2] = 0  # a shorter prefix, left-padded (a mixed-adapter batch)
-    monkeypatch.setattr(hf_deberta.DisentangledSelfAttention, "forward", _prefix_attention)
+    hf_module = hf_deberta if kind == "deberta-v2" else hf_deberta_v1
+    monkeypatch.setattr(hf_module.DisentangledSelfAttention, "forward",
+                        _prefix_attention_v2 if kind == "deberta-v2" else _prefix_attention_v1)
     for i, layer in enumerate(ref.deberta.encoder.layer):
         kv = torch.tensor(prefix[i]).permute(0, 1, 3, 2, 4)  # [2, B, H, V, hd]
         layer.attention.self.prefix = (kv[0], kv[1], torch.tensor(prefix_mask))

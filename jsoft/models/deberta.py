@@ -1,8 +1,10 @@
-"""DeBERTa-v2 / DeBERTa-v3 / mDeBERTa-v3 (`model_type` "deberta-v2"): BERT's post-LN encoder whose attention adds
-disentangled relative-position terms, content-to-position (c2p) and position-to-content (p2c), read from one
-shared table of (log-bucketed) relative distances.
+"""DeBERTa (`model_type` "deberta": deberta-base / large / xlarge, P-Tuning v2's DeBERTa) and DeBERTa-v2 / v3 /
+mDeBERTa-v3 ("deberta-v2"): BERT's post-LN encoder whose attention adds disentangled relative-position terms,
+content-to-position (c2p) and position-to-content (p2c), read from one shared table of relative distances
+(log-bucketed in v3). v1 projects queries, keys and values with one fused `in_proj` (per head: query, key, value)
+plus query and value biases, and the table through `pos_proj` / `pos_q_proj`.
 
-Module tree mirrors transformers' (`deberta.encoder.layer.0.attention.self.query_proj`,
+Module tree mirrors transformers' (`deberta.encoder.layer.0.attention.self.query_proj` or `.in_proj`,
 `deberta.encoder.rel_embeddings`, `pooler.dense`, `classifier`) so checkpoint names map one to one; torch nn.Linear
 weights are `[out, in]`.
 
@@ -63,6 +65,7 @@ class Config(TransformerConfig):
     conv_kernel_size: int = 0  # > 0: a convolution beside the first layer (deberta-v2-xlarge / xxlarge)
     conv_groups: int = 1
     conv_act: str = "tanh"
+    fused_qkv: bool = False  # v1: in_proj (per head: query, key, value) with q_bias and v_bias
     pooler_act: str = "gelu"
     pooler_dropout: float = 0.0
     classifier_dropout: float = 0.1
@@ -83,6 +86,15 @@ class Config(TransformerConfig):
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
+        if hf.get("model_type") == "deberta":
+            if hf.get("talking_head"):
+                raise ValueError("DeBERTa config talking_head=True is not supported by jsoft")
+            v2_only = {"position_buckets": -1, "share_att_key": False, "conv_kernel_size": 0,
+                       "attention_head_size": None, "norm_rel_ebd": "none"}
+            hf = {**hf, **v2_only, "model_type": "deberta-v2"}
+            c = cls.from_hf(hf)
+            c.model_type, c.fused_qkv = "deberta", True
+            return c
         d, h = hf["hidden_size"], hf["num_attention_heads"]
         head_dim = hf.get("attention_head_size") or d // h
         if head_dim * h != d:  # transformers' attention output projection reads hidden_size features
@@ -173,25 +185,52 @@ class Embeddings(nnx.Module):
 class DisentangledSelfAttention(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
-        d = c.hidden_size
-        self.query_proj, self.key_proj, self.value_proj = (dense(d, d, ("embed", "joined_kv"), p, rngs=rngs)
-                                                           for _ in range(3))
-        separate = c.relative_attention and not c.share_att_key
-        self.pos_key_proj = dense(d, d, ("embed", "joined_kv"), p, rngs=rngs) \
-            if separate and "c2p" in c.pos_att_type else None
-        self.pos_query_proj = dense(d, d, ("embed", "joined_kv"), p, rngs=rngs) \
-            if separate and "p2c" in c.pos_att_type else None
+        d, names = c.hidden_size, ("embed", "joined_kv")
+        c2p, p2c = c.relative_attention and "c2p" in c.pos_att_type, c.relative_attention and "p2c" in c.pos_att_type
+        if c.fused_qkv:  # v1
+            self.in_proj = dense(d, 3 * d, names, p, bias=False, rngs=rngs)
+            self.q_bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes("joined_kv"))
+            self.v_bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes("joined_kv"))
+            self.pos_proj = dense(d, d, names, p, bias=False, rngs=rngs) if c2p else None
+            self.pos_q_proj = dense(d, d, names, p, rngs=rngs) if p2c else None
+            return
+        self.query_proj, self.key_proj, self.value_proj = (dense(d, d, names, p, rngs=rngs) for _ in range(3))
+        separate = not c.share_att_key
+        self.pos_key_proj = dense(d, d, names, p, rngs=rngs) if separate and c2p else None
+        self.pos_query_proj = dense(d, d, names, p, rngs=rngs) if separate and p2c else None
+
+    def position_projections(self):
+        """(c2p's projection of the table to keys, p2c's to queries)."""
+        c = self.c
+        if c.fused_qkv:
+            return self.pos_proj, self.pos_q_proj
+        if c.share_att_key:
+            return self.key_proj, self.query_proj
+        return self.pos_key_proj, self.pos_query_proj
+
+    def qkv(self, x, rows):
+        """Queries (at `rows` only, when given), keys and values, `[B, T, H, hd]`."""
+        H = self.c.num_heads
+        if not self.c.fused_qkv:
+            q = split_heads(self.query_proj(x if rows is None else take_rows(x, rows)), H)
+            return (q, *(split_heads(f(x), H) for f in (self.key_proj, self.value_proj)))
+        qkv = self.in_proj(x)  # each head's slice holds its query, key and value
+        q, k, v = jnp.split(split_heads(qkv, H), 3, axis=-1)
+        q = q if rows is None else jnp.split(split_heads(take_rows(qkv, rows), H), 3, axis=-1)[0]
+        return (q + split_heads(self.q_bias[...], H).astype(q.dtype), k,
+                v + split_heads(self.v_bias[...], H).astype(v.dtype))
 
     def position_scores(self, q, k, rel_BxHxTqxT, rel_embeddings) -> jax.Array:
         """`[B, H, Tq, T]`: c2p (the query against the key's distance) plus p2c (the key against the query's
         distance), unscaled. Both read the table row of the same query - key distance."""
         H, score = self.c.num_heads, 0.0
+        to_keys, to_queries = self.position_projections()
         if "c2p" in self.c.pos_att_type:
-            pos_k = split_heads((self.key_proj if self.c.share_att_key else self.pos_key_proj)(rel_embeddings), H)
+            pos_k = split_heads(to_keys(rel_embeddings), H)
             c2p = ops.einsum("bthd,rhd->bhtr", q, pos_k, out_dtype=jnp.float32)  # [B, H, Tq, R]
             score = score + jnp.take_along_axis(c2p, rel_BxHxTqxT, axis=-1)
         if "p2c" in self.c.pos_att_type:
-            pos_q = split_heads((self.query_proj if self.c.share_att_key else self.pos_query_proj)(rel_embeddings), H)
+            pos_q = split_heads(to_queries(rel_embeddings), H)
             p2c = ops.einsum("bshd,rhd->bhrs", k, pos_q, out_dtype=jnp.float32)  # [B, H, R, T]
             score = score + jnp.take_along_axis(p2c, rel_BxHxTqxT, axis=-2)
         return score
@@ -202,8 +241,7 @@ class DisentangledSelfAttention(nnx.Module):
         c, B = self.c, x.shape[0]
         if rows is not None:
             mask = jnp.take_along_axis(jnp.broadcast_to(mask, (B, *mask.shape[1:])), rows[:, None, :, None], axis=2)
-        q = split_heads(self.query_proj(x if rows is None else take_rows(x, rows)), c.num_heads)
-        k, v = (split_heads(f(x), c.num_heads) for f in (self.key_proj, self.value_proj))
+        q, k, v = self.qkv(x, rows)
         bias = None
         if c.relative_attention and c.pos_att_type:
             rel = drop(rel_embeddings, c.hidden_dropout)
