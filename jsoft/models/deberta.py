@@ -98,19 +98,19 @@ class Config(TransformerConfig):
         d, h = hf["hidden_size"], hf["num_attention_heads"]
         head_dim = hf.get("attention_head_size") or d // h
         if head_dim * h != d:  # transformers' attention output projection reads hidden_size features
-            raise ValueError(f"DeBERTa-v2 config hidden_size={d} must equal num_attention_heads={h} x "
+            raise ValueError(f"DeBERTa config hidden_size={d} must equal num_attention_heads={h} x "
                              f"attention_head_size={head_dim} (the attention output's width)")
         kinds = hf.get("pos_att_type") or []
         kinds = [x.strip() for x in kinds.lower().split("|")] if isinstance(kinds, str) else list(kinds)
         if unknown := [k for k in kinds if k not in POSITION_TERMS]:
-            raise ValueError(f"DeBERTa-v2 config pos_att_type has {unknown}; jsoft (as transformers' DeBERTa-v2) "
+            raise ValueError(f"DeBERTa config pos_att_type has {unknown}; jsoft (as transformers' DeBERTa) "
                              f"supports {list(POSITION_TERMS)}")
         max_positions = hf.get("max_position_embeddings", 512)
         max_relative = hf.get("max_relative_positions", -1)
         norm = [x.strip() for x in str(hf.get("norm_rel_ebd", "none")).lower().split("|")]
         embedding_size = hf.get("embedding_size") or d
         if hf.get("pooler_hidden_size", d) != d:
-            raise ValueError(f"DeBERTa-v2 config pooler_hidden_size={hf['pooler_hidden_size']} differs from "
+            raise ValueError(f"DeBERTa config pooler_hidden_size={hf['pooler_hidden_size']} differs from "
                              f"hidden_size={d}; transformers' classifier reads hidden_size, so only that is valid")
         cls_dropout = hf.get("cls_dropout")
         return cls(
@@ -282,7 +282,7 @@ class Conv1d(nnx.Module):
 
     def __init__(self, d: int, width: int, groups: int, p: Precision, rngs: nnx.Rngs):
         if d % groups:
-            raise ValueError(f"DeBERTa-v2 config conv_groups={groups} does not divide hidden_size={d}")
+            raise ValueError(f"DeBERTa config conv_groups={groups} does not divide hidden_size={d}")
         self.groups, self.pad, self.dtype = groups, (width - 1) // 2, p.dtype
         init = nnx.initializers.normal(0.02)
         self.kernel = nnx.Param(init(rngs.params(), (width, d // groups, d), p.param_dtype),
