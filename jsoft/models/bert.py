@@ -120,8 +120,10 @@ class DenseNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.self = SelfAttention(c, p, rngs)
+    """`self_attention`: another encoder's self-attention in BERT's place (DeBERTa's disentangled one)."""
+
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, self_attention: type | None = None):
+        self.self = (self_attention or SelfAttention)(c, p, rngs)
         self.output = DenseNorm(c, c.hidden_size, ("joined_kv", "embed"), p, rngs)
 
     def __call__(self, x, mask, **kw):
@@ -139,8 +141,8 @@ class Intermediate(nnx.Module):
 
 
 class Layer(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.attention = Attention(c, p, rngs)
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, self_attention: type | None = None):
+        self.attention = Attention(c, p, rngs, self_attention)
         self.intermediate = Intermediate(c, p, rngs)
         self.output = DenseNorm(c, c.inner_size, ("mlp", "embed"), p, rngs)
 

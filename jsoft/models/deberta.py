@@ -23,7 +23,7 @@ from flax import nnx
 
 from jsoft.models import heads, ops
 from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
-from jsoft.models.bert import DenseNorm, Intermediate, pooled_rows, take_rows
+from jsoft.models.bert import Layer, pooled_rows, take_rows
 from jsoft.models.layers import (
     DropoutRng,
     LayerNorm,
@@ -256,27 +256,6 @@ class DisentangledSelfAttention(nnx.Module):
         return merge_heads(out)
 
 
-class Attention(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.self = DisentangledSelfAttention(c, p, rngs)
-        self.output = DenseNorm(c, c.hidden_size, ("joined_kv", "embed"), p, rngs)
-
-    def __call__(self, x, mask, **kw):
-        rows = kw.get("rows")
-        return self.output(self.self(x, mask, **kw), x if rows is None else take_rows(x, rows), kw["drop"])
-
-
-class Layer(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.attention = Attention(c, p, rngs)
-        self.intermediate = Intermediate(c, p, rngs)
-        self.output = DenseNorm(c, c.inner_size, ("mlp", "embed"), p, rngs)
-
-    def __call__(self, x, mask, **kw):
-        x = self.attention(x, mask, **kw)
-        return self.output(self.intermediate(x), x, kw["drop"])
-
-
 class Conv1d(nnx.Module):
     """torch's nn.Conv1d over the sequence, 'same' padding; the kernel `[width, in / groups, out]`."""
 
@@ -317,7 +296,7 @@ class ConvLayer(nnx.Module):
 class Encoder(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
-        self.layer = nnx.List([Layer(c, p, rngs) for _ in range(c.num_layers)])
+        self.layer = nnx.List([Layer(c, p, rngs, DisentangledSelfAttention) for _ in range(c.num_layers)])
         self.rel_embeddings = embed(2 * c.attention_span, c.hidden_size, p, rngs=rngs, names=(None, "embed")) \
             if c.relative_attention else None
         self.LayerNorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p) if c.norm_rel_ebd else None
