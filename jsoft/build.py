@@ -228,7 +228,7 @@ def named_seed(seed: int, name: str) -> int:
 # ============================================================================================ building
 
 
-PREFIX_SPACE_TYPES = ("gpt2", "roberta", "bloom")  # byte-level BPE: run_ner loads these with add_prefix_space for words
+PREFIX_SPACE_TYPES = ("gpt2", "roberta", "bloom", "deberta")  # byte-level BPE (DeBERTa v1: GPT-2's): add_prefix_space
 
 
 def load_tokenizer(config):
