@@ -309,8 +309,9 @@ def test_ner_first_piece_gets_the_tag(minilm):
     assert short.labels[0].tolist() == [-100, 1, 0, -100]
 
 
-def test_ner_words_get_a_prefix_space_with_byte_level_bpe(tmp_path):
-    """GPT-2's byte-level BPE tokenizes a word differently after a space; run_ner loads it with
+@pytest.mark.parametrize("kind", ["gpt2", "deberta"])
+def test_ner_words_get_a_prefix_space_with_byte_level_bpe(tmp_path, kind):
+    """GPT-2's byte-level BPE (DeBERTa v1's too) tokenizes a word differently after a space; run_ner loads it with
     add_prefix_space, so each word of a token_cls row is tokenized as it is inside a text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -319,11 +320,17 @@ def test_ner_words_get_a_prefix_space_with_byte_level_bpe(tmp_path):
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    specials = ["<|endoftext|>"] if kind == "gpt2" else ["[CLS]", "[SEP]", "[PAD]", "[UNK]"]
     bpe.train_from_iterator([" ".join(r["tokens"]) for r in tu.ner(200)] * 3, trainers.BpeTrainer(
-        vocab_size=120, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model = tmp_path / "gpt2"
-    tiny.save("gpt2", "token_cls", model, vocab_size=120)
-    transformers.GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(model)
+        vocab_size=120, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = tmp_path / kind
+    tiny.save(kind, "token_cls", model, vocab_size=120)
+    if kind == "gpt2":
+        transformers.GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(model)
+    else:  # [CLS] words [SEP]
+        names = dict(bos_token="[CLS]", eos_token="[SEP]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                     unk_token="[UNK]")
+        transformers.DebertaTokenizerFast(tokenizer_object=bpe, **names).save_pretrained(model)
     config = build.default_config()
     config.model.name_or_path, config.model.task = str(model), "token_cls"
     tok = build.load_tokenizer(config)
