@@ -89,6 +89,10 @@ CONFIGS = {
         "intermediate_size": 72, "max_position_embeddings": 64, "relative_attention": True, "position_buckets": 8,
         "max_relative_positions": 20, "pos_att_type": "p2c|c2p", "share_att_key": True, "norm_rel_ebd": "layer_norm",
         "position_biased_input": False, "type_vocab_size": 0, "pad_token_id": 0, **kw}),
+    "electra": lambda **kw: tf.ElectraConfig(**{  # electra-base's shape (electra-small's: a variant)
+        "vocab_size": VOCAB, "embedding_size": 40, "hidden_size": 40, "num_hidden_layers": 3,
+        "num_attention_heads": 5, "intermediate_size": 72, "max_position_embeddings": 64, "type_vocab_size": 2,
+        "pad_token_id": 0, **kw}),
     "distilbert": lambda **kw: tf.DistilBertConfig(**{
         "vocab_size": VOCAB, "dim": 40, "n_layers": 3, "n_heads": 5, "hidden_dim": 72, "max_position_embeddings": 64,
         "pad_token_id": 0, **kw}),
@@ -125,6 +129,8 @@ CLASSES = {
     ("deberta", "token_cls"): tf.DebertaForTokenClassification,
     ("deberta-v2", None): tf.DebertaV2Model, ("deberta-v2", "seq_cls"): tf.DebertaV2ForSequenceClassification,
     ("deberta-v2", "token_cls"): tf.DebertaV2ForTokenClassification,
+    ("electra", None): tf.ElectraModel, ("electra", "seq_cls"): tf.ElectraForSequenceClassification,
+    ("electra", "token_cls"): tf.ElectraForTokenClassification,
     ("distilbert", None): tf.DistilBertModel, ("distilbert", "seq_cls"): tf.DistilBertForSequenceClassification,
     ("distilbert", "token_cls"): tf.DistilBertForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,

@@ -42,6 +42,7 @@ class Config(TransformerConfig):
     hidden_dropout: float = 0.1
     attn_dropout: float = 0.1
     classifier_dropout: float = 0.1
+    embedding_size: int = 0  # ELECTRA's narrower embeddings (0: hidden_size)
 
     @property
     def position_table_size(self) -> int:
@@ -75,11 +76,11 @@ class Config(TransformerConfig):
 class Embeddings(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c, self.dtype = c, p.dtype
-        self.word_embeddings = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
-        self.position_embeddings = embed(c.max_positions, c.hidden_size, p, rngs=rngs, names=(None, "embed"))
-        self.token_type_embeddings = embed(c.type_vocab_size, c.hidden_size, p, rngs=rngs,
-                                           names=(None, "embed"))
-        self.LayerNorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
+        e = c.embedding_size or c.hidden_size
+        self.word_embeddings = embed(c.vocab_size, e, p, rngs=rngs)
+        self.position_embeddings = embed(c.max_positions, e, p, rngs=rngs, names=(None, "embed"))
+        self.token_type_embeddings = embed(c.type_vocab_size, e, p, rngs=rngs, names=(None, "embed"))
+        self.LayerNorm = LayerNorm(e, c.layer_norm_eps, p)
 
     def __call__(self, inputs_embeds, position_ids, token_type_ids, drop: DropoutRng):
         x = inputs_embeds + self.token_type_embeddings(token_type_ids)
@@ -185,6 +186,7 @@ class BertModel(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, add_pooling_layer: bool = True):
         self.c = c
         self.embeddings = Embeddings(c, p, rngs)
+        self.embeddings_project = nnx.data(None)  # ELECTRA: narrower embeddings projected to the hidden size
         self.encoder = Encoder(c, p, rngs)
         self.pooler = Pooler(c, p, rngs) if add_pooling_layer else None
 
@@ -203,6 +205,8 @@ class BertModel(nnx.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros((B, T), jnp.int32)
         x = self.embeddings(inputs_embeds, position_ids, token_type_ids, drop)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
         mask = attention_mask_4d(attention_mask, T, T, causal=False)
         rows = pooled_rows(B, cls_index) if pooled_only else None
         h = self.encoder(x, mask, rows, prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop)

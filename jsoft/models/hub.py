@@ -40,7 +40,8 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama",
                  "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart",
                  "mbart": "jsoft.models.bart", "opt": "jsoft.models.opt", "deberta": "jsoft.models.deberta",
-                 "deberta-v2": "jsoft.models.deberta", "distilbert": "jsoft.models.distilbert"}
+                 "deberta-v2": "jsoft.models.deberta", "distilbert": "jsoft.models.distilbert",
+                 "electra": "jsoft.models.electra"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # causal self-attention over the input
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "gpt_neox", "phi", "opt")

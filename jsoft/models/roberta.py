@@ -106,22 +106,33 @@ class RobertaModel(bert.BertModel):
 
 
 class Roberta(nnx.Module):
-    """RoBERTa with the head for `task` (None, seq_cls, token_cls)."""
+    """RoBERTa with the head for `task` (None, seq_cls, token_cls). Subclasses (ELECTRA) set `base_prefix` (the
+    base model's attribute, as transformers names it), `build_base` and the head's `activation`."""
 
     cls_token = "first"  # the head reads <s>, slot 0 (`cls_index` overrides it)
+    base_prefix = BASE_PREFIX
+    activation = "tanh"
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.config, self.task, self.num_labels = c, task, num_labels
-        self.roberta = RobertaModel(c, p, rngs)
+        setattr(self, self.base_prefix, self.build_base(c, p, rngs))
         if task == "seq_cls":
-            self.classifier = ClassificationHead(c, num_labels, p, rngs)
+            self.classifier = ClassificationHead(c, num_labels, p, rngs, activation=self.activation)
         elif task == "token_cls":
             self.classifier = dense(c.hidden_size, num_labels, ("embed", None), p, rngs=rngs)
         self.head_name = "classifier" if task in ("seq_cls", "token_cls") else None
 
+    @staticmethod
+    def build_base(c: Config, p: Precision, rngs: nnx.Rngs) -> nnx.Module:
+        return RobertaModel(c, p, rngs)
+
+    @property
+    def base(self) -> nnx.Module:
+        return getattr(self, self.base_prefix)
+
     @property
     def word_embeddings(self) -> nnx.Embed:
-        return self.roberta.embeddings.word_embeddings
+        return self.base.embeddings.word_embeddings
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
@@ -130,10 +141,10 @@ class Roberta(nnx.Module):
         the seq_cls head reads (default 0, <s>); the last layer computes only that slot for seq_cls, so
         `last_hidden_state` is `[B, 1, D]`."""
         if cache is not None:
-            raise ValueError("RoBERTa is an encoder: it takes no decoding cache (cache must be None)")
+            raise ValueError(f"{self.config.model_type} is an encoder: it takes no decoding cache (cache must be None)")
         drop = DropoutRng(dropout_rng)
         seq_cls = self.task == "seq_cls"  # the head reads one token: the last layer computes only that one
-        h, _ = self.roberta(input_ids, attention_mask, position_ids, token_type_ids, inputs_embeds, prefix_kv,
+        h, _ = self.base(input_ids, attention_mask, position_ids, token_type_ids, inputs_embeds, prefix_kv,
                             prefix_mask, drop, cls_index, pooled_only=seq_cls)
         rate = self.config.classifier_dropout
         if seq_cls:

@@ -192,16 +192,23 @@ def test_prefix_as_wide_as_keys_and_values_both_ways(tiny_dir, tmp_path, kind, t
     peft_ref.compare(peft_ref.jsoft_logits(loaded, batch), peft_ref.peft_logits(made, batch), task, batch, 0)
 
 
+NARROW_EMBEDDINGS = [("opt", "causal_lm", dict(word_embed_proj_dim=32, do_layer_norm_before=False)),
+                     ("electra", "seq_cls", dict(embedding_size=24))]
+
+
+@pytest.mark.parametrize("kind,task,overrides", NARROW_EMBEDDINGS, ids=lambda x: str(x))
 @pytest.mark.parametrize("method", ["prompt", "ptuning_lstm"])
-def test_prompt_as_wide_as_projected_word_embeddings(tiny_dir, tmp_path, method):
-    """OPT-350m's word embeddings are narrower than its stack (512 projected in to 1024): an embedding prompt
-    takes their width (PEFT derives the hidden size there and fails; it runs the adapter jsoft saves)."""
-    model_dir = tiny_dir("opt", "causal_lm", word_embed_proj_dim=32, do_layer_norm_before=False)
-    config, _ = peft_ref.configs(method, "causal_lm")
-    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task="causal_lm"), config, seed=1)
-    assert pm.active_peft_config.token_dim == 32 and pm.base_model.config.hidden_size == 48
+def test_prompt_as_wide_as_projected_word_embeddings(tiny_dir, tmp_path, kind, task, overrides, method):
+    """OPT-350m's and electra-small's word embeddings are narrower than their stacks (512 projected to 1024, 128 to
+    256): an embedding prompt takes their width (PEFT derives the hidden size there and fails; it runs the adapter
+    jsoft saves)."""
+    model_dir = tiny_dir(kind, task, **overrides)
+    config, _ = peft_ref.configs(method, task)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
+    narrow = next(iter(overrides.values()))
+    assert pm.active_peft_config.token_dim == narrow < pm.base_model.config.hidden_size
     pm.save_pretrained(tmp_path / "adapter")
-    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base("opt", "causal_lm", model_dir), tmp_path / "adapter").eval()
-    batch = peft_ref.batch("opt")
-    peft_ref.compare(peft_ref.jsoft_logits(pm, batch), peft_ref.peft_logits(ref, batch), "causal_lm", batch,
+    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "adapter").eval()
+    batch = peft_ref.batch(kind)
+    peft_ref.compare(peft_ref.jsoft_logits(pm, batch), peft_ref.peft_logits(ref, batch), task, batch,
                      config.num_virtual_tokens)
