@@ -40,8 +40,8 @@ from jsoft.tuners.variables import Trainable, trainable
 
 class Head(nnx.Module):
     """The adapter's trainable copy of the backbone's classification head (PEFT's `modules_to_save`): a
-    Linear, or (RoBERTa's) a dense layer and tanh before the output projection. The backbone's own head
-    stays frozen."""
+    Linear, or a dense layer and an activation before the output projection (RoBERTa's tanh, ELECTRA's GELU,
+    DistilBERT's ReLU). The backbone's own head stays frozen."""
 
     def __init__(self, kernel, bias=None, dense_kernel=None, dense_bias=None, activation: str = "tanh",
                  peft_names: tuple[str, str] | None = None):
