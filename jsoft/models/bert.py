@@ -153,8 +153,10 @@ class Layer(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.layer = nnx.List([Layer(c, p, rngs) for _ in range(c.num_layers)])
+    """`block`: another encoder's layer in BERT's place (DistilBERT's TransformerBlock)."""
+
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, block: type | None = None):
+        self.layer = nnx.List([(block or Layer)(c, p, rngs) for _ in range(c.num_layers)])
 
     def __call__(self, x, mask, rows=None, **kw):
         """`rows [B, K]`: the last layer computes only those tokens' outputs (all a pooled head reads), and the

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
-from jsoft.models.bert import pooled_rows, take_rows
+from jsoft.models.bert import Encoder, pooled_rows, take_rows
 from jsoft.models.layers import (
     DropoutRng,
     LayerNorm,
@@ -127,23 +127,11 @@ class TransformerBlock(nnx.Module):
         return self.output_layer_norm(self.ffn(x, kw["drop"]) + x).astype(self.dtype)
 
 
-class Transformer(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.layer = nnx.List([TransformerBlock(c, p, rngs) for _ in range(c.num_layers)])
-
-    def __call__(self, x, mask, rows=None, **kw):
-        """`rows [B, K]`: the last layer computes only those tokens' outputs, `[B, K, D]`."""
-        last = len(self.layer) - 1
-        for i, layer in enumerate(self.layer):
-            x = layer(x, mask, layer=i, **({"rows": rows} if i == last and rows is not None else {}), **kw)
-        return x
-
-
 class DistilBertModel(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         self.embeddings = Embeddings(c, p, rngs)
-        self.transformer = Transformer(c, p, rngs)
+        self.transformer = Encoder(c, p, rngs, TransformerBlock)  # transformers' `Transformer`: BERT's loop
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, prefix_kv=None,
                  prefix_mask=None, drop=None, cls_index=None, pooled_only: bool = False):
