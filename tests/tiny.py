@@ -68,6 +68,16 @@ CONFIGS = {
         "query_pre_attn_scalar": 24, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
         "initializer_range": 0.2,  # scores and logits large enough for the caps to bend them
         "sliding_window": 64, "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Gemma 3: a window of 5 keys (batches here are longer), sliding layers' own RoPE base, linear scaling on the
+    # full layer; attn_logit_softcapping, which transformers' Gemma 3 never applies
+    "gemma3_text": lambda **kw: tf.Gemma3TextConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "query_pre_attn_scalar": 24, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
+        "initializer_range": 0.2, "sliding_window": 5,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "rope_scaling": {"rope_type": "linear", "factor": 4.0}, "rope_local_base_freq": 100.0,
+        "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "gpt_neox": lambda **kw: tf.GPTNeoXConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 3,
         "num_attention_heads": 4, "max_position_embeddings": 128, "pad_token_id": 0, "bos_token_id": 1,
@@ -120,6 +130,8 @@ CLASSES = {
     ("qwen3", "causal_lm"): tf.Qwen3ForCausalLM, ("qwen3", "seq_cls"): tf.Qwen3ForSequenceClassification,
     ("gemma", "causal_lm"): tf.GemmaForCausalLM, ("gemma", "seq_cls"): tf.GemmaForSequenceClassification,
     ("gemma2", "causal_lm"): tf.Gemma2ForCausalLM, ("gemma2", "token_cls"): tf.Gemma2ForTokenClassification,
+    ("gemma3_text", "causal_lm"): tf.Gemma3ForCausalLM,
+    ("gemma3_text", "seq_cls"): tf.Gemma3TextForSequenceClassification,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,

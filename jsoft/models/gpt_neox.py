@@ -124,10 +124,10 @@ class GPTNeoXModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        x, cos_sin, mask = llama.rope_stack_inputs(self.c, self.embed_in, input_ids, attention_mask, position_ids,
-                                                   inputs_embeds, prefix_kv, cache, self.dtype)
+        x, rope, mask = llama.rope_stack_inputs(self.c, self.embed_in, input_ids, attention_mask, position_ids,
+                                                inputs_embeds, prefix_kv, cache, self.dtype)
         x = drop(x, self.c.hidden_dropout)
-        x, cache = run_layers(self.layers, x, mask, cos_sin, cache=cache, prefix_kv=prefix_kv,
+        x, cache = run_layers(self.layers, x, mask, rope["global"], cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
         return self.final_layer_norm(x).astype(self.dtype), cache
 

@@ -37,14 +37,15 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "mt5": "jsoft.models.t5", "llama": "jsoft.models.llama", "mistral": "jsoft.models.llama",
                  "qwen2": "jsoft.models.llama", "qwen3": "jsoft.models.llama", "roberta": "jsoft.models.roberta",
                  "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom",
-                 "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama",
+                 "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama", "gemma3_text": "jsoft.models.llama",
                  "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart",
                  "mbart": "jsoft.models.bart", "opt": "jsoft.models.opt", "deberta": "jsoft.models.deberta",
                  "deberta-v2": "jsoft.models.deberta", "distilbert": "jsoft.models.distilbert",
                  "electra": "jsoft.models.electra"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # causal self-attention over the input
-DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "bloom", "gpt_neox", "phi", "opt")
+DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "bloom", "gpt_neox",
+                "phi", "opt")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

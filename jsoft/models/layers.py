@@ -217,6 +217,21 @@ def attention_mask_4d(key_mask_BxS: Array | None, T: int, S: int, *, causal: boo
     return m
 
 
+def sliding_window(mask: Array, window: int, first_query_slot: Array | int) -> Array:
+    """`mask [B, 1, T, S]` narrowed to each query's window: key slots after `query slot - window` (transformers'
+    `sliding_window_overlay`, over its cache positions: the prefix, then the input or the cache). Query t sits at
+    slot `first_query_slot + t`."""
+    T, S = mask.shape[-2:]
+    queries = jnp.arange(T)[:, None] + first_query_slot
+    return mask & (jnp.arange(S)[None, :] > queries - window)
+
+
+def query_slot(mask: Array, T: int, cache: KVCache | None) -> Array | int:
+    """The key slot of the first of `T` queries in a self-attention `mask [.., S]` that ends with the input's T
+    keys, or, when decoding, with the cache's slots (the query at its index)."""
+    return mask.shape[-1] - T if cache is None else mask.shape[-1] - cache.slots + cache.index
+
+
 # --------------------------------------------------------------------------- attention
 
 

@@ -1,6 +1,8 @@
-"""Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP), and the two
-checkpoint families that are Llama with other defaults: Mistral (a sliding attention window) and Qwen2
-(biases on the query, key and value projections; optional sliding window).
+"""Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP), and the checkpoint
+families that are Llama with other defaults: Mistral (a sliding attention window), Qwen2 (biases on the query,
+key and value projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (sandwich norms,
+soft-capping, alternating sliding and full layers) and Gemma 3 (query/key norms, five sliding layers with their
+own RoPE base per full one).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -28,13 +30,15 @@ from jsoft.models.layers import (
     dot_product_attention,
     embed,
     merge_heads,
+    query_slot,
     run_layers,
     self_attention_kv,
+    sliding_window,
     split_heads,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
 
@@ -54,7 +58,9 @@ class Config(TransformerConfig):
     attention_bias: bool = False  # q_proj, k_proj, v_proj
     attention_out_bias: bool = False  # o_proj (Llama: = attention_bias; Qwen2: none)
     mlp_bias: bool = False
-    sliding_window: int | None = None  # keys a query may see (Mistral, Qwen2); longer inputs are refused
+    sliding_window: int | None = None  # how many key slots a sliding layer's query sees, its own included
+    sliding_layers: tuple[bool, ...] = ()  # which layers are transformers' "sliding_attention" ones
+    local_rope_theta: float | None = None  # Gemma 3: the sliding layers' own (default) RoPE base
     attn_dropout: float = 0.0
     tie_word_embeddings: bool = False
     classifier_dropout: float = 0.1
@@ -67,6 +73,9 @@ class Config(TransformerConfig):
     sandwich_norms: bool = False  # Gemma 2: norms after attention and MLP too (post_attention_layernorm is one)
     qk_norm: bool = False  # Qwen3: RMS norms over each query and key head before RoPE
 
+    def is_sliding(self, layer: int) -> bool:
+        return bool(self.sliding_layers) and self.sliding_layers[layer]
+
     @property
     def rope_dim(self) -> int:
         """The leading dims of each head that RoPE rotates (all of them here)."""
@@ -78,8 +87,9 @@ class Config(TransformerConfig):
         model_type = hf.get("model_type", "llama")
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
-        rope = rope_from_hf(hf)
-        qwen2, gemma, gemma2 = model_type == "qwen2", model_type in ("gemma", "gemma2"), model_type == "gemma2"
+        rope, local_rope, sliding = rope_from_hf(hf), _local_rope_theta(hf), _sliding_layers(hf)
+        qwen2, gemma = model_type == "qwen2", model_type in ("gemma", "gemma2", "gemma3_text")
+        gemma2 = model_type in ("gemma2", "gemma3_text")  # and Gemma 3: sandwich norms, query_pre_attn_scalar
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
         act = hf.get("hidden_activation") or hf.get("hidden_act", "silu") if gemma2 else hf.get("hidden_act", "silu")
@@ -102,38 +112,67 @@ class Config(TransformerConfig):
                                             or hf.get("max_position_embeddings", 2048)),
             attention_bias=qkv_bias, attention_out_bias=qkv_bias and not qwen2,
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            sliding_window=_sliding_window(hf),
+            sliding_window=hf.get("sliding_window") if any(sliding) else None, sliding_layers=sliding,
+            local_rope_theta=local_rope,
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
             embed_scale=d ** 0.5 if gemma else 1.0, norm_offset=1.0 if gemma else 0.0,
             query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2 else None,
-            attn_softcap=hf.get("attn_logit_softcapping") if gemma2 else None,
+            # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one)
+            attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2 else None, sandwich_norms=gemma2,
-            qk_norm=model_type == "qwen3",
+            qk_norm=model_type in ("qwen3", "gemma3_text"),
         )
 
 
-def _sliding_window(hf: dict) -> int | None:
-    """The attention window, where a layer uses one: every Mistral layer when `sliding_window` is set; Qwen2's
-    layers marked "sliding_attention" (transformers 5 `layer_types`) or, in older configs, with
-    `use_sliding_window`."""
-    window = hf.get("sliding_window")
-    if hf.get("model_type") in ("qwen2", "qwen3"):
-        sliding = "sliding_attention" in (hf.get("layer_types") or []) or (
-            not hf.get("layer_types") and hf.get("use_sliding_window")
-            and hf.get("max_window_layers", hf["num_hidden_layers"]) < hf["num_hidden_layers"])
-        return window if sliding else None
-    if hf.get("model_type") == "gemma2":  # alternating sliding and full layers
-        return window if "sliding_attention" in (hf.get("layer_types") or ["sliding_attention"]) else None
-    return window if hf.get("model_type") == "mistral" else None
+def _sliding_layers(hf: dict) -> tuple[bool, ...]:
+    """Which layers are sliding-window ones, as transformers reads config.json: every Mistral layer when
+    `sliding_window` is set; otherwise those `layer_types` marks "sliding_attention", or, in configs without it, the
+    defaults of transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when
+    `use_sliding_window`; Gemma 2: every other layer from the first; Gemma 3: all but each
+    `sliding_window_pattern`-th). () where none is."""
+    model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
+    if model_type == "mistral":
+        return (True,) * n if hf.get("sliding_window") else ()
+    if model_type not in ("qwen2", "qwen3", "gemma2", "gemma3_text"):
+        return ()
+    kinds = hf.get("layer_types")
+    if not kinds:
+        if model_type in ("qwen2", "qwen3"):
+            on = bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
+            sliding = [on and i >= hf.get("max_window_layers", 28) for i in range(n)]
+        else:
+            pattern = 2 if model_type == "gemma2" else hf.get("sliding_window_pattern", 6)
+            sliding = [(i + 1) % pattern != 0 for i in range(n)]
+        kinds = ["sliding_attention" if s else "full_attention" for s in sliding]
+    if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
+        raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
+                         "'sliding_attention' or 'full_attention'")
+    sliding = tuple(k == "sliding_attention" for k in kinds)
+    return sliding if any(sliding) else ()
+
+
+def _local_rope_theta(hf: dict) -> float | None:
+    """Gemma 3's sliding layers' RoPE base: `rope_parameters["sliding_attention"]` (transformers 5) or
+    `rope_local_base_freq` (older config.json); default RoPE only."""
+    if hf.get("model_type") != "gemma3_text":
+        return None
+    local = dict((hf.get("rope_parameters") or {}).get("sliding_attention") or {})
+    if local.get("rope_type", "default") != "default":
+        raise ValueError(f"config.json rope_parameters['sliding_attention']['rope_type']={local['rope_type']!r} is "
+                         "not supported by jsoft's Gemma 3; valid: 'default'")
+    return float(local.get("rope_theta", hf.get("rope_local_base_freq", 10000.0)))
 
 
 def rope_from_hf(hf: dict) -> dict:
     """One flat dict with rope_type and rope_theta, from either config.json spelling:
-    transformers 5 `rope_parameters`, or the older top-level `rope_theta` + `rope_scaling`."""
-    if hf.get("rope_parameters"):
+    transformers 5 `rope_parameters` (Gemma 3: its "full_attention" entry), or the older top-level `rope_theta` +
+    `rope_scaling`."""
+    if hf.get("model_type") == "gemma3_text" and "full_attention" in (hf.get("rope_parameters") or {}):
+        key, rope = "rope_parameters['full_attention']", dict(hf["rope_parameters"]["full_attention"] or {})
+    elif hf.get("rope_parameters"):
         key, rope = "rope_parameters", dict(hf["rope_parameters"])
     else:
         key, rope = "rope_scaling", dict(hf.get("rope_scaling") or {})
@@ -189,10 +228,11 @@ def rope_cos_sin(c: Config, positions_BxT: jax.Array, dtype) -> tuple[jax.Array,
 
 
 def rope_stack_inputs(c: Config, embed_tokens: nnx.Embed, input_ids, attention_mask, position_ids, inputs_embeds,
-                      prefix_kv, cache: KVCache | None, dtype) -> tuple[jax.Array, tuple, jax.Array]:
+                      prefix_kv, cache: KVCache | None, dtype) -> tuple[jax.Array, dict, jax.Array]:
     """What a RoPE decoder stack (Llama, GPT-NeoX, Phi) starts from: the input embeddings `[B, T, D]` in `dtype`
-    (looked up unless given), RoPE's `(cos, sin)` at the positions (default: after the prefix and the cache), and
-    the causal mask over the input or the cache's slots."""
+    (looked up unless given), RoPE's `{"global": (cos, sin)}` at the positions (default: after the prefix and the
+    cache), with Gemma 3's sliding layers' `"local"` one too, and the causal mask over the input or the cache's
+    slots."""
     if inputs_embeds is None:
         inputs_embeds = embed_tokens(input_ids)
     B, T = inputs_embeds.shape[:2]
@@ -200,7 +240,11 @@ def rope_stack_inputs(c: Config, embed_tokens: nnx.Embed, input_ids, attention_m
         position_ids = default_positions(B, T, prefix_kv, cache, c)
     S = T if cache is None else cache.slots
     mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
-    return inputs_embeds.astype(dtype), rope_cos_sin(c, position_ids, dtype), mask
+    rope = {"global": rope_cos_sin(c, position_ids, dtype)}
+    if c.local_rope_theta is not None:
+        local = dataclasses.replace(c, rope_type="default", rope_theta=c.local_rope_theta)
+        rope["local"] = rope_cos_sin(local, position_ids, dtype)
+    return inputs_embeds.astype(dtype), rope, mask
 
 
 def apply_rope(x_BxTxNxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array) -> jax.Array:
@@ -222,10 +266,12 @@ class Attention(nnx.Module):
         self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
         self.o_proj = dense(q_width, d, ("joined_kv", "embed"), p, bias=c.attention_out_bias, rngs=rngs)
         if c.qk_norm:
-            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, names=(None,))
-            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, names=(None,))
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, c.norm_offset, names=(None,))
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, c.norm_offset, names=(None,))
 
-    def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
+    def __call__(self, x, mask, rope: dict, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
+        sliding = self.c.is_sliding(layer)
+        cos_sin = rope["local" if sliding and "local" in rope else "global"]
         q, k = split_heads(self.q_proj(x), self.c.num_heads), split_heads(self.k_proj(x), self.c.num_kv_heads)
         if self.c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -234,6 +280,8 @@ class Attention(nnx.Module):
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        if sliding and self.c.sliding_window is not None:
+            mask = sliding_window(mask, self.c.sliding_window, query_slot(mask, x.shape[1], cache))
         scale = self.c.head_dim ** -0.5 if self.c.query_scale is None else self.c.query_scale
         out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
                                     dropout_rate=self.c.attn_dropout)
@@ -264,8 +312,8 @@ class DecoderLayer(nnx.Module):
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
 
-    def __call__(self, x, mask, cos_sin, **kw):
-        a, new_cache = self.self_attn(self.input_layernorm(x), mask, cos_sin, **kw)
+    def __call__(self, x, mask, rope, **kw):
+        a, new_cache = self.self_attn(self.input_layernorm(x), mask, rope, **kw)
         if not self.sandwich:
             x = x + a
             return x + self.mlp(self.post_attention_layernorm(x)), new_cache
@@ -284,14 +332,9 @@ class LlamaModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        x, cos_sin, mask = rope_stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
-                                             inputs_embeds, prefix_kv, cache, self.dtype)
-        keys = mask.shape[-1] + (0 if prefix_kv is None else prefix_kv.shape[3])
-        if self.c.sliding_window is not None and keys > self.c.sliding_window:
-            raise ValueError(f"{keys} key positions (virtual tokens, then the input or the decoding cache) exceed "
-                             f"the sliding_window={self.c.sliding_window} of this {self.c.model_type} model's "
-                             "config.json; jsoft does not implement the window: keep inputs within it")
-        x, cache = run_layers(self.layers, x, mask, cos_sin, cache=cache, prefix_kv=prefix_kv,
+        x, rope, mask = rope_stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
+                                          inputs_embeds, prefix_kv, cache, self.dtype)
+        x, cache = run_layers(self.layers, x, mask, rope, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
         return self.norm(x), cache
 

@@ -89,6 +89,12 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
         "original_max_position_embeddings": 8})),
     # dynamic NTK: the batch's 11 positions outgrow the 8 of max_position_embeddings, so the base is scaled
     ("llama", "causal_lm", dict(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 3.0})),
+    # sliding windows narrower than the batch: every Mistral layer; Qwen2's from max_window_layers on; Gemma 2's
+    # every other layer (Gemma 3's: the tiny default)
+    ("mistral", "seq_cls", dict(sliding_window=4)),
+    ("qwen2", "causal_lm", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+    ("gemma2", "causal_lm", dict(sliding_window=4)),
+    ("gemma3_text", "causal_lm", dict(layer_types=None, sliding_window_pattern=2, rope_scaling=None)),
     ("bloom", "causal_lm", dict(n_head=12, apply_residual_connection_post_layernorm=True, tie_word_embeddings=False)),
     # opt-350m: post-LN layers, no final LayerNorm, 32-wide word embeddings projected in and out of the 48-wide stack
     ("opt", "causal_lm", dict(do_layer_norm_before=False, word_embed_proj_dim=32, activation_function="gelu")),
