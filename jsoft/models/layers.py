@@ -218,12 +218,17 @@ def attention_mask_4d(key_mask_BxS: Array | None, T: int, S: int, *, causal: boo
 
 
 def sliding_window(mask: Array, window: int, first_query_slot: Array | int) -> Array:
-    """`mask [B, 1, T, S]` narrowed to each query's window: key slots after `query slot - window` (transformers'
-    `sliding_window_overlay`, over its cache positions: the prefix, then the input or the cache). Query t sits at
-    slot `first_query_slot + t`."""
-    T, S = mask.shape[-2:]
-    queries = jnp.arange(T)[:, None] + first_query_slot
-    return mask & (jnp.arange(S)[None, :] > queries - window)
+    """`mask [B, 1, T, S]` narrowed to each query's window: keys fewer than `window` slots back from it
+    (transformers' `sliding_window_overlay`, `key > query - window`), where a gap of masked slots between a row's
+    keys does not count: a mixed batch's padding of a shorter prefix, or left padding between a prefix and the
+    tokens, so each row attends as it would alone. Padding at either end counts as transformers counts it (a
+    right-padded pad query's window holds fewer real keys). Query t sits at slot `first_query_slot + t`."""
+    T = mask.shape[-2]
+    real = jnp.any(mask, axis=-2, keepdims=True)  # [B, 1, 1, S] keys some query sees
+    trailing = jnp.cumsum(real[..., ::-1], axis=-1)[..., ::-1] == 0  # after a row's last real key
+    slot = jnp.cumsum(real | trailing, axis=-1, dtype=jnp.int32)  # slots counted, gaps skipped
+    query = jnp.take(slot, jnp.arange(T) + first_query_slot, axis=-1)  # [B, 1, 1, T]
+    return mask & (slot > jnp.swapaxes(query, -1, -2) - window)
 
 
 def query_slot(mask: Array, T: int, cache: KVCache | None) -> Array | int:

@@ -116,19 +116,41 @@ def test_prefix_matches_transformers_cache_and_peft(tiny_dir, side):
 
 def test_mistral_and_qwen2_windows_and_biases(tiny_dir):
     """Mistral and Qwen2 load as Llama with their own defaults: Qwen2 has query/key/value biases and no output
-    bias; a sliding window is refused, naming it, once the keys outgrow it (logits: tests/models/test_parity.py)."""
+    bias; which layers slide follows transformers' reading of config.json (logits past the window:
+    tests/models/test_parity.py)."""
     qwen = jsoft.from_pretrained(tiny_dir("qwen2", "causal_lm"), task="causal_lm")
     attn = qwen.model.layers[0].self_attn
     assert attn.q_proj.bias is not None and attn.v_proj.bias is not None and attn.o_proj.bias is None
     assert qwen.config.sliding_window is None and qwen.config.model_type == "qwen2"
-    windowed = tiny.CONFIGS["qwen2"](use_sliding_window=True, sliding_window=8, max_window_layers=1).to_dict()
-    assert llama.Config.from_hf(windowed).sliding_window == 8
+    windowed = llama.Config.from_hf(
+        tiny.CONFIGS["qwen2"](use_sliding_window=True, sliding_window=8, max_window_layers=1).to_dict())
+    assert windowed.sliding_window == 8 and windowed.sliding_layers == (False, True)
     assert llama.Config.from_hf(tiny.CONFIGS["qwen2"](sliding_window=8).to_dict()).sliding_window is None
+    older = dict(model_type="qwen2", num_hidden_layers=3, use_sliding_window=True, sliding_window=8,
+                 max_window_layers=2)  # a config.json from before transformers wrote layer_types
+    assert llama._sliding_layers(older) == (False, False, True)
     mistral = jsoft.from_pretrained(tiny_dir("mistral", "seq_cls"), task="seq_cls", num_labels=3)
-    assert mistral.config.sliding_window == 64
-    mistral(input_ids=np.ones((1, 64), np.int32))  # 64 keys fit the window
-    with pytest.raises(ValueError, match="65 key positions .* exceed the sliding_window=64 of this mistral model"):
-        mistral(input_ids=np.ones((1, 65), np.int32))
-    pm = jsoft.get_peft_model(mistral, jsoft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4))
-    with pytest.raises(ValueError, match="65 key positions"):  # the prefix takes 4 of them
-        pm(input_ids=np.ones((1, 61), np.int32))
+    assert mistral.config.sliding_window == 64 and mistral.config.sliding_layers == (True, True)
+    mistral(input_ids=np.ones((1, 65), np.int32))  # past the window: it slides
+
+
+def test_gemma3_config_spellings():
+    """Gemma 3's config.json as transformers 4 wrote it (`rope_local_base_freq`, `sliding_window_pattern`,
+    top-level `rope_scaling`) reads as transformers 5's (`layer_types`, per-kind `rope_parameters`); kinds of layer
+    or local RoPE jsoft lacks are refused, naming the key."""
+    base = dict(model_type="gemma3_text", vocab_size=11, hidden_size=8, num_hidden_layers=7, num_attention_heads=2,
+                intermediate_size=16, head_dim=4, sliding_window=512, query_pre_attn_scalar=4)
+    old = llama.Config.from_hf(base | dict(rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=3,
+                                           rope_scaling={"rope_type": "linear", "factor": 8.0}))
+    new = llama.Config.from_hf(base | dict(
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2 + ["sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}))
+    assert old == new
+    assert new.sliding_layers == (True, True, False, True, True, False, True) and new.sliding_window == 512
+    assert (new.rope_type, new.rope_factor, new.rope_theta, new.local_rope_theta) == ("linear", 8.0, 1e6, 1e4)
+    assert new.qk_norm and new.sandwich_norms and new.norm_offset == 1.0 and new.attn_softcap is None
+    with pytest.raises(ValueError, match="layer_types=.*'chunked_attention'"):
+        llama.Config.from_hf(base | dict(layer_types=["chunked_attention"] * 7))
+    with pytest.raises(ValueError, match=r"rope_parameters\['sliding_attention'\]\['rope_type'\]='yarn'"):
+        llama.Config.from_hf(base | dict(rope_parameters={"sliding_attention": {"rope_type": "yarn"}}))
