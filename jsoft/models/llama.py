@@ -89,10 +89,10 @@ class Config(TransformerConfig):
             raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
         rope, local_rope, sliding = rope_from_hf(hf), _local_rope_theta(hf), _sliding_layers(hf)
         qwen2, gemma = model_type == "qwen2", model_type in ("gemma", "gemma2", "gemma3_text")
-        gemma2_on = model_type in ("gemma2", "gemma3_text")  # sandwich norms, query_pre_attn_scalar, final cap
+        gemma2_style = model_type in ("gemma2", "gemma3_text")  # sandwich norms, query_pre_attn_scalar, final cap
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
-        act = hf.get("hidden_activation") or hf.get("hidden_act", "silu") if gemma2_on else hf.get("hidden_act", "silu")
+        act = hf.get("hidden_activation") or hf.get("hidden_act", "silu") if gemma2_style else hf.get("hidden_act", "silu")
         qkv_bias = qwen2 or bool(hf.get("attention_bias", False))
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
@@ -119,10 +119,10 @@ class Config(TransformerConfig):
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
             embed_scale=d ** 0.5 if gemma else 1.0, norm_offset=1.0 if gemma else 0.0,
-            query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_on else None,
+            query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style else None,
             # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one)
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
-            final_softcap=hf.get("final_logit_softcapping") if gemma2_on else None, sandwich_norms=gemma2_on,
+            final_softcap=hf.get("final_logit_softcapping") if gemma2_style else None, sandwich_norms=gemma2_style,
             qk_norm=model_type in ("qwen3", "gemma3_text"),
         )
 
