@@ -78,6 +78,14 @@ CONFIGS = {
         "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
         "rope_scaling": {"rope_type": "linear", "factor": 4.0}, "rope_local_base_freq": 100.0,
         "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Phi-3 / Phi-4-mini: fused projections, half the head rotated, LongRoPE past an original length of 8 (the
+    # batches here are longer: long factors), every layer sliding over 7 keys
+    "phi3": lambda **kw: tf.Phi3Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "original_max_position_embeddings": 8, "partial_rotary_factor": 0.5, "sliding_window": 7,
+        "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0, 1.5, 2.0], "long_factor": [2.0, 3.0, 5.0]},
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "gpt_neox": lambda **kw: tf.GPTNeoXConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 3,
         "num_attention_heads": 4, "max_position_embeddings": 128, "pad_token_id": 0, "bos_token_id": 1,
@@ -132,6 +140,8 @@ CLASSES = {
     ("gemma2", "causal_lm"): tf.Gemma2ForCausalLM, ("gemma2", "token_cls"): tf.Gemma2ForTokenClassification,
     ("gemma3_text", "causal_lm"): tf.Gemma3ForCausalLM,
     ("gemma3_text", "seq_cls"): tf.Gemma3TextForSequenceClassification,
+    ("phi3", "causal_lm"): tf.Phi3ForCausalLM, ("phi3", "seq_cls"): tf.Phi3ForSequenceClassification,
+    ("phi3", "token_cls"): tf.Phi3ForTokenClassification,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,

@@ -34,14 +34,9 @@ BASE_PREFIX = "gpt_neox"
 class Config(llama.Config):
     """Llama's config (its RoPE fields and functions serve here) with GPT-NeoX's own fields."""
 
-    rotary_dim: int = 0  # leading dims of each head that RoPE rotates
     parallel_residual: bool = True  # x + attn(ln1(x)) + mlp(ln2(x)); else sequential
     layer_norm_eps: float = 1e-5
     hidden_dropout: float = 0.0
-
-    @property
-    def rope_dim(self) -> int:
-        return self.rotary_dim
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:

@@ -1,8 +1,8 @@
 """Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP), and the checkpoint
 families that are Llama with other defaults: Mistral (a sliding attention window), Qwen2 (biases on the query,
 key and value projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (sandwich norms,
-soft-capping, alternating sliding and full layers) and Gemma 3 (query/key norms, five sliding layers with their
-own RoPE base per full one).
+soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, five sliding layers with their
+own RoPE base per full one) and Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -38,9 +38,9 @@ from jsoft.models.layers import (
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 BASE_PREFIX = "model"
-ROPE_TYPES = ("default", "linear", "llama3", "dynamic")
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope")
 
 
 @dataclasses.dataclass
@@ -54,7 +54,11 @@ class Config(TransformerConfig):
     rope_factor: float = 1.0  # linear, llama3 and dynamic
     rope_low_freq_factor: float = 1.0  # llama3
     rope_high_freq_factor: float = 4.0  # llama3
-    rope_original_max_positions: int = 8192  # llama3
+    rope_original_max_positions: int = 8192  # llama3, longrope
+    rope_short_factor: tuple[float, ...] = ()  # longrope: per-frequency divisors up to the original length
+    rope_long_factor: tuple[float, ...] = ()  # longrope: past it
+    rope_attention_factor: float = 1.0  # longrope: cos and sin times this
+    rotary_dim: int | None = None  # leading dims of each head that RoPE rotates (None: all)
     attention_bias: bool = False  # q_proj, k_proj, v_proj
     attention_out_bias: bool = False  # o_proj (Llama: = attention_bias; Qwen2: none)
     mlp_bias: bool = False
@@ -62,6 +66,9 @@ class Config(TransformerConfig):
     sliding_layers: tuple[bool, ...] = ()  # which layers are transformers' "sliding_attention" ones
     local_rope_theta: float | None = None  # Gemma 3: the sliding layers' own (default) RoPE base
     attn_dropout: float = 0.0
+    resid_dropout: float = 0.0  # on the attention and MLP outputs (Phi-3)
+    embd_dropout: float = 0.0  # on the input embeddings (Phi-3)
+    fused_projections: bool = False  # Phi-3: one qkv_proj, one gate_up_proj
     tie_word_embeddings: bool = False
     classifier_dropout: float = 0.1
     token_cls_bias: bool = True
@@ -78,8 +85,8 @@ class Config(TransformerConfig):
 
     @property
     def rope_dim(self) -> int:
-        """The leading dims of each head that RoPE rotates (all of them here)."""
-        return self.head_dim
+        """The leading dims of each head that RoPE rotates."""
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
@@ -92,12 +99,20 @@ class Config(TransformerConfig):
         gemma2_style = model_type in ("gemma2", "gemma3_text")  # sandwich norms, query_pre_attn_scalar, final cap
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
-        act = hf.get("hidden_activation") or hf.get("hidden_act", "silu") if gemma2_style else hf.get("hidden_act", "silu")
+        act = hf.get("hidden_act", "silu")
+        if gemma2_style:
+            act = hf.get("hidden_activation") or act
         qkv_bias = qwen2 or bool(hf.get("attention_bias", False))
+        head_dim = hf.get("head_dim") or d // h
+        rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
+        for name in ("short_factor", "long_factor"):
+            if name in rope and len(rope[name]) != int(head_dim * rotary) // 2:
+                raise ValueError(f"config.json rope_parameters[{name!r}] has {len(rope[name])} entries; LongRoPE "
+                                 f"needs one per rotated frequency: {int(head_dim * rotary) // 2}")
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
             num_layers=hf["num_hidden_layers"], num_heads=h,
-            num_kv_heads=hf.get("num_key_value_heads") or h, head_dim=hf.get("head_dim") or d // h,
+            num_kv_heads=hf.get("num_key_value_heads") or h, head_dim=head_dim,
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
             # legacy Gemma configs say "gelu" for the tanh approximation (transformers reads it so)
@@ -109,14 +124,22 @@ class Config(TransformerConfig):
             rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
             rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
             rope_original_max_positions=int(rope.get("original_max_position_embeddings")
+                                            or hf.get("original_max_position_embeddings")
                                             or hf.get("max_position_embeddings", 2048)),
+            rope_short_factor=tuple(map(float, rope.get("short_factor", ()))),
+            rope_long_factor=tuple(map(float, rope.get("long_factor", ()))),
+            rope_attention_factor=_longrope_attention_factor(hf, rope),
+            rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
             attention_bias=qkv_bias, attention_out_bias=qkv_bias and not qwen2,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=hf.get("sliding_window") if any(sliding) else None, sliding_layers=sliding,
             local_rope_theta=local_rope,
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
+            resid_dropout=float(hf.get("resid_pdrop") or 0.0), embd_dropout=float(hf.get("embd_pdrop") or 0.0),
+            fused_projections=model_type == "phi3",
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
+            classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop" if model_type == "phi3"
+                                                             else "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
             embed_scale=d ** 0.5 if gemma else 1.0, norm_offset=1.0 if gemma else 0.0,
             query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style else None,
@@ -128,13 +151,13 @@ class Config(TransformerConfig):
 
 
 def _sliding_layers(hf: dict) -> tuple[bool, ...]:
-    """Which layers are sliding-window ones, as transformers reads config.json: every Mistral layer when
+    """Which layers are sliding-window ones, as transformers reads config.json: every Mistral (and Phi-3) layer when
     `sliding_window` is set; otherwise those `layer_types` marks "sliding_attention", or, in configs without it, the
     defaults of transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when
     `use_sliding_window`; Gemma 2: every other layer from the first; Gemma 3: all but each
     `sliding_window_pattern`-th). () where none is."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
-    if model_type == "mistral":
+    if model_type in ("mistral", "phi3"):
         return (True,) * n if hf.get("sliding_window") else ()
     if model_type not in ("qwen2", "qwen3", "gemma2", "gemma3_text"):
         return ()
@@ -178,23 +201,46 @@ def rope_from_hf(hf: dict) -> dict:
         key, rope = "rope_scaling", dict(hf.get("rope_scaling") or {})
     type_key = "rope_type" if "rope_type" in rope else "type"
     rope["rope_type"] = rope.get(type_key, "default")
+    if hf.get("model_type") == "phi3" and rope["rope_type"] in ("su", "yarn"):  # Phi-3's old names, as transformers
+        rope["rope_type"] = "longrope"
     rope.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
     if rope["rope_type"] not in ROPE_TYPES:
         raise ValueError(f"config.json {key}[{type_key!r}]={rope['rope_type']!r} is not supported by jsoft's "
                          f"Llama; valid: {list(ROPE_TYPES)}")
     need = {"default": (), "linear": ("factor",), "dynamic": ("factor",),
-            "llama3": ("factor", "low_freq_factor", "high_freq_factor")}[rope["rope_type"]]
+            "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+            "longrope": ("short_factor", "long_factor")}[rope["rope_type"]]
     for name in need:
         if name not in rope:
             raise ValueError(f"config.json {key} of rope_type {rope['rope_type']!r} lacks {name!r}")
     return rope
 
 
+def _longrope_attention_factor(hf: dict, rope: dict) -> float:
+    """LongRoPE's scale on cos and sin: `attention_factor`, else sqrt(1 + ln(factor) / ln(original length)) with
+    `factor` (default: max_position_embeddings over the original length), as transformers computes it."""
+    if rope["rope_type"] != "longrope":
+        return 1.0
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+    original = rope.get("original_max_position_embeddings") or hf.get("original_max_position_embeddings")
+    if not original:
+        raise ValueError("config.json rope_parameters of rope_type 'longrope' lacks original_max_position_embeddings")
+    factor = rope.get("factor") or hf["max_position_embeddings"] / original
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def _rope_powers(c: Config) -> np.ndarray:
+    """`rope_theta ** (2i / rope_dim)` `[K/2]` in fp32, as torch computes it (the default frequencies' inverses)."""
+    f32 = np.float32
+    return f32(c.rope_theta) ** (np.arange(0, c.rope_dim, 2).astype(f32) / f32(c.rope_dim))
+
+
 def rope_inv_freq(c: Config) -> np.ndarray:
     """Inverse frequencies `[K/2]` as transformers computes them, in fp32 like torch so rotations
     match to the last bit that matters."""
     f32 = np.float32
-    inv = f32(1.0) / (f32(c.rope_theta) ** (np.arange(0, c.rope_dim, 2).astype(f32) / f32(c.rope_dim)))
+    inv = f32(1.0) / _rope_powers(c)
     if c.rope_type == "linear":
         inv = inv / f32(c.rope_factor)
     elif c.rope_type == "llama3":  # Llama 3.1: slow down low frequencies, interpolate in between
@@ -209,6 +255,15 @@ def rope_inv_freq(c: Config) -> np.ndarray:
     return inv.astype(f32)
 
 
+def longrope_inv_freq(c: Config, positions_BxT: jax.Array) -> jax.Array:
+    """LongRoPE (Phi-3): the default frequencies divided by the short factors, or by the long ones once the
+    positions pass the original length (transformers: `max(position_ids) + 1 > original_max_position_embeddings`)."""
+    f32 = np.float32
+    short, long = (f32(1.0) / (np.asarray(factors, f32) * _rope_powers(c)) for factors in (c.rope_short_factor,
+                                                                                           c.rope_long_factor))
+    return jnp.where(jnp.max(positions_BxT) + 1 > c.rope_original_max_positions, long, short)
+
+
 def dynamic_inv_freq(c: Config, positions_BxT: jax.Array) -> jax.Array:
     """Dynamic NTK scaling, as transformers applies it to one forward: past max_position_embeddings the
     base grows with the sequence, `seq_len = max(position_ids) + 1`; within it, the default frequencies."""
@@ -221,10 +276,18 @@ def dynamic_inv_freq(c: Config, positions_BxT: jax.Array) -> jax.Array:
 
 def rope_cos_sin(c: Config, positions_BxT: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
     """`cos, sin [B, T, K]` (frequencies repeated twice, HF's rotate_half layout)."""
-    inv = dynamic_inv_freq(c, positions_BxT) if c.rope_type == "dynamic" else jnp.asarray(rope_inv_freq(c))
+    if c.rope_type == "dynamic":
+        inv = dynamic_inv_freq(c, positions_BxT)
+    elif c.rope_type == "longrope":
+        inv = longrope_inv_freq(c, positions_BxT)
+    else:
+        inv = jnp.asarray(rope_inv_freq(c))
     freqs = positions_BxT[..., None].astype(jnp.float32) * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    if c.rope_attention_factor != 1.0:
+        cos, sin = cos * c.rope_attention_factor, sin * c.rope_attention_factor
+    return cos.astype(dtype), sin.astype(dtype)
 
 
 def rope_stack_inputs(c: Config, embed_tokens: nnx.Embed, input_ids, attention_mask, position_ids, inputs_embeds,
@@ -261,9 +324,13 @@ class Attention(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         d, q_width, kv_width = c.hidden_size, c.num_heads * c.head_dim, c.kv_width
-        self.q_proj = dense(d, q_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
-        self.k_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
-        self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+        if c.fused_projections:
+            self.qkv_proj = dense(d, q_width + 2 * kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias,
+                                  rngs=rngs)
+        else:
+            self.q_proj = dense(d, q_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+            self.k_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+            self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
         self.o_proj = dense(q_width, d, ("joined_kv", "embed"), p, bias=c.attention_out_bias, rngs=rngs)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, c.norm_offset, names=(None,))
@@ -272,11 +339,10 @@ class Attention(nnx.Module):
     def __call__(self, x, mask, rope: dict, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         sliding = self.c.is_sliding(layer)
         cos_sin = rope["local" if sliding and "local" in rope else "global"]
-        q, k = split_heads(self.q_proj(x), self.c.num_heads), split_heads(self.k_proj(x), self.c.num_kv_heads)
+        q, k, v = self.project(x)
         if self.c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
-        v = split_heads(self.v_proj(x), self.c.num_kv_heads)
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
@@ -287,17 +353,32 @@ class Attention(nnx.Module):
                                     dropout_rate=self.c.attn_dropout)
         return self.o_proj(merge_heads(out)), new_cache
 
+    def project(self, x):
+        """Queries `[B, T, N, K]`, keys and values `[B, T, G, K]`."""
+        c = self.c
+        if c.fused_projections:
+            q_width = c.num_heads * c.head_dim
+            q, k, v = jnp.split(self.qkv_proj(x), [q_width, q_width + c.kv_width], axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads)
+
 
 class MLP(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.act = activation(c.activation)
         d, f = c.hidden_size, c.intermediate_size
-        self.gate_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
-        self.up_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
+        self.fused = c.fused_projections
+        if c.fused_projections:
+            self.gate_up_proj = dense(d, 2 * f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
+        else:
+            self.gate_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
+            self.up_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
         self.down_proj = dense(f, d, ("mlp", "embed"), p, bias=c.mlp_bias, rngs=rngs)
 
     def __call__(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1) if self.fused else (self.gate_proj(x), self.up_proj(x))
+        return self.down_proj(self.act(gate) * up)
 
 
 class DecoderLayer(nnx.Module):
@@ -307,7 +388,7 @@ class DecoderLayer(nnx.Module):
         norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
         self.input_layernorm = norm()
         self.post_attention_layernorm = norm()  # before the MLP; after attention with sandwich norms
-        self.sandwich = c.sandwich_norms
+        self.sandwich, self.resid_dropout = c.sandwich_norms, c.resid_dropout
         if c.sandwich_norms:
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
@@ -315,8 +396,9 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x, mask, rope, **kw):
         a, new_cache = self.self_attn(self.input_layernorm(x), mask, rope, **kw)
         if not self.sandwich:
-            x = x + a
-            return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+            drop = kw["drop"]
+            x = x + drop(a, self.resid_dropout)
+            return x + drop(self.mlp(self.post_attention_layernorm(x)), self.resid_dropout), new_cache
         x = x + self.post_attention_layernorm(a)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_cache
 
@@ -334,6 +416,7 @@ class LlamaModel(nnx.Module):
         drop = drop or DropoutRng(None)
         x, rope, mask = rope_stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
                                           inputs_embeds, prefix_kv, cache, self.dtype)
+        x = drop(x, self.c.embd_dropout)
         x, cache = run_layers(self.layers, x, mask, rope, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
         return self.norm(x), cache

@@ -34,15 +34,8 @@ BASE_PREFIX = "model"
 class Config(llama.Config):
     """Llama's config (its RoPE fields and functions serve here) with Phi's own fields."""
 
-    rotary_dim: int = 0  # leading dims of each head that RoPE rotates
     qk_layernorm: bool = False  # LayerNorms over each query and key head
     layer_norm_eps: float = 1e-5
-    resid_dropout: float = 0.0
-    embd_dropout: float = 0.0
-
-    @property
-    def rope_dim(self) -> int:
-        return self.rotary_dim
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:

@@ -74,7 +74,13 @@ def test_inverse_frequencies_match_transformers(inv_freq_config):
 def test_unknown_rope_type_names_key_and_valid_values():
     hf = hf_dict()
     hf["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 1e4, "factor": 2.0}
-    with pytest.raises(ValueError, match=r"rope_parameters\['rope_type'\]='longrope'.*'llama3'"):
+    with pytest.raises(ValueError, match="rope_parameters of rope_type 'longrope' lacks 'short_factor'"):
+        llama.Config.from_hf(hf)
+    hf["rope_parameters"] |= {"short_factor": [1.0] * 3, "long_factor": [2.0] * 3}  # head_dim 48 / 6: 4 pairs
+    with pytest.raises(ValueError, match=r"rope_parameters\['short_factor'\] has 3 entries; .* needs .*: 4"):
+        llama.Config.from_hf(hf)
+    hf["rope_parameters"] = {"rope_type": "longrope2", "rope_theta": 1e4, "factor": 2.0}
+    with pytest.raises(ValueError, match=r"rope_parameters\['rope_type'\]='longrope2'.*'llama3'"):
         llama.Config.from_hf(hf)
     hf.pop("rope_parameters")
     hf["rope_scaling"] = {"type": "yarn", "factor": 2.0}

@@ -95,6 +95,10 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("qwen2", "causal_lm", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),
     ("gemma2", "causal_lm", dict(sliding_window=4)),
     ("gemma3_text", "causal_lm", dict(layer_types=None, sliding_window_pattern=2, rope_scaling=None)),
+    # Phi-3-mini-4k's shape: short LongRoPE factors within the original length, the whole head rotated, no window
+    ("phi3", "causal_lm", dict(original_max_position_embeddings=64, partial_rotary_factor=1.0, sliding_window=None,
+                               rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0],
+                                             "long_factor": [4.0] * 6}, tie_word_embeddings=True)),
     ("bloom", "causal_lm", dict(n_head=12, apply_residual_connection_post_layernorm=True, tie_word_embeddings=False)),
     # opt-350m: post-LN layers, no final LayerNorm, 32-wide word embeddings projected in and out of the 48-wide stack
     ("opt", "causal_lm", dict(do_layer_norm_before=False, word_embed_proj_dim=32, activation_function="gelu")),
