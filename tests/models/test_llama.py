@@ -1,5 +1,6 @@
 """Llama specifics beyond the shared parity matrix: config variants, RoPE scaling, KV prefixes."""
 
+import jax
 import numpy as np
 import peft
 import pytest
@@ -160,3 +161,17 @@ def test_gemma3_config_spellings():
         llama.Config.from_hf(base | dict(layer_types=["chunked_attention"] * 7))
     with pytest.raises(ValueError, match=r"rope_parameters\['sliding_attention'\]\['rope_type'\]='yarn'"):
         llama.Config.from_hf(base | dict(rope_parameters={"sliding_attention": {"rope_type": "yarn"}}))
+
+
+def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
+    """Phi-3's resid_pdrop / embd_pdrop drop in training (a dropout key given) and nowhere else."""
+    path = tiny_dir("phi3", "causal_lm", resid_pdrop=0.3, embd_pdrop=0.2)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(path, task="causal_lm"),
+                              jsoft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3), seed=1)
+    assert (pm.base_model.config.resid_dropout, pm.base_model.config.embd_dropout) == (0.3, 0.2)
+    ids = np.random.default_rng(0).integers(3, 100, (2, 7))
+    run = lambda key=None: np.asarray(pm(input_ids=ids, dropout_rng=key).logits)
+    key = jax.random.key(0)
+    np.testing.assert_array_equal(run(key), run(key))
+    assert not np.allclose(run(key), run())
+    np.testing.assert_array_equal(run(), run())
