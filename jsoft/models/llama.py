@@ -40,7 +40,7 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 BASE_PREFIX = "model"
-ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope")
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
 
 @dataclasses.dataclass
@@ -51,13 +51,16 @@ class Config(TransformerConfig):
     max_positions: int = 2048
     rope_type: str = "default"
     rope_theta: float = 10000.0
-    rope_factor: float = 1.0  # linear, llama3 and dynamic
+    rope_factor: float = 1.0  # linear, llama3, dynamic and yarn
     rope_low_freq_factor: float = 1.0  # llama3
     rope_high_freq_factor: float = 4.0  # llama3
-    rope_original_max_positions: int = 8192  # llama3, longrope
+    rope_original_max_positions: int = 8192  # llama3, longrope, yarn
     rope_short_factor: tuple[float, ...] = ()  # longrope: per-frequency divisors up to the original length
     rope_long_factor: tuple[float, ...] = ()  # longrope: past it
-    rope_attention_factor: float = 1.0  # longrope: cos and sin times this
+    rope_beta_fast: float = 32.0  # yarn: rotations (over the original length) above which frequencies are kept
+    rope_beta_slow: float = 1.0  # yarn: below which they are interpolated
+    rope_truncate: bool = True  # yarn: the ramp's bounds rounded to whole dims
+    rope_attention_factor: float = 1.0  # longrope, yarn: cos and sin times this
     rotary_dim: int | None = None  # leading dims of each head that RoPE rotates (None: all)
     attention_bias: bool = False  # q_proj, k_proj, v_proj
     attention_out_bias: bool = False  # o_proj (Llama: = attention_bias; Qwen2: none)
@@ -105,10 +108,6 @@ class Config(TransformerConfig):
         qkv_bias = qwen2 or bool(hf.get("attention_bias", False))
         head_dim = hf.get("head_dim") or d // h
         rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
-        for name in ("short_factor", "long_factor"):
-            if name in rope and len(rope[name]) != int(head_dim * rotary) // 2:
-                raise ValueError(f"config.json rope_parameters[{name!r}] has {len(rope[name])} entries; LongRoPE "
-                                 f"needs one per rotated frequency: {int(head_dim * rotary) // 2}")
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
             num_layers=hf["num_hidden_layers"], num_heads=h,
@@ -119,16 +118,7 @@ class Config(TransformerConfig):
             activation="gelu_pytorch_tanh" if gemma and act == "gelu" else act,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_positions=hf.get("max_position_embeddings", 2048),
-            rope_type=rope["rope_type"], rope_theta=float(rope["rope_theta"]),
-            rope_factor=float(rope.get("factor", 1.0)),
-            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-            rope_original_max_positions=int(rope.get("original_max_position_embeddings")
-                                            or hf.get("original_max_position_embeddings")
-                                            or hf.get("max_position_embeddings", 2048)),
-            rope_short_factor=tuple(map(float, rope.get("short_factor", ()))),
-            rope_long_factor=tuple(map(float, rope.get("long_factor", ()))),
-            rope_attention_factor=_longrope_attention_factor(hf, rope),
+            **rope_fields(hf, rope, int(head_dim * rotary)),
             rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
             attention_bias=qkv_bias, attention_out_bias=qkv_bias and not qwen2,
             mlp_bias=bool(hf.get("mlp_bias", False)),
@@ -209,25 +199,55 @@ def rope_from_hf(hf: dict) -> dict:
                          f"Llama; valid: {list(ROPE_TYPES)}")
     need = {"default": (), "linear": ("factor",), "dynamic": ("factor",),
             "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
-            "longrope": ("short_factor", "long_factor")}[rope["rope_type"]]
+            "longrope": ("short_factor", "long_factor"), "yarn": ("factor",)}[rope["rope_type"]]
     for name in need:
         if name not in rope:
             raise ValueError(f"config.json {key} of rope_type {rope['rope_type']!r} lacks {name!r}")
     return rope
 
 
-def _longrope_attention_factor(hf: dict, rope: dict) -> float:
-    """LongRoPE's scale on cos and sin: `attention_factor`, else sqrt(1 + ln(factor) / ln(original length)) with
-    `factor` (default: max_position_embeddings over the original length), as transformers computes it."""
-    if rope["rope_type"] != "longrope":
+def rope_fields(hf: dict, rope: dict, rotary_dims: int) -> dict:
+    """The Config fields of a RoPE dict from `rope_from_hf`, for a stack that rotates `rotary_dims` of each head."""
+    for name in ("short_factor", "long_factor"):
+        if name in rope and len(rope[name]) != rotary_dims // 2:
+            raise ValueError(f"config.json rope_parameters[{name!r}] has {len(rope[name])} entries; LongRoPE "
+                             f"needs one per rotated frequency: {rotary_dims // 2}")
+    return dict(
+        rope_type=rope["rope_type"], rope_theta=float(rope["rope_theta"]), rope_factor=float(rope.get("factor", 1.0)),
+        rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+        rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+        rope_original_max_positions=_original_max_positions(hf, rope),
+        rope_short_factor=tuple(map(float, rope.get("short_factor", ()))),
+        rope_long_factor=tuple(map(float, rope.get("long_factor", ()))),
+        rope_beta_fast=float(rope.get("beta_fast") or 32.0), rope_beta_slow=float(rope.get("beta_slow") or 1.0),
+        rope_truncate=bool(rope.get("truncate", True)), rope_attention_factor=_rope_attention_factor(hf, rope))
+
+
+def _rope_attention_factor(hf: dict, rope: dict) -> float:
+    """LongRoPE's and YaRN's scale on cos and sin, as transformers computes it: `attention_factor` when given;
+    else, with `factor` (LongRoPE: default max_position_embeddings over the original length), LongRoPE's
+    sqrt(1 + ln(factor) / ln(original length)) and YaRN's 0.1 ln(factor) + 1 (DeepSeek's `mscale` /
+    `mscale_all_dim`: the ratio of two such terms)."""
+    if rope["rope_type"] not in ("longrope", "yarn"):
         return 1.0
     if rope.get("attention_factor") is not None:
         return float(rope["attention_factor"])
-    original = rope.get("original_max_position_embeddings") or hf.get("original_max_position_embeddings")
-    if not original:
-        raise ValueError("config.json rope_parameters of rope_type 'longrope' lacks original_max_position_embeddings")
+    original = _original_max_positions(hf, rope)
+    if rope["rope_type"] == "yarn":
+        factor = float(rope["factor"])
+        mscale = lambda m: 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+        if rope.get("mscale") and rope.get("mscale_all_dim"):
+            return mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+        return mscale(1.0)
     factor = rope.get("factor") or hf["max_position_embeddings"] / original
     return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def _original_max_positions(hf: dict, rope: dict) -> int:
+    """The pretraining length that llama3, LongRoPE and YaRN scale from (transformers: the rope dict's, else the
+    top-level `original_max_position_embeddings` Phi-3 saves, else `max_position_embeddings`)."""
+    return int(rope.get("original_max_position_embeddings") or hf.get("original_max_position_embeddings")
+               or hf.get("max_position_embeddings", 2048))
 
 
 def _rope_powers(c: Config) -> np.ndarray:
@@ -252,6 +272,17 @@ def rope_inv_freq(c: Config) -> np.ndarray:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
         inv = np.where(medium, smoothed, scaled)
+    elif c.rope_type == "yarn":  # interpolate low frequencies, keep high ones, ramp linearly in between
+        dim, base, original = c.rope_dim, c.rope_theta, c.rope_original_max_positions
+        correction = lambda rotations: dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+        low, high = correction(c.rope_beta_fast), correction(c.rope_beta_slow)
+        if c.rope_truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        ramp = np.clip((np.arange(dim // 2, dtype=f32) - f32(low)) / f32(high - low if high != low else 0.001),
+                       0, 1).astype(f32)
+        keep = f32(1) - ramp
+        inv = (f32(1.0) / (f32(c.rope_factor) * _rope_powers(c))) * (f32(1) - keep) + inv * keep
     return inv.astype(f32)
 
 

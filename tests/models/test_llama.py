@@ -84,8 +84,8 @@ def test_unknown_rope_type_names_key_and_valid_values():
     with pytest.raises(ValueError, match=r"rope_parameters\['rope_type'\]='longrope2'.*'llama3'"):
         llama.Config.from_hf(hf)
     hf.pop("rope_parameters")
-    hf["rope_scaling"] = {"type": "yarn", "factor": 2.0}
-    with pytest.raises(ValueError, match=r"rope_scaling\['type'\]='yarn'.*'linear'"):
+    hf["rope_scaling"] = {"type": "proportional", "factor": 2.0}
+    with pytest.raises(ValueError, match=r"rope_scaling\['type'\]='proportional'.*'linear'"):
         llama.Config.from_hf(hf)
 
 

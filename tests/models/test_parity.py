@@ -87,6 +87,16 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("llama", "causal_lm", dict(tie_word_embeddings=True, rope_scaling={
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8})),
+    # YaRN (Qwen2.5 / Qwen3 long context): frequencies ramped between interpolated and kept, cos / sin scaled; and
+    # DeepSeek's mscale / mscale_all_dim ratio, other betas, an unrounded ramp
+    ("qwen2", "causal_lm", dict(rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                              "original_max_position_embeddings": 8})),
+    ("llama", "causal_lm", dict(rope_scaling={
+        "rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64, "mscale": 0.9,
+        "mscale_all_dim": 0.5, "beta_fast": 4, "beta_slow": 1, "truncate": False})),
+    ("gpt_neox", "causal_lm", dict(rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "rope_theta": 100.0, "partial_rotary_factor": 0.5,
+        "original_max_position_embeddings": 32})),
     # dynamic NTK: the batch's 11 positions outgrow the 8 of max_position_embeddings, so the base is scaled
     ("llama", "causal_lm", dict(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 3.0})),
     # sliding windows narrower than the batch: every Mistral layer; Qwen2's from max_window_layers on; Gemma 2's
