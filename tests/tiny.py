@@ -86,6 +86,15 @@ CONFIGS = {
         "original_max_position_embeddings": 8, "partial_rotary_factor": 0.5, "sliding_window": 7,
         "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0, 1.5, 2.0], "long_factor": [2.0, 3.0, 5.0]},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "olmo2": lambda **kw: tf.Olmo2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "granite": lambda **kw: tf.GraniteConfig(**{  # granite-3's multipliers, smaller
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
+        "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 4.0,
+        "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "gpt_neox": lambda **kw: tf.GPTNeoXConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 3,
         "num_attention_heads": 4, "max_position_embeddings": 128, "pad_token_id": 0, "bos_token_id": 1,
@@ -142,6 +151,8 @@ CLASSES = {
     ("gemma3_text", "seq_cls"): tf.Gemma3TextForSequenceClassification,
     ("phi3", "causal_lm"): tf.Phi3ForCausalLM, ("phi3", "seq_cls"): tf.Phi3ForSequenceClassification,
     ("phi3", "token_cls"): tf.Phi3ForTokenClassification,
+    ("olmo2", "causal_lm"): tf.Olmo2ForCausalLM, ("olmo2", "seq_cls"): tf.Olmo2ForSequenceClassification,
+    ("granite", "causal_lm"): tf.GraniteForCausalLM,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,

@@ -87,6 +87,7 @@ class DecoderOnlyLM(nnx.Module):
 
     cls_token = "last"  # the token seq_cls reads by default (transformers' rule; `cls_index` overrides it)
     final_logit_softcap: float | None = None  # LM logits -> cap * tanh(logits / cap) (Gemma 2)
+    logits_scaling: float = 1.0  # LM logits divided by this (Granite)
 
     def add_heads(self, c, task: str | None, num_labels: int | None, p, rngs: nnx.Rngs, *,
                   token_cls_name: str = "classifier", token_cls_bias: bool = True, lm_head_bias: bool = False,
@@ -118,6 +119,8 @@ class DecoderOnlyLM(nnx.Module):
             logits = lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
             if self.lm_head.bias is not None:  # Phi's
                 logits = logits + self.lm_head.bias[...].astype(jnp.float32)
+        if self.logits_scaling != 1.0:
+            logits = logits / self.logits_scaling
         return logits if self.final_logit_softcap is None else ops.softcap(logits, self.final_logit_softcap)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,

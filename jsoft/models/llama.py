@@ -2,7 +2,9 @@
 families that are Llama with other defaults: Mistral (a sliding attention window), Qwen2 (biases on the query,
 key and value projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (sandwich norms,
 soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, five sliding layers with their
-own RoPE base per full one) and Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE).
+own RoPE base per full one), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
+(norms after attention and MLP only; query/key norms over the whole projection) and Granite (embedding, residual,
+attention and logit multipliers).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -38,7 +40,7 @@ from jsoft.models.layers import (
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -80,8 +82,14 @@ class Config(TransformerConfig):
     query_scale: float | None = None  # scores' scale (default head_dim ** -0.5; Gemma 2: query_pre_attn_scalar ** -0.5)
     attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
-    sandwich_norms: bool = False  # Gemma 2: norms after attention and MLP too (post_attention_layernorm is one)
-    qk_norm: bool = False  # Qwen3: RMS norms over each query and key head before RoPE
+    # where a layer's RMS norms sit: "pre" (on the attention's and MLP's inputs), "sandwich" (Gemma 2 / 3: on their
+    # outputs too; post_attention_layernorm is one of those), "post" (OLMo 2: on their outputs only)
+    norm_placement: str = "pre"
+    qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
+    # over the whole projection "width" (OLMo 2)
+    embedding_multiplier: float = 1.0  # Granite: every input embedding (soft prompts too) times this
+    residual_multiplier: float = 1.0  # Granite: attention and MLP outputs times this before the residual sum
+    logits_scaling: float = 1.0  # Granite: LM logits divided by this
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -132,12 +140,21 @@ class Config(TransformerConfig):
                                                              else "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
             embed_scale=d ** 0.5 if gemma else 1.0, norm_offset=1.0 if gemma else 0.0,
-            query_scale=float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style else None,
+            query_scale=(float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style
+                         else float(hf.get("attention_multiplier", 1.0)) if model_type == "granite" else None),
             # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one)
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
-            final_softcap=hf.get("final_logit_softcapping") if gemma2_style else None, sandwich_norms=gemma2_style,
-            qk_norm=model_type in ("qwen3", "gemma3_text"),
+            final_softcap=hf.get("final_logit_softcapping") if gemma2_style else None,
+            norm_placement="sandwich" if gemma2_style else "post" if model_type == "olmo2" else "pre",
+            qk_norm="head" if model_type in ("qwen3", "gemma3_text") else "width" if model_type == "olmo2" else None,
+            **(_granite_multipliers(hf) if model_type == "granite" else {}),
         )
+
+
+def _granite_multipliers(hf: dict) -> dict:
+    return dict(embedding_multiplier=float(hf.get("embedding_multiplier", 1.0)),
+                residual_multiplier=float(hf.get("residual_multiplier", 1.0)),
+                logits_scaling=float(hf.get("logits_scaling", 1.0)))
 
 
 def _sliding_layers(hf: dict) -> tuple[bool, ...]:
@@ -363,15 +380,18 @@ class Attention(nnx.Module):
             self.k_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
             self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
         self.o_proj = dense(q_width, d, ("joined_kv", "embed"), p, bias=c.attention_out_bias, rngs=rngs)
-        if c.qk_norm:
+        if c.qk_norm == "head":
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, c.norm_offset, names=(None,))
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, p, c.norm_offset, names=(None,))
+        elif c.qk_norm == "width":
+            self.q_norm = RMSNorm(q_width, c.rms_norm_eps, p, c.norm_offset, names=("joined_kv",))
+            self.k_norm = RMSNorm(kv_width, c.rms_norm_eps, p, c.norm_offset, names=("joined_kv",))
 
     def __call__(self, x, mask, rope: dict, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         sliding = self.c.is_sliding(layer)
         cos_sin = rope["local" if sliding and "local" in rope else "global"]
         q, k, v = self.project(x)
-        if self.c.qk_norm:
+        if self.c.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
@@ -392,6 +412,8 @@ class Attention(nnx.Module):
             q, k, v = jnp.split(self.qkv_proj(x), [q_width, q_width + c.kv_width], axis=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if c.qk_norm == "width":
+            q, k = self.q_norm(q), self.k_norm(k)
         return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads)
 
 
@@ -417,21 +439,28 @@ class DecoderLayer(nnx.Module):
         self.self_attn = Attention(c, p, rngs)
         self.mlp = MLP(c, p, rngs)
         norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
-        self.input_layernorm = norm()
-        self.post_attention_layernorm = norm()  # before the MLP; after attention with sandwich norms
-        self.sandwich, self.resid_dropout = c.sandwich_norms, c.resid_dropout
-        if c.sandwich_norms:
-            self.pre_feedforward_layernorm = norm()
+        self.placement, self.resid_dropout, self.residual_multiplier = (c.norm_placement, c.resid_dropout,
+                                                                        c.residual_multiplier)
+        if c.norm_placement != "post":
+            self.input_layernorm = norm()
+        self.post_attention_layernorm = norm()  # before the MLP with "pre" norms, else after attention
+        if c.norm_placement != "pre":
             self.post_feedforward_layernorm = norm()
+        if c.norm_placement == "sandwich":
+            self.pre_feedforward_layernorm = norm()
 
     def __call__(self, x, mask, rope, **kw):
-        a, new_cache = self.self_attn(self.input_layernorm(x), mask, rope, **kw)
-        if not self.sandwich:
-            drop = kw["drop"]
-            x = x + drop(a, self.resid_dropout)
-            return x + drop(self.mlp(self.post_attention_layernorm(x)), self.resid_dropout), new_cache
+        drop, placement = kw["drop"], self.placement
+        a, new_cache = self.self_attn(x if placement == "post" else self.input_layernorm(x), mask, rope, **kw)
+        if placement == "pre":
+            x = x + self.residual(drop(a, self.resid_dropout))
+            return x + self.residual(drop(self.mlp(self.post_attention_layernorm(x)), self.resid_dropout)), new_cache
         x = x + self.post_attention_layernorm(a)
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_cache
+        h = self.mlp(self.pre_feedforward_layernorm(x) if placement == "sandwich" else x)
+        return x + self.post_feedforward_layernorm(h), new_cache
+
+    def residual(self, h):
+        return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
 
 
 class LlamaModel(nnx.Module):
@@ -447,6 +476,8 @@ class LlamaModel(nnx.Module):
         drop = drop or DropoutRng(None)
         x, rope, mask = rope_stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
                                           inputs_embeds, prefix_kv, cache, self.dtype)
+        if self.c.embedding_multiplier != 1.0:
+            x = x * jnp.asarray(self.c.embedding_multiplier, x.dtype)
         x = drop(x, self.c.embd_dropout)
         x, cache = run_layers(self.layers, x, mask, rope, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
@@ -458,7 +489,7 @@ class Llama(heads.DecoderOnlyLM):
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.model = LlamaModel(c, p, rngs)
-        self.final_logit_softcap = c.final_softcap
+        self.final_logit_softcap, self.logits_scaling = c.final_softcap, c.logits_scaling
         self.add_heads(c, task, num_labels, p, rngs, token_cls_name="score", token_cls_bias=c.token_cls_bias)
 
     @property

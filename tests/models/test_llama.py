@@ -156,7 +156,8 @@ def test_gemma3_config_spellings():
     assert old == new
     assert new.sliding_layers == (True, True, False, True, True, False, True) and new.sliding_window == 512
     assert (new.rope_type, new.rope_factor, new.rope_theta, new.local_rope_theta) == ("linear", 8.0, 1e6, 1e4)
-    assert new.qk_norm and new.sandwich_norms and new.norm_offset == 1.0 and new.attn_softcap is None
+    assert new.qk_norm == "head" and new.norm_placement == "sandwich"
+    assert new.norm_offset == 1.0 and new.attn_softcap is None
     with pytest.raises(ValueError, match="layer_types=.*'chunked_attention'"):
         llama.Config.from_hf(base | dict(layer_types=["chunked_attention"] * 7))
     with pytest.raises(ValueError, match=r"rope_parameters\['sliding_attention'\]\['rope_type'\]='yarn'"):
