@@ -33,6 +33,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "joined_kv": ("tensor",),
     "embed": ("fsdp",),
     "kv": (),
+    "expert": (),  # a mixture of experts' stacked weights: split over their embed / mlp axes instead
 }
 
 

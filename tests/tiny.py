@@ -95,6 +95,22 @@ CONFIGS = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
         "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 4.0,
         "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
+    "mixtral": lambda **kw: tf.MixtralConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 6,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "qwen3_moe": lambda **kw: tf.Qwen3MoeConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 64, "moe_intermediate_size": 24,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "max_position_embeddings": 128, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [1],
+        "norm_topk_prob": False, "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 1,
+        "eos_token_id": 2, **kw}),
+    "olmoe": lambda **kw: tf.OlmoeConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "num_experts": 5,
+        "num_experts_per_tok": 3, "clip_qkv": 0.5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "gpt_neox": lambda **kw: tf.GPTNeoXConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 3,
         "num_attention_heads": 4, "max_position_embeddings": 128, "pad_token_id": 0, "bos_token_id": 1,
@@ -153,6 +169,9 @@ CLASSES = {
     ("phi3", "token_cls"): tf.Phi3ForTokenClassification,
     ("olmo2", "causal_lm"): tf.Olmo2ForCausalLM, ("olmo2", "seq_cls"): tf.Olmo2ForSequenceClassification,
     ("granite", "causal_lm"): tf.GraniteForCausalLM,
+    ("mixtral", "causal_lm"): tf.MixtralForCausalLM, ("mixtral", "seq_cls"): tf.MixtralForSequenceClassification,
+    ("qwen3_moe", "causal_lm"): tf.Qwen3MoeForCausalLM, ("qwen3_moe", "seq_cls"): tf.Qwen3MoeForSequenceClassification,
+    ("olmoe", "causal_lm"): tf.OlmoeForCausalLM,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,

@@ -39,6 +39,7 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom",
                  "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama", "gemma3_text": "jsoft.models.llama",
                  "phi3": "jsoft.models.llama", "olmo2": "jsoft.models.llama", "granite": "jsoft.models.llama",
+                 "mixtral": "jsoft.models.llama", "qwen3_moe": "jsoft.models.llama", "olmoe": "jsoft.models.llama",
                  "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart",
                  "mbart": "jsoft.models.bart", "opt": "jsoft.models.opt", "deberta": "jsoft.models.deberta",
                  "deberta-v2": "jsoft.models.deberta", "distilbert": "jsoft.models.distilbert",
@@ -46,7 +47,7 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # causal self-attention over the input
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "bloom", "gpt_neox",
-                "phi", "phi3", "olmo2", "granite", "opt")
+                "phi", "phi3", "olmo2", "granite", "mixtral", "qwen3_moe", "olmoe", "opt")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -254,14 +255,34 @@ class Checkpoint:
         return out
 
 
-def _find(ckpt: Checkpoint, name: str, prefix: str) -> str | None:
+def _spellings(name: str, prefix: str) -> list[str]:
     """HF saves base models without their prefix and task models with it; accept both."""
     candidates = [name]
     if prefix and name.startswith(prefix + "."):
         candidates.append(name[len(prefix) + 1:])
     elif prefix:
         candidates.append(f"{prefix}.{name}")
-    return next((c for c in candidates if c in ckpt), None)
+    return candidates
+
+
+def _find(ckpt: Checkpoint, name: str, prefix: str) -> str | None:
+    """The checkpoint's spelling of `name` (prefixed or not); for a stacked weight's pattern (`{}` for the slice: a
+    mixture of experts' per-expert tensors), the pattern spelled as its first slice is."""
+    return next((c for c in _spellings(name, prefix) if c.format(0) in ckpt), None)
+
+
+def _read(ckpt: Checkpoint, key: str, shape: tuple, dtype, transpose: bool) -> np.ndarray:
+    """The tensor `key` in `dtype`; a stacked pattern's slices `key.format(0..shape[0] - 1)` into one aligned
+    `shape` buffer."""
+    if "{}" not in key:
+        return ckpt.read(key, dtype, transpose)
+    out = aligned_empty(shape, dtype)
+    for i in range(shape[0]):
+        if key.format(i) not in ckpt:
+            raise ValueError(f"{ckpt.dir}: the checkpoint has {key.format(0)} but not {key.format(i)}; config.json "
+                             f"implies {shape[0]} of them")
+        out[i] = ckpt.read(key.format(i), dtype, transpose)
+    return out
 
 
 def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, param_dtype,
@@ -280,15 +301,16 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
             loaded.append((path, var))
             continue
         want = tuple(var.get_value().shape)
-        if ckpt.shape(key, transpose) != want:
-            stored = ckpt.shape(key)
-            mismatched.append(f"{key} {stored} (the model's {'.'.join(map(str, path))}: {want}"
-                              f"{', transposed' if transpose else ''})")
+        stacked = "{}" in key  # want: [slices, *each slice's shape]
+        if ckpt.shape(key.format(0), transpose) != (want[1:] if stacked else want):
+            stored = ckpt.shape(key.format(0))
+            mismatched.append(f"{key.format(0)} {stored} (the model's {'.'.join(map(str, path))}: "
+                              f"{want[1:] if stacked else want}{', transposed' if transpose else ''})")
             missing.append(path)
             loaded.append((path, var))
             continue
         dtype = np.dtype(var.get_value().dtype if param_dtype is None else param_dtype)
-        arr = ckpt.read(key, dtype, transpose)
+        arr = _read(ckpt, key, want, dtype, transpose)
         # On CPU the parameter adopts the aligned host buffer (no copy); on an accelerator this is
         # the one host-to-device transfer.
         loaded.append((path, var.replace(jax.device_put(arr, may_alias=True))))

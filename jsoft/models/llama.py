@@ -3,8 +3,8 @@ families that are Llama with other defaults: Mistral (a sliding attention window
 key and value projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (sandwich norms,
 soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, five sliding layers with their
 own RoPE base per full one), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
-(norms after attention and MLP only; query/key norms over the whole projection) and Granite (embedding, residual,
-attention and logit multipliers).
+(norms after attention and MLP only; query/key norms over the whole projection), Granite (embedding, residual,
+attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen3-MoE and OLMoE (jsoft.models.moe).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jsoft.models import heads
+from jsoft.models import heads, moe
 from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
@@ -40,7 +40,8 @@ from jsoft.models.layers import (
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
-MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
+               "mixtral", "qwen3_moe", "olmoe")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -90,6 +91,12 @@ class Config(TransformerConfig):
     embedding_multiplier: float = 1.0  # Granite: every input embedding (soft prompts too) times this
     residual_multiplier: float = 1.0  # Granite: attention and MLP outputs times this before the residual sum
     logits_scaling: float = 1.0  # Granite: LM logits divided by this
+    clip_qkv: float | None = None  # OLMoE: queries, keys and values clipped to +-this
+    num_experts: int = 0  # mixture of experts: the experts of each sparse layer (0: none)
+    experts_per_token: int = 2
+    moe_intermediate_size: int = 0  # an expert's MLP width
+    norm_topk_prob: bool = True  # the chosen experts' router weights renormalised to sum to one
+    moe_layers: tuple[bool, ...] = ()  # which layers' MLPs are sparse
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -146,9 +153,29 @@ class Config(TransformerConfig):
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style else None,
             norm_placement="sandwich" if gemma2_style else "post" if model_type == "olmo2" else "pre",
-            qk_norm="head" if model_type in ("qwen3", "gemma3_text") else "width" if model_type == "olmo2" else None,
-            **(_granite_multipliers(hf) if model_type == "granite" else {}),
+            qk_norm=("head" if model_type in ("qwen3", "gemma3_text", "qwen3_moe")
+                     else "width" if model_type in ("olmo2", "olmoe") else None),
+            clip_qkv=hf.get("clip_qkv"),
+            **(_granite_multipliers(hf) if model_type == "granite" else {}), **_moe_fields(hf),
         )
+
+
+def _moe_fields(hf: dict) -> dict:
+    """A mixture of experts' Config fields, as transformers reads config.json: every Mixtral and OLMoE layer sparse;
+    Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`."""
+    model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
+    if model_type not in ("mixtral", "qwen3_moe", "olmoe"):
+        return {}
+    experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
+    if model_type == "qwen3_moe":
+        dense_layers, step = set(hf.get("mlp_only_layers") or []), hf.get("decoder_sparse_step", 1)
+        sparse = tuple(i not in dense_layers and experts > 0 and (i + 1) % step == 0 for i in range(n))
+    else:
+        sparse = (experts > 0,) * n
+    return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=sparse,
+                moe_intermediate_size=hf.get("moe_intermediate_size") if model_type == "qwen3_moe"
+                else hf["intermediate_size"],
+                norm_topk_prob=True if model_type == "mixtral" else bool(hf.get("norm_topk_prob", False)))
 
 
 def _granite_multipliers(hf: dict) -> dict:
@@ -164,13 +191,13 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     `use_sliding_window`; Gemma 2: every other layer from the first; Gemma 3: all but each
     `sliding_window_pattern`-th). () where none is."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
-    if model_type in ("mistral", "phi3"):
+    if model_type in ("mistral", "phi3", "mixtral"):
         return (True,) * n if hf.get("sliding_window") else ()
-    if model_type not in ("qwen2", "qwen3", "gemma2", "gemma3_text"):
+    if model_type not in ("qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text"):
         return ()
     kinds = hf.get("layer_types")
     if not kinds:
-        if model_type in ("qwen2", "qwen3"):
+        if model_type in ("qwen2", "qwen3", "qwen3_moe"):
             on = bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
             sliding = [on and i >= hf.get("max_window_layers", 28) for i in range(n)]
         else:
@@ -414,6 +441,8 @@ class Attention(nnx.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if c.qk_norm == "width":
             q, k = self.q_norm(q), self.k_norm(k)
+        if c.clip_qkv is not None:
+            q, k, v = (jnp.clip(t, -c.clip_qkv, c.clip_qkv) for t in (q, k, v))
         return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads)
 
 
@@ -435,9 +464,17 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
         self.self_attn = Attention(c, p, rngs)
-        self.mlp = MLP(c, p, rngs)
+        # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
+        self.ffn_name = "block_sparse_moe" if c.model_type == "mixtral" else "mlp"
+        if c.moe_layers and c.moe_layers[index]:
+            names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
+            ffn = moe.SparseMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
+                                c.norm_topk_prob, names, c.activation, p, rngs)
+        else:
+            ffn = MLP(c, p, rngs)
+        setattr(self, self.ffn_name, ffn)
         norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
         self.placement, self.resid_dropout, self.residual_multiplier = (c.norm_placement, c.resid_dropout,
                                                                         c.residual_multiplier)
@@ -454,10 +491,14 @@ class DecoderLayer(nnx.Module):
         a, new_cache = self.self_attn(x if placement == "post" else self.input_layernorm(x), mask, rope, **kw)
         if placement == "pre":
             x = x + self.residual(drop(a, self.resid_dropout))
-            return x + self.residual(drop(self.mlp(self.post_attention_layernorm(x)), self.resid_dropout)), new_cache
+            ffn = drop(self.feed_forward(self.post_attention_layernorm(x)), self.resid_dropout)
+            return x + self.residual(ffn), new_cache
         x = x + self.post_attention_layernorm(a)
-        h = self.mlp(self.pre_feedforward_layernorm(x) if placement == "sandwich" else x)
+        h = self.feed_forward(self.pre_feedforward_layernorm(x) if placement == "sandwich" else x)
         return x + self.post_feedforward_layernorm(h), new_cache
+
+    def feed_forward(self, x):
+        return getattr(self, self.ffn_name)(x)
 
     def residual(self, h):
         return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
@@ -468,7 +509,7 @@ class LlamaModel(nnx.Module):
         self.c = c
         self.dtype = p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs, scale=c.embed_scale)
-        self.layers = nnx.List([DecoderLayer(c, p, rngs) for _ in range(c.num_layers)])
+        self.layers = nnx.List([DecoderLayer(c, p, rngs, i) for i in range(c.num_layers)])
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
@@ -506,4 +547,8 @@ def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> Llama:
 
 
 def checkpoint_key(path: tuple) -> tuple[str, bool]:
-    return hf_name(path), is_kernel(path)  # every kernel is a torch nn.Linear [out, in]
+    """Every kernel is a torch nn.Linear `[out, in]`; so is each expert's slice of a stacked expert weight, whose
+    per-expert names have `{}` for the expert (hub.load_state stacks them)."""
+    if len(path) >= 2 and str(path[-2]) == "experts":
+        return hf_name((*path[:-1], "{}", path[-1], "kernel")), True
+    return hf_name(path), is_kernel(path)

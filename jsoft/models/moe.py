@@ -1,0 +1,72 @@
+"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen3-MoE, OLMoE): a router picks each token's top-k
+experts, whose SiLU-gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the tokens sorted by expert, so
+each token costs k expert MLPs, not all of them.
+
+Experts' weights are stacked `[E, in, out]`; checkpoints store one tensor per expert
+(`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jsoft.models.layers import Precision, activation, axes, dense
+
+# an expert's (gate, up, down) projections as checkpoints name them
+EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
+DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+
+class Experts(nnx.Module):
+    """E SiLU-gated MLPs `[E, D, F]`, `[E, D, F]`, `[E, F, D]` under their checkpoint names."""
+
+    def __init__(self, num_experts: int, d: int, f: int, names: tuple[str, str, str], act: str, p: Precision,
+                 rngs: nnx.Rngs):
+        self.names, self.act, self.dtype = names, activation(act), p.dtype
+        init = nnx.initializers.normal(0.02)
+        for name, shape, axis_names in zip(names, [(d, f), (d, f), (f, d)],
+                                           [("embed", "mlp"), ("embed", "mlp"), ("mlp", "embed")]):
+            value = init(rngs.params(), (num_experts, *shape), p.param_dtype)
+            setattr(self, name, nnx.Param(value, **axes("expert", *axis_names)))
+
+    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        """Rows of `x` sorted by expert, `group_sizes[e]` of them for expert e, through their experts."""
+        gate, up, down = (getattr(self, n)[...] for n in self.names)
+        h = self.act(grouped_matmul(x_NxD, gate, group_sizes)) * grouped_matmul(x_NxD, up, group_sizes)
+        return grouped_matmul(h.astype(self.dtype), down, group_sizes)
+
+
+def grouped_matmul(x_NxI: jax.Array, w_ExIxO: jax.Array, group_sizes: jax.Array) -> jax.Array:
+    """`x[rows of group e] @ w[e]` for consecutive row groups, accumulated in fp32, in x's dtype."""
+    out = jax.lax.ragged_dot(x_NxI, w_ExIxO.astype(x_NxI.dtype), group_sizes, preferred_element_type=jnp.float32)
+    return out.astype(x_NxI.dtype)
+
+
+class SparseMoE(nnx.Module):
+    """transformers' sparse MoE block: softmax router over E experts, the top k per token (their weights
+    renormalised to sum to one when `normalize`), each token's output the weighted sum of its experts'."""
+
+    def __init__(self, d: int, f: int, num_experts: int, top_k: int, normalize: bool, names: tuple[str, str, str],
+                 act: str, p: Precision, rngs: nnx.Rngs):
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
+                             "experts")
+        self.top_k, self.normalize = top_k, normalize
+        self.gate = dense(d, num_experts, ("embed", None), p, bias=False, rngs=rngs)
+        self.experts = Experts(num_experts, d, f, names, act, p, rngs)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        B, T, D = x_BxTxD.shape
+        x = x_BxTxD.reshape(B * T, D)
+        probs = jax.nn.softmax(self.gate(x).astype(jnp.float32), axis=-1)
+        weights, experts = jax.lax.top_k(probs, self.top_k)  # [N, k]
+        if self.normalize:
+            weights = weights / weights.sum(axis=-1, keepdims=True)
+        num_experts = probs.shape[-1]
+        order = jnp.argsort(experts.reshape(-1), stable=True)  # the N * k (token, expert) pairs by expert
+        group_sizes = jnp.bincount(experts.reshape(-1), length=num_experts).astype(jnp.int32)
+        y = self.experts(x[order // self.top_k], group_sizes)  # [N * k, D]
+        y = y[jnp.argsort(order)].reshape(B * T, self.top_k, D)  # back in (token, choice) order
+        out = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights)
+        return out.astype(x_BxTxD.dtype).reshape(B, T, D)
