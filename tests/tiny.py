@@ -107,6 +107,11 @@ CONFIGS = {
         "max_position_embeddings": 128, "num_experts": 4, "num_experts_per_tok": 2, "mlp_only_layers": [1],
         "norm_topk_prob": False, "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 1,
         "eos_token_id": 2, **kw}),
+    "qwen2_moe": lambda **kw: tf.Qwen2MoeConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 64, "moe_intermediate_size": 24,
+        "shared_expert_intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 128, "num_experts": 4, "num_experts_per_tok": 2,
+        "norm_topk_prob": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "olmoe": lambda **kw: tf.OlmoeConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "num_experts": 5,
@@ -171,7 +176,8 @@ CLASSES = {
     ("granite", "causal_lm"): tf.GraniteForCausalLM,
     ("mixtral", "causal_lm"): tf.MixtralForCausalLM, ("mixtral", "seq_cls"): tf.MixtralForSequenceClassification,
     ("qwen3_moe", "causal_lm"): tf.Qwen3MoeForCausalLM, ("qwen3_moe", "seq_cls"): tf.Qwen3MoeForSequenceClassification,
-    ("olmoe", "causal_lm"): tf.OlmoeForCausalLM,
+    ("olmoe", "causal_lm"): tf.OlmoeForCausalLM, ("qwen2_moe", "causal_lm"): tf.Qwen2MoeForCausalLM,
+    ("qwen2_moe", "seq_cls"): tf.Qwen2MoeForSequenceClassification,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,

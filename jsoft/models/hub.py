@@ -39,7 +39,8 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom",
                  "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama", "gemma3_text": "jsoft.models.llama",
                  "phi3": "jsoft.models.llama", "olmo2": "jsoft.models.llama", "granite": "jsoft.models.llama",
-                 "mixtral": "jsoft.models.llama", "qwen3_moe": "jsoft.models.llama", "olmoe": "jsoft.models.llama",
+                 "mixtral": "jsoft.models.llama", "qwen2_moe": "jsoft.models.llama",
+                 "qwen3_moe": "jsoft.models.llama", "olmoe": "jsoft.models.llama",
                  "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart",
                  "mbart": "jsoft.models.bart", "opt": "jsoft.models.opt", "deberta": "jsoft.models.deberta",
                  "deberta-v2": "jsoft.models.deberta", "distilbert": "jsoft.models.distilbert",
@@ -47,7 +48,8 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # causal self-attention over the input
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "bloom", "gpt_neox",
-                "phi", "phi3", "olmo2", "granite", "mixtral", "qwen3_moe", "olmoe", "opt")
+                "phi", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+                "opt")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

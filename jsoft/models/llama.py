@@ -4,7 +4,8 @@ key and value projections; optional sliding window), Qwen3 (query/key norms), Ge
 soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, five sliding layers with their
 own RoPE base per full one), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
 (norms after attention and MLP only; query/key norms over the whole projection), Granite (embedding, residual,
-attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen3-MoE and OLMoE (jsoft.models.moe).
+attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE
+(jsoft.models.moe).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -41,7 +42,7 @@ from jsoft.models.layers import (
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
-               "mixtral", "qwen3_moe", "olmoe")
+               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -97,6 +98,7 @@ class Config(TransformerConfig):
     moe_intermediate_size: int = 0  # an expert's MLP width
     norm_topk_prob: bool = True  # the chosen experts' router weights renormalised to sum to one
     moe_layers: tuple[bool, ...] = ()  # which layers' MLPs are sparse
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE: an MLP every token runs too, sigmoid-gated (0: none)
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -113,14 +115,14 @@ class Config(TransformerConfig):
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
         rope, local_rope, sliding = rope_from_hf(hf), _local_rope_theta(hf), _sliding_layers(hf)
-        qwen2, gemma = model_type == "qwen2", model_type in ("gemma", "gemma2", "gemma3_text")
+        qwen2, gemma = model_type in ("qwen2", "qwen2_moe"), model_type in ("gemma", "gemma2", "gemma3_text")
         gemma2_style = model_type in ("gemma2", "gemma3_text")  # sandwich norms, query_pre_attn_scalar, final cap
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
         act = hf.get("hidden_act", "silu")
         if gemma2_style:
             act = hf.get("hidden_activation") or act
-        qkv_bias = qwen2 or bool(hf.get("attention_bias", False))
+        qkv_bias = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", False))
         head_dim = hf.get("head_dim") or d // h
         rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
         return cls(
@@ -162,19 +164,21 @@ class Config(TransformerConfig):
 
 def _moe_fields(hf: dict) -> dict:
     """A mixture of experts' Config fields, as transformers reads config.json: every Mixtral and OLMoE layer sparse;
-    Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`."""
+    Qwen2-MoE's and Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`; Qwen2-MoE's shared
+    expert."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
-    if model_type not in ("mixtral", "qwen3_moe", "olmoe"):
+    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
-    if model_type == "qwen3_moe":
+    if model_type in ("qwen2_moe", "qwen3_moe"):
         dense_layers, step = set(hf.get("mlp_only_layers") or []), hf.get("decoder_sparse_step", 1)
         sparse = tuple(i not in dense_layers and experts > 0 and (i + 1) % step == 0 for i in range(n))
     else:
         sparse = (experts > 0,) * n
     return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=sparse,
-                moe_intermediate_size=hf.get("moe_intermediate_size") if model_type == "qwen3_moe"
+                moe_intermediate_size=hf.get("moe_intermediate_size") if model_type in ("qwen2_moe", "qwen3_moe")
                 else hf["intermediate_size"],
+                shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size") or 0,
                 norm_topk_prob=True if model_type == "mixtral" else bool(hf.get("norm_topk_prob", False)))
 
 
@@ -193,11 +197,11 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
     if model_type in ("mistral", "phi3", "mixtral"):
         return (True,) * n if hf.get("sliding_window") else ()
-    if model_type not in ("qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text"):
+    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text"):
         return ()
     kinds = hf.get("layer_types")
     if not kinds:
-        if model_type in ("qwen2", "qwen3", "qwen3_moe"):
+        if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
             on = bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
             sliding = [on and i >= hf.get("max_window_layers", 28) for i in range(n)]
         else:
@@ -470,8 +474,11 @@ class DecoderLayer(nnx.Module):
         self.ffn_name = "block_sparse_moe" if c.model_type == "mixtral" else "mlp"
         if c.moe_layers and c.moe_layers[index]:
             names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
+            shared = c.shared_expert_intermediate_size
+            shared = MLP(dataclasses.replace(c, intermediate_size=shared, fused_projections=False), p,
+                         rngs) if shared else None
             ffn = moe.SparseMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
-                                c.norm_topk_prob, names, c.activation, p, rngs)
+                                c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
         else:
             ffn = MLP(c, p, rngs)
         setattr(self, self.ffn_name, ffn)

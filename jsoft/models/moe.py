@@ -1,6 +1,6 @@
-"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen3-MoE, OLMoE): a router picks each token's top-k
-experts, whose SiLU-gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the tokens sorted by expert, so
-each token costs k expert MLPs, not all of them.
+"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): a router picks each
+token's top-k experts, whose SiLU-gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the tokens sorted by
+expert, so each token costs k expert MLPs, not all of them.
 
 Experts' weights are stacked `[E, in, out]`; checkpoints store one tensor per expert
 (`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`)."""
@@ -45,16 +45,20 @@ def grouped_matmul(x_NxI: jax.Array, w_ExIxO: jax.Array, group_sizes: jax.Array)
 
 class SparseMoE(nnx.Module):
     """transformers' sparse MoE block: softmax router over E experts, the top k per token (their weights
-    renormalised to sum to one when `normalize`), each token's output the weighted sum of its experts'."""
+    renormalised to sum to one when `normalize`), each token's output the weighted sum of its experts'; plus, with a
+    `shared_expert` (Qwen2-MoE), that module's output on every token times a sigmoid gate."""
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, normalize: bool, names: tuple[str, str, str],
-                 act: str, p: Precision, rngs: nnx.Rngs):
+                 act: str, p: Precision, rngs: nnx.Rngs, shared_expert: nnx.Module | None = None):
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
                              "experts")
         self.top_k, self.normalize = top_k, normalize
         self.gate = dense(d, num_experts, ("embed", None), p, bias=False, rngs=rngs)
         self.experts = Experts(num_experts, d, f, names, act, p, rngs)
+        self.shared_expert = shared_expert
+        if shared_expert is not None:
+            self.shared_expert_gate = dense(d, 1, ("embed", None), p, bias=False, rngs=rngs)
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         B, T, D = x_BxTxD.shape
@@ -68,5 +72,7 @@ class SparseMoE(nnx.Module):
         group_sizes = jnp.bincount(experts.reshape(-1), length=num_experts).astype(jnp.int32)
         y = self.experts(x[order // self.top_k], group_sizes)  # [N * k, D]
         y = y[jnp.argsort(order)].reshape(B * T, self.top_k, D)  # back in (token, choice) order
-        out = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights)
-        return out.astype(x_BxTxD.dtype).reshape(B, T, D)
+        out = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights).astype(x.dtype)
+        if self.shared_expert is not None:
+            out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return out.reshape(B, T, D)
