@@ -139,7 +139,7 @@ class Config(TransformerConfig):
             rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
             attention_bias=qkv_bias, attention_out_bias=qkv_bias and not qwen2,
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            sliding_window=hf.get("sliding_window") if any(sliding) else None, sliding_layers=sliding,
+            sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
             local_rope_theta=local_rope,
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             resid_dropout=float(hf.get("resid_pdrop") or 0.0), embd_dropout=float(hf.get("embd_pdrop") or 0.0),
@@ -183,31 +183,34 @@ def _moe_fields(hf: dict) -> dict:
 
 
 def _granite_multipliers(hf: dict) -> dict:
+    """Granite's scalars on the embeddings, each residual branch and the LM logits (its attention_multiplier is
+    the score scale, `query_scale`)."""
     return dict(embedding_multiplier=float(hf.get("embedding_multiplier", 1.0)),
                 residual_multiplier=float(hf.get("residual_multiplier", 1.0)),
                 logits_scaling=float(hf.get("logits_scaling", 1.0)))
 
 
 def _sliding_layers(hf: dict) -> tuple[bool, ...]:
-    """Which layers are sliding-window ones, as transformers reads config.json: every Mistral (and Phi-3) layer when
-    `sliding_window` is set; otherwise those `layer_types` marks "sliding_attention", or, in configs without it, the
-    defaults of transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when
-    `use_sliding_window`; Gemma 2: every other layer from the first; Gemma 3: all but each
+    """Which layers are sliding-window ones, as transformers reads config.json: every Mistral, Phi-3 and Mixtral
+    layer when `sliding_window` is set (Qwen3-MoE: and `use_sliding_window`); otherwise those `layer_types` marks
+    "sliding_attention", or, in configs without it, the defaults of transformers' configs (Qwen2 / Qwen3: layers
+    from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE: every other layer from the first, below
+    `max_window_layers`; Gemma 2: every other layer from the first; Gemma 3: all but each
     `sliding_window_pattern`-th). () where none is."""
-    model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
-    if model_type in ("mistral", "phi3", "mixtral"):
-        return (True,) * n if hf.get("sliding_window") else ()
-    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text"):
+    model_type, n, window = hf.get("model_type"), hf["num_hidden_layers"], hf.get("sliding_window")
+    if model_type in ("mistral", "phi3", "mixtral", "qwen3_moe"):
+        on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
+        return (True,) * n if on else ()
+    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text"):
         return ()
     kinds = hf.get("layer_types")
     if not kinds:
-        if model_type in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
-            on = bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
-            sliding = [on and i >= hf.get("max_window_layers", 28) for i in range(n)]
-        else:
-            pattern = 2 if model_type == "gemma2" else hf.get("sliding_window_pattern", 6)
-            sliding = [(i + 1) % pattern != 0 for i in range(n)]
-        kinds = ["sliding_attention" if s else "full_attention" for s in sliding]
+        on = bool(hf.get("use_sliding_window")) and bool(window)
+        windowed = hf.get("max_window_layers", 28)
+        sliding = {"qwen2": lambda i: on and i >= windowed, "qwen3": lambda i: on and i >= windowed,
+                   "qwen2_moe": lambda i: on and i % 2 == 0 and i < windowed, "gemma2": lambda i: i % 2 == 0,
+                   "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0}[model_type]
+        kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
     if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
                          "'sliding_attention' or 'full_attention'")

@@ -176,3 +176,19 @@ def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
     np.testing.assert_array_equal(run(key), run(key))
     assert not np.allclose(run(key), run())
     np.testing.assert_array_equal(run(), run())
+
+
+@pytest.mark.parametrize("hf,sliding", [
+    # config.json files from before transformers wrote layer_types: each family's own default
+    (dict(model_type="qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=2), (False, False, True)),
+    (dict(model_type="qwen2_moe", use_sliding_window=True, sliding_window=8, max_window_layers=2),
+     (True, False, False)),
+    (dict(model_type="qwen3_moe", use_sliding_window=True, sliding_window=8), (True, True, True)),
+    (dict(model_type="qwen3_moe", use_sliding_window=False, sliding_window=8), ()),
+    (dict(model_type="mixtral", sliding_window=8), (True, True, True)),
+    (dict(model_type="gemma2", sliding_window=8), (True, False, True)),
+    (dict(model_type="gemma3_text", sliding_window=8, sliding_window_pattern=2), (True, False, True)),
+    (dict(model_type="llama", sliding_window=8), ()),
+])
+def test_which_layers_slide(hf, sliding):
+    assert llama._sliding_layers(dict(hf, num_hidden_layers=3)) == sliding

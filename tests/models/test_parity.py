@@ -104,6 +104,8 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("mistral", "seq_cls", dict(sliding_window=4)),
     ("qwen2", "causal_lm", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),
     ("gemma2", "causal_lm", dict(sliding_window=4)),
+    ("qwen2_moe", "causal_lm", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+    ("qwen3_moe", "causal_lm", dict(use_sliding_window=True, sliding_window=3)),
     ("gemma3_text", "causal_lm", dict(layer_types=None, sliding_window_pattern=2, rope_scaling=None)),
     # Phi-3-mini-4k's shape: short LongRoPE factors within the original length, the whole head rotated, no window
     ("phi3", "causal_lm", dict(original_max_position_embeddings=64, partial_rotary_factor=1.0, sliding_window=None,
