@@ -26,12 +26,14 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "phi3": {"initializer_range": 0.3, "original_max_position_embeddings": 64},
            "olmo2": {"initializer_range": 0.3}, "granite": {"initializer_range": 0.3},
            "mixtral": {"initializer_range": 0.3}, "qwen3_moe": {"initializer_range": 0.3},
+           "gemma3": {"initializer_range": 0.3, "tie_word_embeddings": False},
            "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3},  # head dim 16: 4 rotary dims
            "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}, "bart": {"init_std": 0.1},
            "opt": {"init_std": 0.3}, "mbart": {"init_std": 0.2, "scale_embedding": False}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
+        "gemma3": "causal_lm",
         "qwen3": "causal_lm", "phi": "causal_lm", "bart": "seq2seq_lm", "opt": "causal_lm", "mbart": "seq2seq_lm"}
 NEW = 8
 
@@ -86,7 +88,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           # past the 5-key window of its sliding layers while decoding
           + [("gemma3_text", "prompt"), ("gemma3_text", "prefix"), ("phi3", "prompt"), ("phi3", "prefix_proj")]
           + [("olmo2", "prefix"), ("granite", "prompt"), ("granite", "ptuning_lstm")]
-          + [("mixtral", "prefix_proj"), ("qwen3_moe", "prompt")]
+          + [("mixtral", "prefix_proj"), ("qwen3_moe", "prompt"), ("gemma3", "prompt")]
           + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")]
           + [("phi", "prompt"), ("phi", "prefix")]
           + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")]

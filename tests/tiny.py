@@ -116,6 +116,14 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "num_experts": 5,
         "num_experts_per_tok": 3, "clip_qkv": 0.5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Gemma 3's multimodal checkpoints (4b .. 27b): jsoft runs their language model (a tiny SigLIP tower beside it)
+    "gemma3": lambda **kw: tf.Gemma3Config(
+        text_config={**CONFIGS["gemma3_text"]().to_dict(), "num_hidden_layers": 2,
+                     "layer_types": ["sliding_attention", "full_attention"], **kw},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 24,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+        mm_tokens_per_image=4, boi_token_index=97, eoi_token_index=98, image_token_index=99,
+        initializer_range=kw.get("initializer_range", 0.02), tie_word_embeddings=kw.get("tie_word_embeddings", True)),
     "gpt_neox": lambda **kw: tf.GPTNeoXConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 72, "num_hidden_layers": 3,
         "num_attention_heads": 4, "max_position_embeddings": 128, "pad_token_id": 0, "bos_token_id": 1,
@@ -178,6 +186,8 @@ CLASSES = {
     ("qwen3_moe", "causal_lm"): tf.Qwen3MoeForCausalLM, ("qwen3_moe", "seq_cls"): tf.Qwen3MoeForSequenceClassification,
     ("olmoe", "causal_lm"): tf.OlmoeForCausalLM, ("qwen2_moe", "causal_lm"): tf.Qwen2MoeForCausalLM,
     ("qwen2_moe", "seq_cls"): tf.Qwen2MoeForSequenceClassification,
+    ("gemma3", "causal_lm"): tf.Gemma3ForConditionalGeneration,
+    ("gemma3", "seq_cls"): tf.Gemma3ForSequenceClassification,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,
     ("phi", "causal_lm"): tf.PhiForCausalLM, ("phi", "seq_cls"): tf.PhiForSequenceClassification,

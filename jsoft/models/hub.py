@@ -46,6 +46,14 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "deberta-v2": "jsoft.models.deberta", "distilbert": "jsoft.models.distilbert",
                  "electra": "jsoft.models.electra"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
+# multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
+# model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5
+# saves the older spelling, `language_model.model.`)
+LANGUAGE_MODELS = {"gemma3": {"language_model.model.": "model.", "model.language_model.": "model.",
+                              "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head.", "score.": "score."}}
+# what a multimodal config.json states for its language model outside `text_config`
+_TOP_LEVEL_KEYS = ("tie_word_embeddings", "num_labels", "id2label", "label2id", "problem_type", "pad_token_id",
+                   "eos_token_id", "bos_token_id")
 # causal self-attention over the input
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "bloom", "gpt_neox",
                 "phi", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
@@ -116,10 +124,18 @@ def model_type(name_or_path) -> str | None:
 
 
 def read_config(model_dir: Path) -> dict:
+    """config.json; a multimodal one (`LANGUAGE_MODELS`) as its language model's, what it states at the top level
+    for the whole model (a classifier's labels, tied embeddings) included."""
     f = model_dir / "config.json"
     if not f.is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json")
-    return json.loads(f.read_text())
+    hf = json.loads(f.read_text())
+    if hf.get("model_type") in LANGUAGE_MODELS:
+        if not isinstance(hf.get("text_config"), dict) or "model_type" not in hf["text_config"]:
+            raise ValueError(f"{f}: a {hf['model_type']} config.json needs its text_config (with a model_type)")
+        top_level = {k: hf[k] for k in _TOP_LEVEL_KEYS if k in hf}
+        hf = {**hf["text_config"], **top_level, "multimodal_type": hf["model_type"]}
+    return hf
 
 
 GENERATION_KEYS = ("eos_token_id", "forced_bos_token_id", "forced_eos_token_id")
@@ -153,9 +169,14 @@ def aligned_empty(shape: tuple, dtype) -> np.ndarray:
 _LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 
 
-def _current_name(name: str) -> str:
+def _current_name(name: str, prefixes: dict[str, str]) -> str:
     """transformers' "legacy" renames, applied to every checkpoint it loads: the original BERT checkpoints
-    (bert-base-uncased among them) store LayerNorm.gamma / .beta."""
+    (bert-base-uncased among them) store LayerNorm.gamma / .beta; and `prefixes` renamed (a multimodal
+    checkpoint's language model under the names of the text model's)."""
+    for old, new in prefixes.items():
+        if name.startswith(old):
+            name = new + name[len(old):]
+            break
     for old, new in _LEGACY_SUFFIXES.items():
         if name.endswith(old):
             return name[:-len(old)] + new
@@ -167,7 +188,7 @@ class Checkpoint:
     reads (no memory map, so the file's pages never count in this process's RSS), each tensor
     straight into the aligned host buffer that becomes its parameter."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, prefixes: dict[str, str] | None = None):
         self.dir = model_dir
         self._where: dict[str, tuple] = {}  # name -> (file, byte offset, dtype, shape)
         self._torch_state: dict | None = None
@@ -180,9 +201,12 @@ class Checkpoint:
             self._load_torch(model_dir)
         else:
             raise FileNotFoundError(f"{model_dir} has no checkpoint; expected one of {list(_CHECKPOINT_FILES)}")
-        self._where = {_current_name(k): v for k, v in self._where.items()}
+        prefixes = prefixes or {}
+        # with `prefixes`, the other tensors: a multimodal checkpoint's other towers, which jsoft does not run
+        self.outside = [k for k in self._where if prefixes and not k.startswith(tuple(prefixes))]
+        self._where = {_current_name(k, prefixes): v for k, v in self._where.items()}
         if self._torch_state is not None:
-            self._torch_state = {_current_name(k): v for k, v in self._torch_state.items()}
+            self._torch_state = {_current_name(k, prefixes): v for k, v in self._torch_state.items()}
 
     def _index_safetensors(self, files: list[Path]):
         for f in files:  # format: u64 header length, JSON header, then the tensors' bytes
@@ -375,7 +399,7 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
                          f"choose one of {PROBLEM_TYPES}")
     dtype = as_dtype(dtype)
     precision = Precision(dtype=dtype, param_dtype=as_dtype(param_dtype, "param_dtype") or dtype)
-    ckpt = Checkpoint(model_dir)
+    ckpt = Checkpoint(model_dir, LANGUAGE_MODELS.get(hf.get("multimodal_type")))
 
     def build(key):
         return arch.build(config, task, num_labels, precision, nnx.Rngs(params=key))
@@ -396,4 +420,7 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
                 f"not num_labels={num_labels}: pass num_labels={trained_labels} (a training config: model.num_labels"
                 f"{', and those names as data.label_names' if named else ''}), or ignore_mismatched_sizes=True "
                 "(model.ignore_mismatched_sizes) for a new head")
-    return load_state(abstract, arch, ckpt, precision.param_dtype, init_fn, ignore_mismatched_sizes, hint)
+    model = load_state(abstract, arch, ckpt, precision.param_dtype, init_fn, ignore_mismatched_sizes, hint)
+    # the parameters of a multimodal checkpoint's other towers, counted in PEFT's totals though jsoft does not run them
+    model.outside_params = sum(int(np.prod(ckpt.shape(k))) for k in ckpt.outside)
+    return model

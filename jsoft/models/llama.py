@@ -151,9 +151,10 @@ class Config(TransformerConfig):
             embed_scale=d ** 0.5 if gemma else 1.0, norm_offset=1.0 if gemma else 0.0,
             query_scale=(float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style
                          else float(hf.get("attention_multiplier", 1.0)) if model_type == "granite" else None),
-            # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one)
+            # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one), nor
+            # its multimodal model final_logit_softcapping
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
-            final_softcap=hf.get("final_logit_softcapping") if gemma2_style else None,
+            final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
             norm_placement="sandwich" if gemma2_style else "post" if model_type == "olmo2" else "pre",
             qk_norm=("head" if model_type in ("qwen3", "gemma3_text", "qwen3_moe")
                      else "width" if model_type in ("olmo2", "olmoe") else None),

@@ -288,10 +288,12 @@ class PeftModel(nnx.Module):
     # ------------------------------------------------------------------ parameters
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, all) counted as PEFT counts them (its head copy included in `all`)."""
+        """(trainable, all) counted as PEFT counts them (its head copy included in `all`, and a multimodal
+        checkpoint's other towers, which jsoft does not run)."""
         count = lambda state: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
         trainable_n = count(nnx.state(self, Trainable))
-        return trainable_n, count(nnx.state(self, nnx.Param))
+        outside = getattr(self.base_model, "outside_params", 0)
+        return trainable_n, count(nnx.state(self, nnx.Param)) + outside
 
     def print_trainable_parameters(self) -> None:
         t, n = self.get_nb_trainable_parameters()
