@@ -1,6 +1,7 @@
 """Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): a router picks each
 token's top-k experts, whose SiLU-gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the tokens sorted by
-expert, so each token costs k expert MLPs, not all of them.
+expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU backend computes
+every expert's group over all the rows.
 
 Experts' weights are stacked `[E, in, out]`; checkpoints store one tensor per expert
 (`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`)."""
