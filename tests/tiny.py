@@ -152,6 +152,12 @@ CONFIGS = {
     "distilbert": lambda **kw: tf.DistilBertConfig(**{
         "vocab_size": VOCAB, "dim": 40, "n_layers": 3, "n_heads": 5, "hidden_dim": 72, "max_position_embeddings": 64,
         "pad_token_id": 0, **kw}),
+    # local layers over a window of 3 either side (batches here are longer), a global one every third layer
+    "modernbert": lambda **kw: tf.ModernBertConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 40, "num_hidden_layers": 4, "num_attention_heads": 5,
+        "intermediate_size": 48, "max_position_embeddings": 64, "local_attention": 6, "global_attn_every_n_layers": 3,
+        "global_rope_theta": 1000.0, "local_rope_theta": 100.0, "pad_token_id": 0, "bos_token_id": 1,
+        "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -201,6 +207,8 @@ CLASSES = {
     ("electra", "token_cls"): tf.ElectraForTokenClassification,
     ("distilbert", None): tf.DistilBertModel, ("distilbert", "seq_cls"): tf.DistilBertForSequenceClassification,
     ("distilbert", "token_cls"): tf.DistilBertForTokenClassification,
+    ("modernbert", None): tf.ModernBertModel, ("modernbert", "seq_cls"): tf.ModernBertForSequenceClassification,
+    ("modernbert", "token_cls"): tf.ModernBertForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

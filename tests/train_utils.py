@@ -37,13 +37,13 @@ def tokenizer(kind: str):
         kw = dict(eos_token="</s>", pad_token="[PAD]", model_input_names=["input_ids", "attention_mask"])
         if kind == "bart":
             kw["bos_token"] = "[CLS]"
-    elif kind in ("bert", "roberta", "deberta-v2", "distilbert", "electra"):  # RoBERTa, DistilBERT: no token types
+    elif kind in ("bert", "roberta", "deberta-v2", "distilbert", "electra", "modernbert"):
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
         kw = dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
                   model_input_names=["input_ids", "token_type_ids", "attention_mask"]
-                  if kind not in ("roberta", "distilbert")
+                  if kind not in ("roberta", "distilbert", "modernbert")  # these take no token types
                   else ["input_ids", "attention_mask"])
     else:
         kw = dict(eos_token="</s>", model_input_names=["input_ids", "attention_mask"])

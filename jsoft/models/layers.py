@@ -92,13 +92,14 @@ def embed(n: int, d: int, p: Precision, *, rngs: nnx.Rngs, names=("vocab", "embe
 class LayerNorm(nnx.Module):
     """LayerNorm computed in fp32 (parameters `scale`, `bias`, as `nnx.LayerNorm` names them)."""
 
-    def __init__(self, d: int, eps: float, p: Precision, names: tuple = ("embed",)):
+    def __init__(self, d: int, eps: float, p: Precision, names: tuple = ("embed",), bias: bool = True):
         self.eps = eps
         self.scale = nnx.Param(jnp.ones((d,), p.param_dtype), **axes(*names))
-        self.bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes(*names))
+        self.bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes(*names)) if bias else None
 
     def __call__(self, x: Array) -> Array:
-        return ops.layer_norm(x, self.scale[...], self.bias[...], self.eps)
+        bias = jnp.zeros((), jnp.float32) if self.bias is None else self.bias[...]
+        return ops.layer_norm(x, self.scale[...], bias, self.eps)
 
 
 class RMSNorm(nnx.Module):
@@ -217,18 +218,21 @@ def attention_mask_4d(key_mask_BxS: Array | None, T: int, S: int, *, causal: boo
     return m
 
 
-def sliding_window(mask: Array, window: int, first_query_slot: Array | int) -> Array:
+def sliding_window(mask: Array, window: int, first_query_slot: Array | int, bidirectional: bool = False) -> Array:
     """`mask [B, 1, T, S]` narrowed to each query's window: keys fewer than `window` slots back from it
-    (transformers' `sliding_window_overlay`, `key > query - window`), where a gap of masked slots between a row's
-    keys does not count: a mixed batch's padding of a shorter prefix, or left padding between a prefix and the
-    tokens, so each row attends as it would alone. Padding at either end counts as transformers counts it (a
-    right-padded pad query's window holds fewer real keys). Query t sits at slot `first_query_slot + t`."""
+    (transformers' `sliding_window_overlay`, `key > query - window`), or with `bidirectional` at most `window` slots
+    away either side (`sliding_window_bidirectional_overlay`: ModernBERT's local layers). A gap of masked slots
+    between a row's keys does not count: a mixed batch's padding of a shorter prefix, or left padding between a
+    prefix and the tokens, so each row attends as it would alone. Padding at either end counts as transformers
+    counts it (a pad query's window holds fewer real keys). Query t sits at slot `first_query_slot + t`."""
     T = mask.shape[-2]
     real = jnp.any(mask, axis=-2, keepdims=True)  # [B, 1, 1, S] keys some query sees
-    trailing = jnp.cumsum(real[..., ::-1], axis=-1)[..., ::-1] == 0  # after a row's last real key
-    slot = jnp.cumsum(real | trailing, axis=-1, dtype=jnp.int32)  # slots counted, gaps skipped
-    query = jnp.take(slot, jnp.arange(T) + first_query_slot, axis=-1)  # [B, 1, 1, T]
-    return mask & (slot > jnp.swapaxes(query, -1, -2) - window)
+    outside = (jnp.cumsum(real, axis=-1) == 0) | (jnp.cumsum(real[..., ::-1], axis=-1)[..., ::-1] == 0)
+    slot = jnp.cumsum(real | outside, axis=-1, dtype=jnp.int32)  # slots counted, gaps between real keys skipped
+    query = jnp.swapaxes(jnp.take(slot, jnp.arange(T) + first_query_slot, axis=-1), -1, -2)  # [B, 1, T, 1]
+    if bidirectional:
+        return mask & (jnp.abs(slot - query) <= window)
+    return mask & (slot > query - window)
 
 
 def query_slot(mask: Array, T: int, cache: KVCache | None) -> Array | int:
