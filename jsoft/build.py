@@ -228,7 +228,7 @@ def named_seed(seed: int, name: str) -> int:
 # ============================================================================================ building
 
 
-PREFIX_SPACE_TYPES = ("gpt2", "roberta", "bloom", "deberta")  # byte-level BPE (DeBERTa v1: GPT-2's): add_prefix_space
+PREFIX_SPACE_TYPES = ("gpt2", "gpt_neo", "roberta", "bloom", "deberta")  # byte-level BPE (DeBERTa v1: GPT-2's)
 
 
 def load_tokenizer(config):

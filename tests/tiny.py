@@ -158,6 +158,13 @@ CONFIGS = {
         "intermediate_size": 48, "max_position_embeddings": 64, "local_attention": 6, "global_attn_every_n_layers": 3,
         "global_rope_theta": 1000.0, "local_rope_theta": 100.0, "pad_token_id": 0, "bos_token_id": 1,
         "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2, **kw}),
+    "gptj": lambda **kw: tf.GPTJConfig(**{  # head size 12, 8 of it rotated
+        "vocab_size": VOCAB, "n_positions": 64, "n_embd": 48, "n_layer": 2, "n_head": 4, "rotary_dim": 8,
+        "n_inner": 72, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "gpt_neo": lambda **kw: tf.GPTNeoConfig(**{  # a window of 4 slots, so local layers differ from global ones
+        "vocab_size": VOCAB, "max_position_embeddings": 64, "hidden_size": 48, "num_layers": 3, "num_heads": 4,
+        "attention_types": [[["global", "local"], 1], [["local"], 1]], "window_size": 4, "intermediate_size": 72,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -209,6 +216,9 @@ CLASSES = {
     ("distilbert", "token_cls"): tf.DistilBertForTokenClassification,
     ("modernbert", None): tf.ModernBertModel, ("modernbert", "seq_cls"): tf.ModernBertForSequenceClassification,
     ("modernbert", "token_cls"): tf.ModernBertForTokenClassification,
+    ("gptj", "causal_lm"): tf.GPTJForCausalLM, ("gptj", "seq_cls"): tf.GPTJForSequenceClassification,
+    ("gpt_neo", "causal_lm"): tf.GPTNeoForCausalLM, ("gpt_neo", "seq_cls"): tf.GPTNeoForSequenceClassification,
+    ("gpt_neo", "token_cls"): tf.GPTNeoForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

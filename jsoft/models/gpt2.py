@@ -119,12 +119,14 @@ class Block(nnx.Module):
 
 
 class GPT2Model(nnx.Module):
+    block = Block  # the layer class (GPT-Neo's stack is GPT-2's with its own)
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         self.dtype = p.dtype
         self.wte = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
         self.wpe = embed(c.max_positions, c.hidden_size, p, rngs=rngs, names=(None, "embed"))
-        self.h = nnx.List([Block(c, p, rngs) for _ in range(c.num_layers)])
+        self.h = nnx.List([self.block(c, p, rngs) for _ in range(c.num_layers)])
         self.ln_f = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,

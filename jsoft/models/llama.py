@@ -393,11 +393,19 @@ def rope_stack_inputs(c: Config, embed_tokens: nnx.Embed, input_ids, attention_m
     return inputs_embeds.astype(dtype), rope, mask
 
 
-def apply_rope(x_BxTxNxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array) -> jax.Array:
-    """Rotates the leading `cos.shape[-1]` dims of each head (all, or GPT-NeoX's partial rotary) and passes the rest."""
+def apply_rope(x_BxTxNxK: jax.Array, cos_BxTxK: jax.Array, sin_BxTxK: jax.Array,
+               interleaved: bool = False) -> jax.Array:
+    """Rotates the leading `cos.shape[-1]` dims of each head (all, or GPT-NeoX's partial rotary) and passes the rest.
+    Frequency i turns dims (i, i + r/2) (rotate_half), or with `interleaved` dims (2i, 2i + 1) (GPT-J's
+    rotate_every_two); `cos`, `sin` hold each frequency twice either way (`rope_cos_sin`)."""
     r = cos_BxTxK.shape[-1]
     if r < x_BxTxNxK.shape[-1]:
-        return jnp.concatenate([apply_rope(x_BxTxNxK[..., :r], cos_BxTxK, sin_BxTxK), x_BxTxNxK[..., r:]], axis=-1)
+        rotated = apply_rope(x_BxTxNxK[..., :r], cos_BxTxK, sin_BxTxK, interleaved)
+        return jnp.concatenate([rotated, x_BxTxNxK[..., r:]], axis=-1)
+    if interleaved:
+        cos, sin = cos_BxTxK[:, :, None, : r // 2], sin_BxTxK[:, :, None, : r // 2]
+        even, odd = x_BxTxNxK[..., ::2], x_BxTxNxK[..., 1::2]
+        return jnp.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1).reshape(x_BxTxNxK.shape)
     x1, x2 = jnp.split(x_BxTxNxK, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return x_BxTxNxK * cos_BxTxK[:, :, None] + rotated * sin_BxTxK[:, :, None]

@@ -21,7 +21,7 @@ from jsoft.models.layers import DropoutRng, ModelOutput, Precision, attention_ma
 
 TASKS = (None, "seq_cls", "token_cls")
 BASE_PREFIX = "roberta"
-MODEL_TYPES = ("roberta", "xlm-roberta")
+MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclasses.dataclass

@@ -36,7 +36,9 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("phi3", "causal_lm"), ("phi3", "seq_cls"), ("phi3", "token_cls"), ("olmo2", "causal_lm"),
           ("olmo2", "seq_cls"), ("granite", "causal_lm"), ("mixtral", "causal_lm"), ("mixtral", "seq_cls"),
           ("qwen3_moe", "causal_lm"), ("olmoe", "causal_lm"), ("qwen2_moe", "seq_cls"),
-          ("gemma3", "causal_lm"), ("gemma3", "seq_cls"), ("modernbert", "seq_cls"), ("modernbert", "token_cls")]
+          ("gemma3", "causal_lm"), ("gemma3", "seq_cls"), ("modernbert", "seq_cls"), ("modernbert", "token_cls"),
+          ("gptj", "causal_lm"), ("gptj", "seq_cls"), ("gpt_neo", "causal_lm"), ("gpt_neo", "seq_cls"),
+          ("gpt_neo", "token_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert")
 

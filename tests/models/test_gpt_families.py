@@ -1,0 +1,92 @@
+"""GPT-J's interleaved rotary embeddings, GPT-Neo's local layers and the RoBERTa-shaped CamemBERT: what the
+parity matrix (tests/models/test_parity.py) does not reach."""
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from transformers.models.gptj import modeling_gptj
+
+import jsoft
+from jsoft.models import gpt_neo, gptj, llama
+from tests import tiny
+from tests.models.test_parity import batch
+
+
+GPTJ = dict(model_type="gptj", vocab_size=11, n_embd=32, n_layer=1, n_head=2, n_positions=16)
+
+
+@pytest.mark.parametrize("rotary_dim", [8, 12])
+def test_interleaved_rope_matches_gptj(rotary_dim):
+    """Pairs (2i, 2i + 1) turned by frequency i, on the leading `rotary_dim` dims, as transformers' GPT-J."""
+    B, T, N, K = 2, 5, 3, 12
+    x = np.random.default_rng(0).normal(size=(B, T, N, K)).astype(np.float32)
+    positions = np.array([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]])
+    sincos = modeling_gptj.create_sinusoidal_positions(16, rotary_dim)[torch.tensor(positions)]
+    sin, cos = torch.split(sincos, rotary_dim // 2, dim=-1)
+    rotated = modeling_gptj.apply_rotary_pos_emb(torch.tensor(x[..., :rotary_dim]), sin, cos)
+    want = np.concatenate([rotated.numpy(), x[..., rotary_dim:]], axis=-1)
+    c = gptj.Config.from_hf({**GPTJ, "n_embd": N * K, "n_head": N, "rotary_dim": rotary_dim})
+    got = llama.apply_rope(x, *llama.rope_cos_sin(c, positions, np.float32), interleaved=True)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+    assert not np.allclose(np.asarray(llama.apply_rope(x, *llama.rope_cos_sin(c, positions, np.float32))), want)
+
+
+def test_gptj_config():
+    assert gptj.Config.from_hf({**GPTJ, "rotary_dim": None}).rope_dim == 16  # old config.json: every dim rotated
+    assert gptj.Config.from_hf({**GPTJ, "rotary_dim": 4}).rope_dim == 4
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        gptj.Config.from_hf({**GPTJ, "tie_word_embeddings": True})
+    with pytest.raises(ValueError, match="rotary_dim=5"):
+        gptj.Config.from_hf({**GPTJ, "rotary_dim": 5})
+
+
+NEO = dict(model_type="gpt_neo", vocab_size=11, hidden_size=32, num_layers=4, num_heads=2)
+
+
+def test_gpt_neo_layer_kinds():
+    c = gpt_neo.Config.from_hf({**NEO, "attention_types": [[["global", "local"], 2]]})
+    assert c.local_layers == (False, True, False, True) and c.window_size == 256 and not c.scale_attn_weights
+    assert gpt_neo.Config.from_hf({**NEO, "attention_layers": ["local"] * 4,
+                                   "attention_types": [[["global"], 4]]}).local_layers == (True,) * 4
+    with pytest.raises(ValueError, match="expected 4 entries"):
+        gpt_neo.Config.from_hf({**NEO, "attention_types": [[["global", "local"], 3]]})
+    with pytest.raises(ValueError, match="'sparse'"):
+        gpt_neo.Config.from_hf({**NEO, "attention_types": [[["global", "sparse"], 2]]})
+    with pytest.raises(ValueError, match="attention_types="):
+        gpt_neo.Config.from_hf({**NEO, "attention_types": ["global", "local"]})
+
+
+def test_gpt_neo_local_layers_matter(tiny_dir):
+    """The tiny model's 4-slot windows change its logits (so the parity tests check them), and match."""
+    ref_model = tiny.build("gpt_neo", "causal_lm", initializer_range=0.3)
+    model = jsoft.from_pretrained(tiny_dir("gpt_neo", "causal_lm", initializer_range=0.3), task="causal_lm")
+    ids, mask = batch("gpt_neo")
+    with torch.no_grad():
+        want = ref_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep], want[keep],
+                               atol=1e-4)
+    model.config.local_layers = (False,) * 3
+    assert np.abs(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep] - want[keep]).max() > 1e-2
+
+
+@pytest.mark.parametrize("cls", [tf.CamembertForSequenceClassification, tf.XLMRobertaForTokenClassification])
+def test_roberta_shaped_checkpoints(tmp_path, cls):
+    """CamemBERT and XLM-RoBERTa checkpoints are RoBERTa's under their own model_type."""
+    config_cls = {"camembert": tf.CamembertConfig, "xlm-roberta": tf.XLMRobertaConfig}[cls.config_class.model_type]
+    roberta = {k: v for k, v in tiny.CONFIGS["roberta"]().to_dict().items()
+               if k not in ("model_type", "id2label", "label2id")}
+    config = config_cls(**roberta, num_labels=3)
+    torch.manual_seed(0)
+    ref_model = cls(config).eval()
+    ref_model.save_pretrained(tmp_path)
+    task = "seq_cls" if "Sequence" in cls.__name__ else "token_cls"
+    model = jsoft.from_pretrained(tmp_path, task=task)
+    assert model.config.model_type == config.model_type
+    ids, mask = batch("roberta")
+    with torch.no_grad():
+        want = ref_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = np.asarray(model(input_ids=ids, attention_mask=mask).logits)
+    keep = mask.astype(bool) if task == "token_cls" else slice(None)
+    np.testing.assert_allclose(got[keep], want[keep], atol=1e-4)
