@@ -30,13 +30,14 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "gpt_neox": {"initializer_range": 0.3, "num_attention_heads": 3},  # head dim 16: 4 rotary dims
            "qwen3": {"initializer_range": 0.3}, "phi": {"initializer_range": 0.3}, "bart": {"init_std": 0.1},
            "opt": {"init_std": 0.3}, "mbart": {"init_std": 0.2, "scale_embedding": False},
-           "gptj": {"initializer_range": 0.3}, "gpt_neo": {"initializer_range": 0.3}}
+           "gptj": {"initializer_range": 0.3}, "gpt_neo": {"initializer_range": 0.3},
+           "stablelm": {"initializer_range": 0.3}, "starcoder2": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
         "gemma3": "causal_lm",
         "qwen3": "causal_lm", "phi": "causal_lm", "bart": "seq2seq_lm", "opt": "causal_lm", "mbart": "seq2seq_lm",
-        "gptj": "causal_lm", "gpt_neo": "causal_lm"}
+        "gptj": "causal_lm", "gpt_neo": "causal_lm", "stablelm": "causal_lm", "starcoder2": "causal_lm"}
 NEW = 8
 
 
@@ -93,7 +94,9 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("mixtral", "prefix_proj"), ("qwen3_moe", "prompt"), ("gemma3", "prompt")]
           + [("gpt_neox", "prompt"), ("gpt_neox", "prefix"), ("qwen3", "prefix_proj")]
           + [("phi", "prompt"), ("phi", "prefix")]
-          + [("gptj", "prompt"), ("gptj", "prefix_proj"), ("gpt_neo", "prompt"), ("gpt_neo", "prefix")]  # past the window
+          # GPT-Neo: past its 4-slot local window while decoding
+          + [("gptj", "prompt"), ("gptj", "prefix_proj"), ("gpt_neo", "prompt"), ("gpt_neo", "prefix")]
+          + [("stablelm", "prefix"), ("stablelm", "ptuning_mlp"), ("starcoder2", "prompt"), ("starcoder2", "prefix")]
           + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")]
           + [("opt", "prompt"), ("opt", "prefix"), ("opt", "ptuning_mlp"), ("mbart", "prompt"), ("mbart", "prefix")])
 
@@ -127,6 +130,9 @@ HEAD_VARIANTS = [  # the other LM head layout each causal backbone can have, wit
         "rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5})),
     ("gpt_neo", dict(tie_word_embeddings=False, attention_types=[[["local"], 3]], window_size=6)),
     ("gptj", dict(rotary_dim=16, n_head=3, activation_function="gelu")),  # every dim of a 16-dim head rotated
+    ("stablelm", dict(tie_word_embeddings=True, use_parallel_residual=True, qk_layernorm=False, use_qkv_bias=False,
+                      rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5})),
+    ("starcoder2", dict(tie_word_embeddings=False, use_bias=False, sliding_window=None)),
 ]
 
 

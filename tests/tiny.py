@@ -165,6 +165,14 @@ CONFIGS = {
         "vocab_size": VOCAB, "max_position_embeddings": 64, "hidden_size": 48, "num_layers": 3, "num_heads": 4,
         "attention_types": [[["global", "local"], 1], [["local"], 1]], "window_size": 4, "intermediate_size": 72,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "stablelm": lambda **kw: tf.StableLmConfig(**{  # per-head query / key norms, a quarter of each head rotated
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "qk_layernorm": True,
+        "use_qkv_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "starcoder2": lambda **kw: tf.Starcoder2Config(**{  # every layer sliding over 6 keys
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128, "sliding_window": 6,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -219,6 +227,10 @@ CLASSES = {
     ("gptj", "causal_lm"): tf.GPTJForCausalLM, ("gptj", "seq_cls"): tf.GPTJForSequenceClassification,
     ("gpt_neo", "causal_lm"): tf.GPTNeoForCausalLM, ("gpt_neo", "seq_cls"): tf.GPTNeoForSequenceClassification,
     ("gpt_neo", "token_cls"): tf.GPTNeoForTokenClassification,
+    ("stablelm", "causal_lm"): tf.StableLmForCausalLM, ("stablelm", "seq_cls"): tf.StableLmForSequenceClassification,
+    ("stablelm", "token_cls"): tf.StableLmForTokenClassification,
+    ("starcoder2", "causal_lm"): tf.Starcoder2ForCausalLM,
+    ("starcoder2", "seq_cls"): tf.Starcoder2ForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -54,6 +54,7 @@ class Config(llama.Config):
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf.get("n_inner") or 4 * d,
             activation=hf.get("activation_function", "gelu_new"), max_positions=hf.get("n_positions", 2048),
             **llama.rope_fields(hf, llama.rope_from_hf({}), rotary_dim), rotary_dim=rotary_dim,
+            rope_interleaved=True,
             attn_dropout=float(hf.get("attn_pdrop") or 0.0), resid_dropout=float(hf.get("resid_pdrop") or 0.0),
             embd_dropout=float(hf.get("embd_pdrop") or 0.0),
             classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop"),
@@ -72,7 +73,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         q, k, v = (split_heads(proj(x), self.c.num_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = llama.apply_rope(q, *cos_sin, interleaved=True), llama.apply_rope(k, *cos_sin, interleaved=True)
+        q, k = (llama.apply_rope(t, *cos_sin, interleaved=self.c.rope_interleaved) for t in (q, k))
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
                                                   prefix_mask=prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,

@@ -66,6 +66,7 @@ class Config(TransformerConfig):
     rope_truncate: bool = True  # yarn: the ramp's bounds rounded to whole dims
     rope_attention_factor: float = 1.0  # longrope, yarn: cos and sin times this
     rotary_dim: int | None = None  # leading dims of each head that RoPE rotates (None: all)
+    rope_interleaved: bool = False  # RoPE turns dims (2i, 2i + 1) (GPT-J, Cohere), not (i, i + rotary_dim / 2)
     attention_bias: bool = False  # q_proj, k_proj, v_proj
     attention_out_bias: bool = False  # o_proj (Llama: = attention_bias; Qwen2: none)
     mlp_bias: bool = False
@@ -434,9 +435,9 @@ class Attention(nnx.Module):
         sliding = self.c.is_sliding(layer)
         cos_sin = rope["local" if sliding and "local" in rope else "global"]
         q, k, v = self.project(x)
-        if self.c.qk_norm == "head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+        q, k = self.norm_heads(q, k)
+        interleaved = self.c.rope_interleaved
+        q, k = apply_rope(q, *cos_sin, interleaved=interleaved), apply_rope(k, *cos_sin, interleaved=interleaved)
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
@@ -446,6 +447,10 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
                                     dropout_rate=self.c.attn_dropout)
         return self.o_proj(merge_heads(out)), new_cache
+
+    def norm_heads(self, q, k):
+        """Queries `[B, T, N, K]` and keys `[B, T, G, K]` before RoPE: normalised per head (Qwen3, Gemma 3)."""
+        return (self.q_norm(q), self.k_norm(k)) if self.c.qk_norm == "head" else (q, k)
 
     def project(self, x):
         """Queries `[B, T, N, K]`, keys and values `[B, T, G, K]`."""

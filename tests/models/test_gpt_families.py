@@ -12,7 +12,6 @@ from jsoft.models import gpt_neo, gptj, llama
 from tests import tiny
 from tests.models.test_parity import batch
 
-
 GPTJ = dict(model_type="gptj", vocab_size=11, n_embd=32, n_layer=1, n_head=2, n_positions=16)
 
 
