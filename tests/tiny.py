@@ -173,6 +173,20 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128, "sliding_window": 6,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "smollm3": lambda **kw: tf.SmolLM3Config(**{  # layers 2 and 4 without RoPE; those slide over 5 keys
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "no_rope_layer_interval": 2,
+        "use_sliding_window": True, "sliding_window": 5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+        **kw}),
+    "cohere": lambda **kw: tf.CohereConfig(**{  # per-head query / key norms, biases, a logit scale
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "use_qk_norm": True,
+        "attention_bias": True, "logit_scale": 0.3, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "cohere2": lambda **kw: tf.Cohere2Config(**{  # sliding layers over 5 keys with RoPE, a full one without
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "sliding_window": 5,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"], "logit_scale": 0.5,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -231,6 +245,8 @@ CLASSES = {
     ("stablelm", "token_cls"): tf.StableLmForTokenClassification,
     ("starcoder2", "causal_lm"): tf.Starcoder2ForCausalLM,
     ("starcoder2", "seq_cls"): tf.Starcoder2ForSequenceClassification,
+    ("smollm3", "causal_lm"): tf.SmolLM3ForCausalLM, ("smollm3", "seq_cls"): tf.SmolLM3ForSequenceClassification,
+    ("cohere", "causal_lm"): tf.CohereForCausalLM, ("cohere2", "causal_lm"): tf.Cohere2ForCausalLM,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -42,7 +42,7 @@ from jsoft.models.layers import (
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
-               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -73,6 +73,7 @@ class Config(TransformerConfig):
     sliding_window: int | None = None  # how many key slots a sliding layer's query sees, its own included
     sliding_layers: tuple[bool, ...] = ()  # which layers are transformers' "sliding_attention" ones
     local_rope_theta: float | None = None  # Gemma 3: the sliding layers' own (default) RoPE base
+    nope_layers: tuple[bool, ...] = ()  # layers whose queries and keys RoPE leaves as they are (SmolLM3, Cohere 2)
     attn_dropout: float = 0.0
     resid_dropout: float = 0.0  # on the attention and MLP outputs (Phi-3)
     embd_dropout: float = 0.0  # on the input embeddings (Phi-3)
@@ -103,6 +104,9 @@ class Config(TransformerConfig):
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
+
+    def is_nope(self, layer: int) -> bool:
+        return bool(self.nope_layers) and self.nope_layers[layer]
 
     @property
     def rope_dim(self) -> int:
@@ -141,7 +145,7 @@ class Config(TransformerConfig):
             attention_bias=qkv_bias, attention_out_bias=qkv_bias and not qwen2,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
-            local_rope_theta=local_rope,
+            local_rope_theta=local_rope, nope_layers=_nope_layers(hf),
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             resid_dropout=float(hf.get("resid_pdrop") or 0.0), embd_dropout=float(hf.get("embd_pdrop") or 0.0),
             fused_projections=model_type == "phi3",
@@ -197,27 +201,44 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     layer when `sliding_window` is set (Qwen3-MoE: and `use_sliding_window`); otherwise those `layer_types` marks
     "sliding_attention", or, in configs without it, the defaults of transformers' configs (Qwen2 / Qwen3: layers
     from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE: every other layer from the first, below
-    `max_window_layers`; Gemma 2: every other layer from the first; Gemma 3: all but each
-    `sliding_window_pattern`-th). () where none is."""
+    `max_window_layers`; Gemma 2: every other layer from the first; Gemma 3 and Cohere 2: all but each
+    `sliding_window_pattern`-th; SmolLM3: its NoPE layers when `use_sliding_window`). () where none is."""
     model_type, n, window = hf.get("model_type"), hf["num_hidden_layers"], hf.get("sliding_window")
     if model_type in ("mistral", "phi3", "mixtral", "qwen3_moe"):
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
-    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text"):
+    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2"):
         return ()
     kinds = hf.get("layer_types")
+    if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
+        on = bool(hf.get("use_sliding_window")) and bool(window)
+        kinds = ["sliding_attention" if on and nope else "full_attention" for nope in _nope_layers(hf) or [False] * n]
     if not kinds:
         on = bool(hf.get("use_sliding_window")) and bool(window)
         windowed = hf.get("max_window_layers", 28)
         sliding = {"qwen2": lambda i: on and i >= windowed, "qwen3": lambda i: on and i >= windowed,
                    "qwen2_moe": lambda i: on and i % 2 == 0 and i < windowed, "gemma2": lambda i: i % 2 == 0,
-                   "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0}[model_type]
+                   "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0,
+                   "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0}[model_type]
         kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
     if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
                          "'sliding_attention' or 'full_attention'")
     sliding = tuple(k == "sliding_attention" for k in kinds)
     return sliding if any(sliding) else ()
+
+
+def _nope_layers(hf: dict) -> tuple[bool, ...]:
+    """SmolLM3's layers without RoPE: `no_rope_layers` (1 where a layer rotates), by default every
+    `no_rope_layer_interval`-th layer. () where none is."""
+    if hf.get("model_type") != "smollm3":
+        return ()
+    n, interval = hf["num_hidden_layers"], hf.get("no_rope_layer_interval", 4)
+    rotates = hf.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    if len(rotates) != n:
+        raise ValueError(f"config.json no_rope_layers has {len(rotates)} entries; expected {n} (num_hidden_layers)")
+    nope = tuple(not r for r in rotates)
+    return nope if any(nope) else ()
 
 
 def _local_rope_theta(hf: dict) -> float | None:
@@ -436,8 +457,9 @@ class Attention(nnx.Module):
         cos_sin = rope["local" if sliding and "local" in rope else "global"]
         q, k, v = self.project(x)
         q, k = self.norm_heads(q, k)
-        interleaved = self.c.rope_interleaved
-        q, k = apply_rope(q, *cos_sin, interleaved=interleaved), apply_rope(k, *cos_sin, interleaved=interleaved)
+        if not self.c.is_nope(layer):
+            interleaved = self.c.rope_interleaved
+            q, k = apply_rope(q, *cos_sin, interleaved=interleaved), apply_rope(k, *cos_sin, interleaved=interleaved)
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)

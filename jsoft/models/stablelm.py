@@ -28,6 +28,7 @@ class Config(llama.Config):
     parallel_residual: bool = False  # x + attn(ln(x)) + mlp(ln(x)); else sequential with a second LayerNorm
     hidden_dropout: float = 0.0  # on the MLP's output (Llama's resid_dropout: on the attention's)
     head_layernorm: bool = False  # StableLM's qk_layernorm: a LayerNorm per query and key head
+    norm_bias: bool = True  # the layers' and the final LayerNorm's (Cohere's have none)
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
@@ -63,27 +64,33 @@ class HeadLayerNorms(nnx.Module):
 
 
 class Attention(llama.Attention):
+    head_norm_names = ("q_layernorm", "k_layernorm")  # the per-head norms' checkpoint names
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         super().__init__(c, p, rngs)
         if c.head_layernorm:
-            self.q_layernorm = HeadLayerNorms(c.num_heads, c.head_dim, c.layer_norm_eps, p)
-            self.k_layernorm = HeadLayerNorms(c.num_kv_heads, c.head_dim, c.layer_norm_eps, p)
+            q_name, k_name = self.head_norm_names
+            setattr(self, q_name, HeadLayerNorms(c.num_heads, c.head_dim, c.layer_norm_eps, p))
+            setattr(self, k_name, HeadLayerNorms(c.num_kv_heads, c.head_dim, c.layer_norm_eps, p))
 
     def norm_heads(self, q, k):
-        return (self.q_layernorm(q), self.k_layernorm(k)) if self.c.head_layernorm else (q, k)
+        if not self.c.head_layernorm:
+            return q, k
+        q_norm, k_norm = (getattr(self, name) for name in self.head_norm_names)
+        return q_norm(q), k_norm(k)
 
 
 class DecoderLayer(nnx.Module):
-    mlp_class = llama.MLP
+    mlp_class, attention_class = llama.MLP, Attention
 
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         self.dtype = p.dtype
-        self.input_layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
-        self.self_attn = Attention(c, p, rngs)
+        self.input_layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p, bias=c.norm_bias)
+        self.self_attn = self.attention_class(c, p, rngs)
         self.mlp = self.mlp_class(c, p, rngs)
         if not c.parallel_residual:
-            self.post_attention_layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
+            self.post_attention_layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p, bias=c.norm_bias)
 
     def __call__(self, x, mask, rope, **kw):
         drop = kw["drop"]
@@ -104,7 +111,7 @@ class Model(nnx.Module):
         self.dtype = p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
         self.layers = nnx.List([self.layer_class(c, p, rngs) for _ in range(c.num_layers)])
-        self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
+        self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, p, bias=c.norm_bias)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
@@ -117,12 +124,14 @@ class Model(nnx.Module):
 
 
 class StableLm(heads.DecoderOnlyLM):
-    """StableLM (or StarCoder2, with its `Model`) with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
+    """StableLM (or StarCoder2, Cohere, with their `Model`) with the head for `task` (None, causal_lm, seq_cls,
+    token_cls)."""
 
     model_class = Model
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.model = self.model_class(c, p, rngs)
+        self.logits_scaling = c.logits_scaling
         self.add_heads(c, task, num_labels, p, rngs, token_cls_name="score")
 
     @property

@@ -1,5 +1,5 @@
-"""GPT-J's interleaved rotary embeddings, GPT-Neo's local layers and the RoBERTa-shaped CamemBERT: what the
-parity matrix (tests/models/test_parity.py) does not reach."""
+"""GPT-J's interleaved rotary embeddings, GPT-Neo's local layers, Cohere's config and the RoBERTa-shaped
+CamemBERT: what the parity matrix (tests/models/test_parity.py) does not reach."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import transformers as tf
 from transformers.models.gptj import modeling_gptj
 
 import jsoft
-from jsoft.models import gpt_neo, gptj, llama
+from jsoft.models import cohere, gpt_neo, gptj, llama
 from tests import tiny
 from tests.models.test_parity import batch
 
@@ -89,3 +89,14 @@ def test_roberta_shaped_checkpoints(tmp_path, cls):
     got = np.asarray(model(input_ids=ids, attention_mask=mask).logits)
     keep = mask.astype(bool) if task == "token_cls" else slice(None)
     np.testing.assert_allclose(got[keep], want[keep], atol=1e-4)
+
+
+def test_cohere2_rotates_only_in_sliding_layers():
+    hf = dict(model_type="cohere2", vocab_size=11, hidden_size=32, intermediate_size=40, num_hidden_layers=4,
+              num_attention_heads=2, sliding_window=8, logit_scale=0.25)
+    c = cohere.Config.from_hf(hf)
+    assert c.sliding_layers == (True, True, True, False) and c.nope_layers == (False, False, False, True)
+    assert c.logits_scaling == 4.0 and c.rope_interleaved and not c.head_layernorm
+    every_layer_full = cohere.Config.from_hf(dict(hf, layer_types=["full_attention"] * 4))
+    assert every_layer_full.sliding_layers == () and every_layer_full.nope_layers == (True,) * 4
+    assert cohere.Config.from_hf(dict(hf, model_type="cohere", use_qk_norm=True)).nope_layers == ()

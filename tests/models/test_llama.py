@@ -189,6 +189,23 @@ def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
     (dict(model_type="gemma2", sliding_window=8), (True, False, True)),
     (dict(model_type="gemma3_text", sliding_window=8, sliding_window_pattern=2), (True, False, True)),
     (dict(model_type="llama", sliding_window=8), ()),
+    # SmolLM3: its NoPE layers (every no_rope_layer_interval-th, or no_rope_layers' zeros) slide
+    (dict(model_type="smollm3", use_sliding_window=True, sliding_window=8, no_rope_layer_interval=2),
+     (False, True, False)),
+    (dict(model_type="smollm3", use_sliding_window=True, sliding_window=8, no_rope_layers=[0, 1, 1]),
+     (True, False, False)),
+    (dict(model_type="smollm3", sliding_window=8, no_rope_layers=[0, 1, 1]), ()),
+    (dict(model_type="cohere2", sliding_window=8), (True, True, True)),  # all but every 4th
+    (dict(model_type="cohere2", sliding_window=8, sliding_window_pattern=2), (True, False, True)),
 ])
 def test_which_layers_slide(hf, sliding):
     assert llama._sliding_layers(dict(hf, num_hidden_layers=3)) == sliding
+
+
+def test_smollm3_nope_layers():
+    hf = dict(model_type="smollm3", num_hidden_layers=4)
+    assert llama._nope_layers(hf) == (False, False, False, True)  # transformers' default: every 4th
+    assert llama._nope_layers(dict(hf, no_rope_layers=[1, 0, 1, 1])) == (False, True, False, False)
+    assert llama._nope_layers(dict(hf, no_rope_layers=[1, 1, 1, 1])) == ()
+    with pytest.raises(ValueError, match="no_rope_layers has 3 entries; expected 4"):
+        llama._nope_layers(dict(hf, no_rope_layers=[1, 1, 1]))
