@@ -90,6 +90,13 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "olmo3": lambda **kw: tf.Olmo3Config(**{  # sliding layers over 5 keys with their own RoPE base
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "sliding_window": 5,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 300.0}},
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "granite": lambda **kw: tf.GraniteConfig(**{  # granite-3's multipliers, smaller
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
@@ -247,6 +254,7 @@ CLASSES = {
     ("starcoder2", "seq_cls"): tf.Starcoder2ForSequenceClassification,
     ("smollm3", "causal_lm"): tf.SmolLM3ForCausalLM, ("smollm3", "seq_cls"): tf.SmolLM3ForSequenceClassification,
     ("cohere", "causal_lm"): tf.CohereForCausalLM, ("cohere2", "causal_lm"): tf.Cohere2ForCausalLM,
+    ("olmo3", "causal_lm"): tf.Olmo3ForCausalLM, ("olmo3", "seq_cls"): tf.Olmo3ForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -42,7 +42,7 @@ from jsoft.models.layers import (
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
-               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3")
+               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -160,9 +160,9 @@ class Config(TransformerConfig):
             # its multimodal model final_logit_softcapping
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
-            norm_placement="sandwich" if gemma2_style else "post" if model_type == "olmo2" else "pre",
+            norm_placement="sandwich" if gemma2_style else "post" if model_type in ("olmo2", "olmo3") else "pre",
             qk_norm=("head" if model_type in ("qwen3", "gemma3_text", "qwen3_moe")
-                     else "width" if model_type in ("olmo2", "olmoe") else None),
+                     else "width" if model_type in ("olmo2", "olmo3", "olmoe") else None),
             clip_qkv=hf.get("clip_qkv"),
             **(_granite_multipliers(hf) if model_type == "granite" else {}), **_moe_fields(hf),
         )
@@ -207,7 +207,7 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     if model_type in ("mistral", "phi3", "mixtral", "qwen3_moe"):
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
-    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2"):
+    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3"):
         return ()
     kinds = hf.get("layer_types")
     if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
@@ -219,7 +219,8 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
         sliding = {"qwen2": lambda i: on and i >= windowed, "qwen3": lambda i: on and i >= windowed,
                    "qwen2_moe": lambda i: on and i % 2 == 0 and i < windowed, "gemma2": lambda i: i % 2 == 0,
                    "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0,
-                   "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0}[model_type]
+                   "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0,
+                   "olmo3": lambda i: (i + 1) % 4 != 0}[model_type]
         kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
     if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
@@ -242,22 +243,23 @@ def _nope_layers(hf: dict) -> tuple[bool, ...]:
 
 
 def _local_rope_theta(hf: dict) -> float | None:
-    """Gemma 3's sliding layers' RoPE base: `rope_parameters["sliding_attention"]` (transformers 5) or
-    `rope_local_base_freq` (older config.json); default RoPE only."""
-    if hf.get("model_type") != "gemma3_text":
+    """Gemma 3's and OLMo 3's sliding layers' RoPE base: `rope_parameters["sliding_attention"]` (transformers 5),
+    or in older config.json Gemma 3's `rope_local_base_freq`, OLMo 3's `rope_theta`; default RoPE only."""
+    if hf.get("model_type") not in ("gemma3_text", "olmo3"):
         return None
     local = dict((hf.get("rope_parameters") or {}).get("sliding_attention") or {})
     if local.get("rope_type", "default") != "default":
         raise ValueError(f"config.json rope_parameters['sliding_attention']['rope_type']={local['rope_type']!r} is "
-                         "not supported by jsoft's Gemma 3; valid: 'default'")
-    return float(local.get("rope_theta", hf.get("rope_local_base_freq", 10000.0)))
+                         f"not supported by jsoft's {hf['model_type']}; valid: 'default'")
+    older = hf.get("rope_local_base_freq") if hf["model_type"] == "gemma3_text" else hf.get("rope_theta")
+    return float(local.get("rope_theta", older or 10000.0))
 
 
 def rope_from_hf(hf: dict) -> dict:
     """One flat dict with rope_type and rope_theta, from either config.json spelling:
-    transformers 5 `rope_parameters` (Gemma 3: its "full_attention" entry), or the older top-level `rope_theta` +
-    `rope_scaling`."""
-    if hf.get("model_type") == "gemma3_text" and "full_attention" in (hf.get("rope_parameters") or {}):
+    transformers 5 `rope_parameters` (Gemma 3, OLMo 3: its "full_attention" entry), or the older top-level
+    `rope_theta` + `rope_scaling`."""
+    if hf.get("model_type") in ("gemma3_text", "olmo3") and "full_attention" in (hf.get("rope_parameters") or {}):
         key, rope = "rope_parameters['full_attention']", dict(hf["rope_parameters"]["full_attention"] or {})
     elif hf.get("rope_parameters"):
         key, rope = "rope_parameters", dict(hf["rope_parameters"])

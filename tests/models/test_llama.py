@@ -197,6 +197,7 @@ def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
     (dict(model_type="smollm3", sliding_window=8, no_rope_layers=[0, 1, 1]), ()),
     (dict(model_type="cohere2", sliding_window=8), (True, True, True)),  # all but every 4th
     (dict(model_type="cohere2", sliding_window=8, sliding_window_pattern=2), (True, False, True)),
+    (dict(model_type="olmo3", sliding_window=8), (True, True, True)),  # all but every 4th
 ])
 def test_which_layers_slide(hf, sliding):
     assert llama._sliding_layers(dict(hf, num_hidden_layers=3)) == sliding
@@ -209,3 +210,17 @@ def test_smollm3_nope_layers():
     assert llama._nope_layers(dict(hf, no_rope_layers=[1, 1, 1, 1])) == ()
     with pytest.raises(ValueError, match="no_rope_layers has 3 entries; expected 4"):
         llama._nope_layers(dict(hf, no_rope_layers=[1, 1, 1]))
+
+
+def test_olmo3_rope_spellings():
+    hf = dict(model_type="olmo3", vocab_size=11, hidden_size=32, intermediate_size=40, num_hidden_layers=4,
+              num_attention_heads=2, sliding_window=8)
+    older = llama.Config.from_hf(dict(hf, rope_theta=5e5))  # one base for both kinds of layer
+    assert (older.rope_theta, older.local_rope_theta) == (5e5, 5e5)
+    assert older.sliding_layers == (True, True, True, False) and older.norm_placement == "post"
+    newer = llama.Config.from_hf(dict(hf, rope_parameters={
+        "full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}))
+    assert (newer.rope_type, newer.rope_theta, newer.local_rope_theta) == ("yarn", 5e5, 1e4)
+    with pytest.raises(ValueError, match=r"\['sliding_attention'\]\['rope_type'\]='linear'.*olmo3"):
+        llama.Config.from_hf(dict(hf, rope_parameters={"sliding_attention": {"rope_type": "linear", "factor": 2.0}}))
