@@ -97,6 +97,19 @@ CONFIGS = {
         "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0},
                             "sliding_attention": {"rope_type": "default", "rope_theta": 300.0}},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "ministral": lambda **kw: tf.MinistralConfig(**{  # a sliding layer over 6 keys, a full one
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "sliding_window": 6, "layer_types": ["sliding_attention", "full_attention"], "pad_token_id": 0,
+        "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False, **kw}),
+    "glm": lambda **kw: tf.GlmConfig(**{  # half of each 16-dim head rotated in interleaved pairs
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "glm4": lambda **kw: tf.Glm4Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "granite": lambda **kw: tf.GraniteConfig(**{  # granite-3's multipliers, smaller
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
@@ -255,6 +268,10 @@ CLASSES = {
     ("smollm3", "causal_lm"): tf.SmolLM3ForCausalLM, ("smollm3", "seq_cls"): tf.SmolLM3ForSequenceClassification,
     ("cohere", "causal_lm"): tf.CohereForCausalLM, ("cohere2", "causal_lm"): tf.Cohere2ForCausalLM,
     ("olmo3", "causal_lm"): tf.Olmo3ForCausalLM, ("olmo3", "seq_cls"): tf.Olmo3ForSequenceClassification,
+    ("ministral", "causal_lm"): tf.MinistralForCausalLM,
+    ("ministral", "seq_cls"): tf.MinistralForSequenceClassification,
+    ("glm", "causal_lm"): tf.GlmForCausalLM, ("glm", "token_cls"): tf.GlmForTokenClassification,
+    ("glm4", "causal_lm"): tf.Glm4ForCausalLM, ("glm4", "seq_cls"): tf.Glm4ForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -42,7 +42,7 @@ from jsoft.models.layers import (
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
-               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3")
+               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -77,7 +77,8 @@ class Config(TransformerConfig):
     attn_dropout: float = 0.0
     resid_dropout: float = 0.0  # on the attention and MLP outputs (Phi-3)
     embd_dropout: float = 0.0  # on the input embeddings (Phi-3)
-    fused_projections: bool = False  # Phi-3: one qkv_proj, one gate_up_proj
+    fused_qkv: bool = False  # Phi-3: one qkv_proj
+    fused_gate_up: bool = False  # Phi-3, GLM: one gate_up_proj
     tie_word_embeddings: bool = False
     classifier_dropout: float = 0.1
     token_cls_bias: bool = True
@@ -86,8 +87,9 @@ class Config(TransformerConfig):
     query_scale: float | None = None  # scores' scale (default head_dim ** -0.5; Gemma 2: query_pre_attn_scalar ** -0.5)
     attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
-    # where a layer's RMS norms sit: "pre" (on the attention's and MLP's inputs), "sandwich" (Gemma 2 / 3: on their
-    # outputs too; post_attention_layernorm is one of those), "post" (OLMo 2: on their outputs only)
+    # where a layer's RMS norms sit (NORM_NAMES): "pre" (on the attention's and MLP's inputs), "sandwich" (Gemma 2 / 3:
+    # on their outputs too; post_attention_layernorm is one of those), "glm4" (GLM-4-0414's sandwich, other names),
+    # "post" (OLMo 2 / 3: on their outputs only)
     norm_placement: str = "pre"
     qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
     # over the whole projection "width" (OLMo 2)
@@ -127,9 +129,10 @@ class Config(TransformerConfig):
         act = hf.get("hidden_act", "silu")
         if gemma2_style:
             act = hf.get("hidden_activation") or act
-        qkv_bias = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", False))
+        glm = model_type in ("glm", "glm4")  # fused gate_up_proj, interleaved partial RoPE, biases but o_proj's
+        qkv_bias = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm))
         head_dim = hf.get("head_dim") or d // h
-        rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
+        rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if glm else 1.0)))
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
             num_layers=hf["num_hidden_layers"], num_heads=h,
@@ -141,14 +144,14 @@ class Config(TransformerConfig):
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_positions=hf.get("max_position_embeddings", 2048),
             **rope_fields(hf, rope, int(head_dim * rotary)),
-            rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
-            attention_bias=qkv_bias, attention_out_bias=qkv_bias and not qwen2,
+            rotary_dim=None if rotary == 1.0 else int(head_dim * rotary), rope_interleaved=glm,
+            attention_bias=qkv_bias, attention_out_bias=qkv_bias and not (qwen2 or glm),
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
             local_rope_theta=local_rope, nope_layers=_nope_layers(hf),
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             resid_dropout=float(hf.get("resid_pdrop") or 0.0), embd_dropout=float(hf.get("embd_pdrop") or 0.0),
-            fused_projections=model_type == "phi3",
+            fused_qkv=model_type == "phi3", fused_gate_up=model_type == "phi3" or glm,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop" if model_type == "phi3"
                                                              else "hidden_dropout"),
@@ -160,7 +163,8 @@ class Config(TransformerConfig):
             # its multimodal model final_logit_softcapping
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
-            norm_placement="sandwich" if gemma2_style else "post" if model_type in ("olmo2", "olmo3") else "pre",
+            norm_placement=("sandwich" if gemma2_style else "post" if model_type in ("olmo2", "olmo3")
+                            else "glm4" if model_type == "glm4" else "pre"),
             qk_norm=("head" if model_type in ("qwen3", "gemma3_text", "qwen3_moe")
                      else "width" if model_type in ("olmo2", "olmo3", "olmoe") else None),
             clip_qkv=hf.get("clip_qkv"),
@@ -198,16 +202,19 @@ def _granite_multipliers(hf: dict) -> dict:
 
 def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     """Which layers are sliding-window ones, as transformers reads config.json: every Mistral, Phi-3 and Mixtral
-    layer when `sliding_window` is set (Qwen3-MoE: and `use_sliding_window`); otherwise those `layer_types` marks
-    "sliding_attention", or, in configs without it, the defaults of transformers' configs (Qwen2 / Qwen3: layers
-    from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE: every other layer from the first, below
-    `max_window_layers`; Gemma 2: every other layer from the first; Gemma 3 and Cohere 2: all but each
-    `sliding_window_pattern`-th; SmolLM3: its NoPE layers when `use_sliding_window`). () where none is."""
+    layer when `sliding_window` is set (Qwen3-MoE: and `use_sliding_window`; Ministral: without `layer_types`);
+    otherwise those `layer_types` marks "sliding_attention", or, in configs without it, the defaults of
+    transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE:
+    every other layer from the first, below `max_window_layers`; Gemma 2: every other layer from the first;
+    Gemma 3, Cohere 2 and OLMo 3: all but each `sliding_window_pattern`-th (OLMo 3: 4th); SmolLM3: its NoPE layers
+    when `use_sliding_window`). () where none is."""
     model_type, n, window = hf.get("model_type"), hf["num_hidden_layers"], hf.get("sliding_window")
-    if model_type in ("mistral", "phi3", "mixtral", "qwen3_moe"):
+    every_layer = model_type in ("mistral", "phi3", "mixtral", "qwen3_moe")
+    if every_layer or (model_type == "ministral" and "layer_types" not in hf):
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
-    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3"):
+    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3",
+                          "ministral"):
         return ()
     kinds = hf.get("layer_types")
     if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
@@ -439,7 +446,7 @@ class Attention(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         d, q_width, kv_width = c.hidden_size, c.num_heads * c.head_dim, c.kv_width
-        if c.fused_projections:
+        if c.fused_qkv:
             self.qkv_proj = dense(d, q_width + 2 * kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias,
                                   rngs=rngs)
         else:
@@ -479,7 +486,7 @@ class Attention(nnx.Module):
     def project(self, x):
         """Queries `[B, T, N, K]`, keys and values `[B, T, G, K]`."""
         c = self.c
-        if c.fused_projections:
+        if c.fused_qkv:
             q_width = c.num_heads * c.head_dim
             q, k, v = jnp.split(self.qkv_proj(x), [q_width, q_width + c.kv_width], axis=-1)
         else:
@@ -495,8 +502,8 @@ class MLP(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.act = activation(c.activation)
         d, f = c.hidden_size, c.intermediate_size
-        self.fused = c.fused_projections
-        if c.fused_projections:
+        self.fused = c.fused_gate_up
+        if c.fused_gate_up:
             self.gate_up_proj = dense(d, 2 * f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
         else:
             self.gate_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
@@ -508,6 +515,18 @@ class MLP(nnx.Module):
         return self.down_proj(self.act(gate) * up)
 
 
+# each norm placement's RMS norms by where they sit, under their checkpoint names
+NORM_NAMES = {
+    "pre": {"attention_in": "input_layernorm", "mlp_in": "post_attention_layernorm"},
+    "sandwich": {"attention_in": "input_layernorm", "attention_out": "post_attention_layernorm",
+                 "mlp_in": "pre_feedforward_layernorm", "mlp_out": "post_feedforward_layernorm"},
+    "post": {"attention_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"},
+    # GLM-4-0414's sandwich, its own names
+    "glm4": {"attention_in": "input_layernorm", "attention_out": "post_self_attn_layernorm",
+             "mlp_in": "post_attention_layernorm", "mlp_out": "post_mlp_layernorm"},
+}
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
         self.self_attn = Attention(c, p, rngs)
@@ -516,34 +535,29 @@ class DecoderLayer(nnx.Module):
         if c.moe_layers and c.moe_layers[index]:
             names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
             shared = c.shared_expert_intermediate_size
-            shared = MLP(dataclasses.replace(c, intermediate_size=shared, fused_projections=False), p,
+            shared = MLP(dataclasses.replace(c, intermediate_size=shared, fused_gate_up=False), p,
                          rngs) if shared else None
             ffn = moe.SparseMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
                                 c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
         else:
             ffn = MLP(c, p, rngs)
         setattr(self, self.ffn_name, ffn)
-        norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
-        self.placement, self.resid_dropout, self.residual_multiplier = (c.norm_placement, c.resid_dropout,
-                                                                        c.residual_multiplier)
-        if c.norm_placement != "post":
-            self.input_layernorm = norm()
-        self.post_attention_layernorm = norm()  # before the MLP with "pre" norms, else after attention
-        if c.norm_placement != "pre":
-            self.post_feedforward_layernorm = norm()
-        if c.norm_placement == "sandwich":
-            self.pre_feedforward_layernorm = norm()
+        self.resid_dropout, self.residual_multiplier = c.resid_dropout, c.residual_multiplier
+        self.norm_names = NORM_NAMES[c.norm_placement]
+        for name in self.norm_names.values():
+            setattr(self, name, RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset))
 
     def __call__(self, x, mask, rope, **kw):
-        drop, placement = kw["drop"], self.placement
-        a, new_cache = self.self_attn(x if placement == "post" else self.input_layernorm(x), mask, rope, **kw)
-        if placement == "pre":
-            x = x + self.residual(drop(a, self.resid_dropout))
-            ffn = drop(self.feed_forward(self.post_attention_layernorm(x)), self.resid_dropout)
-            return x + self.residual(ffn), new_cache
-        x = x + self.post_attention_layernorm(a)
-        h = self.feed_forward(self.pre_feedforward_layernorm(x) if placement == "sandwich" else x)
-        return x + self.post_feedforward_layernorm(h), new_cache
+        drop = kw["drop"]
+        a, new_cache = self.self_attn(self.norm("attention_in", x), mask, rope, **kw)
+        x = x + self.residual(drop(self.norm("attention_out", a), self.resid_dropout))
+        h = self.feed_forward(self.norm("mlp_in", x))
+        return x + self.residual(drop(self.norm("mlp_out", h), self.resid_dropout)), new_cache
+
+    def norm(self, where: str, x):
+        """The layer's norm at `where` (attention_in / _out, mlp_in / _out) on x, or x where it has none."""
+        name = self.norm_names.get(where)
+        return x if name is None else getattr(self, name)(x)
 
     def feed_forward(self, x):
         return getattr(self, self.ffn_name)(x)

@@ -198,6 +198,10 @@ def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
     (dict(model_type="cohere2", sliding_window=8), (True, True, True)),  # all but every 4th
     (dict(model_type="cohere2", sliding_window=8, sliding_window_pattern=2), (True, False, True)),
     (dict(model_type="olmo3", sliding_window=8), (True, True, True)),  # all but every 4th
+    (dict(model_type="ministral", sliding_window=8), (True, True, True)),  # no layer_types: every layer
+    (dict(model_type="ministral", sliding_window=None), ()),
+    (dict(model_type="ministral", sliding_window=8, layer_types=["sliding_attention"] + ["full_attention"] * 2),
+     (True, False, False)),
 ])
 def test_which_layers_slide(hf, sliding):
     assert llama._sliding_layers(dict(hf, num_hidden_layers=3)) == sliding

@@ -40,7 +40,9 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("gptj", "causal_lm"), ("gptj", "seq_cls"), ("gpt_neo", "causal_lm"), ("gpt_neo", "seq_cls"),
           ("gpt_neo", "token_cls"), ("stablelm", "causal_lm"), ("stablelm", "seq_cls"), ("stablelm", "token_cls"),
           ("starcoder2", "causal_lm"), ("starcoder2", "seq_cls"), ("smollm3", "causal_lm"), ("smollm3", "seq_cls"),
-          ("cohere", "causal_lm"), ("cohere2", "causal_lm"), ("olmo3", "causal_lm"), ("olmo3", "seq_cls")]
+          ("cohere", "causal_lm"), ("cohere2", "causal_lm"), ("olmo3", "causal_lm"), ("olmo3", "seq_cls"),
+          ("ministral", "seq_cls"), ("glm", "causal_lm"), ("glm", "token_cls"), ("glm4", "causal_lm"),
+          ("glm4", "seq_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert")
 
