@@ -110,6 +110,14 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "exaone4": lambda **kw: tf.Exaone4Config(**{  # sliding layers over 5 keys with RoPE, a full one without
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "sliding_window": 5,
+        "sliding_window_pattern": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "seed_oss": lambda **kw: tf.SeedOssConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "attention_out_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "granite": lambda **kw: tf.GraniteConfig(**{  # granite-3's multipliers, smaller
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
@@ -272,6 +280,8 @@ CLASSES = {
     ("ministral", "seq_cls"): tf.MinistralForSequenceClassification,
     ("glm", "causal_lm"): tf.GlmForCausalLM, ("glm", "token_cls"): tf.GlmForTokenClassification,
     ("glm4", "causal_lm"): tf.Glm4ForCausalLM, ("glm4", "seq_cls"): tf.Glm4ForSequenceClassification,
+    ("exaone4", "causal_lm"): tf.Exaone4ForCausalLM, ("exaone4", "seq_cls"): tf.Exaone4ForSequenceClassification,
+    ("seed_oss", "causal_lm"): tf.SeedOssForCausalLM, ("seed_oss", "token_cls"): tf.SeedOssForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -42,7 +42,8 @@ from jsoft.models.layers import (
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
-               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4")
+               "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
+               "seed_oss")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -131,6 +132,8 @@ class Config(TransformerConfig):
             act = hf.get("hidden_activation") or act
         glm = model_type in ("glm", "glm4")  # fused gate_up_proj, interleaved partial RoPE, biases but o_proj's
         qkv_bias = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm))
+        out_bias = bool(hf.get("attention_out_bias", False)) if model_type == "seed_oss" else qkv_bias and not (
+            qwen2 or glm)
         head_dim = hf.get("head_dim") or d // h
         rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if glm else 1.0)))
         return cls(
@@ -145,12 +148,13 @@ class Config(TransformerConfig):
             max_positions=hf.get("max_position_embeddings", 2048),
             **rope_fields(hf, rope, int(head_dim * rotary)),
             rotary_dim=None if rotary == 1.0 else int(head_dim * rotary), rope_interleaved=glm,
-            attention_bias=qkv_bias, attention_out_bias=qkv_bias and not (qwen2 or glm),
+            attention_bias=qkv_bias, attention_out_bias=out_bias,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
             local_rope_theta=local_rope, nope_layers=_nope_layers(hf),
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
-            resid_dropout=float(hf.get("resid_pdrop") or 0.0), embd_dropout=float(hf.get("embd_pdrop") or 0.0),
+            resid_dropout=float(hf.get("resid_pdrop") or hf.get("residual_dropout") or 0.0),
+            embd_dropout=float(hf.get("embd_pdrop") or 0.0),
             fused_qkv=model_type == "phi3", fused_gate_up=model_type == "phi3" or glm,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop" if model_type == "phi3"
@@ -163,9 +167,9 @@ class Config(TransformerConfig):
             # its multimodal model final_logit_softcapping
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
-            norm_placement=("sandwich" if gemma2_style else "post" if model_type in ("olmo2", "olmo3")
+            norm_placement=("sandwich" if gemma2_style else "post" if model_type in ("olmo2", "olmo3", "exaone4")
                             else "glm4" if model_type == "glm4" else "pre"),
-            qk_norm=("head" if model_type in ("qwen3", "gemma3_text", "qwen3_moe")
+            qk_norm=("head" if model_type in ("qwen3", "gemma3_text", "qwen3_moe", "exaone4")
                      else "width" if model_type in ("olmo2", "olmo3", "olmoe") else None),
             clip_qkv=hf.get("clip_qkv"),
             **(_granite_multipliers(hf) if model_type == "granite" else {}), **_moe_fields(hf),
@@ -206,15 +210,15 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     otherwise those `layer_types` marks "sliding_attention", or, in configs without it, the defaults of
     transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE:
     every other layer from the first, below `max_window_layers`; Gemma 2: every other layer from the first;
-    Gemma 3, Cohere 2 and OLMo 3: all but each `sliding_window_pattern`-th (OLMo 3: 4th); SmolLM3: its NoPE layers
-    when `use_sliding_window`). () where none is."""
+    Gemma 3, Cohere 2, OLMo 3 and EXAONE 4: all but each `sliding_window_pattern`-th (OLMo 3: 4th); SmolLM3: its
+    NoPE layers when `use_sliding_window`). () where none is."""
     model_type, n, window = hf.get("model_type"), hf["num_hidden_layers"], hf.get("sliding_window")
     every_layer = model_type in ("mistral", "phi3", "mixtral", "qwen3_moe")
     if every_layer or (model_type == "ministral" and "layer_types" not in hf):
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
     if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3",
-                          "ministral"):
+                          "ministral", "exaone4") or (model_type == "exaone4" and not window):
         return ()
     kinds = hf.get("layer_types")
     if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
@@ -227,7 +231,7 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
                    "qwen2_moe": lambda i: on and i % 2 == 0 and i < windowed, "gemma2": lambda i: i % 2 == 0,
                    "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0,
                    "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0,
-                   "olmo3": lambda i: (i + 1) % 4 != 0}[model_type]
+                   "olmo3": lambda i: (i + 1) % 4 != 0, "exaone4": lambda i: _exaone4_sliding(hf, i)}[model_type]
         kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
     if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
@@ -236,9 +240,21 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     return sliding if any(sliding) else ()
 
 
+def _exaone4_sliding(hf: dict, layer: int) -> bool:
+    """EXAONE 4's `sliding_window_pattern`: every layer but each n-th slides, or a string cycled over the layers
+    ("LLLG": "L" slides)."""
+    pattern = hf.get("sliding_window_pattern", 4)
+    if isinstance(pattern, str):
+        return pattern[layer % len(pattern)].upper() == "L"
+    return (layer + 1) % pattern != 0
+
+
 def _nope_layers(hf: dict) -> tuple[bool, ...]:
-    """SmolLM3's layers without RoPE: `no_rope_layers` (1 where a layer rotates), by default every
-    `no_rope_layer_interval`-th layer. () where none is."""
+    """The layers without RoPE: SmolLM3's `no_rope_layers` zeros (1 where a layer rotates; by default every
+    `no_rope_layer_interval`-th layer), EXAONE 4's full-attention layers when it has sliding ones. () where none is."""
+    if hf.get("model_type") == "exaone4":  # with a sliding_window, its full layers skip RoPE
+        nope = tuple(not s for s in _sliding_layers(hf) or (False,) * hf["num_hidden_layers"])
+        return nope if hf.get("sliding_window") and any(nope) else ()
     if hf.get("model_type") != "smollm3":
         return ()
     n, interval = hf["num_hidden_layers"], hf.get("no_rope_layer_interval", 4)

@@ -200,6 +200,9 @@ def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
     (dict(model_type="olmo3", sliding_window=8), (True, True, True)),  # all but every 4th
     (dict(model_type="ministral", sliding_window=8), (True, True, True)),  # no layer_types: every layer
     (dict(model_type="ministral", sliding_window=None), ()),
+    (dict(model_type="exaone4", sliding_window=8), (True, True, True)),  # all but every 4th
+    (dict(model_type="exaone4", sliding_window=8, sliding_window_pattern="LG"), (True, False, True)),
+    (dict(model_type="exaone4", sliding_window=None, layer_types=["full_attention"] * 3), ()),
     (dict(model_type="ministral", sliding_window=8, layer_types=["sliding_attention"] + ["full_attention"] * 2),
      (True, False, False)),
 ])
@@ -228,3 +231,12 @@ def test_olmo3_rope_spellings():
     assert (newer.rope_type, newer.rope_theta, newer.local_rope_theta) == ("yarn", 5e5, 1e4)
     with pytest.raises(ValueError, match=r"\['sliding_attention'\]\['rope_type'\]='linear'.*olmo3"):
         llama.Config.from_hf(dict(hf, rope_parameters={"sliding_attention": {"rope_type": "linear", "factor": 2.0}}))
+
+
+@pytest.mark.parametrize("hf,nope", [
+    (dict(sliding_window=8, sliding_window_pattern=2), (False, True, False)),  # full layers skip RoPE
+    (dict(sliding_window=8, layer_types=["full_attention"] * 3), (True, True, True)),
+    (dict(sliding_window=None, layer_types=["full_attention"] * 3), ()),  # no window: every layer rotates
+])
+def test_exaone4_full_layers_skip_rope_when_it_slides(hf, nope):
+    assert llama._nope_layers(dict(hf, model_type="exaone4", num_hidden_layers=3)) == nope
