@@ -60,11 +60,11 @@ LANGUAGE_MODELS = {"gemma3": {"language_model.model.": "model.", "model.language
 # what a multimodal config.json states for its language model outside `text_config`
 _TOP_LEVEL_KEYS = ("tie_word_embeddings", "num_labels", "id2label", "label2id", "problem_type", "pad_token_id",
                    "eos_token_id", "bos_token_id")
-# causal self-attention over the input
-DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "bloom", "gpt_neox",
-                "phi", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "opt", "gptj",
-                "gpt_neo", "stablelm", "starcoder2", "smollm3", "olmo3", "cohere", "cohere2", "ministral", "glm",
-                "glm4", "exaone4", "seed_oss")
+# causal self-attention over the input (a multimodal checkpoint: its language model)
+DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "bloom",
+                "gpt_neox", "phi", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "opt",
+                "gptj", "gpt_neo", "stablelm", "starcoder2", "smollm3", "olmo3", "cohere", "cohere2", "ministral",
+                "glm", "glm4", "exaone4", "seed_oss")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -221,3 +221,13 @@ def test_generation_config_supplies_what_transformers_generate_reads(tmp_path):
     config = jsoft.from_pretrained(tmp_path, task="causal_lm").config
     assert config.eos_token_id == [2, 7] and config.forced_eos_token_id == 9
     assert jsoft.from_pretrained(tmp_path, task="causal_lm", eos_token_id=5).config.eos_token_id == 5
+
+
+def test_decoder_only_lists_every_causal_backbone():
+    """hub.DECODER_ONLY (decoder classifiers pad left, multitask serving) names each causal LM here, no encoder."""
+    from jsoft.models import hub
+
+    causal = {kind for kind, task in tiny.CLASSES if task == "causal_lm"} - set(tiny.ENCODER_DECODER)
+    others = {kind for kind, _ in tiny.CLASSES} - causal
+    assert causal <= set(hub.DECODER_ONLY), sorted(causal - set(hub.DECODER_ONLY))
+    assert not others & set(hub.DECODER_ONLY)
