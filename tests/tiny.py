@@ -118,6 +118,14 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
         "attention_out_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "helium": lambda **kw: tf.HeliumConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "max_position_embeddings": 128,
+        "attention_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "arcee": lambda **kw: tf.ArceeConfig(**{  # an ungated relu^2 MLP
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "granite": lambda **kw: tf.GraniteConfig(**{  # granite-3's multipliers, smaller
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
@@ -282,6 +290,8 @@ CLASSES = {
     ("glm4", "causal_lm"): tf.Glm4ForCausalLM, ("glm4", "seq_cls"): tf.Glm4ForSequenceClassification,
     ("exaone4", "causal_lm"): tf.Exaone4ForCausalLM, ("exaone4", "seq_cls"): tf.Exaone4ForSequenceClassification,
     ("seed_oss", "causal_lm"): tf.SeedOssForCausalLM, ("seed_oss", "token_cls"): tf.SeedOssForTokenClassification,
+    ("helium", "causal_lm"): tf.HeliumForCausalLM, ("helium", "seq_cls"): tf.HeliumForSequenceClassification,
+    ("arcee", "causal_lm"): tf.ArceeForCausalLM, ("arcee", "token_cls"): tf.ArceeForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -43,7 +43,7 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
-               "seed_oss")
+               "seed_oss", "helium", "arcee")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -71,10 +71,11 @@ class Config(TransformerConfig):
     attention_bias: bool = False  # q_proj, k_proj, v_proj
     attention_out_bias: bool = False  # o_proj (Llama: = attention_bias; Qwen2: none)
     mlp_bias: bool = False
+    gated_mlp: bool = True  # down(act(gate(x)) * up(x)); else down(act(up(x))) (Arcee)
     sliding_window: int | None = None  # how many key slots a sliding layer's query sees, its own included
     sliding_layers: tuple[bool, ...] = ()  # which layers are transformers' "sliding_attention" ones
     local_rope_theta: float | None = None  # Gemma 3: the sliding layers' own (default) RoPE base
-    nope_layers: tuple[bool, ...] = ()  # layers whose queries and keys RoPE leaves as they are (SmolLM3, Cohere 2)
+    nope_layers: tuple[bool, ...] = ()  # layers whose queries and keys skip RoPE (SmolLM3, EXAONE 4, Cohere 2)
     attn_dropout: float = 0.0
     resid_dropout: float = 0.0  # on the attention and MLP outputs (Phi-3)
     embd_dropout: float = 0.0  # on the input embeddings (Phi-3)
@@ -133,7 +134,7 @@ class Config(TransformerConfig):
         glm = model_type in ("glm", "glm4")  # fused gate_up_proj, interleaved partial RoPE, biases but o_proj's
         qkv_bias = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm))
         out_bias = bool(hf.get("attention_out_bias", False)) if model_type == "seed_oss" else qkv_bias and not (
-            qwen2 or glm)
+            qwen2 or glm or model_type == "helium")
         head_dim = hf.get("head_dim") or d // h
         rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if glm else 1.0)))
         return cls(
@@ -147,7 +148,8 @@ class Config(TransformerConfig):
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_positions=hf.get("max_position_embeddings", 2048),
             **rope_fields(hf, rope, int(head_dim * rotary)),
-            rotary_dim=None if rotary == 1.0 else int(head_dim * rotary), rope_interleaved=glm,
+            rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
+            rope_interleaved=glm or model_type == "helium",
             attention_bias=qkv_bias, attention_out_bias=out_bias,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
@@ -155,7 +157,7 @@ class Config(TransformerConfig):
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             resid_dropout=float(hf.get("resid_pdrop") or hf.get("residual_dropout") or 0.0),
             embd_dropout=float(hf.get("embd_pdrop") or 0.0),
-            fused_qkv=model_type == "phi3", fused_gate_up=model_type == "phi3" or glm,
+            fused_qkv=model_type == "phi3", fused_gate_up=model_type == "phi3" or glm, gated_mlp=model_type != "arcee",
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop" if model_type == "phi3"
                                                              else "hidden_dropout"),
@@ -518,15 +520,18 @@ class MLP(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.act = activation(c.activation)
         d, f = c.hidden_size, c.intermediate_size
-        self.fused = c.fused_gate_up
+        self.fused, self.gated = c.fused_gate_up, c.gated_mlp
         if c.fused_gate_up:
             self.gate_up_proj = dense(d, 2 * f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
         else:
-            self.gate_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
+            if c.gated_mlp:
+                self.gate_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
             self.up_proj = dense(d, f, ("embed", "mlp"), p, bias=c.mlp_bias, rngs=rngs)
         self.down_proj = dense(f, d, ("mlp", "embed"), p, bias=c.mlp_bias, rngs=rngs)
 
     def __call__(self, x):
+        if not self.gated:
+            return self.down_proj(self.act(self.up_proj(x)))
         gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1) if self.fused else (self.gate_proj(x), self.up_proj(x))
         return self.down_proj(self.act(gate) * up)
 
