@@ -223,6 +223,10 @@ CONFIGS = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "sliding_window": 5,
         "layer_types": ["sliding_attention", "full_attention", "sliding_attention"], "logit_scale": 0.5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "nemotron": lambda **kw: tf.NemotronConfig(**{  # half of each 16-dim head rotated
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -292,6 +296,8 @@ CLASSES = {
     ("seed_oss", "causal_lm"): tf.SeedOssForCausalLM, ("seed_oss", "token_cls"): tf.SeedOssForTokenClassification,
     ("helium", "causal_lm"): tf.HeliumForCausalLM, ("helium", "seq_cls"): tf.HeliumForSequenceClassification,
     ("arcee", "causal_lm"): tf.ArceeForCausalLM, ("arcee", "token_cls"): tf.ArceeForTokenClassification,
+    ("nemotron", "causal_lm"): tf.NemotronForCausalLM, ("nemotron", "seq_cls"): tf.NemotronForSequenceClassification,
+    ("nemotron", "token_cls"): tf.NemotronForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -90,16 +90,21 @@ def embed(n: int, d: int, p: Precision, *, rngs: nnx.Rngs, names=("vocab", "embe
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm computed in fp32 (parameters `scale`, `bias`, as `nnx.LayerNorm` names them)."""
+    """LayerNorm computed in fp32 (parameters `scale`, `bias`, as `nnx.LayerNorm` names them); Nemotron's scales
+    by `offset + scale` (offset 1: its checkpoints store the difference from one)."""
 
-    def __init__(self, d: int, eps: float, p: Precision, names: tuple = ("embed",), bias: bool = True):
-        self.eps = eps
-        self.scale = nnx.Param(jnp.ones((d,), p.param_dtype), **axes(*names))
+    def __init__(self, d: int, eps: float, p: Precision, names: tuple = ("embed",), bias: bool = True,
+                 offset: float = 0.0):
+        self.eps, self.offset = eps, offset
+        self.scale = nnx.Param(jnp.full((d,), 1.0 - offset, p.param_dtype), **axes(*names))
         self.bias = nnx.Param(jnp.zeros((d,), p.param_dtype), **axes(*names)) if bias else None
 
     def __call__(self, x: Array) -> Array:
         bias = jnp.zeros((), jnp.float32) if self.bias is None else self.bias[...]
-        return ops.layer_norm(x, self.scale[...], bias, self.eps)
+        scale = self.scale[...]
+        if self.offset:
+            scale = scale.astype(jnp.float32) + self.offset
+        return ops.layer_norm(x, scale, bias, self.eps)
 
 
 class RMSNorm(nnx.Module):

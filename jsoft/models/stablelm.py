@@ -1,7 +1,8 @@
 """StableLM (stablelm-3b-4e1t, StableLM 2 1.6b / 12b, stable-code): Llama's attention and gated MLP between
 LayerNorms (with biases), rotary embeddings on a leading fraction of each head (`partial_rotary_factor`), optional
 query / key / value biases, per-head query and key LayerNorms (`qk_layernorm`, each head its own weights) and
-parallel residuals (`use_parallel_residual`). StarCoder2 (jsoft.models.starcoder2) is this layer with its own MLP.
+parallel residuals (`use_parallel_residual`). StarCoder2, Cohere and Nemotron (jsoft.models.starcoder2, .cohere,
+.nemotron) are this layer with their own MLP, attention or norms.
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_layernorm.norms.3`, `lm_head`, `score`)."""
 
@@ -52,6 +53,11 @@ class Config(llama.Config):
         )
 
 
+def layer_norm(c: Config, p: Precision) -> LayerNorm:
+    """A layer's (or the final) LayerNorm over the hidden size, as the config has it."""
+    return LayerNorm(c.hidden_size, c.layer_norm_eps, p, bias=c.norm_bias, offset=c.norm_offset)
+
+
 class HeadLayerNorms(nnx.Module):
     """A bias-free LayerNorm per head (`norms.{h}.weight`, loaded stacked into `scale [heads, K]`)."""
 
@@ -86,11 +92,11 @@ class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         self.dtype = p.dtype
-        self.input_layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p, bias=c.norm_bias)
+        self.input_layernorm = layer_norm(c, p)
         self.self_attn = self.attention_class(c, p, rngs)
         self.mlp = self.mlp_class(c, p, rngs)
         if not c.parallel_residual:
-            self.post_attention_layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps, p, bias=c.norm_bias)
+            self.post_attention_layernorm = layer_norm(c, p)
 
     def __call__(self, x, mask, rope, **kw):
         drop = kw["drop"]
@@ -111,7 +117,7 @@ class Model(nnx.Module):
         self.dtype = p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
         self.layers = nnx.List([self.layer_class(c, p, rngs) for _ in range(c.num_layers)])
-        self.norm = LayerNorm(c.hidden_size, c.layer_norm_eps, p, bias=c.norm_bias)
+        self.norm = layer_norm(c, p)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
@@ -124,8 +130,8 @@ class Model(nnx.Module):
 
 
 class StableLm(heads.DecoderOnlyLM):
-    """StableLM (or StarCoder2, Cohere, with their `Model`) with the head for `task` (None, causal_lm, seq_cls,
-    token_cls)."""
+    """StableLM (or StarCoder2, Cohere, Nemotron: their `Model`, their config) with the head for `task` (None,
+    causal_lm, seq_cls, token_cls)."""
 
     model_class = Model
 
