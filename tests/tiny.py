@@ -126,6 +126,10 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "ernie4_5": lambda **kw: tf.Ernie4_5Config(**{  # interleaved RoPE, a bias on every projection
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "max_position_embeddings": 128,
+        "use_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "granite": lambda **kw: tf.GraniteConfig(**{  # granite-3's multipliers, smaller
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
@@ -298,6 +302,7 @@ CLASSES = {
     ("arcee", "causal_lm"): tf.ArceeForCausalLM, ("arcee", "token_cls"): tf.ArceeForTokenClassification,
     ("nemotron", "causal_lm"): tf.NemotronForCausalLM, ("nemotron", "seq_cls"): tf.NemotronForSequenceClassification,
     ("nemotron", "token_cls"): tf.NemotronForTokenClassification,
+    ("ernie4_5", "causal_lm"): tf.Ernie4_5ForCausalLM,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -43,7 +43,7 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
-               "seed_oss", "helium", "arcee")
+               "seed_oss", "helium", "arcee", "ernie4_5")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -135,6 +135,9 @@ class Config(TransformerConfig):
         qkv_bias = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm))
         out_bias = bool(hf.get("attention_out_bias", False)) if model_type == "seed_oss" else qkv_bias and not (
             qwen2 or glm or model_type == "helium")
+        mlp_bias = bool(hf.get("mlp_bias", False))
+        if model_type == "ernie4_5":  # one use_bias for every projection
+            qkv_bias = out_bias = mlp_bias = bool(hf.get("use_bias", False))
         head_dim = hf.get("head_dim") or d // h
         rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if glm else 1.0)))
         return cls(
@@ -149,9 +152,9 @@ class Config(TransformerConfig):
             max_positions=hf.get("max_position_embeddings", 2048),
             **rope_fields(hf, rope, int(head_dim * rotary)),
             rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
-            rope_interleaved=glm or model_type == "helium",
+            rope_interleaved=glm or model_type in ("helium", "ernie4_5"),
             attention_bias=qkv_bias, attention_out_bias=out_bias,
-            mlp_bias=bool(hf.get("mlp_bias", False)),
+            mlp_bias=mlp_bias,
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
             local_rope_theta=local_rope, nope_layers=_nope_layers(hf),
             attn_dropout=float(hf.get("attention_dropout") or 0.0),

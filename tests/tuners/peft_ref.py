@@ -44,7 +44,8 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("ministral", "seq_cls"), ("glm", "causal_lm"), ("glm", "token_cls"), ("glm4", "causal_lm"),
           ("glm4", "seq_cls"), ("exaone4", "causal_lm"), ("exaone4", "seq_cls"), ("seed_oss", "causal_lm"),
           ("seed_oss", "token_cls"), ("helium", "causal_lm"), ("helium", "seq_cls"), ("arcee", "causal_lm"),
-          ("arcee", "token_cls"), ("nemotron", "causal_lm"), ("nemotron", "seq_cls")]
+          ("arcee", "token_cls"), ("nemotron", "causal_lm"), ("nemotron", "seq_cls"),
+          ("ernie4_5", "causal_lm")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert")
 
