@@ -321,7 +321,7 @@ def test_killed_and_preempted_runs_resume_bit_for_bit(bert, files, tmp_path):
 
 @pytest.mark.parametrize("kind,task", [("bert", "seq_cls"), ("bloom", "causal_lm"), ("gpt_neox", "seq_cls"),
                                        ("opt", "causal_lm"), ("bart", "seq2seq_lm"), ("deberta-v2", "seq_cls"),
-                                       ("phi3", "causal_lm")])
+                                       ("phi3", "causal_lm"), ("gpt_neo", "seq_cls"), ("cohere2", "causal_lm")])
 def test_remat_gives_the_same_loss_and_gradients(tiny_dir, kind, task):
     from flax import nnx
 
