@@ -124,22 +124,17 @@ class Config(TransformerConfig):
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
         rope, local_rope, sliding = rope_from_hf(hf), _local_rope_theta(hf), _sliding_layers(hf)
-        qwen2, gemma = model_type in ("qwen2", "qwen2_moe"), model_type in ("gemma", "gemma2", "gemma3_text")
+        gemma = model_type in ("gemma", "gemma2", "gemma3_text")
         gemma2_style = model_type in ("gemma2", "gemma3_text")  # sandwich norms, query_pre_attn_scalar, final cap
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
         act = hf.get("hidden_act", "silu")
         if gemma2_style:
             act = hf.get("hidden_activation") or act
-        glm = model_type in ("glm", "glm4")  # fused gate_up_proj, interleaved partial RoPE, biases but o_proj's
-        qkv_bias = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm))
-        out_bias = bool(hf.get("attention_out_bias", False)) if model_type == "seed_oss" else qkv_bias and not (
-            qwen2 or glm or model_type == "helium")
-        mlp_bias = bool(hf.get("mlp_bias", False))
-        if model_type == "ernie4_5":  # one use_bias for every projection
-            qkv_bias = out_bias = mlp_bias = bool(hf.get("use_bias", False))
+        family = FAMILIES.get(model_type, {})
         head_dim = hf.get("head_dim") or d // h
-        rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5 if glm else 1.0)))
+        rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor",
+                                                                 0.5 if model_type in ("glm", "glm4") else 1.0)))
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
             num_layers=hf["num_hidden_layers"], num_heads=h,
@@ -152,33 +147,64 @@ class Config(TransformerConfig):
             max_positions=hf.get("max_position_embeddings", 2048),
             **rope_fields(hf, rope, int(head_dim * rotary)),
             rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
-            rope_interleaved=glm or model_type in ("helium", "ernie4_5"),
-            attention_bias=qkv_bias, attention_out_bias=out_bias,
-            mlp_bias=mlp_bias,
+            **_bias_fields(hf),
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
             local_rope_theta=local_rope, nope_layers=_nope_layers(hf),
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             resid_dropout=float(hf.get("resid_pdrop") or hf.get("residual_dropout") or 0.0),
             embd_dropout=float(hf.get("embd_pdrop") or 0.0),
-            fused_qkv=model_type == "phi3", fused_gate_up=model_type == "phi3" or glm, gated_mlp=model_type != "arcee",
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop" if model_type == "phi3"
                                                              else "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
-            embed_scale=d ** 0.5 if gemma else 1.0, norm_offset=1.0 if gemma else 0.0,
+            embed_scale=d ** 0.5 if gemma else 1.0,
             query_scale=(float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style
                          else float(hf.get("attention_multiplier", 1.0)) if model_type == "granite" else None),
             # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one), nor
             # its multimodal model final_logit_softcapping
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
-            norm_placement=("sandwich" if gemma2_style else "post" if model_type in ("olmo2", "olmo3", "exaone4")
-                            else "glm4" if model_type == "glm4" else "pre"),
-            qk_norm=("head" if model_type in ("qwen3", "gemma3_text", "qwen3_moe", "exaone4")
-                     else "width" if model_type in ("olmo2", "olmo3", "olmoe") else None),
             clip_qkv=hf.get("clip_qkv"),
-            **(_granite_multipliers(hf) if model_type == "granite" else {}), **_moe_fields(hf),
+            **family, **(_granite_multipliers(hf) if model_type == "granite" else {}), **_moe_fields(hf),
         )
+
+
+# what each family fixes in its modelling code rather than in config.json (the rest: Config's defaults)
+FAMILIES: dict[str, dict] = {
+    "gemma": dict(norm_offset=1.0),
+    "gemma2": dict(norm_offset=1.0, norm_placement="sandwich"),
+    "gemma3_text": dict(norm_offset=1.0, norm_placement="sandwich", qk_norm="head"),
+    "qwen3": dict(qk_norm="head"),
+    "qwen3_moe": dict(qk_norm="head"),
+    "olmo2": dict(norm_placement="post", qk_norm="width"),
+    "olmo3": dict(norm_placement="post", qk_norm="width"),
+    "olmoe": dict(qk_norm="width"),
+    "exaone4": dict(norm_placement="post", qk_norm="head"),
+    "phi3": dict(fused_qkv=True, fused_gate_up=True),
+    "glm": dict(fused_gate_up=True, rope_interleaved=True),
+    "glm4": dict(fused_gate_up=True, rope_interleaved=True, norm_placement="glm4"),
+    "helium": dict(rope_interleaved=True),
+    "ernie4_5": dict(rope_interleaved=True),
+    "arcee": dict(gated_mlp=False),
+}
+
+
+def _bias_fields(hf: dict) -> dict:
+    """Which projections have biases, as each family's code reads config.json: `attention_bias` on the query / key /
+    value and output projections (Qwen2: `qkv_bias`, default on, none on the output; GLM: on by default, none on the
+    output; Helium: none on the output; Seed-OSS: `attention_out_bias` for the output), `mlp_bias` (ERNIE 4.5: one
+    `use_bias` for every projection)."""
+    model_type = hf.get("model_type", "llama")
+    if model_type == "ernie4_5":
+        bias = bool(hf.get("use_bias", False))
+        return dict(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias)
+    qwen2, glm = model_type in ("qwen2", "qwen2_moe"), model_type in ("glm", "glm4")
+    qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm))
+    if model_type == "seed_oss":
+        out = bool(hf.get("attention_out_bias", False))
+    else:
+        out = qkv and not (qwen2 or glm or model_type == "helium")
+    return dict(attention_bias=qkv, attention_out_bias=out, mlp_bias=bool(hf.get("mlp_bias", False)))
 
 
 def _moe_fields(hf: dict) -> dict:
