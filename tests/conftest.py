@@ -1,5 +1,6 @@
 """Fixtures: tiny Hugging Face models built offline and saved with `save_pretrained`."""
 
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -25,3 +26,37 @@ def tiny_dir(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+def _max_map_count() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None  # not Linux: no such limit to stay under
+
+
+MAX_MAP_COUNT = _max_map_count()
+_clear_above = {"mappings": None if MAX_MAP_COUNT is None else MAX_MAP_COUNT // 2}
+
+
+def _mappings() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+    """XLA:CPU maps each compiled program's code into the process (7 or more mappings each), and JAX keeps every
+    program it compiled. A whole test session compiles thousands, past the kernel's `vm.max_map_count` (65530
+    here), where the next compile segfaults. After a test that leaves over half that many mappings, drop JAX's
+    caches (later tests recompile what they need); what stays mapped after that raises the next threshold, so
+    the caches are not dropped after every test."""
+    yield
+    if _clear_above["mappings"] is None or _mappings() <= _clear_above["mappings"]:
+        return
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    _clear_above["mappings"] = max(MAX_MAP_COUNT // 2, _mappings() + MAX_MAP_COUNT // 4)
