@@ -37,26 +37,33 @@ def _max_map_count() -> int | None:
 
 
 MAX_MAP_COUNT = _max_map_count()
-_clear_above = {"mappings": None if MAX_MAP_COUNT is None else MAX_MAP_COUNT // 2}
 
 
-def _mappings() -> int:
-    with open("/proc/self/maps") as f:
-        return sum(1 for _ in f)
-
-
-@pytest.fixture(autouse=True)
-def _bounded_compiled_programs():
+def _drop_compiled_programs_above(mappings: int) -> None:
     """XLA:CPU maps each compiled program's code into the process (7 or more mappings each), and JAX keeps every
     program it compiled. A whole test session compiles thousands, past the kernel's `vm.max_map_count` (65530
-    here), where the next compile segfaults. After a test that leaves over half that many mappings, drop JAX's
-    caches (later tests recompile what they need); what stays mapped after that raises the next threshold, so
-    the caches are not dropped after every test."""
-    yield
-    if _clear_above["mappings"] is None or _mappings() <= _clear_above["mappings"]:
-        return
+    here), where the next compile segfaults. Past `mappings`, drop JAX's caches (later tests recompile what they
+    need)."""
+    with open("/proc/self/maps") as f:
+        if sum(1 for _ in f) <= mappings:
+            return
     import jax
 
     jax.clear_caches()
     gc.collect()
-    _clear_above["mappings"] = max(MAX_MAP_COUNT // 2, _mappings() + MAX_MAP_COUNT // 4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bounded_compiled_programs_per_module():
+    """Between modules, so a module's own fixtures keep what they compiled (test_serve counts its programs)."""
+    yield
+    if MAX_MAP_COUNT is not None:
+        _drop_compiled_programs_above(MAX_MAP_COUNT // 2)
+
+
+@pytest.fixture(autouse=True)
+def _bounded_compiled_programs():
+    """Within a long module (the PEFT matrix), only when the limit is near."""
+    yield
+    if MAX_MAP_COUNT is not None:
+        _drop_compiled_programs_above(MAX_MAP_COUNT * 3 // 4)
