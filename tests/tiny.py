@@ -231,6 +231,11 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # the new architecture (falcon-40b, -180b): two key / value groups, ln_attn and ln_mlp; biases
+    "falcon": lambda **kw: tf.FalconConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 6, "num_kv_heads": 2,
+        "new_decoder_architecture": True, "bias": True, "ffn_hidden_size": 72, "max_position_embeddings": 128,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -303,6 +308,8 @@ CLASSES = {
     ("nemotron", "causal_lm"): tf.NemotronForCausalLM, ("nemotron", "seq_cls"): tf.NemotronForSequenceClassification,
     ("nemotron", "token_cls"): tf.NemotronForTokenClassification,
     ("ernie4_5", "causal_lm"): tf.Ernie4_5ForCausalLM,
+    ("falcon", "causal_lm"): tf.FalconForCausalLM, ("falcon", "seq_cls"): tf.FalconForSequenceClassification,
+    ("falcon", "token_cls"): tf.FalconForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

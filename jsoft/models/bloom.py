@@ -76,12 +76,30 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     return slopes.astype(np.float32)
 
 
-def alibi_bias(key_mask_BxS: jax.Array, num_heads: int) -> jax.Array:
+def alibi_bias(key_mask_BxS: jax.Array, num_heads: int, rounding=None) -> jax.Array:
     """fp32 `[B, H, 1, S]`: each head's slope times the key's position, the number of attendable keys before it
-    (0 for masked keys). Softmax is shift-invariant per query, so this equals the distance-based bias."""
+    (0 for masked keys). Softmax is shift-invariant per query, so this equals the distance-based bias. `rounding`
+    (Falcon's bf16): slopes and products rounded to it, as transformers computes them."""
     m = key_mask_BxS.astype(jnp.float32)
     positions = (jnp.cumsum(m, axis=-1) - 1.0) * m
-    return jnp.asarray(alibi_slopes(num_heads))[None, :, None, None] * positions[:, None, None, :]
+    slopes = jnp.asarray(alibi_slopes(num_heads))
+    if rounding is not None:  # transformers casts both to it before multiplying
+        slopes, positions = (t.astype(rounding).astype(jnp.float32) for t in (slopes, positions))
+    bias = slopes[None, :, None, None] * positions[:, None, None, :]
+    return bias if rounding is None else bias.astype(rounding).astype(jnp.float32)
+
+
+def alibi_stack_inputs(attention_mask, T: int, B: int, prefix_kv, prefix_mask, cache: KVCache | None,
+                       num_heads: int, rounding=None) -> tuple[jax.Array, jax.Array]:
+    """What an ALiBi decoder stack (BLOOM, falcon-rw) attends with: the causal mask over the input or the cache's
+    slots, and `alibi_bias` over the prefix's keys, then those."""
+    S = T if cache is None else cache.slots
+    mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
+    keys = [jnp.ones((B, S), bool) if attention_mask is None else jnp.asarray(attention_mask)]
+    if prefix_kv is not None:
+        V = prefix_kv.shape[3]
+        keys.insert(0, jnp.ones((B, V), bool) if prefix_mask is None else jnp.asarray(prefix_mask))
+    return mask, alibi_bias(jnp.concatenate([k.astype(bool) for k in keys], axis=1), num_heads, rounding)
 
 
 class Attention(nnx.Module):
@@ -145,14 +163,7 @@ class BloomModel(nnx.Module):
             inputs_embeds = self.word_embeddings(input_ids)
         B, T = inputs_embeds.shape[:2]
         x = self.word_embeddings_layernorm(inputs_embeds).astype(self.dtype)
-        S = T if cache is None else cache.slots
-        mask = attention_mask_4d(attention_mask, T, S, causal=True,
-                                 q_offset=0 if cache is None else cache.index)
-        keys = [jnp.ones((B, S), bool) if attention_mask is None else jnp.asarray(attention_mask)]
-        if prefix_kv is not None:
-            V = prefix_kv.shape[3]
-            keys.insert(0, jnp.ones((B, V), bool) if prefix_mask is None else jnp.asarray(prefix_mask))
-        bias = alibi_bias(jnp.concatenate([k.astype(bool) for k in keys], axis=1), self.c.num_heads)
+        mask, bias = alibi_stack_inputs(attention_mask, T, B, prefix_kv, prefix_mask, cache, self.c.num_heads)
         x, cache = run_layers(self.h, x, mask, bias, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
         return self.ln_f(x).astype(self.dtype), cache

@@ -1,14 +1,16 @@
-"""GPT-J's interleaved rotary embeddings, GPT-Neo's local layers, Cohere's config and the RoBERTa-shaped
-CamemBERT: what the parity matrix (tests/models/test_parity.py) does not reach."""
+"""GPT-J's interleaved rotary embeddings, GPT-Neo's local layers, Cohere's config, Falcon's checkpoint generations
+and the RoBERTa-shaped CamemBERT: what the parity matrix (tests/models/test_parity.py) does not reach."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers as tf
+from transformers.models.falcon import modeling_falcon
 from transformers.models.gptj import modeling_gptj
 
 import jsoft
-from jsoft.models import cohere, gpt_neo, gptj, llama
+from jsoft.models import bloom, cohere, falcon, gpt_neo, gptj, llama
 from tests import tiny
 from tests.models.test_parity import batch
 
@@ -100,3 +102,73 @@ def test_cohere2_rotates_only_in_sliding_layers():
     every_layer_full = cohere.Config.from_hf(dict(hf, layer_types=["full_attention"] * 4))
     assert every_layer_full.sliding_layers == () and every_layer_full.nope_layers == (True,) * 4
     assert cohere.Config.from_hf(dict(hf, model_type="cohere", use_qk_norm=True)).nope_layers == ()
+
+
+# the tiny Falcon is the new architecture (two key / value groups, ln_attn and ln_mlp); its other generations:
+FALCON_GENERATIONS = {
+    "falcon-7b": dict(new_decoder_architecture=False, multi_query=True, bias=False),  # one key / value head
+    "falcon-rw": dict(new_decoder_architecture=False, multi_query=False, num_kv_heads=None, parallel_attn=False,
+                      alibi=True),
+    "falcon2-11b": dict(num_ln_in_parallel_attn=1, bias=False),  # the new architecture with one norm
+}
+
+
+@pytest.mark.parametrize("generation", FALCON_GENERATIONS)
+@pytest.mark.parametrize("task", ["causal_lm", "seq_cls"])
+def test_falcon_generations_match_transformers(tiny_dir, generation, task):
+    overrides = FALCON_GENERATIONS[generation]
+    ref_model = tiny.build("falcon", task, **overrides)
+    model = jsoft.from_pretrained(tiny_dir("falcon", task, **overrides), task=task, num_labels=3)
+    ids, mask = batch("falcon", side="left", T=13)
+    with torch.no_grad():
+        want = ref_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = np.asarray(model(input_ids=ids, attention_mask=mask).logits)
+    keep = mask.astype(bool) if task == "causal_lm" else slice(None)
+    np.testing.assert_allclose(got[keep], want[keep], atol=1e-4)
+    c = model.config
+    assert (c.kv_groups, c.num_kv_heads, c.alibi) == {"falcon-7b": (1, 1, False), "falcon-rw": (6, 6, True),
+                                                      "falcon2-11b": (2, 6, False)}[generation]
+
+
+def test_falcon_alibi_is_rounded_as_transformers_rounds_it():
+    """falcon-rw's biases are bf16 products of bf16 slopes and positions; at long lengths that differs from
+    BLOOM's fp32 biases by more than a softmax forgives."""
+    mask = np.ones((2, 700), np.int64)
+    mask[0, :37] = 0
+    mask[1, 300:310] = 0
+    want = modeling_falcon.build_alibi_tensor(torch.tensor(mask), 12, torch.float32).reshape(2, 12, 700).numpy()
+    got = np.asarray(bloom.alibi_bias(mask, 12, rounding=jnp.bfloat16))[:, :, 0]
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(np.asarray(bloom.alibi_bias(mask, 12))[:, :, 0] - want).max() > 0.1
+
+
+FALCON = dict(model_type="falcon", vocab_size=11, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+
+
+def test_falcon_config_errors():
+    with pytest.raises(ValueError, match="parallel_attn=true"):
+        falcon.Config.from_hf({**FALCON, "new_decoder_architecture": True, "parallel_attn": False})
+    with pytest.raises(ValueError, match="num_ln_in_parallel_attn=2"):
+        falcon.Config.from_hf({**FALCON, "num_ln_in_parallel_attn": 2})
+    with pytest.raises(ValueError, match="num_kv_heads=3"):
+        falcon.Config.from_hf({**FALCON, "new_decoder_architecture": True, "num_kv_heads": 3})
+    with pytest.raises(ValueError, match="num_kv_heads=2 needs"):
+        falcon.Config.from_hf({**FALCON, "multi_query": False, "num_kv_heads": 2})
+    sequential = falcon.Config.from_hf({**FALCON, "multi_query": False, "parallel_attn": False, "alibi": True,
+                                        "attention_dropout": 0.1})
+    assert not sequential.parallel_residual and sequential.attn_dropout == 0.1 == sequential.resid_dropout
+    rotary = falcon.Config.from_hf({**FALCON, "attention_dropout": 0.1})  # transformers drops no rotary probs
+    assert rotary.attn_dropout == 0.0 and rotary.parallel_residual and rotary.intermediate_size == 128
+
+
+def test_falcon_7b_prefix_has_one_key_head(tiny_dir):
+    """falcon-7b caches one key / value head, so its prefix has one: PEFT's derived default (a key per head)
+    does not fit the cache, and an adapter made for it is refused by name."""
+    path = tiny_dir("falcon", "causal_lm", **FALCON_GENERATIONS["falcon-7b"])
+    model = jsoft.from_pretrained(path, task="causal_lm")
+    pm = jsoft.get_peft_model(model, jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    config = pm.peft_config["default"]
+    assert (config.token_dim, config.num_attention_heads) == (8, 1)
+    with pytest.raises(ValueError, match="token_dim=48"):
+        jsoft.get_peft_model(model, jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3,
+                                                             token_dim=48, num_attention_heads=6))

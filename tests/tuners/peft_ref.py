@@ -45,7 +45,7 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("glm4", "seq_cls"), ("exaone4", "causal_lm"), ("exaone4", "seq_cls"), ("seed_oss", "causal_lm"),
           ("seed_oss", "token_cls"), ("helium", "causal_lm"), ("helium", "seq_cls"), ("arcee", "causal_lm"),
           ("arcee", "token_cls"), ("nemotron", "causal_lm"), ("nemotron", "seq_cls"),
-          ("ernie4_5", "causal_lm")]
+          ("ernie4_5", "causal_lm"), ("falcon", "causal_lm"), ("falcon", "seq_cls"), ("falcon", "token_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert")
 
