@@ -105,9 +105,11 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    attention_class = Attention  # GPT-Neo's block is this one with its own
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.ln_1 = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
-        self.attn = Attention(c, p, rngs)
+        self.attn = self.attention_class(c, p, rngs)
         self.ln_2 = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
         self.mlp = MLP(c, p, rngs)
         self.dtype = p.dtype

@@ -14,7 +14,6 @@ from jsoft.models import gpt2, heads
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
-    LayerNorm,
     Precision,
     dense,
     dot_product_attention,
@@ -83,7 +82,8 @@ class SelfAttention(nnx.Module):
                                                   prefix_mask=prefix_mask)
         if self.c.local_layers[layer]:
             mask = sliding_window(mask, self.c.window_size, query_slot(mask, x.shape[1], cache))
-        out = dot_product_attention(q, k, v, mask, scale=1.0, dropout=drop, dropout_rate=self.c.attn_dropout)
+        out = dot_product_attention(q, k, v, mask, scale=self.c.attention_scale(layer), dropout=drop,
+                                    dropout_rate=self.c.attn_dropout)
         return drop(self.out_proj(merge_heads(out)), self.c.resid_dropout), new_cache
 
 
@@ -97,18 +97,8 @@ class Attention(nnx.Module):
         return self.attention(x, mask, **kw)
 
 
-class Block(nnx.Module):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.ln_1 = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
-        self.attn = Attention(c, p, rngs)
-        self.ln_2 = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
-        self.mlp = gpt2.MLP(c, p, rngs)
-        self.dtype = p.dtype
-
-    def __call__(self, x, mask, **kw):
-        a, new_cache = self.attn(self.ln_1(x).astype(self.dtype), mask, **kw)
-        x = x + a
-        return x + self.mlp(self.ln_2(x).astype(self.dtype), kw["drop"]), new_cache
+class Block(gpt2.Block):
+    attention_class = Attention
 
 
 class GPTNeoModel(gpt2.GPT2Model):
