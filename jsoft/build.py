@@ -228,7 +228,8 @@ def named_seed(seed: int, name: str) -> int:
 # ============================================================================================ building
 
 
-PREFIX_SPACE_TYPES = ("gpt2", "gpt_neo", "roberta", "bloom", "deberta")  # byte-level BPE (DeBERTa v1: GPT-2's)
+# byte-level BPE (DeBERTa v1: GPT-2's; StarCoder's)
+PREFIX_SPACE_TYPES = ("gpt2", "gpt_neo", "gpt_bigcode", "roberta", "bloom", "deberta")
 
 
 def load_tokenizer(config):

@@ -236,6 +236,9 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 6, "num_kv_heads": 2,
         "new_decoder_architecture": True, "bias": True, "ffn_hidden_size": 72, "max_position_embeddings": 128,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "gpt_bigcode": lambda **kw: tf.GPTBigCodeConfig(**{  # one key / value head for four query heads
+        "vocab_size": VOCAB, "n_positions": 64, "n_embd": 48, "n_layer": 2, "n_head": 4, "n_inner": 72,
+        "multi_query": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -310,6 +313,9 @@ CLASSES = {
     ("ernie4_5", "causal_lm"): tf.Ernie4_5ForCausalLM,
     ("falcon", "causal_lm"): tf.FalconForCausalLM, ("falcon", "seq_cls"): tf.FalconForSequenceClassification,
     ("falcon", "token_cls"): tf.FalconForTokenClassification,
+    ("gpt_bigcode", "causal_lm"): tf.GPTBigCodeForCausalLM,
+    ("gpt_bigcode", "seq_cls"): tf.GPTBigCodeForSequenceClassification,
+    ("gpt_bigcode", "token_cls"): tf.GPTBigCodeForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

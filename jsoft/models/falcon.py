@@ -1,8 +1,8 @@
 """Falcon (falcon-7b / 40b / 180b, Falcon 2 11B, falcon-rw-1b / 7b): LayerNorm decoders with one fused
 query / key / value projection, rotary embeddings or (falcon-rw) ALiBi, and parallel or sequential residuals.
 
-The fused projection is laid out in key / value groups, `[G, N / G + 2, K]`: each group's queries, then its key,
-then its value. Three checkpoint generations are that layout with G = `num_kv_heads` (`new_decoder_architecture`),
+The fused projection is laid out in key / value groups (`layers.split_grouped_qkv`). Three checkpoint generations
+are that layout with G = `num_kv_heads` (`new_decoder_architecture`),
 G = 1 (`multi_query`: falcon-7b's one key / value head) or G = N (falcon-rw). transformers repeats the new
 architecture's keys and values over the heads of their group before its cache, so jsoft does too: a prefix (PEFT's,
 of `num_attention_heads` heads) has a key per head there, and one (`multi_query`) or one per head otherwise.
@@ -30,6 +30,7 @@ from jsoft.models.layers import (
     merge_heads,
     run_layers,
     self_attention_kv,
+    split_grouped_qkv,
 )
 
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
@@ -100,10 +101,8 @@ class Attention(nnx.Module):
     def __call__(self, x, mask, positions, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         """`positions`: the ALiBi bias `[B, H, 1, S]`, or RoPE's `{"global": (cos, sin)}`."""
         c = self.c
-        B, T, _ = x.shape
         G, N, K = c.kv_groups, c.num_heads, c.head_dim
-        qkv = self.query_key_value(x).reshape(B, T, G, N // G + 2, K)
-        q, k, v = qkv[..., :-2, :].reshape(B, T, N, K), qkv[..., -2, :], qkv[..., -1, :]
+        q, k, v = split_grouped_qkv(self.query_key_value(x), G, K)
         if c.num_kv_heads != G:  # the new architecture's cache holds a key and value per head
             k, v = jnp.repeat(k, N // G, axis=2), jnp.repeat(v, N // G, axis=2)
         if not c.alibi:

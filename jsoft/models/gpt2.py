@@ -84,13 +84,16 @@ class Attention(nnx.Module):
         self.c_proj = dense(c.hidden_size, c.hidden_size, ("joined_kv", "embed"), p, rngs=rngs)
 
     def __call__(self, x, mask, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
-        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
-        q, k, v = (split_heads(t, self.c.num_heads) for t in (q, k, v))
+        q, k, v = self.project(x)
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=self.c.attention_scale(layer), dropout=drop,
                                     dropout_rate=self.c.attn_dropout)
         return drop(self.c_proj(merge_heads(out)), self.c.resid_dropout), new_cache
+
+    def project(self, x):
+        """Queries `[B, T, N, K]`, keys and values `[B, T, G, K]`."""
+        return (split_heads(t, self.c.num_heads) for t in jnp.split(self.c_attn(x), 3, axis=-1))
 
 
 class MLP(nnx.Module):
@@ -149,10 +152,13 @@ class GPT2Model(nnx.Module):
 
 
 class GPT2(heads.DecoderOnlyLM):
-    """GPT-2 with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
+    """GPT-2 (or GPT-Neo, GPT-BigCode: their stack, their config) with the head for `task` (None, causal_lm,
+    seq_cls, token_cls)."""
+
+    model_class = GPT2Model
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
-        self.transformer = GPT2Model(c, p, rngs)
+        self.transformer = self.model_class(c, p, rngs)
         self.add_heads(c, task, num_labels, p, rngs)
 
     @property

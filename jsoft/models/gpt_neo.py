@@ -105,20 +105,8 @@ class GPTNeoModel(gpt2.GPT2Model):
     block = Block
 
 
-class GPTNeo(heads.DecoderOnlyLM):
-    """GPT-Neo with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
-
-    def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
-        self.transformer = GPTNeoModel(c, p, rngs)
-        self.add_heads(c, task, num_labels, p, rngs)
-
-    @property
-    def decoder(self) -> GPTNeoModel:
-        return self.transformer
-
-    @property
-    def word_embeddings(self) -> nnx.Embed:
-        return self.transformer.wte
+class GPTNeo(gpt2.GPT2):
+    model_class = GPTNeoModel
 
 
 def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> GPTNeo:

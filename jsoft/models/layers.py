@@ -369,6 +369,15 @@ def split_heads(x: Array, n: int) -> Array:
     return x.reshape(*x.shape[:-1], n, x.shape[-1] // n)
 
 
+def split_grouped_qkv(qkv: Array, groups: int, head_dim: int) -> tuple[Array, Array, Array]:
+    """A fused query / key / value projection `[B, T, W]` laid out in key / value groups, `[G, N / G + 2, K]`: each
+    group's queries, then its key, then its value (Falcon, GPT-BigCode; G = 1 is multi-query, G = N interleaves
+    each head's q, k, v) -> queries `[B, T, N, K]`, keys and values `[B, T, G, K]`."""
+    B, T, W = qkv.shape
+    qkv = qkv.reshape(B, T, groups, W // (groups * head_dim), head_dim)
+    return qkv[..., :-2, :].reshape(B, T, -1, head_dim), qkv[..., -2, :], qkv[..., -1, :]
+
+
 def merge_heads(x: Array) -> Array:
     return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
 

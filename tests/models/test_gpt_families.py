@@ -1,5 +1,6 @@
-"""GPT-J's interleaved rotary embeddings, GPT-Neo's local layers, Cohere's config, Falcon's checkpoint generations
-and the RoBERTa-shaped CamemBERT: what the parity matrix (tests/models/test_parity.py) does not reach."""
+"""GPT-J's interleaved rotary embeddings, GPT-Neo's local layers, Cohere's config, Falcon's checkpoint generations,
+multi-query prefixes and the RoBERTa-shaped CamemBERT: what the parity matrix (tests/models/test_parity.py) does
+not reach."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -161,14 +162,14 @@ def test_falcon_config_errors():
     assert rotary.attn_dropout == 0.0 and rotary.parallel_residual and rotary.intermediate_size == 128
 
 
-def test_falcon_7b_prefix_has_one_key_head(tiny_dir):
-    """falcon-7b caches one key / value head, so its prefix has one: PEFT's derived default (a key per head)
-    does not fit the cache, and an adapter made for it is refused by name."""
-    path = tiny_dir("falcon", "causal_lm", **FALCON_GENERATIONS["falcon-7b"])
-    model = jsoft.from_pretrained(path, task="causal_lm")
+@pytest.mark.parametrize("kind,overrides", [("falcon", FALCON_GENERATIONS["falcon-7b"]), ("gpt_bigcode", {})])
+def test_multi_query_prefix_has_one_key_head(tiny_dir, kind, overrides):
+    """falcon-7b and StarCoder cache one key / value head, so their prefix has one: PEFT's derived default (a key
+    per head) does not fit the cache, and an adapter made for it is refused by name."""
+    model = jsoft.from_pretrained(tiny_dir(kind, "causal_lm", **overrides), task="causal_lm")
     pm = jsoft.get_peft_model(model, jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
     config = pm.peft_config["default"]
-    assert (config.token_dim, config.num_attention_heads) == (8, 1)
+    assert (config.token_dim, config.num_attention_heads) == (model.config.head_dim, 1)
     with pytest.raises(ValueError, match="token_dim=48"):
         jsoft.get_peft_model(model, jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3,
                                                              token_dim=48, num_attention_heads=6))

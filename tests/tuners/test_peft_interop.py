@@ -10,6 +10,9 @@ from tests.tuners import peft_ref
 
 CASES = [(kind, task, method) for kind, task in peft_ref.MATRIX for method in peft_ref.METHODS
          if not (kind in peft_ref.NO_PEFT_PREFIX and method.startswith("prefix"))]
+# what PEFT itself can make: not a prefix where its derived width does not fit the model
+PEFT_MADE = [(kind, task, method) for kind, task, method in CASES
+             if not (kind in peft_ref.PEFT_PREFIX_DOES_NOT_FIT and method.startswith("prefix"))]
 
 
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
@@ -24,7 +27,7 @@ def test_jsoft_adapter_loads_in_peft(tiny_dir, tmp_path, kind, task, method):
                      config.num_virtual_tokens)
 
 
-@pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
+@pytest.mark.parametrize("kind,task,method", PEFT_MADE, ids=lambda x: str(x))
 def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
     model_dir = tiny_dir(kind, task)
     jconfig, pconfig = peft_ref.configs(method, task, kind)
@@ -40,7 +43,7 @@ def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
     peft_ref.compare(got, want, task, inputs, jconfig.num_virtual_tokens)
 
 
-@pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
+@pytest.mark.parametrize("kind,task,method", PEFT_MADE, ids=lambda x: str(x))
 def test_trainable_parameter_counts_match_peft(tiny_dir, kind, task, method):
     model_dir = tiny_dir(kind, task)
     jconfig, pconfig = peft_ref.configs(method, task, kind)
