@@ -239,6 +239,10 @@ CONFIGS = {
     "gpt_bigcode": lambda **kw: tf.GPTBigCodeConfig(**{  # one key / value head for four query heads
         "vocab_size": VOCAB, "n_positions": 64, "n_embd": 48, "n_layer": 2, "n_head": 4, "n_inner": 72,
         "multi_query": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "mpnet": lambda **kw: tf.MPNetConfig(**{  # 32 relative-position buckets, so keys 8+ slots away share some
+        "vocab_size": VOCAB, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
+        "intermediate_size": 40, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0,
+        "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -316,6 +320,8 @@ CLASSES = {
     ("gpt_bigcode", "causal_lm"): tf.GPTBigCodeForCausalLM,
     ("gpt_bigcode", "seq_cls"): tf.GPTBigCodeForSequenceClassification,
     ("gpt_bigcode", "token_cls"): tf.GPTBigCodeForTokenClassification,
+    ("mpnet", None): tf.MPNetModel, ("mpnet", "seq_cls"): tf.MPNetForSequenceClassification,
+    ("mpnet", "token_cls"): tf.MPNetForTokenClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }
 

@@ -79,11 +79,15 @@ class Embeddings(nnx.Module):
         e = c.embedding_size or c.hidden_size
         self.word_embeddings = embed(c.vocab_size, e, p, rngs=rngs)
         self.position_embeddings = embed(c.max_positions, e, p, rngs=rngs, names=(None, "embed"))
-        self.token_type_embeddings = embed(c.type_vocab_size, e, p, rngs=rngs, names=(None, "embed"))
+        # MPNet has no token types (type_vocab_size 0): token_type_ids are then ignored
+        self.token_type_embeddings = (embed(c.type_vocab_size, e, p, rngs=rngs, names=(None, "embed"))
+                                      if c.type_vocab_size > 0 else nnx.data(None))
         self.LayerNorm = LayerNorm(e, c.layer_norm_eps, p)
 
     def __call__(self, inputs_embeds, position_ids, token_type_ids, drop: DropoutRng):
-        x = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        x = inputs_embeds
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(position_ids)
         return drop(self.LayerNorm(x).astype(self.dtype), self.c.hidden_dropout)
 

@@ -1,4 +1,4 @@
-"""BERT: a real pretrained checkpoint (MiniLM-L6) and prefix semantics against transformers."""
+"""BERT: a real pretrained checkpoint (MiniLM-L6) and prefix semantics against transformers; MPNet's relative bias."""
 
 import os
 
@@ -109,3 +109,22 @@ def test_rejects_cache(tiny_dir):
     cache = jsoft.models.KVCache.zeros(c.num_layers, 1, 8, c.num_kv_heads, c.head_dim, np.float32)
     with pytest.raises(ValueError, match="cache"):
         model(input_ids=np.ones((1, 3), np.int32), cache=cache)
+
+
+def test_mpnet_relative_bias_reaches_every_bucket(tiny_dir):
+    """MPNet's one bias table, shared by every layer, over 40 slots (log-spaced buckets past 8 slots apart): it
+    changes the outputs, and they match transformers'; token types, which MPNet lacks, are refused."""
+    ref_model = tiny.build("mpnet", "token_cls", initializer_range=0.5)  # biases strong enough to matter
+    model = jsoft.from_pretrained(tiny_dir("mpnet", "token_cls", initializer_range=0.5), task="token_cls",
+                                  num_labels=3)
+    ids, mask = batch("mpnet", T=40)
+    with torch.no_grad():
+        want = ref_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep], want[keep],
+                               atol=1e-4)
+    table = model.mpnet.encoder.relative_attention_bias.embedding
+    table[...] = table[...] * 0
+    assert np.abs(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep] - want[keep]).max() > 1e-3
+    with pytest.raises(ValueError, match="mpnet takes no token_type_ids"):
+        model(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
