@@ -1,6 +1,6 @@
 """MPNet (mpnet-base, sentence-transformers' all-mpnet-base-v2 and its fine-tunes): RoBERTa's post-LayerNorm encoder,
-positions and two-layer seq_cls head, without token types, and with a relative-position bias shared by every layer
-(T5's bidirectional buckets, over each key's slot minus the query's).
+positions and two-layer seq_cls head, without token types (given ones are ignored, as transformers does), and with a
+relative-position bias shared by every layer (T5's bidirectional buckets, over each key's slot minus the query's).
 
 Module tree mirrors transformers' (`mpnet.encoder.layer.0.attention.attn.q`, `mpnet.encoder.relative_attention_bias`,
 `classifier.dense`, `classifier.out_proj`).
@@ -112,11 +112,6 @@ class MPNetModel(roberta.RobertaModel):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         super().__init__(c, p, rngs)
         self.encoder = Encoder(c, p, rngs)
-
-    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None, *args, **kw):
-        if token_type_ids is not None:
-            raise ValueError("mpnet takes no token_type_ids (its tokenizer makes none)")
-        return super().__call__(input_ids, attention_mask, position_ids, None, *args, **kw)
 
 
 class MPNet(roberta.Roberta):
