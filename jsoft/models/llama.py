@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jsoft.models import heads, moe
+from jsoft.models import heads, moe, ops
 from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
@@ -43,7 +43,7 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
-               "seed_oss", "helium", "arcee", "ernie4_5")
+               "seed_oss", "helium", "arcee", "ernie4_5", "olmo")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -93,6 +93,7 @@ class Config(TransformerConfig):
     # on their outputs too; post_attention_layernorm is one of those), "glm4" (GLM-4-0414's sandwich, other names),
     # "post" (OLMo 2 / 3: on their outputs only)
     norm_placement: str = "pre"
+    weightless_norms: bool = False  # OLMo: the layers' and final norms are LayerNorms without weight or bias
     qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
     # over the whole projection "width" (OLMo 2)
     embedding_multiplier: float = 1.0  # Granite: every input embedding (soft prompts too) times this
@@ -186,6 +187,7 @@ FAMILIES: dict[str, dict] = {
     "helium": dict(rope_interleaved=True),
     "ernie4_5": dict(rope_interleaved=True),
     "arcee": dict(gated_mlp=False),
+    "olmo": dict(weightless_norms=True),
 }
 
 
@@ -577,6 +579,21 @@ NORM_NAMES = {
 }
 
 
+class WeightlessLayerNorm(nnx.Module):
+    """OLMo's LayerNorm: no weight or bias, eps 1e-5 whatever config.json says, in fp32."""
+
+    def __init__(self, p: Precision):
+        self.dtype = p.dtype
+
+    def __call__(self, x):
+        return ops.layer_norm(x, jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32), 1e-5).astype(self.dtype)
+
+
+def stack_norm(c: Config, p: Precision) -> nnx.Module:
+    """A layer's (or the final) norm over the hidden size."""
+    return WeightlessLayerNorm(p) if c.weightless_norms else RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
         self.self_attn = Attention(c, p, rngs)
@@ -595,7 +612,7 @@ class DecoderLayer(nnx.Module):
         self.resid_dropout, self.residual_multiplier = c.resid_dropout, c.residual_multiplier
         self.norm_names = NORM_NAMES[c.norm_placement]
         for name in self.norm_names.values():
-            setattr(self, name, RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset))
+            setattr(self, name, stack_norm(c, p))
 
     def __call__(self, x, mask, rope, **kw):
         drop = kw["drop"]
@@ -622,7 +639,7 @@ class LlamaModel(nnx.Module):
         self.dtype = p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs, scale=c.embed_scale)
         self.layers = nnx.List([DecoderLayer(c, p, rngs, i) for i in range(c.num_layers)])
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
+        self.norm = stack_norm(c, p)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):

@@ -6,6 +6,7 @@ import peft
 import pytest
 import torch
 import transformers as tf
+from flax import nnx
 
 import jsoft
 from jsoft.models import llama
@@ -240,3 +241,27 @@ def test_olmo3_rope_spellings():
 ])
 def test_exaone4_full_layers_skip_rope_when_it_slides(hf, nope):
     assert llama._nope_layers(dict(hf, model_type="exaone4", num_hidden_layers=3)) == nope
+
+
+def test_olmo_weightless_norms_and_clipping_matter(tiny_dir):
+    """OLMo's LayerNorms (no weight, no bias) and its clip_qkv both change the tiny model's logits, which match
+    transformers' (so the parity matrix checks both)."""
+    ref_model = tiny.build("olmo", "causal_lm")
+    model = jsoft.from_pretrained(tiny_dir("olmo", "causal_lm"), task="causal_lm")
+    assert not jax.tree.leaves(nnx.state(model.model.norm)) and model.config.clip_qkv == 0.1
+    ids, mask = batch("olmo")
+    keep = mask.astype(bool)
+    with torch.no_grad():
+        want = ref_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()[keep]
+
+    def logits():
+        return np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep]
+
+    np.testing.assert_allclose(logits(), want, atol=1e-4)
+    model.config.clip_qkv = None
+    assert np.abs(logits() - want).max() > 1e-3
+    model.config.clip_qkv = 0.1
+    for layer in model.model.layers:  # RMS norms of weight one in their place
+        layer.input_layernorm = layer.post_attention_layernorm = llama.RMSNorm(48, 1e-5, llama.Precision())
+    model.model.norm = llama.RMSNorm(48, 1e-5, llama.Precision())
+    assert np.abs(logits() - want).max() > 1e-3
