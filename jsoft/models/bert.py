@@ -101,8 +101,7 @@ class SelfAttention(nnx.Module):
     def __call__(self, x, mask, *, layer, prefix_kv, prefix_mask, drop: DropoutRng, rows=None):
         """`rows [B, K]`: queries only at those tokens (keys and values at all of them)."""
         if rows is not None:
-            B = x.shape[0]
-            mask = jnp.take_along_axis(jnp.broadcast_to(mask, (B, *mask.shape[1:])), rows[:, None, :, None], axis=2)
+            mask = take_query_rows(mask, rows)
         q = split_heads(self.query(x if rows is None else take_rows(x, rows)), self.c.num_heads)
         k, v = (split_heads(f(x), self.c.num_heads) for f in (self.key, self.value))
         k, v, mask, _ = self_attention_kv(k, v, mask, layer=layer, cache=None, prefix_kv=prefix_kv,
@@ -173,6 +172,13 @@ class Encoder(nnx.Module):
 
 def take_rows(x_BxTxD, rows_BxK):
     return jnp.take_along_axis(x_BxTxD, rows_BxK[..., None], axis=1)
+
+
+def take_query_rows(t_BxHxTxS, rows_BxK):
+    """A mask or bias `[B|1, H|1, T, S]` at the queries `rows` only: `[B, H|1, K, S]`."""
+    B = rows_BxK.shape[0]
+    return jnp.take_along_axis(jnp.broadcast_to(t_BxHxTxS, (B, *t_BxHxTxS.shape[1:])), rows_BxK[:, None, :, None],
+                               axis=2)
 
 
 def pooled_rows(B: int, cls_index) -> jax.Array:

@@ -23,7 +23,7 @@ from flax import nnx
 
 from jsoft.models import heads, ops
 from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
-from jsoft.models.bert import Layer, pooled_rows, take_rows
+from jsoft.models.bert import Layer, pooled_rows, take_query_rows, take_rows
 from jsoft.models.layers import (
     DropoutRng,
     LayerNorm,
@@ -240,7 +240,7 @@ class DisentangledSelfAttention(nnx.Module):
         """`rows [B, K]`: queries only at those tokens (keys and values at all of them)."""
         c, B = self.c, x.shape[0]
         if rows is not None:
-            mask = jnp.take_along_axis(jnp.broadcast_to(mask, (B, *mask.shape[1:])), rows[:, None, :, None], axis=2)
+            mask = take_query_rows(mask, rows)
         q, k, v = self.qkv(x, rows)
         bias = None
         if c.relative_attention and c.pos_att_type:

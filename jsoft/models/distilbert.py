@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models.base import TransformerConfig, default_positions, hf_name, is_kernel
-from jsoft.models.bert import Encoder, pooled_rows, take_rows
+from jsoft.models.bert import Encoder, pooled_rows, take_query_rows, take_rows
 from jsoft.models.layers import (
     DropoutRng,
     LayerNorm,
@@ -89,9 +89,9 @@ class MultiHeadSelfAttention(nnx.Module):
 
     def __call__(self, x, mask, *, layer, prefix_kv, prefix_mask, drop: DropoutRng, rows=None):
         """`rows [B, K]`: queries only at those tokens (keys and values at all of them)."""
-        c, B = self.c, x.shape[0]
+        c = self.c
         if rows is not None:
-            mask = jnp.take_along_axis(jnp.broadcast_to(mask, (B, *mask.shape[1:])), rows[:, None, :, None], axis=2)
+            mask = take_query_rows(mask, rows)
         q = split_heads(self.q_lin(x if rows is None else take_rows(x, rows)), c.num_heads)
         k, v = (split_heads(f(x), c.num_heads) for f in (self.k_lin, self.v_lin))
         k, v, mask, _ = self_attention_kv(k, v, mask, layer=layer, cache=None, prefix_kv=prefix_kv,

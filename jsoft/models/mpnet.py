@@ -59,9 +59,7 @@ class SelfAttention(nnx.Module):
     def __call__(self, x, mask, *, layer, bias, prefix_kv, prefix_mask, drop: DropoutRng, rows=None):
         """`bias [1, H, T, S]` over the keys (the prefix's zero); `rows [B, K]`: queries only at those tokens."""
         if rows is not None:
-            B = x.shape[0]
-            mask = jnp.take_along_axis(jnp.broadcast_to(mask, (B, *mask.shape[1:])), rows[:, None, :, None], axis=2)
-            bias = jnp.take_along_axis(jnp.broadcast_to(bias, (B, *bias.shape[1:])), rows[:, None, :, None], axis=2)
+            mask, bias = bert.take_query_rows(mask, rows), bert.take_query_rows(bias, rows)
         q = split_heads(self.q(x if rows is None else bert.take_rows(x, rows)), self.c.num_heads)
         k, v = (split_heads(f(x), self.c.num_heads) for f in (self.k, self.v))
         k, v, mask, _ = self_attention_kv(k, v, mask, layer=layer, cache=None, prefix_kv=prefix_kv,
