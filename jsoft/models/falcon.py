@@ -84,7 +84,7 @@ class Config(stablelm.Config):
             hidden_dropout=float(hf.get("hidden_dropout") or 0.0),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
-            layer_norm_eps=hf.get("layer_norm_epsilon") or 1e-5, parallel_residual=parallel or new_arch,
+            layer_norm_eps=hf.get("layer_norm_epsilon") or 1e-5, parallel_residual=parallel,
             parallel_norms=norms,
         )
 
