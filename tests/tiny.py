@@ -247,6 +247,10 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "clip_qkv": 0.1,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "xlm-roberta-xl": lambda **kw: tf.XLMRobertaXLConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
+        "intermediate_size": 40, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0,
+        "eos_token_id": 2, **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -326,6 +330,9 @@ CLASSES = {
     ("gpt_bigcode", "token_cls"): tf.GPTBigCodeForTokenClassification,
     ("mpnet", None): tf.MPNetModel, ("mpnet", "seq_cls"): tf.MPNetForSequenceClassification,
     ("mpnet", "token_cls"): tf.MPNetForTokenClassification,
+    ("xlm-roberta-xl", None): tf.XLMRobertaXLModel,
+    ("xlm-roberta-xl", "seq_cls"): tf.XLMRobertaXLForSequenceClassification,
+    ("xlm-roberta-xl", "token_cls"): tf.XLMRobertaXLForTokenClassification,
     ("olmo", "causal_lm"): tf.OlmoForCausalLM, ("olmo", "seq_cls"): tf.OlmoForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }

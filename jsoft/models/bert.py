@@ -74,6 +74,8 @@ class Config(TransformerConfig):
 
 
 class Embeddings(nnx.Module):
+    normalized = True  # a LayerNorm on the summed embeddings (XLM-RoBERTa-XL's pre-norm layers have none)
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c, self.dtype = c, p.dtype
         e = c.embedding_size or c.hidden_size
@@ -82,14 +84,16 @@ class Embeddings(nnx.Module):
         # MPNet has no token types (type_vocab_size 0): token_type_ids are then ignored
         self.token_type_embeddings = (embed(c.type_vocab_size, e, p, rngs=rngs, names=(None, "embed"))
                                       if c.type_vocab_size > 0 else nnx.data(None))
-        self.LayerNorm = LayerNorm(e, c.layer_norm_eps, p)
+        self.LayerNorm = LayerNorm(e, c.layer_norm_eps, p) if self.normalized else nnx.data(None)
 
     def __call__(self, inputs_embeds, position_ids, token_type_ids, drop: DropoutRng):
         x = inputs_embeds
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(position_ids)
-        return drop(self.LayerNorm(x).astype(self.dtype), self.c.hidden_dropout)
+        if self.LayerNorm is not None:
+            x = self.LayerNorm(x)
+        return drop(x.astype(self.dtype), self.c.hidden_dropout)
 
 
 class SelfAttention(nnx.Module):
