@@ -251,6 +251,10 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
         "intermediate_size": 40, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0,
         "eos_token_id": 2, **kw}),
+    "ernie": lambda **kw: tf.ErnieConfig(**{  # with ERNIE 3.0's task-type table
+        "vocab_size": VOCAB, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
+        "intermediate_size": 40, "max_position_embeddings": 64, "use_task_id": True, "task_type_vocab_size": 3,
+        **kw}),
     "bloom": lambda **kw: tf.BloomConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "n_layer": 3, "n_head": 6, "layer_norm_epsilon": 1e-5,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -333,6 +337,8 @@ CLASSES = {
     ("xlm-roberta-xl", None): tf.XLMRobertaXLModel,
     ("xlm-roberta-xl", "seq_cls"): tf.XLMRobertaXLForSequenceClassification,
     ("xlm-roberta-xl", "token_cls"): tf.XLMRobertaXLForTokenClassification,
+    ("ernie", None): tf.ErnieModel, ("ernie", "seq_cls"): tf.ErnieForSequenceClassification,
+    ("ernie", "token_cls"): tf.ErnieForTokenClassification,
     ("olmo", "causal_lm"): tf.OlmoForCausalLM, ("olmo", "seq_cls"): tf.OlmoForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }

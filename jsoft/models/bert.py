@@ -230,21 +230,26 @@ class BertModel(nnx.Module):
 
 
 class Bert(nnx.Module):
-    """BERT with the head for `task` (None, seq_cls, token_cls)."""
+    """BERT (or ERNIE: its stack under its name) with the head for `task` (None, seq_cls, token_cls)."""
 
     cls_token = "first"  # the pooler reads [CLS], slot 0 (`cls_index` overrides it)
+    base_prefix, model_class = BASE_PREFIX, BertModel
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.config, self.task, self.num_labels = c, task, num_labels
         # transformers' BertForTokenClassification builds no pooler
-        self.bert = BertModel(c, p, rngs, add_pooling_layer=task != "token_cls")
+        setattr(self, self.base_prefix, self.model_class(c, p, rngs, add_pooling_layer=task != "token_cls"))
         if task in ("seq_cls", "token_cls"):
             self.classifier = dense(c.hidden_size, num_labels, ("embed", None), p, rngs=rngs)
         self.head_name = "classifier" if task in ("seq_cls", "token_cls") else None
 
     @property
+    def base(self) -> BertModel:
+        return getattr(self, self.base_prefix)
+
+    @property
     def word_embeddings(self) -> nnx.Embed:
-        return self.bert.embeddings.word_embeddings
+        return self.base.embeddings.word_embeddings
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, cache=None,
@@ -255,7 +260,7 @@ class Bert(nnx.Module):
         if cache is not None:
             raise ValueError("BERT is an encoder: it takes no decoding cache (cache must be None)")
         drop = DropoutRng(dropout_rng)
-        h, pooled = self.bert(input_ids, attention_mask, position_ids, token_type_ids, inputs_embeds,
+        h, pooled = self.base(input_ids, attention_mask, position_ids, token_type_ids, inputs_embeds,
                               prefix_kv, prefix_mask, drop, cls_index, pooled_only=self.task == "seq_cls")
         if self.task == "seq_cls":
             logits = (head or self.classifier)(drop(pooled, self.config.classifier_dropout)).astype(jnp.float32)

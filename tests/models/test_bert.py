@@ -1,4 +1,5 @@
-"""BERT: a real pretrained checkpoint (MiniLM-L6) and prefix semantics against transformers; MPNet's relative bias."""
+"""BERT: a real pretrained checkpoint (MiniLM-L6) and prefix semantics against transformers; MPNet's relative bias and
+ERNIE's task types."""
 
 import os
 
@@ -128,3 +129,17 @@ def test_mpnet_relative_bias_reaches_every_bucket(tiny_dir):
     table = model.mpnet.encoder.relative_attention_bias.embedding
     table[...] = table[...] * 0
     assert np.abs(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep] - want[keep]).max() > 1e-3
+
+
+def test_ernie_task_type_row_matters(tiny_dir):
+    """ERNIE 3.0 adds task type 0's embedding to every token (as transformers does when given no task_type_ids):
+    without it the tiny model's logits move, so the parity matrix checks it."""
+    ref_model = tiny.build("ernie", "token_cls")
+    model = jsoft.from_pretrained(tiny_dir("ernie", "token_cls"), task="token_cls", num_labels=3)
+    ids, mask = batch("ernie")
+    with torch.no_grad():
+        want = ref_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits), want, atol=1e-5)
+    table = model.ernie.embeddings.task_type_embeddings.embedding
+    table[...] = table[...] * 0
+    assert np.abs(np.asarray(model(input_ids=ids, attention_mask=mask).logits) - want).max() > 1e-2
