@@ -72,13 +72,17 @@ class Attention(nnx.Module):
         self.out_proj = dense(d, d, ("joined_kv", "embed"), p, bias=False, rngs=rngs)
 
     def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
-        q, k, v = (split_heads(proj(x), self.c.num_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self.project(x)
         q, k = (llama.apply_rope(t, *cos_sin, interleaved=self.c.rope_interleaved) for t in (q, k))
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
                                                   prefix_mask=prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
                                     dropout_rate=self.c.attn_dropout)
         return drop(self.out_proj(merge_heads(out)), self.c.resid_dropout), new_cache
+
+    def project(self, x):
+        """Queries, keys and values `[B, T, N, K]`."""
+        return (split_heads(proj(x), self.c.num_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
 
 
 class MLP(nnx.Module):
@@ -93,9 +97,11 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    attention_class = Attention  # CodeGen's block is this one with its own
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.ln_1 = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
-        self.attn = Attention(c, p, rngs)
+        self.attn = self.attention_class(c, p, rngs)
         self.mlp = MLP(c, p, rngs)
         self.dtype = p.dtype
 
@@ -106,11 +112,13 @@ class Block(nnx.Module):
 
 
 class GPTJModel(nnx.Module):
+    block = Block
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         self.dtype = p.dtype
         self.wte = embed(c.vocab_size, c.hidden_size, p, rngs=rngs)
-        self.h = nnx.List([Block(c, p, rngs) for _ in range(c.num_layers)])
+        self.h = nnx.List([self.block(c, p, rngs) for _ in range(c.num_layers)])
         self.ln_f = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
@@ -125,10 +133,12 @@ class GPTJModel(nnx.Module):
 
 
 class GPTJ(heads.DecoderOnlyLM):
-    """GPT-J with the head for `task` (None, causal_lm, seq_cls)."""
+    """GPT-J (or CodeGen: its stack) with the head for `task` (None, causal_lm, seq_cls)."""
+
+    model_class = GPTJModel
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
-        self.transformer = GPTJModel(c, p, rngs)
+        self.transformer = self.model_class(c, p, rngs)
         self.add_heads(c, task, num_labels, p, rngs, lm_head_bias=True)
 
     @property

@@ -54,7 +54,7 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "cohere": "jsoft.models.cohere", "cohere2": "jsoft.models.cohere", "falcon": "jsoft.models.falcon",
                  "gpt_bigcode": "jsoft.models.gpt_bigcode", "mpnet": "jsoft.models.mpnet",
                  "olmo": "jsoft.models.llama", "xlm-roberta-xl": "jsoft.models.xlm_roberta_xl",
-                 "ernie": "jsoft.models.ernie"}
+                 "ernie": "jsoft.models.ernie", "codegen": "jsoft.models.codegen"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5
@@ -69,7 +69,7 @@ DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                 "gpt_neox", "phi", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "opt",
                 "gptj", "gpt_neo", "stablelm", "starcoder2", "smollm3", "olmo3", "cohere", "cohere2", "ministral",
                 "glm", "glm4", "exaone4", "seed_oss", "helium", "arcee", "nemotron",
-                "ernie4_5", "falcon", "gpt_bigcode", "olmo")
+                "ernie4_5", "falcon", "gpt_bigcode", "olmo", "codegen")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -11,7 +11,7 @@ from transformers.models.falcon import modeling_falcon
 from transformers.models.gptj import modeling_gptj
 
 import jsoft
-from jsoft.models import bloom, cohere, falcon, gpt_neo, gptj, llama
+from jsoft.models import bloom, codegen, cohere, falcon, gpt_neo, gptj, llama
 from tests import tiny
 from tests.models.test_parity import batch
 
@@ -173,3 +173,12 @@ def test_multi_query_prefix_has_one_key_head(tiny_dir, kind, overrides):
     with pytest.raises(ValueError, match="token_dim=48"):
         jsoft.get_peft_model(model, jsoft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3,
                                                              token_dim=48, num_attention_heads=6))
+
+
+def test_codegen_config_errors():
+    hf = dict(model_type="codegen", vocab_size=11, n_embd=32, n_layer=1, n_head=4, n_positions=16, rotary_dim=4)
+    assert codegen.Config.from_hf(hf).rope_dim == 4
+    with pytest.raises(ValueError, match="rotary_dim is required"):
+        codegen.Config.from_hf({**hf, "rotary_dim": None})
+    with pytest.raises(ValueError, match="n_head=2 must be a multiple of 4"):
+        codegen.Config.from_hf({**hf, "n_head": 2})

@@ -48,7 +48,8 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("ernie4_5", "causal_lm"), ("falcon", "causal_lm"), ("falcon", "seq_cls"), ("falcon", "token_cls"),
           ("gpt_bigcode", "causal_lm"), ("gpt_bigcode", "seq_cls"), ("gpt_bigcode", "token_cls"), ("mpnet", "seq_cls"),
           ("mpnet", "token_cls"), ("olmo", "causal_lm"), ("olmo", "seq_cls"), ("xlm-roberta-xl", "seq_cls"),
-          ("xlm-roberta-xl", "token_cls"), ("ernie", "seq_cls"), ("ernie", "token_cls")]
+          ("xlm-roberta-xl", "token_cls"), ("ernie", "seq_cls"), ("ernie", "token_cls"),
+          ("codegen", "causal_lm")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
