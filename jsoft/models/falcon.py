@@ -2,10 +2,10 @@
 query / key / value projection, rotary embeddings or (falcon-rw) ALiBi, and parallel or sequential residuals.
 
 The fused projection is laid out in key / value groups (`layers.split_grouped_qkv`). Three checkpoint generations
-are that layout with G = `num_kv_heads` (`new_decoder_architecture`),
-G = 1 (`multi_query`: falcon-7b's one key / value head) or G = N (falcon-rw). transformers repeats the new
-architecture's keys and values over the heads of their group before its cache, so jsoft does too: a prefix (PEFT's,
-of `num_attention_heads` heads) has a key per head there, and one (`multi_query`) or one per head otherwise.
+are that layout with G = `num_kv_heads` (`new_decoder_architecture`), G = 1 (`multi_query`: falcon-7b's one key /
+value head) or G = N (falcon-rw). transformers repeats the new architecture's keys and values over the heads of their
+group before its cache, so jsoft does too: a prefix (PEFT's, of `num_attention_heads` heads) has a key per head there,
+and one (`multi_query`) or one per head otherwise.
 
 Module tree mirrors transformers' (`transformer.h.0.self_attention.query_key_value`, `lm_head`, `score`,
 `classifier`)."""
