@@ -338,8 +338,8 @@ def test_missing_model_path_and_unsupported_type(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         jsoft.from_pretrained(str(tmp_path / "nope"))
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "falcon"}))
-    with pytest.raises(ValueError, match="unsupported model_type 'falcon'.*bert.*gpt2.*llama.*t5"):
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "mpt"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'mpt'.*bert.*gpt2.*llama.*t5"):
         jsoft.from_pretrained(tmp_path / "m")
 
 
