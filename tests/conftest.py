@@ -6,6 +6,10 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite is compile-bound: thousands of small programs for tiny models, and each op of an eager call compiles on
+# its first dispatch. XLA:CPU's LLVM passes and its newer fusion emitters cost about half of that compile time and buy
+# nothing at these sizes; the HLO each program computes is the same (set XLA_FLAGS to test other backend options).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 import pytest  # noqa: E402
 
