@@ -90,9 +90,7 @@ def test_gradients_reach_every_trainable_leaf_and_only_them(tiny_dir, kind, task
 
 
 # every backbone once (its layers hold the half matmuls; heads are shared code), and per-token heads on GPT-2 and BERT
-FIRST_TASK = dict(reversed(peft_ref.MATRIX))
-BF16_CASES = [(kind, FIRST_TASK[kind]) for kind in dict.fromkeys(k for k, _ in peft_ref.MATRIX)] + [
-    ("gpt2", "token_cls"), ("bert", "token_cls")]
+BF16_CASES = [*dict(reversed(peft_ref.MATRIX)).items(), ("gpt2", "token_cls"), ("bert", "token_cls")]
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix"])
