@@ -260,7 +260,7 @@ class MultiTaskModel:
             kw["prefix_kv"] = jnp.zeros((N, 2, S, Vk, mc.num_kv_heads, mc.head_dim), dtype)
             kw["prefix_mask"] = jnp.zeros((S, Vk), bool)
         if Ve:
-            kw["embeds"] = jnp.zeros((S, Ve, mc.hidden_size), jnp.float32)
+            kw["embeds"] = jnp.zeros((S, Ve, self.base.word_embeddings.features), jnp.float32)
             kw["n_embeds"] = jnp.zeros((S,), jnp.int32)
         if self.head_name:
             kernel, bias, dense_kernel, dense_bias = Head.copy_of(getattr(self.base, self.head_name)).arrays()
@@ -528,7 +528,7 @@ def _prompt_kv(pm: PeftModel, name: str, width: int, kv_fn) -> Array:
     V = a.config.num_virtual_tokens
     if a.is_prefix:
         return to_prefix_kv(a.prompt(), mc.num_layers, mc.num_kv_heads, mc.head_dim)
-    prompt = jnp.zeros((1, width, mc.hidden_size), jnp.float32).at[0, :V].set(a.prompt()[:V])
+    prompt = jnp.zeros((1, width, pm.base_model.word_embeddings.features), jnp.float32).at[0, :V].set(a.prompt()[:V])
     return kv_fn(prompt)[:, :, :V]
 
 

@@ -317,7 +317,9 @@ def test_adapters_with_their_own_labels_share_a_batch(tmp_path, kind):
 
 
 # BART forces EOS as each row's last new token (its config.json default), in a batch bucketed to more tokens
-ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1, "forced_eos_token_id": 2}}
+ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1, "forced_eos_token_id": 2},
+                    # OPT-350m's word embeddings, narrower than its stack, as ALBERT's always are: so are the prompts
+                    "opt": {"word_embed_proj_dim": 32, "do_layer_norm_before": False}}
 
 
 @pytest.mark.parametrize("kind,task,post", [("t5", "seq2seq_lm", "t5"), ("bart", "seq2seq_lm", "t5"),
@@ -325,7 +327,7 @@ ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1,
                                             ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert"),
                                             ("roberta", "seq_cls", "bert"), ("bloom", "seq_cls", "gpt"),
                                             ("opt", "seq_cls", "gpt"), ("deberta-v2", "seq_cls", "bert"),
-                                            ("distilbert", "seq_cls", "bert")])
+                                            ("distilbert", "seq_cls", "bert"), ("albert", "seq_cls", "bert")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     """The other layouts: T5 (prompt into the encoder, prefix into the decoder), decoder-only
     classification (left padding, every adapter a key/value prefix), encoder token labels (prompts

@@ -321,19 +321,21 @@ def test_killed_and_preempted_runs_resume_bit_for_bit(bert, files, tmp_path):
 
 @pytest.mark.parametrize("kind,task", [("bert", "seq_cls"), ("bloom", "causal_lm"), ("gpt_neox", "seq_cls"),
                                        ("opt", "causal_lm"), ("bart", "seq2seq_lm"), ("deberta-v2", "seq_cls"),
-                                       ("phi3", "causal_lm"), ("gpt_neo", "seq_cls"), ("cohere2", "causal_lm")])
+                                       ("phi3", "causal_lm"), ("gpt_neo", "seq_cls"), ("cohere2", "causal_lm"),
+                                       ("albert", "seq_cls")])  # ALBERT: one layer module run at every step
 def test_remat_gives_the_same_loss_and_gradients(tiny_dir, kind, task):
     from flax import nnx
 
     import jsoft
 
-    dropouts = {"phi3": dict(resid_pdrop=0.3, embd_pdrop=0.2, num_hidden_layers=3)}.get(kind, {})
+    dropouts = {"phi3": dict(resid_pdrop=0.3, embd_pdrop=0.2, num_hidden_layers=3),
+                "albert": dict(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.1)}.get(kind, {})
 
     def grads(remat: str | None, kind, task, config, key):
         path = tiny_dir(kind, task, num_labels=2, **dropouts)
         pm = jsoft.get_peft_model(jsoft.from_pretrained(path, task=task, num_labels=2), config, seed=3)
-        if remat:  # every layer of every stack (BART: 3 encoder and 2 decoder layers)
-            assert train.remat_layers(pm.base_model, remat) == (5 if kind == "bart" else 3)
+        if remat:  # every layer of every stack (BART: 3 encoder and 2 decoder layers; ALBERT: its one shared layer)
+            assert train.remat_layers(pm.base_model, remat) == {"bart": 5, "albert": 1}.get(kind, 3)
         graphdef, params, frozen = nnx.split(pm, jsoft.Trainable, ...)
         ids = jnp.asarray(np.random.default_rng(0).integers(3, 100, (2, 7)), jnp.int32)
         labels = jnp.asarray([0, 1]) if task == "seq_cls" else ids

@@ -255,6 +255,10 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
         "intermediate_size": 40, "max_position_embeddings": 64, "use_task_id": True, "task_type_vocab_size": 3,
         **kw}),
+    "albert": lambda **kw: tf.AlbertConfig(**{  # albert-base's shape: one shared layer run 3 times, narrower embeddings
+        "vocab_size": VOCAB, "embedding_size": 20, "hidden_size": 36, "num_hidden_layers": 3,
+        "num_attention_heads": 3, "intermediate_size": 40, "max_position_embeddings": 64, "pad_token_id": 0,
+        "bos_token_id": 2, "eos_token_id": 3, **kw}),
     "codegen": lambda **kw: tf.CodeGenConfig(**{  # 8 heads in 4 shards, 8 of each 12-dim head rotated
         "vocab_size": VOCAB, "n_positions": 64, "n_ctx": 64, "n_embd": 96, "n_layer": 2, "n_head": 8,
         "rotary_dim": 8, "n_inner": 72, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
@@ -343,6 +347,8 @@ CLASSES = {
     ("ernie", None): tf.ErnieModel, ("ernie", "seq_cls"): tf.ErnieForSequenceClassification,
     ("ernie", "token_cls"): tf.ErnieForTokenClassification,
     ("codegen", "causal_lm"): tf.CodeGenForCausalLM,
+    ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,
+    ("albert", "token_cls"): tf.AlbertForTokenClassification,
     ("olmo", "causal_lm"): tf.OlmoForCausalLM, ("olmo", "seq_cls"): tf.OlmoForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
 }

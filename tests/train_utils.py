@@ -37,7 +37,7 @@ def tokenizer(kind: str):
         kw = dict(eos_token="</s>", pad_token="[PAD]", model_input_names=["input_ids", "attention_mask"])
         if kind == "bart":
             kw["bos_token"] = "[CLS]"
-    elif kind in ("bert", "roberta", "deberta-v2", "distilbert", "electra", "modernbert"):
+    elif kind in ("bert", "roberta", "deberta-v2", "distilbert", "electra", "modernbert", "albert"):
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])

@@ -199,11 +199,16 @@ class Pooler(nnx.Module):
 
 
 class BertModel(nnx.Module):
+    """Another BERT-family stack takes its own `embeddings_class` (ERNIE's task types) or `encoder_class`
+    (ALBERT's shared layers)."""
+
+    embeddings_class, encoder_class = Embeddings, Encoder
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, add_pooling_layer: bool = True):
         self.c = c
-        self.embeddings = Embeddings(c, p, rngs)
+        self.embeddings = self.embeddings_class(c, p, rngs)
         self.embeddings_project = nnx.data(None)  # ELECTRA: narrower embeddings projected to the hidden size
-        self.encoder = Encoder(c, p, rngs)
+        self.encoder = self.encoder_class(c, p, rngs)
         self.pooler = Pooler(c, p, rngs) if add_pooling_layer else None
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,

@@ -44,9 +44,7 @@ class Embeddings(bert.Embeddings):
 
 
 class ErnieModel(bert.BertModel):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, add_pooling_layer: bool = True):
-        super().__init__(c, p, rngs, add_pooling_layer=add_pooling_layer)
-        self.embeddings = Embeddings(c, p, rngs)
+    embeddings_class = Embeddings
 
 
 class Ernie(bert.Bert):

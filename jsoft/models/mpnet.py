@@ -107,9 +107,7 @@ class Encoder(bert.Encoder):
 
 
 class MPNetModel(roberta.RobertaModel):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        super().__init__(c, p, rngs)
-        self.encoder = Encoder(c, p, rngs)
+    encoder_class = Encoder
 
 
 class MPNet(roberta.Roberta):

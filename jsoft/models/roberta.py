@@ -79,9 +79,10 @@ class ClassificationHead(nnx.Module):
 
 
 class RobertaModel(bert.BertModel):
+    embeddings_class = Embeddings
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         super().__init__(c, p, rngs, add_pooling_layer=False)
-        self.embeddings = Embeddings(c, p, rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                  inputs_embeds=None, prefix_kv=None, prefix_mask=None, drop=None, cls_index=None,

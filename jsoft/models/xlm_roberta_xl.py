@@ -77,10 +77,7 @@ class Encoder(bert.Encoder):
 
 
 class XLMRobertaXLModel(roberta.RobertaModel):
-    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        super().__init__(c, p, rngs)
-        self.embeddings = Embeddings(c, p, rngs)
-        self.encoder = Encoder(c, p, rngs)
+    embeddings_class, encoder_class = Embeddings, Encoder
 
 
 class XLMRobertaXL(roberta.Roberta):

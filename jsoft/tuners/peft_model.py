@@ -311,7 +311,7 @@ class PeftModel(nnx.Module):
                   else (None, 0) for a, k in zip(adapters, keys)]
         Ve = max(v for _, v in embeds)
         if Ve:
-            D = mc.hidden_size
+            D = self.base_model.word_embeddings.features  # a prompt's width (narrower than the stack on ALBERT)
             stack = jnp.stack([_left_pad(jnp.zeros((0, D)) if e is None else e, Ve, 0) for e, _ in embeds])
             valid = _left_valid([v for _, v in embeds], Ve)
             out.embeds, out.embeds_mask = _rows(stack, rows, B), _rows(valid, rows, B)

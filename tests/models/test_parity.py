@@ -46,7 +46,7 @@ def jsoft_out(path, task, ids, mask, dec_ids=None):
 @pytest.mark.parametrize("kind,task", tiny.TASK_MATRIX, ids=lambda x: str(x))
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_logits_match_transformers(tiny_dir, kind, task, side):
-    if side == "left" and kind in ("bert", "t5", "deberta", "deberta-v2", "electra"):
+    if side == "left" and kind in ("bert", "t5", "deberta", "deberta-v2", "electra", "albert"):
         pytest.skip("encoders with relative positions or no causal mask: left padding tests nothing new")
     if side == "left" and (kind, task) == ("modernbert", "seq_cls"):
         pytest.skip("a left-padded classifier reads a pad, whose local window may hold only pads: transformers "
@@ -133,6 +133,8 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
                                   pos_att_type="p2c", embedding_size=24)),
     ("distilbert", "seq_cls", dict(sinusoidal_pos_embds=True, activation="relu", num_labels=2)),
     ("electra", "token_cls", dict(embedding_size=24, hidden_act="gelu_new")),  # electra-small's projected embeddings
+    # ALBERT with 2 groups of 2 layers, each group run for 2 of the 4 steps
+    ("albert", "seq_cls", dict(num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2, hidden_act="gelu")),
     # mean pooling; biases everywhere; every layer global
     ("modernbert", "seq_cls", dict(classifier_pooling="mean", norm_bias=True, attention_bias=True, mlp_bias=True,
                                    classifier_bias=True, classifier_activation="silu")),

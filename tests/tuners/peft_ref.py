@@ -49,9 +49,9 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("gpt_bigcode", "causal_lm"), ("gpt_bigcode", "seq_cls"), ("gpt_bigcode", "token_cls"), ("mpnet", "seq_cls"),
           ("mpnet", "token_cls"), ("olmo", "causal_lm"), ("olmo", "seq_cls"), ("xlm-roberta-xl", "seq_cls"),
           ("xlm-roberta-xl", "token_cls"), ("ernie", "seq_cls"), ("ernie", "token_cls"),
-          ("codegen", "causal_lm")]
+          ("codegen", "causal_lm"), ("albert", "seq_cls"), ("albert", "token_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
-NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet")
+NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
 # which does not fit the model's one-head cache; it runs the one-head prefix jsoft saves
 PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
@@ -59,13 +59,15 @@ PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
 
 def configs(method: str, task: str, kind: str | None = None):
     """jsoft's and PEFT's config of a method; for `kind` (a backbone of tests/tiny.py) PEFT's gets what it
-    cannot derive itself (DistilBERT's dim, n_layers and n_heads)."""
+    cannot derive itself (DistilBERT's dim, n_layers and n_heads; ALBERT's embedding width)."""
     spec = dict(METHODS[method](TASK_TYPES[task]))
     cls = spec.pop("cls")
     dims = {}
     if kind == "distilbert":
         c = tiny.CONFIGS[kind]()
         dims = dict(token_dim=c.dim, num_layers=c.n_layers, num_attention_heads=c.n_heads)
+    elif kind == "albert":
+        dims = dict(token_dim=tiny.CONFIGS[kind]().embedding_size)
     return getattr(jsoft, cls)(**spec), getattr(peft, cls)(**spec, **dims)
 
 
