@@ -40,7 +40,8 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "arcee": {"initializer_range": 0.3}, "nemotron": {"initializer_range": 0.3},
            "ernie4_5": {"initializer_range": 0.3, "tie_word_embeddings": False},
            "falcon": {"initializer_range": 0.3}, "gpt_bigcode": {"initializer_range": 0.3},
-           "olmo": {"initializer_range": 0.3}, "codegen": {"initializer_range": 0.3}}
+           "olmo": {"initializer_range": 0.3}, "codegen": {"initializer_range": 0.3},
+           "gpt_oss": {"initializer_range": 0.3, "tie_word_embeddings": False}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -51,7 +52,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "ministral": "causal_lm", "glm": "causal_lm", "glm4": "causal_lm", "exaone4": "causal_lm",
         "seed_oss": "causal_lm", "helium": "causal_lm", "arcee": "causal_lm",
         "nemotron": "causal_lm", "ernie4_5": "causal_lm", "falcon": "causal_lm",
-        "gpt_bigcode": "causal_lm", "olmo": "causal_lm", "codegen": "causal_lm"}
+        "gpt_bigcode": "causal_lm", "olmo": "causal_lm", "codegen": "causal_lm", "gpt_oss": "causal_lm"}
 NEW = 8
 
 
@@ -118,6 +119,8 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("arcee", "prompt"), ("nemotron", "prefix"), ("ernie4_5", "prompt"), ("ernie4_5", "prefix")]
           + [("falcon", "prompt"), ("falcon", "prefix"), ("gpt_bigcode", "prompt"), ("gpt_bigcode", "prefix")]
           + [("olmo", "prompt"), ("olmo", "prefix_proj"), ("codegen", "prompt"), ("codegen", "prefix")]
+          # GPT-OSS: sinks in every decoding step's softmax, past the 3-slot window of its sliding layers
+          + [("gpt_oss", "prompt"), ("gpt_oss", "prefix")]
           + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")]
           + [("opt", "prompt"), ("opt", "prefix"), ("opt", "ptuning_mlp"), ("mbart", "prompt"), ("mbart", "prefix")])
 

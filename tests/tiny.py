@@ -255,6 +255,12 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
         "intermediate_size": 40, "max_position_embeddings": 64, "use_task_id": True, "task_type_vocab_size": 3,
         **kw}),
+    # 4 experts, 2 per token, clamped at 2 (not 7) so the clamp shows; sliding layers of 3 slots; YaRN by default
+    "gpt_oss": lambda **kw: tf.GptOssConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 24, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 4,
+        "num_experts_per_tok": 2, "sliding_window": 3, "max_position_embeddings": 64, "swiglu_limit": 2.0,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "albert": lambda **kw: tf.AlbertConfig(**{  # albert-base's shape: one shared layer run 3 times, narrower embeddings
         "vocab_size": VOCAB, "embedding_size": 20, "hidden_size": 36, "num_hidden_layers": 3,
         "num_attention_heads": 3, "intermediate_size": 40, "max_position_embeddings": 64, "pad_token_id": 0,
@@ -347,6 +353,8 @@ CLASSES = {
     ("ernie", None): tf.ErnieModel, ("ernie", "seq_cls"): tf.ErnieForSequenceClassification,
     ("ernie", "token_cls"): tf.ErnieForTokenClassification,
     ("codegen", "causal_lm"): tf.CodeGenForCausalLM,
+    ("gpt_oss", "causal_lm"): tf.GptOssForCausalLM, ("gpt_oss", "seq_cls"): tf.GptOssForSequenceClassification,
+    ("gpt_oss", "token_cls"): tf.GptOssForTokenClassification,
     ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,
     ("albert", "token_cls"): tf.AlbertForTokenClassification,
     ("olmo", "causal_lm"): tf.OlmoForCausalLM, ("olmo", "seq_cls"): tf.OlmoForSequenceClassification,

@@ -55,7 +55,7 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "gpt_bigcode": "jsoft.models.gpt_bigcode", "mpnet": "jsoft.models.mpnet",
                  "olmo": "jsoft.models.llama", "xlm-roberta-xl": "jsoft.models.xlm_roberta_xl",
                  "ernie": "jsoft.models.ernie", "codegen": "jsoft.models.codegen",
-                 "albert": "jsoft.models.albert"}
+                 "albert": "jsoft.models.albert", "gpt_oss": "jsoft.models.gpt_oss"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5
@@ -69,7 +69,7 @@ _TOP_LEVEL_KEYS = ("tie_word_embeddings", "num_labels", "id2label", "label2id", 
 DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "bloom",
                 "gpt_neox", "phi", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "opt",
                 "gptj", "gpt_neo", "stablelm", "starcoder2", "smollm3", "olmo3", "cohere", "cohere2", "ministral",
-                "glm", "glm4", "exaone4", "seed_oss", "helium", "arcee", "nemotron",
+                "gpt_oss", "glm", "glm4", "exaone4", "seed_oss", "helium", "arcee", "nemotron",
                 "ernie4_5", "falcon", "gpt_bigcode", "olmo", "codegen")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
@@ -220,6 +220,9 @@ class Checkpoint:
         self._where = {_current_name(k, prefixes): v for k, v in self._where.items()}
         if self._torch_state is not None:
             self._torch_state = {_current_name(k, prefixes): v for k, v in self._torch_state.items()}
+        # MXFP4 tensors (GPT-OSS's experts): `X_blocks` + `X_scales`, read as the dequantized `X`
+        self._mxfp4 = {k.removesuffix("_blocks"): (k, k.removesuffix("_blocks") + "_scales") for k in self._where
+                       if k.endswith("_blocks") and k.removesuffix("_blocks") + "_scales" in self._where}
 
     def _index_safetensors(self, files: list[Path]):
         for f in files:  # format: u64 header length, JSON header, then the tensors' bytes
@@ -250,18 +253,24 @@ class Checkpoint:
         self._where = dict.fromkeys(self._torch_state, model_dir)
 
     def keys(self) -> Iterator[str]:
-        return iter(self._where)
+        return iter([*self._where, *self._mxfp4])
 
     def __contains__(self, name: str) -> bool:
-        return name in self._where
+        return name in self._where or name in self._mxfp4
 
     def shape(self, name: str, transpose: bool = False) -> tuple[int, ...]:
         """The tensor's shape (read from the header: no data is read), optionally transposed."""
-        shape = tuple(self._torch_state[name].shape) if self._torch_state is not None else self._where[name][3]
+        if name in self._mxfp4:
+            *lead, out, groups, group_bytes = self.shape(self._mxfp4[name][0])
+            shape = (*lead, groups * group_bytes * 2, out)
+        else:
+            shape = tuple(self._torch_state[name].shape) if self._torch_state is not None else self._where[name][3]
         return shape[::-1] if transpose else shape
 
     def get(self, name: str) -> np.ndarray:
-        """The tensor as stored (bfloat16 as ml_dtypes' bfloat16)."""
+        """The tensor as stored (bfloat16 as ml_dtypes' bfloat16; MXFP4 dequantized to bfloat16)."""
+        if name in self._mxfp4:
+            return dequantize_mxfp4(*(self.get(n) for n in self._mxfp4[name]))
         if self._torch_state is not None:
             t = self._torch_state[name]
             if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: reinterpret the bits as ml_dtypes'
@@ -292,6 +301,29 @@ class Checkpoint:
         out = aligned_empty(arr.shape, dtype)
         out[...] = arr
         return out
+
+
+# an FP4 (e2m1) code's value: sign bit, then two exponent bits and one mantissa bit
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+                      np.float32)
+
+
+def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """MXFP4 as OpenAI's GPT-OSS checkpoints store it, dequantized as transformers' `convert_moe_packed_tensors`:
+    `blocks [..., out, G, 16]` uint8 hold two FP4 codes a byte (low nibble first) for 32 inputs per group,
+    `scales [..., out, G]` each group's power of two (biased by 127). Returns `[..., G * 32, out]` in bfloat16 (exact:
+    each value is an FP4 code times a power of two), one leading slice at a time."""
+    *lead, out, groups, group_bytes = blocks.shape
+    if scales.shape != blocks.shape[:-1]:
+        raise ValueError(f"MXFP4 scales of shape {scales.shape} do not fit blocks of shape {blocks.shape}")
+    flat_blocks = blocks.reshape(-1, out, groups, group_bytes)
+    flat_scales = scales.reshape(-1, out, groups)
+    result = aligned_empty((len(flat_blocks), groups * group_bytes * 2, out), jnp.bfloat16)
+    for i, (b, e) in enumerate(zip(flat_blocks, flat_scales)):
+        values = np.stack([FP4_VALUES[b & 0x0F], FP4_VALUES[b >> 4]], axis=-1).reshape(out, groups, -1)
+        values = np.ldexp(values, e.astype(np.int32)[..., None] - 127)
+        result[i] = values.reshape(out, -1).T
+    return result.reshape(*lead, groups * group_bytes * 2, out)
 
 
 def _spellings(name: str, prefix: str) -> list[str]:
@@ -392,6 +424,11 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
     if "model_type" not in hf:
         raise ValueError(f"{model_dir}/config.json has no model_type; supported: {sorted(ARCHITECTURES)}")
     arch = architecture(hf["model_type"])
+    quantization = (hf.get("quantization_config") or {}).get("quant_method")
+    if quantization not in (None, "mxfp4"):
+        raise ValueError(f"{model_dir}/config.json: quantization_config quant_method={quantization!r} is not "
+                         "supported by jsoft; it reads unquantized checkpoints (fp32 / fp16 / bf16) and GPT-OSS's "
+                         "MXFP4 experts")
     if task not in arch.TASKS:
         raise ValueError(f"task={task!r} is not available for model_type {hf['model_type']!r}; "
                          f"it supports {list(arch.TASKS)}")

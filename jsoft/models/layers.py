@@ -330,10 +330,11 @@ def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float,
                           bias: Array | None = None, softcap: float | None = None, dropout: DropoutRng | None = None,
-                          dropout_rate: float = 0.0) -> Array:
+                          dropout_rate: float = 0.0, sinks: Array | None = None) -> Array:
     """q `[B, T, H, K]`, k/v `[B, G, S, K]` or a decoding cache's grouped `[B * G, S, K]`, with H a multiple
     of G (grouped-query attention), mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores,
-    `softcap` capping the scaled scores (`ops.softcap`). Softmax in fp32.
+    `softcap` capping the scaled scores (`ops.softcap`). Softmax in fp32; `sinks [H]` (GPT-OSS): one more logit
+    per head in each softmax, attending to nothing (it only takes probability from the keys).
 
     A grouped cache is multiplied batched over `B * G`, the dot reading the cache buffer with no reshape in
     between, so that XLA:CPU updates the cache in place (with a bitcast between update and dot, it copied
@@ -354,7 +355,11 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
         scores = scores + bias.astype(jnp.float32).reshape(bias.shape[0], G, r, *bias.shape[2:])
     if mask is not None:
         scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = ops.softmax(scores)
+    if sinks is None:
+        probs = ops.softmax(scores)
+    else:
+        sink = jnp.broadcast_to(sinks.astype(jnp.float32).reshape(1, G, r, 1, 1), (*scores.shape[:-1], 1))
+        probs = ops.softmax(jnp.concatenate([scores, sink], axis=-1))[..., :-1]
     keep = None if dropout is None else dropout.keep_mask(probs.shape, dropout_rate)
     if keep is not None:
         probs = dropped(probs, keep, dropout_rate)

@@ -4,8 +4,9 @@ key and value projections; optional sliding window), Qwen3 (query/key norms), Ge
 soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, five sliding layers with their
 own RoPE base per full one), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
 (norms after attention and MLP only; query/key norms over the whole projection), Granite (embedding, residual,
-attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE
-(jsoft.models.moe).
+attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and GPT-OSS
+(jsoft.models.moe; GPT-OSS also adds a sink logit per head to every attention softmax; its checkpoints are read by
+jsoft.models.gpt_oss).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -29,6 +30,7 @@ from jsoft.models.layers import (
     RMSNorm,
     activation,
     attention_mask_4d,
+    axes,
     dense,
     dot_product_attention,
     embed,
@@ -43,7 +45,7 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
-               "seed_oss", "helium", "arcee", "ernie4_5", "olmo")
+               "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -106,6 +108,12 @@ class Config(TransformerConfig):
     norm_topk_prob: bool = True  # the chosen experts' router weights renormalised to sum to one
     moe_layers: tuple[bool, ...] = ()  # which layers' MLPs are sparse
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE: an MLP every token runs too, sigmoid-gated (0: none)
+    # GPT-OSS: top-k by router logit then softmax over those k, experts with biases and a clamped SwiGLU
+    # (moe.TopKSoftmaxMoE), and a learned sink logit per head in every attention softmax
+    clamped_swiglu_experts: bool = False
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
+    attention_sinks: bool = False
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -127,6 +135,9 @@ class Config(TransformerConfig):
         rope, local_rope, sliding = rope_from_hf(hf), _local_rope_theta(hf), _sliding_layers(hf)
         gemma = model_type in ("gemma", "gemma2", "gemma3_text")
         gemma2_style = model_type in ("gemma2", "gemma3_text")  # sandwich norms, query_pre_attn_scalar, final cap
+        if model_type == "gpt_oss" and not (hf.get("rope_parameters") or hf.get("rope_scaling")):
+            hf = {**hf, "rope_parameters": GPT_OSS_ROPE}  # GptOssConfig's default: YaRN
+            rope = rope_from_hf(hf)
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
         act = hf.get("hidden_act", "silu")
@@ -188,7 +199,10 @@ FAMILIES: dict[str, dict] = {
     "ernie4_5": dict(rope_interleaved=True),
     "arcee": dict(gated_mlp=False),
     "olmo": dict(weightless_norms=True),
+    "gpt_oss": dict(attention_sinks=True, clamped_swiglu_experts=True),
 }
+GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                "original_max_position_embeddings": 4096, "rope_theta": 150000.0}
 
 
 def _bias_fields(hf: dict) -> dict:
@@ -201,7 +215,7 @@ def _bias_fields(hf: dict) -> dict:
         bias = bool(hf.get("use_bias", False))
         return dict(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias)
     qwen2, glm = model_type in ("qwen2", "qwen2_moe"), model_type in ("glm", "glm4")
-    qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm))
+    qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm or model_type == "gpt_oss"))
     if model_type == "seed_oss":
         out = bool(hf.get("attention_out_bias", False))
     else:
@@ -214,7 +228,7 @@ def _moe_fields(hf: dict) -> dict:
     Qwen2-MoE's and Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`; Qwen2-MoE's shared
     expert."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
-    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
+    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
     if model_type in ("qwen2_moe", "qwen3_moe"):
@@ -222,6 +236,10 @@ def _moe_fields(hf: dict) -> dict:
         sparse = tuple(i not in dense_layers and experts > 0 and (i + 1) % step == 0 for i in range(n))
     else:
         sparse = (experts > 0,) * n
+    if model_type == "gpt_oss":
+        return dict(num_experts=experts or 128, experts_per_token=hf.get("num_experts_per_tok", 4),
+                    moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"],
+                    swiglu_alpha=float(hf.get("swiglu_alpha", 1.702)), swiglu_limit=float(hf.get("swiglu_limit", 7.0)))
     return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=sparse,
                 moe_intermediate_size=hf.get("moe_intermediate_size") if model_type in ("qwen2_moe", "qwen3_moe")
                 else hf["intermediate_size"],
@@ -244,14 +262,14 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE:
     every other layer from the first, below `max_window_layers`; Gemma 2: every other layer from the first;
     Gemma 3, Cohere 2, OLMo 3 and EXAONE 4: all but each `sliding_window_pattern`-th (OLMo 3: 4th); SmolLM3: its
-    NoPE layers when `use_sliding_window`). () where none is."""
+    NoPE layers when `use_sliding_window`; GPT-OSS: every other layer from the first). () where none is."""
     model_type, n, window = hf.get("model_type"), hf["num_hidden_layers"], hf.get("sliding_window")
     every_layer = model_type in ("mistral", "phi3", "mixtral", "qwen3_moe")
     if every_layer or (model_type == "ministral" and "layer_types" not in hf):
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
     if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3",
-                          "ministral", "exaone4") or (model_type == "exaone4" and not window):
+                          "ministral", "exaone4", "gpt_oss") or (model_type == "exaone4" and not window):
         return ()
     kinds = hf.get("layer_types")
     if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
@@ -264,7 +282,8 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
                    "qwen2_moe": lambda i: on and i % 2 == 0 and i < windowed, "gemma2": lambda i: i % 2 == 0,
                    "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0,
                    "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0,
-                   "olmo3": lambda i: (i + 1) % 4 != 0, "exaone4": lambda i: _exaone4_sliding(hf, i)}[model_type]
+                   "olmo3": lambda i: (i + 1) % 4 != 0, "exaone4": lambda i: _exaone4_sliding(hf, i),
+                   "gpt_oss": lambda i: i % 2 == 0}[model_type]
         kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
     if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
@@ -509,6 +528,8 @@ class Attention(nnx.Module):
         elif c.qk_norm == "width":
             self.q_norm = RMSNorm(q_width, c.rms_norm_eps, p, c.norm_offset, names=("joined_kv",))
             self.k_norm = RMSNorm(kv_width, c.rms_norm_eps, p, c.norm_offset, names=("joined_kv",))
+        if c.attention_sinks:  # GPT-OSS: one logit per head that each softmax also spreads over
+            self.sinks = nnx.Param(jnp.zeros((c.num_heads,), p.param_dtype), **axes("heads"))
 
     def __call__(self, x, mask, rope: dict, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         sliding = self.c.is_sliding(layer)
@@ -525,7 +546,8 @@ class Attention(nnx.Module):
             mask = sliding_window(mask, self.c.sliding_window, query_slot(mask, x.shape[1], cache))
         scale = self.c.head_dim ** -0.5 if self.c.query_scale is None else self.c.query_scale
         out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
-                                    dropout_rate=self.c.attn_dropout)
+                                    dropout_rate=self.c.attn_dropout,
+                                    sinks=self.sinks[...] if self.c.attention_sinks else None)
         return self.o_proj(merge_heads(out)), new_cache
 
     def norm_heads(self, q, k):
@@ -599,7 +621,10 @@ class DecoderLayer(nnx.Module):
         self.self_attn = Attention(c, p, rngs)
         # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
         self.ffn_name = "block_sparse_moe" if c.model_type == "mixtral" else "mlp"
-        if c.moe_layers and c.moe_layers[index]:
+        if c.moe_layers and c.moe_layers[index] and c.clamped_swiglu_experts:
+            ffn = moe.TopKSoftmaxMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
+                                     c.swiglu_alpha, c.swiglu_limit, p, rngs)
+        elif c.moe_layers and c.moe_layers[index]:
             names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
             shared = c.shared_expert_intermediate_size
             shared = MLP(dataclasses.replace(c, intermediate_size=shared, fused_gate_up=False), p,

@@ -1,4 +1,4 @@
-"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE): a router picks each
+"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's): a router picks each
 token's top-k experts, whose SiLU-gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the tokens sorted by
 expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU backend computes
 every expert's group over all the rows.
@@ -7,6 +7,8 @@ Experts' weights are stacked `[E, in, out]`; checkpoints store one tensor per ex
 (`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,12 +70,67 @@ class SparseMoE(nnx.Module):
         weights, experts = jax.lax.top_k(probs, self.top_k)  # [N, k]
         if self.normalize:
             weights = weights / weights.sum(axis=-1, keepdims=True)
-        num_experts = probs.shape[-1]
-        order = jnp.argsort(experts.reshape(-1), stable=True)  # the N * k (token, expert) pairs by expert
-        group_sizes = jnp.bincount(experts.reshape(-1), length=num_experts).astype(jnp.int32)
-        y = self.experts(x[order // self.top_k], group_sizes)  # [N * k, D]
-        y = y[jnp.argsort(order)].reshape(B * T, self.top_k, D)  # back in (token, choice) order
-        out = jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights).astype(x.dtype)
+        out = dispatch(x, experts, weights, probs.shape[-1], lambda rows, sizes, _: self.experts(rows, sizes))
         if self.shared_expert is not None:
             out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return out.reshape(B, T, D)
+
+
+class ClampedSwiGLUExperts(nnx.Module):
+    """GPT-OSS's experts: `gate_up_proj [E, D, 2F]` (gate and up interleaved, column 2i the gate and 2i + 1 the up
+    of unit i) and `down_proj [E, F, D]`, each with a bias, stored `[in, out]` as transformers' GptOssExperts holds
+    them. An expert computes `down((clip(up, +-limit) + 1) * g * sigmoid(alpha * g))`, `g = min(gate, limit)`."""
+
+    def __init__(self, num_experts: int, d: int, f: int, alpha: float, limit: float, p: Precision, rngs: nnx.Rngs):
+        self.alpha, self.limit, self.dtype = alpha, limit, p.dtype
+        init = nnx.initializers.normal(0.02)
+        self.gate_up_proj = nnx.Param(init(rngs.params(), (num_experts, d, 2 * f), p.param_dtype),
+                                      **axes("expert", "embed", "mlp"))
+        self.gate_up_proj_bias = nnx.Param(jnp.zeros((num_experts, 2 * f), p.param_dtype), **axes("expert", "mlp"))
+        self.down_proj = nnx.Param(init(rngs.params(), (num_experts, f, d), p.param_dtype),
+                                   **axes("expert", "mlp", "embed"))
+        self.down_proj_bias = nnx.Param(jnp.zeros((num_experts, d), p.param_dtype), **axes("expert", "embed"))
+
+    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array, expert_N: jax.Array) -> jax.Array:
+        """Rows sorted by expert (`group_sizes` as in `Experts`; `expert_N`: each row's expert, for its biases)."""
+        gate_up = grouped_matmul(x_NxD, self.gate_up_proj[...], group_sizes).astype(jnp.float32)
+        gate_up = gate_up + self.gate_up_proj_bias[...][expert_N].astype(jnp.float32)
+        gate = jnp.minimum(gate_up[:, ::2], self.limit)
+        up = jnp.clip(gate_up[:, 1::2], -self.limit, self.limit)
+        h = ((up + 1) * gate * jax.nn.sigmoid(gate * self.alpha)).astype(self.dtype)
+        out = grouped_matmul(h, self.down_proj[...], group_sizes).astype(jnp.float32)
+        return (out + self.down_proj_bias[...][expert_N].astype(jnp.float32)).astype(self.dtype)
+
+
+class TopKSoftmaxMoE(nnx.Module):
+    """transformers' GptOssMLP: a router with a bias picks each token's top-k experts by logit, and their softmax
+    over those k logits weights the experts' outputs."""
+
+    def __init__(self, d: int, f: int, num_experts: int, top_k: int, alpha: float, limit: float, p: Precision,
+                 rngs: nnx.Rngs):
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
+                             "experts")
+        self.top_k = top_k
+        self.router = dense(d, num_experts, ("embed", None), p, rngs=rngs)
+        self.experts = ClampedSwiGLUExperts(num_experts, d, f, alpha, limit, p, rngs)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        B, T, D = x_BxTxD.shape
+        x = x_BxTxD.reshape(B * T, D)
+        logits, experts = jax.lax.top_k(self.router(x).astype(jnp.float32), self.top_k)  # [N, k]
+        out = dispatch(x, experts, jax.nn.softmax(logits, axis=-1), self.router.kernel.shape[-1], self.experts)
+        return out.reshape(B, T, D)
+
+
+def dispatch(x_NxD: jax.Array, experts_Nxk: jax.Array, weights_Nxk: jax.Array, num_experts: int,
+             run: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> jax.Array:
+    """Each token's output: its k experts' outputs weighted. `run(rows, group_sizes, expert_of_row)` computes the
+    N * k (token, expert) pairs' rows sorted by expert, `group_sizes[e]` of them for expert e."""
+    N, k = experts_Nxk.shape
+    flat = experts_Nxk.reshape(-1)
+    order = jnp.argsort(flat, stable=True)
+    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
+    y = run(x_NxD[order // k], group_sizes, flat[order])  # [N * k, D]
+    y = y[jnp.argsort(order)].reshape(N, k, -1)  # back in (token, choice) order
+    return jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights_Nxk).astype(x_NxD.dtype)

@@ -1,5 +1,7 @@
 """Llama specifics beyond the shared parity matrix: config variants, RoPE scaling, KV prefixes."""
 
+import json
+
 import jax
 import numpy as np
 import peft
@@ -265,3 +267,41 @@ def test_olmo_weightless_norms_and_clipping_matter(tiny_dir):
         layer.input_layernorm = layer.post_attention_layernorm = llama.RMSNorm(48, 1e-5, llama.Precision())
     model.model.norm = llama.RMSNorm(48, 1e-5, llama.Precision())
     assert np.abs(logits() - want).max() > 1e-3
+
+
+def test_gpt_oss_mxfp4_experts_load_as_transformers_dequantizes_them(tmp_path):
+    """OpenAI's GPT-OSS checkpoints store the experts as MXFP4 blocks and scales: jsoft reads them as the bf16
+    tensors transformers' `convert_moe_packed_tensors` makes, and the model's logits match transformers' with those
+    weights. A quantization jsoft cannot read is refused by name."""
+    from safetensors.torch import load_file, save_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    ref = tiny.build("gpt_oss", "causal_lm", initializer_range=0.3, intermediate_size=32)  # whole 32-input groups
+    ref.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    for name in [n for n in tensors if n.endswith(("gate_up_proj", "down_proj"))]:
+        E, inputs, outputs = tensors.pop(name).shape  # [experts, in, out]; MXFP4 groups 32 inputs per block
+        blocks = torch.randint(0, 256, (E, outputs, inputs // 32, 16), dtype=torch.uint8, generator=g)
+        scales = torch.randint(123, 128, (E, outputs, inputs // 32), dtype=torch.uint8, generator=g)
+        tensors[name + "_blocks"], tensors[name + "_scales"] = blocks, scales
+        with torch.no_grad():
+            ref.get_parameter(name).copy_(convert_moe_packed_tensors(blocks, scales).float())
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["router", "self_attn"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    model = jsoft.from_pretrained(tmp_path, task="causal_lm")
+    assert not model.initialised_params
+    ids, mask = batch("gpt_oss", T=13)
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep], want[keep],
+                               atol=1e-4, rtol=0)
+
+    config["quantization_config"] = {"quant_method": "bitsandbytes"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="quant_method='bitsandbytes' is not supported"):
+        jsoft.from_pretrained(tmp_path, task="causal_lm")

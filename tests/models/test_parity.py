@@ -133,6 +133,8 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
                                   pos_att_type="p2c", embedding_size=24)),
     ("distilbert", "seq_cls", dict(sinusoidal_pos_embds=True, activation="relu", num_labels=2)),
     ("electra", "token_cls", dict(embedding_size=24, hidden_act="gelu_new")),  # electra-small's projected embeddings
+    # GPT-OSS: full attention first, one expert per token
+    ("gpt_oss", "causal_lm", dict(layer_types=["full_attention", "sliding_attention"], num_experts_per_tok=1)),
     # ALBERT with 2 groups of 2 layers, each group run for 2 of the 4 steps
     ("albert", "seq_cls", dict(num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2, hidden_act="gelu")),
     # mean pooling; biases everywhere; every layer global
