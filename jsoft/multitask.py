@@ -43,7 +43,7 @@ from jsoft.models.base import compute_dtype, token_ids
 from jsoft.models.hub import DECODER_ONLY, resolve  # decoder-only: every adapter can be a key/value prefix
 from jsoft.models.layers import KVCache
 from jsoft.tuners.config import TASK_OF, PeftType, PromptLearningConfig
-from jsoft.tuners.peft_model import Head, PeftModel, apply_head
+from jsoft.tuners.peft_model import Head, PeftModel, apply_head, token_embeds
 from jsoft.tuners.prefix_tuning import to_prefix_kv
 
 Array = jax.Array
@@ -434,11 +434,11 @@ def _rows(t: Tables, slots: Array) -> dict:
 def _packed(base, t: Tables, ids: Array, mask: Array, slots: Array):
     """Right-padded tokens with each row's embedding prompt packed in front:
     `[p_1 .. p_n, x_1 .. x_m, pad ..]`, width Ve + T. Returns (embeds, mask, n_embeds)."""
-    x = base.word_embeddings(ids)
+    n = jnp.zeros(ids.shape[:1], jnp.int32) if t.embeds is None else t.n_embeds[slots]
+    x = token_embeds(base, ids, n)
     if t.embeds is None:
-        return x, mask, jnp.zeros(ids.shape[:1], jnp.int32)
+        return x, mask, n
     B, T = ids.shape
-    n = t.n_embeds[slots]
     prompts = t.embeds[slots].astype(x.dtype)
     Ve = prompts.shape[1]
     both = jnp.concatenate([prompts, x], 1)

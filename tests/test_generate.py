@@ -41,7 +41,9 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "ernie4_5": {"initializer_range": 0.3, "tie_word_embeddings": False},
            "falcon": {"initializer_range": 0.3}, "gpt_bigcode": {"initializer_range": 0.3},
            "olmo": {"initializer_range": 0.3}, "codegen": {"initializer_range": 0.3},
-           "gpt_oss": {"initializer_range": 0.3, "tie_word_embeddings": False}}
+           "gpt_oss": {"initializer_range": 0.3, "tie_word_embeddings": False},
+           "m2m_100": {"init_std": 1.0}, "marian": {"init_std": 2.0},  # post-norm: it repeats itself below that
+           "pegasus": {"init_std": 0.5, "scale_embedding": False}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -52,7 +54,8 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "ministral": "causal_lm", "glm": "causal_lm", "glm4": "causal_lm", "exaone4": "causal_lm",
         "seed_oss": "causal_lm", "helium": "causal_lm", "arcee": "causal_lm",
         "nemotron": "causal_lm", "ernie4_5": "causal_lm", "falcon": "causal_lm",
-        "gpt_bigcode": "causal_lm", "olmo": "causal_lm", "codegen": "causal_lm", "gpt_oss": "causal_lm"}
+        "gpt_bigcode": "causal_lm", "olmo": "causal_lm", "codegen": "causal_lm", "gpt_oss": "causal_lm",
+        "m2m_100": "seq2seq_lm", "marian": "seq2seq_lm", "pegasus": "seq2seq_lm"}
 NEW = 8
 
 
@@ -122,7 +125,10 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           # GPT-OSS: sinks in every decoding step's softmax, past the 3-slot window of its sliding layers
           + [("gpt_oss", "prompt"), ("gpt_oss", "prefix")]
           + [("bart", "prompt"), ("bart", "prefix_proj"), ("bart", "ptuning_lstm")]
-          + [("opt", "prompt"), ("opt", "prefix"), ("opt", "ptuning_mlp"), ("mbart", "prompt"), ("mbart", "prefix")])
+          + [("opt", "prompt"), ("opt", "prefix"), ("opt", "ptuning_mlp"), ("mbart", "prompt"), ("mbart", "prefix")]
+          # NLLB's positions over non-pad tokens; Marian's and Pegasus's unscaled prompt inputs
+          + [("m2m_100", "prompt"), ("m2m_100", "prefix"), ("marian", "prompt"), ("marian", "prefix_proj")]
+          + [("pegasus", "ptuning_lstm"), ("pegasus", "prefix")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

@@ -319,10 +319,13 @@ def test_adapters_with_their_own_labels_share_a_batch(tmp_path, kind):
 # BART forces EOS as each row's last new token (its config.json default), in a batch bucketed to more tokens
 ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1, "forced_eos_token_id": 2},
                     # OPT-350m's word embeddings, narrower than its stack, as ALBERT's always are: so are the prompts
-                    "opt": {"word_embed_proj_dim": 32, "do_layer_norm_before": False}}
+                    "opt": {"word_embed_proj_dim": 32, "do_layer_norm_before": False},
+                    # Marian: a prompt row's tokens unscaled, a prefix row's scaled (as each runs alone in PEFT)
+                    "marian": {"init_std": 2.0, "pad_token_id": 0, "decoder_start_token_id": 0}}
 
 
 @pytest.mark.parametrize("kind,task,post", [("t5", "seq2seq_lm", "t5"), ("bart", "seq2seq_lm", "t5"),
+                                            ("marian", "seq2seq_lm", "t5"),
                                             ("gpt2", "seq_cls", "gpt"),
                                             ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert"),
                                             ("roberta", "seq_cls", "bert"), ("bloom", "seq_cls", "gpt"),

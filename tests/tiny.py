@@ -30,6 +30,23 @@ CONFIGS = {
         "decoder_attention_heads": 4, "encoder_ffn_dim": 56, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
         "scale_embedding": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2,
         "forced_eos_token_id": None, **kw}),
+    # NLLB's layout; pad id 0 (NLLB's is 1), so the batches' pads exercise positions counted over non-pad tokens
+    "m2m_100": lambda **kw: tf.M2M100Config(**{
+        "vocab_size": VOCAB, "d_model": 40, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4, "encoder_ffn_dim": 56, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
+        "scale_embedding": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2,
+        **kw}),
+    # opus-mt's layout: the last id pads and starts the decoder, 0 ends
+    "marian": lambda **kw: tf.MarianConfig(**{
+        "vocab_size": VOCAB, "d_model": 40, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4, "encoder_ffn_dim": 56, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
+        "scale_embedding": True, "activation_function": "swish", "pad_token_id": VOCAB - 1, "eos_token_id": 0,
+        "decoder_start_token_id": VOCAB - 1, "forced_eos_token_id": None, **kw}),
+    "pegasus": lambda **kw: tf.PegasusConfig(**{
+        "vocab_size": VOCAB, "d_model": 40, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4, "encoder_ffn_dim": 56, "decoder_ffn_dim": 64, "max_position_embeddings": 64,
+        "scale_embedding": True, "activation_function": "relu", "pad_token_id": 0, "eos_token_id": 1,
+        "decoder_start_token_id": 0, "forced_eos_token_id": None, **kw}),
     "opt": lambda **kw: tf.OPTConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4, "ffn_dim": 72,
         "max_position_embeddings": 64, "word_embed_proj_dim": 48, "pad_token_id": 0, "bos_token_id": 1,
@@ -355,6 +372,9 @@ CLASSES = {
     ("codegen", "causal_lm"): tf.CodeGenForCausalLM,
     ("gpt_oss", "causal_lm"): tf.GptOssForCausalLM, ("gpt_oss", "seq_cls"): tf.GptOssForSequenceClassification,
     ("gpt_oss", "token_cls"): tf.GptOssForTokenClassification,
+    ("m2m_100", None): tf.M2M100Model, ("m2m_100", "seq2seq_lm"): tf.M2M100ForConditionalGeneration,
+    ("marian", None): tf.MarianModel, ("marian", "seq2seq_lm"): tf.MarianMTModel,
+    ("pegasus", None): tf.PegasusModel, ("pegasus", "seq2seq_lm"): tf.PegasusForConditionalGeneration,
     ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,
     ("albert", "token_cls"): tf.AlbertForTokenClassification,
     ("olmo", "causal_lm"): tf.OlmoForCausalLM, ("olmo", "seq_cls"): tf.OlmoForSequenceClassification,
@@ -362,7 +382,7 @@ CLASSES = {
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)
-ENCODER_DECODER = ("t5", "bart", "mbart")
+ENCODER_DECODER = ("t5", "bart", "mbart", "m2m_100", "marian", "pegasus")
 
 
 def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
@@ -376,7 +396,8 @@ def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
         for name, p in model.named_parameters():
             if name.endswith("bias") or "ln" in name or "norm" in name.lower():
                 p.add_(0.1 * torch.randn_like(p))
-            if "embed_positions" in name:  # BART: positions as strong as tokens, so a position off by one shows
+            if "embed_positions" in name and kind not in ("marian", "pegasus"):  # learned (BART): positions as
+                # strong as tokens, so a position off by one shows (Marian's and Pegasus's are fixed sinusoids)
                 p.mul_(10.0)
     return model
 

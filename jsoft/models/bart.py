@@ -1,10 +1,15 @@
 """BART (bart-base / -large, bart-large-cnn / -xsum, distilbart): the encoder-decoder of Li & Liang's
-summarisation experiments; and mBART (mbart-large-cc25 / -50: pre-norm layers, a final LayerNorm per stack,
-decoder inputs that start with the label's language id).
+summarisation experiments; and the checkpoint families built the same way (FAMILIES): mBART (mbart-large-cc25 / -50:
+pre-norm layers, a final LayerNorm per stack, decoder inputs that start with the label's language id), M2M100 /
+NLLB (`m2m_100`: pre-norm, fixed sinusoidal positions counted from the pad id + 1 over non-pad tokens, no LayerNorm on
+the embeddings, no `final_logits_bias`), Marian (opus-mt: post-norm, fixed sinusoidal positions from 0, no LayerNorm
+on the embeddings) and Pegasus (Marian's, pre-norm with a final LayerNorm per stack).
 
 Post-norm layers with biased projections, learned absolute positions (table rows offset by 2),
 LayerNorm over the embeddings, word lookups scaled by sqrt(d_model) where `scale_embedding`, an LM head
-tied to `shared` plus `final_logits_bias`. Module tree mirrors transformers' (`encoder.layers.0.self_attn
+tied to `shared` plus `final_logits_bias`. Marian's and Pegasus's `shared` is unscaled, as transformers' is there: their
+encoders scale token lookups but not given `inputs_embeds` (a PEFT prompt's whole input), their decoders both.
+Module tree mirrors transformers' (`encoder.layers.0.self_attn
 .q_proj`; checkpoints of `BartForConditionalGeneration` prefix them with `model.`).
 
 Prefixes as in `jsoft.models.t5`: `prefix_kv [L_dec, 2, B, V, H, K]` reaches decoder self-attention
@@ -16,9 +21,12 @@ the positions it has alone. Encoder tokens take `position_ids` (default 0..T-1, 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jsoft.models import heads
@@ -48,6 +56,20 @@ Array = jax.Array
 TASKS = (None, "seq2seq_lm")
 BASE_PREFIX = "model"
 POSITION_OFFSET = 2  # BartLearnedPositionalEmbedding: position p reads row p + 2
+# how a family's stacks embed positions: "learned" (BART, mBART: a table, rows offset by 2), "sinusoidal" (Marian,
+# Pegasus: XLM's fixed table, sines then cosines, from row 0), "padded_sinusoidal" (M2M100: tensor2tensor's, from row
+# pad + 1, pads on the pad id's zero row)
+POSITION_KINDS = ("learned", "sinusoidal", "padded_sinusoidal")
+# what each family fixes in its modelling code rather than in config.json (the rest: Config's defaults, BART's)
+FAMILIES = {
+    "bart": {},
+    "mbart": dict(pre_norm=True),
+    "m2m_100": dict(pre_norm=True, layernorm_embedding=False, position_kind="padded_sinusoidal",
+                    final_logits_bias=False),
+    "marian": dict(layernorm_embedding=False, position_kind="sinusoidal", word_embeddings_unscaled=True),
+    "pegasus": dict(pre_norm=True, layernorm_embedding=False, position_kind="sinusoidal",
+                    word_embeddings_unscaled=True),
+}
 
 
 @dataclasses.dataclass
@@ -64,16 +86,29 @@ class Config(TransformerConfig):
     layer_norm_eps: float = 1e-5
     tie_word_embeddings: bool = True  # False: a separate `lm_head.weight` in the checkpoint
     pre_norm: bool = False  # mBART: LayerNorm before each block, and once more after each stack
+    layernorm_embedding: bool = True  # a LayerNorm on each stack's summed embeddings
+    position_kind: str = "learned"  # one of POSITION_KINDS
+    final_logits_bias: bool = True
+    word_embeddings_unscaled: bool = False  # Marian, Pegasus: the stacks scale lookups, not `shared`
 
     @property
     def position_table_size(self) -> int:
+        """M2M100's table would grow past it in transformers; jsoft refuses longer inputs, as for the others."""
         return self.max_position_embeddings
+
+    @property
+    def embed_scale(self) -> float:
+        return self.hidden_size ** 0.5 if self.scale_embedding else 1.0
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         model_type = hf.get("model_type", "bart")
-        if model_type not in ("bart", "mbart"):
-            raise ValueError(f"model_type={model_type!r} is not BART; jsoft.models.bart reads 'bart' and 'mbart'")
+        if model_type not in FAMILIES:
+            raise ValueError(f"model_type={model_type!r} is not BART-like; jsoft.models.bart reads {list(FAMILIES)}")
+        if model_type == "marian" and (hf.get("share_encoder_decoder_embeddings") is False
+                                       or hf.get("decoder_vocab_size") not in (None, hf["vocab_size"])):
+            raise ValueError("config.json share_encoder_decoder_embeddings=False (a Marian model with a separate "
+                             "target vocabulary) is not supported by jsoft; shared vocabularies are")
         d = hf["d_model"]
         h, h_dec = hf.get("encoder_attention_heads", 16), hf.get("decoder_attention_heads", 16)
         if h != h_dec:
@@ -94,8 +129,10 @@ class Config(TransformerConfig):
             scale_embedding=bool(hf.get("scale_embedding", False)), dropout=hf.get("dropout", 0.1),
             attention_dropout=hf.get("attention_dropout", 0.0), activation_dropout=hf.get("activation_dropout", 0.0),
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
-            forced_bos_token_id=hf.get("forced_bos_token_id"), forced_eos_token_id=hf.get("forced_eos_token_id", 2),
-            pre_norm=model_type == "mbart",
+            forced_bos_token_id=hf.get("forced_bos_token_id"),
+            # M2M100Config has none (generation_config.json may); BART's defaults to its EOS
+            forced_eos_token_id=hf.get("forced_eos_token_id", None if model_type == "m2m_100" else 2),
+            **FAMILIES[model_type],
         )
 
 
@@ -170,12 +207,14 @@ class Stack(nnx.Module):
         self.c, self.decoder, self.dtype = c, decoder, p.dtype
         if not c.tie_word_embeddings:  # untied (transformers ties all three to `shared` by default)
             self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs,
-                                      scale=c.hidden_size ** 0.5 if c.scale_embedding else 1.0)
-        self.embed_positions = embed(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size, p, rngs=rngs,
-                                     names=(None, "embed"))
+                                      scale=1.0 if c.word_embeddings_unscaled else c.embed_scale)
+        if c.position_kind == "learned":
+            self.embed_positions = embed(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size, p, rngs=rngs,
+                                         names=(None, "embed"))
         n = c.num_decoder_layers if decoder else c.num_layers
         self.layers = nnx.List([Layer(c, p, rngs, decoder=decoder) for _ in range(n)])
-        self.layernorm_embedding = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
+        if c.layernorm_embedding:
+            self.layernorm_embedding = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
         if c.pre_norm:
             self.layer_norm = LayerNorm(c.hidden_size, c.layer_norm_eps, p)
 
@@ -183,8 +222,10 @@ class Stack(nnx.Module):
                  cache: KVCache | None = None, enc=None, enc_mask=None, cross_prefix_kv=None,
                  cross_kv: tuple | None = None, drop: DropoutRng):
         T = embeds_BxTxD.shape[1]
-        x = embeds_BxTxD + self.embed_positions(positions_BxT + POSITION_OFFSET).astype(embeds_BxTxD.dtype)
-        x = drop(self.layernorm_embedding(x).astype(self.dtype), self.c.dropout)
+        x = embeds_BxTxD + self.position_embeddings(positions_BxT).astype(embeds_BxTxD.dtype)
+        if self.c.layernorm_embedding:
+            x = self.layernorm_embedding(x)
+        x = drop(x.astype(self.dtype), self.c.dropout)
         S = T if cache is None else cache.slots
         mask = attention_mask_4d(mask_BxS, T, S, causal=self.decoder, q_offset=0 if cache is None else cache.index)
         enc_mask_4d = None
@@ -199,6 +240,40 @@ class Stack(nnx.Module):
             x = self.layer_norm(x).astype(self.dtype)
         return x, updated_cache(cache, layer_caches, T)
 
+    def position_embeddings(self, positions_BxT: Array) -> Array:
+        """`[B, T, D]` at positions counted from 0 (M2M100: -1 for a pad, which takes the zero row)."""
+        c = self.c
+        if c.position_kind == "learned":
+            return self.embed_positions(positions_BxT + POSITION_OFFSET)
+        if c.position_kind == "sinusoidal":
+            return jnp.asarray(sinusoidal_table(c.max_position_embeddings, c.hidden_size))[positions_BxT]
+        return padded_sinusoids(positions_BxT, c.hidden_size, c.pad_token_id + 1)
+
+
+@functools.cache
+def sinusoidal_table(n: int, dim: int) -> np.ndarray:
+    """Marian's and Pegasus's fixed `[n, dim]` table (XLM's, not interleaved: the sines of each frequency, then the
+    cosines), computed in float64 as transformers' `create_weight` does."""
+    j = np.arange(dim)
+    angles = np.arange(n)[:, None] / np.power(10000, 2 * (j // 2) / dim)
+    half = (dim + 1) // 2
+    out = np.empty((n, dim), np.float32)
+    out[:, :half], out[:, half:] = np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])
+    return out
+
+
+def padded_sinusoids(positions_BxT: Array, dim: int, first_row: int) -> Array:
+    """M2M100's sinusoids (tensor2tensor's: frequencies 10000^(-i / (dim/2 - 1)), sines then cosines, a zero column
+    when dim is odd) at table rows `first_row + position` (the pad id + 1; position -1, a pad, takes the pad id's row,
+    all zeros), in float32 as transformers computes its table."""
+    half = dim // 2
+    freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * jnp.float32(-math.log(10000) / (half - 1)))
+    angles = (positions_BxT + first_row).astype(jnp.float32)[..., None] * freqs
+    out = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    if dim % 2:
+        out = jnp.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, 1)])
+    return jnp.where((positions_BxT >= 0)[..., None], out, 0.0)
+
 
 class Bart(nnx.Module):
     """BART with the head for `task` (None: decoder hidden states, or seq2seq_lm)."""
@@ -207,10 +282,10 @@ class Bart(nnx.Module):
         self.config, self.task, self.num_labels = c, task, num_labels
         self.head_name = None  # no classification head: nothing of the backbone goes into an adapter
         self.shared = embed(c.vocab_size, c.hidden_size, p, rngs=rngs,
-                            scale=c.hidden_size ** 0.5 if c.scale_embedding else 1.0)
+                            scale=1.0 if c.word_embeddings_unscaled else c.embed_scale)
         self.encoder = Stack(c, p, rngs, decoder=False)
         self.decoder = Stack(c, p, rngs, decoder=True)
-        if task == "seq2seq_lm":
+        if task == "seq2seq_lm" and c.final_logits_bias:
             self.final_logits_bias = Buffer(jnp.zeros((1, c.vocab_size), p.param_dtype), **axes(None, "vocab"))
             if not c.tie_word_embeddings:
                 self.lm_head = dense(c.hidden_size, c.vocab_size, ("embed", "vocab"), p, bias=False, rngs=rngs)
@@ -218,6 +293,20 @@ class Bart(nnx.Module):
     @property
     def word_embeddings(self) -> nnx.Embed:
         return self.shared
+
+    @property
+    def computed_params(self) -> int:
+        """Parameters transformers holds that jsoft computes: Marian's and Pegasus's fixed sinusoid tables (frozen
+        `nn.Embedding`s, one per stack), which PEFT counts in a model's total."""
+        c = self.config
+        return 2 * c.max_position_embeddings * c.hidden_size if c.position_kind == "sinusoidal" else 0
+
+    @property
+    def lookup_scale(self) -> float:
+        """What the encoder multiplies its token lookups by beyond `word_embeddings` (Marian, Pegasus: sqrt(d_model)
+        where `scale_embedding`; given embeddings, a PEFT prompt's input, it takes as they are)."""
+        c = self.config
+        return c.embed_scale if c.word_embeddings_unscaled else 1.0
 
     def shift_right(self, labels: Array) -> Array:
         c = self.config
@@ -230,9 +319,11 @@ class Bart(nnx.Module):
         only what `word_embeddings` returns, the table PEFT builds a prompt's inputs_embeds from)."""
         if (ids is None) == (embeds is None):
             raise ValueError(f"give exactly one of {prefix}input_ids and {prefix}inputs_embeds")
-        if embeds is not None:
-            return embeds
-        return self.shared(ids) if self.config.tie_word_embeddings else stack.embed_tokens(ids)
+        c = self.config
+        if embeds is not None:  # Marian's and Pegasus's decoders scale given embeddings, their encoders do not
+            return embeds * c.embed_scale if c.word_embeddings_unscaled and stack.decoder else embeds
+        x = self.shared(ids) if c.tie_word_embeddings else stack.embed_tokens(ids)
+        return x * jnp.asarray(c.embed_scale, x.dtype) if c.word_embeddings_unscaled else x
 
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, encoder_prefix_kv=None,
                prefix_mask=None, dropout_rng: Array | None = None, position_ids=None) -> Array:
@@ -242,6 +333,8 @@ class Bart(nnx.Module):
         if position_ids is None:
             check_position_count(self.config, T)
             position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+            if input_ids is not None:
+                position_ids = self._pad_aware(position_ids, input_ids, 0)
         h, _ = self.encoder(x, attention_mask, position_ids, prefix_kv=encoder_prefix_kv, prefix_mask=prefix_mask,
                             drop=DropoutRng.stream(dropout_rng, 0))
         return h
@@ -256,6 +349,14 @@ class Bart(nnx.Module):
             past = past - (prefix_mask.shape[1] - prefix_mask.astype(jnp.int32).sum(-1, keepdims=True))
         return jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None] + past, (B, T))
 
+    def _pad_aware(self, positions_BxT: Array, ids_BxT, first_BxT) -> Array:
+        """M2M100's positions from token ids (transformers' `create_position_ids_from_input_ids`): a row's k-th non-pad
+        token takes `first + k`, its pads -1. Other families keep `positions_BxT`."""
+        if self.config.position_kind != "padded_sinusoidal":
+            return positions_BxT
+        real = (jnp.asarray(ids_BxT) != self.config.pad_token_id).astype(jnp.int32)
+        return (jnp.cumsum(real, axis=1) + first_BxT) * real - 1
+
     def decode(self, decoder_input_ids=None, encoder_hidden_states=None, attention_mask=None,
                decoder_attention_mask=None, decoder_inputs_embeds=None, prefix_kv=None, prefix_mask=None,
                cross_prefix_kv=None, cache: KVCache | None = None,
@@ -267,6 +368,8 @@ class Bart(nnx.Module):
         y = self._embeds(decoder_input_ids, decoder_inputs_embeds, self.decoder, "decoder_")
         B, T = y.shape[:2]
         positions = self._decoder_positions(B, T, prefix_kv, prefix_mask, cache)
+        if decoder_input_ids is not None:
+            positions = self._pad_aware(positions, decoder_input_ids, positions[:, :1])
         h, cache = self.decoder(y, decoder_attention_mask, positions, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                                 cache=cache, enc=None if cross_kv is not None else encoder_hidden_states,
                                 enc_mask=attention_mask, cross_prefix_kv=cross_prefix_kv, cross_kv=cross_kv,
@@ -277,8 +380,9 @@ class Bart(nnx.Module):
             logits = heads.lm_head_logits(h, self.shared.embedding[...])
         else:
             logits = heads.lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
-        return ModelOutput(logits=logits + self.final_logits_bias[...].astype(jnp.float32), last_hidden_state=h,
-                           cache=cache)
+        if self.config.final_logits_bias:
+            logits = logits + self.final_logits_bias[...].astype(jnp.float32)
+        return ModelOutput(logits=logits, last_hidden_state=h, cache=cache)
 
     def cross_attention_kv(self, encoder_hidden_states, attention_mask=None, cross_prefix_kv=None,
                            prefix_mask=None) -> tuple:

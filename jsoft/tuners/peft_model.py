@@ -288,11 +288,11 @@ class PeftModel(nnx.Module):
     # ------------------------------------------------------------------ parameters
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, all) counted as PEFT counts them (its head copy included in `all`, and a multimodal
-        checkpoint's other towers, which jsoft does not run)."""
+        """(trainable, all) counted as PEFT counts them (its head copy included in `all`, a multimodal
+        checkpoint's other towers, which jsoft does not run, and tables it computes, Marian's sinusoids)."""
         count = lambda state: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
         trainable_n = count(nnx.state(self, Trainable))
-        outside = getattr(self.base_model, "outside_params", 0)
+        outside = getattr(self.base_model, "outside_params", 0) + getattr(self.base_model, "computed_params", 0)
         return trainable_n, count(nnx.state(self, nnx.Param)) + outside
 
     def print_trainable_parameters(self) -> None:
@@ -409,7 +409,7 @@ class PeftModel(nnx.Module):
         Ve = 0
         if p.embeds is not None:
             if inputs_embeds is None:
-                inputs_embeds = base.word_embeddings(input_ids)
+                inputs_embeds = token_embeds(base, input_ids, p.embeds_mask.sum(-1))
             if prompt_positions is not None:
                 inputs_embeds = _scatter_prompt(inputs_embeds, p.embeds, prompt_positions)
             else:
@@ -515,7 +515,7 @@ class PeftModel(nnx.Module):
             return out | {"prefix_kv": _rows(stack, rows, B, axis=2), "prefix_mask": _rows(valid, rows, B)}
         p = self._prompts(names, rows, B, None)
         if p.embeds is not None:
-            embeds = base.word_embeddings(input_ids)
+            embeds = token_embeds(base, input_ids, p.embeds_mask.sum(-1))
             out = {"inputs_embeds": jnp.concatenate([p.embeds.astype(embeds.dtype), embeds], axis=1),
                    "attention_mask": jnp.concatenate([p.embeds_mask.astype(attention_mask.dtype), attention_mask], 1),
                    **_encoder_positions(base, B, input_ids.shape[1], p.embeds_mask)}
@@ -545,6 +545,18 @@ def _encoder_positions(base, B: int, T: int, embeds_mask) -> dict:
         return {}
     check_position_count(base.config, embeds_mask.shape[1] + T)
     return {"position_ids": _positions(B, T, embeds_mask.shape[1], embeds_mask, 0, None)}
+
+
+def token_embeds(base, input_ids, n_virtual_B):
+    """The tokens' embeddings behind a prompt block: the model's word embeddings (what PEFT reads) for a row with
+    `n_virtual` > 0 embedding-prompt tokens; for a row without any (a prefix adapter's, in a mixed batch), what the
+    model makes of its input ids alone. They differ where a model scales its own lookups but not given embeddings
+    (`lookup_scale`: Marian's and Pegasus's encoders)."""
+    x = base.word_embeddings(input_ids)
+    scale = getattr(base, "lookup_scale", 1.0)
+    if scale == 1.0:
+        return x
+    return x * jnp.where(n_virtual_B == 0, scale, 1.0)[:, None, None].astype(x.dtype)
 
 
 def _scatter_prompt(embeds_BxTxD, prompt_BxVxD, positions_BxV):
