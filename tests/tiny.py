@@ -20,6 +20,10 @@ CONFIGS = {
         "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
         "feed_forward_proj": "relu", "tie_word_embeddings": True, "pad_token_id": 0, "eos_token_id": 1,
         "decoder_start_token_id": 0, **kw}),
+    "umt5": lambda **kw: tf.UMT5Config(**{  # every layer its own bias table; umt5's gated GELU
+        "vocab_size": VOCAB, "d_model": 32, "d_kv": 8, "d_ff": 56, "num_layers": 3, "num_decoder_layers": 2,
+        "num_heads": 4, "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20,
+        "feed_forward_proj": "gated-gelu", "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0, **kw}),
     "bart": lambda **kw: tf.BartConfig(**{  # fewer decoder than encoder layers, as in distilbart
         "vocab_size": VOCAB, "d_model": 40, "encoder_layers": 3, "decoder_layers": 2, "encoder_attention_heads": 5,
         "decoder_attention_heads": 5, "encoder_ffn_dim": 56, "decoder_ffn_dim": 72, "max_position_embeddings": 64,
@@ -296,6 +300,7 @@ CLASSES = {
     ("bert", None): tf.BertModel, ("bert", "seq_cls"): tf.BertForSequenceClassification,
     ("bert", "token_cls"): tf.BertForTokenClassification,
     ("t5", None): tf.T5Model, ("t5", "seq2seq_lm"): tf.T5ForConditionalGeneration,
+    ("umt5", None): tf.UMT5Model, ("umt5", "seq2seq_lm"): tf.UMT5ForConditionalGeneration,
     ("mbart", "seq2seq_lm"): tf.MBartForConditionalGeneration,
     ("opt", None): tf.OPTModel, ("opt", "causal_lm"): tf.OPTForCausalLM,
     ("opt", "seq_cls"): tf.OPTForSequenceClassification,
@@ -382,7 +387,7 @@ CLASSES = {
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)
-ENCODER_DECODER = ("t5", "bart", "mbart", "m2m_100", "marian", "pegasus")
+ENCODER_DECODER = ("t5", "umt5", "bart", "mbart", "m2m_100", "marian", "pegasus")
 
 
 def build(kind: str, task: str | None = None, seed: int = 0, **overrides):

@@ -56,7 +56,8 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "olmo": "jsoft.models.llama", "xlm-roberta-xl": "jsoft.models.xlm_roberta_xl",
                  "ernie": "jsoft.models.ernie", "codegen": "jsoft.models.codegen",
                  "albert": "jsoft.models.albert", "gpt_oss": "jsoft.models.gpt_oss",
-                 "m2m_100": "jsoft.models.bart", "marian": "jsoft.models.bart", "pegasus": "jsoft.models.bart"}
+                 "umt5": "jsoft.models.t5", "m2m_100": "jsoft.models.bart", "marian": "jsoft.models.bart",
+                 "pegasus": "jsoft.models.bart"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5

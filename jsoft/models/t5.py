@@ -1,4 +1,5 @@
-"""T5 / T5 v1.1 / FLAN-T5 / mT5 (encoder-decoder, relative position bias, RMS norms).
+"""T5 / T5 v1.1 / FLAN-T5 / mT5 (encoder-decoder, relative position bias, RMS norms), and UMT5 (umt5-small .. xxl:
+every self-attention layer with its own relative-position bias table, not only each stack's first).
 
 Module tree mirrors transformers' (`encoder.block.0.layer.0.SelfAttention.q`, `shared`, `lm_head`)
 so checkpoint names map one to one; every torch Linear weight is `[out, in]` and is transposed.
@@ -41,6 +42,7 @@ from jsoft.models.layers import (
 Array = jax.Array
 
 TASKS = (None, "seq2seq_lm")
+MODEL_TYPES = ("t5", "mt5", "umt5")
 BASE_PREFIX = ""  # T5Model and T5ForConditionalGeneration both save `shared.weight`, `encoder.*`
 
 
@@ -56,12 +58,13 @@ class Config(TransformerConfig):
     dense_act_fn: str = "relu"
     tie_word_embeddings: bool = True  # False: a separate `lm_head.weight` in the checkpoint
     scale_decoder_outputs: bool = True  # multiply the decoder output by d_model**-0.5 before the head
+    bias_per_layer: bool = False  # UMT5: each layer's own relative-position table (T5: layer 0's for all)
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         model_type = hf.get("model_type", "t5")
-        if model_type not in ("t5", "mt5"):
-            raise ValueError(f"model_type={model_type!r} is not T5; jsoft.models.t5 reads 't5' and 'mt5'")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type={model_type!r} is not T5; jsoft.models.t5 reads {list(MODEL_TYPES)}")
         proj = hf.get("feed_forward_proj", "relu")
         parts = proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
@@ -70,10 +73,10 @@ class Config(TransformerConfig):
         act = "gelu_new" if proj == "gated-gelu" else parts[-1]  # transformers' own exception
         activation(act)  # fail early on an unsupported activation
         # transformers 5 rewrites tie_word_embeddings to True on load and records the original choice
-        # as `scale_decoder_outputs` (T5) or drops it (mT5, which never rescales); older configs
-        # only have tie_word_embeddings, which then also decides the rescale.
+        # as `scale_decoder_outputs` (T5) or drops it (mT5, which never rescales; UMT5, which rescales when tied);
+        # older configs only have tie_word_embeddings, which then also decides the rescale.
         tie = hf.get("tie_word_embeddings", model_type == "t5") is not False
-        scale = model_type == "t5" and hf.get("scale_decoder_outputs", tie)
+        scale = model_type != "mt5" and hf.get("scale_decoder_outputs", tie)
         d, h = hf["d_model"], hf["num_heads"]
         pad = hf.get("pad_token_id", 0)
         n_enc = hf["num_layers"]
@@ -87,7 +90,7 @@ class Config(TransformerConfig):
             relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
             dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
             is_gated_act=len(parts) == 2, dense_act_fn=act, tie_word_embeddings=tie,
-            scale_decoder_outputs=bool(scale),
+            scale_decoder_outputs=bool(scale), bias_per_layer=model_type == "umt5",
         )
 
 
@@ -120,7 +123,7 @@ class Attention(nnx.Module):
         self.k = dense(c.hidden_size, inner, ("embed", "joined_kv"), p, bias=False, rngs=rngs)
         self.v = dense(c.hidden_size, inner, ("embed", "joined_kv"), p, bias=False, rngs=rngs)
         self.o = dense(inner, c.hidden_size, ("joined_kv", "embed"), p, bias=False, rngs=rngs)
-        if relative_bias:  # only layer 0 of a stack owns the table; the others reuse its bias
+        if relative_bias:  # T5: only layer 0 of a stack owns the table, the others reuse its bias (UMT5: each its own)
             self.relative_attention_bias = embed(c.relative_attention_num_buckets, c.num_heads, p,
                                                  rngs=rngs, names=(None, "heads"))
 
@@ -190,7 +193,7 @@ class LayerFF(nnx.Module):
 
 class Block(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, *, decoder: bool, first: bool):
-        sub = [LayerAttention(c, p, rngs, cross=False, relative_bias=first)]
+        sub = [LayerAttention(c, p, rngs, cross=False, relative_bias=first or c.bias_per_layer)]
         if decoder:
             sub.append(LayerAttention(c, p, rngs, cross=True, relative_bias=False))
         sub.append(LayerFF(c, p, rngs))
@@ -215,14 +218,16 @@ class Stack(nnx.Module):
         self.block = nnx.List([Block(c, p, rngs, decoder=decoder, first=i == 0) for i in range(n)])
         self.final_layer_norm = RMSNorm(c.hidden_size, c.layer_norm_eps, p)
 
-    def position_bias(self, q_pos: Array, k_pos: Array) -> Array:
-        """`[1, H, T, S]` from layer 0's table, shared by every layer of the stack."""
+    def position_bias(self, q_pos: Array, k_pos: Array) -> list[Array]:
+        """Each layer's `[1, H, T, S]`: from layer 0's table, shared by every layer of the stack (UMT5: its own)."""
         rel = k_pos[None, :].astype(jnp.int32) - q_pos[:, None].astype(jnp.int32)
         bucket = relative_position_bucket(rel, bidirectional=not self.decoder,
                                           num_buckets=self.c.relative_attention_num_buckets,
                                           max_distance=self.c.relative_attention_max_distance)
-        table = self.block[0].layer[0].SelfAttention.relative_attention_bias
-        return jnp.transpose(table(bucket), (2, 0, 1))[None]
+        owners = self.block if self.c.bias_per_layer else self.block[:1]
+        biases = [jnp.transpose(b.layer[0].SelfAttention.relative_attention_bias(bucket), (2, 0, 1))[None]
+                  for b in owners]
+        return biases if self.c.bias_per_layer else biases * len(self.block)
 
     def __call__(self, embeds_BxTxD, mask_BxS, *, prefix_kv=None, prefix_mask=None,
                  cache: KVCache | None = None, enc=None, enc_mask=None, cross_prefix_kv=None,
@@ -239,7 +244,7 @@ class Stack(nnx.Module):
         V = 0 if prefix_kv is None else prefix_kv.shape[3]
         S = T if cache is None else cache.slots
         offset = 0 if cache is None else cache.index
-        bias = self.position_bias(V + offset + jnp.arange(T), jnp.arange(V + S))
+        biases = self.position_bias(V + offset + jnp.arange(T), jnp.arange(V + S))
         mask = attention_mask_4d(mask_BxS, T, S, causal=self.decoder, q_offset=offset)
         enc_mask_4d = None
         if enc is not None and cross_kv is None:
@@ -248,7 +253,7 @@ class Stack(nnx.Module):
             enc = None
         layer_caches = []
         for i, block in enumerate(self.block):
-            x, lc = block(x, mask, bias, layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
+            x, lc = block(x, mask, biases[i], layer=i, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                           enc=enc, enc_mask=enc_mask_4d, cross_prefix_kv=cross_prefix_kv, drop=drop,
                           cross_kv=None if cross_kv is None else cross_kv[i])
             layer_caches.append(lc)
