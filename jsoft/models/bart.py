@@ -247,7 +247,7 @@ class Stack(nnx.Module):
             return self.embed_positions(positions_BxT + POSITION_OFFSET)
         if c.position_kind == "sinusoidal":
             return jnp.asarray(sinusoidal_table(c.max_position_embeddings, c.hidden_size))[positions_BxT]
-        return padded_sinusoids(positions_BxT, c.hidden_size, c.pad_token_id + 1)
+        return sinusoid_rows(positions_BxT + c.pad_token_id + 1, c.hidden_size, zero_row=c.pad_token_id)
 
 
 @functools.cache
@@ -262,17 +262,17 @@ def sinusoidal_table(n: int, dim: int) -> np.ndarray:
     return out
 
 
-def padded_sinusoids(positions_BxT: Array, dim: int, first_row: int) -> Array:
-    """M2M100's sinusoids (tensor2tensor's: frequencies 10000^(-i / (dim/2 - 1)), sines then cosines, a zero column
-    when dim is odd) at table rows `first_row + position` (the pad id + 1; position -1, a pad, takes the pad id's row,
-    all zeros), in float32 as transformers computes its table."""
+def sinusoid_rows(rows_BxT: Array, dim: int, zero_row: int | None) -> Array:
+    """Rows of M2M100's and XGLM's sinusoid table (tensor2tensor's: frequencies 10000^(-i / (dim/2 - 1)), sines then
+    cosines, a zero column when dim is odd; the pad id's row all zeros), in float32 as transformers computes the
+    table. M2M100 reads row pad + 1 + position (a pad, position -1, the zero row); XGLM row 2 + position."""
     half = dim // 2
     freqs = jnp.exp(jnp.arange(half, dtype=jnp.float32) * jnp.float32(-math.log(10000) / (half - 1)))
-    angles = (positions_BxT + first_row).astype(jnp.float32)[..., None] * freqs
+    angles = rows_BxT.astype(jnp.float32)[..., None] * freqs
     out = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
     if dim % 2:
         out = jnp.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, 1)])
-    return jnp.where((positions_BxT >= 0)[..., None], out, 0.0)
+    return out if zero_row is None else jnp.where((rows_BxT != zero_row)[..., None], out, 0.0)
 
 
 class Bart(nnx.Module):

@@ -51,7 +51,7 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("xlm-roberta-xl", "token_cls"), ("ernie", "seq_cls"), ("ernie", "token_cls"),
           ("codegen", "causal_lm"), ("albert", "seq_cls"), ("albert", "token_cls"),
           ("gpt_oss", "causal_lm"), ("gpt_oss", "seq_cls"), ("m2m_100", "seq2seq_lm"), ("marian", "seq2seq_lm"),
-          ("pegasus", "seq2seq_lm"), ("umt5", "seq2seq_lm")]
+          ("pegasus", "seq2seq_lm"), ("umt5", "seq2seq_lm"), ("xglm", "causal_lm")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
@@ -61,7 +61,7 @@ PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
 
 def configs(method: str, task: str, kind: str | None = None):
     """jsoft's and PEFT's config of a method; for `kind` (a backbone of tests/tiny.py) PEFT's gets what it
-    cannot derive itself (DistilBERT's dim, n_layers and n_heads; ALBERT's embedding width)."""
+    cannot derive itself (DistilBERT's dim, n_layers and n_heads; ALBERT's embedding width; XGLM's attention_heads)."""
     spec = dict(METHODS[method](TASK_TYPES[task]))
     cls = spec.pop("cls")
     dims = {}
@@ -70,6 +70,8 @@ def configs(method: str, task: str, kind: str | None = None):
         dims = dict(token_dim=c.dim, num_layers=c.n_layers, num_attention_heads=c.n_heads)
     elif kind == "albert":
         dims = dict(token_dim=tiny.CONFIGS[kind]().embedding_size)
+    elif kind == "xglm":
+        dims = dict(num_attention_heads=tiny.CONFIGS[kind]().attention_heads)
     return getattr(jsoft, cls)(**spec), getattr(peft, cls)(**spec, **dims)
 
 

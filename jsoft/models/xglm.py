@@ -1,0 +1,101 @@
+"""XGLM (facebook/xglm-564M .. 7.5B, multilingual): OPT's pre-LayerNorm decoder layers (jsoft.models.opt.Layer: the
+same names, biases and residuals) over token lookups scaled by sqrt(d_model) plus M2M100's fixed sinusoids (table
+rows from 2, jsoft.models.bart.sinusoid_rows), a final LayerNorm and an LM head tied to the token embeddings.
+
+Module tree mirrors transformers' (`model.embed_tokens`, `model.layers.0.self_attn.q_proj`, `model.layer_norm`). A
+prefix counts as past length (PEFT's): real tokens take positions V..V+T-1."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+
+from jsoft.models import bart, heads, opt
+from jsoft.models.base import default_positions, hf_name, is_kernel
+from jsoft.models.layers import (
+    DropoutRng,
+    KVCache,
+    LayerNorm,
+    Precision,
+    activation,
+    attention_mask_4d,
+    embed,
+    run_layers,
+)
+
+TASKS = (None, "causal_lm")
+BASE_PREFIX = "model"
+FIRST_ROW = 2  # XGLMSinusoidalPositionalEmbedding's offset: position p reads table row p + 2
+
+
+@dataclasses.dataclass
+class Config(opt.Config):
+    scale_embedding: bool = True
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Config:
+        d, h = hf.get("d_model", 1024), hf.get("attention_heads", 16)
+        if d % h:
+            raise ValueError(f"config.json d_model={d} is not a multiple of attention_heads={h}")
+        act = hf.get("activation_function", "gelu")
+        activation(act)  # fail early on an unsupported activation
+        return cls(
+            model_type="xglm", vocab_size=hf.get("vocab_size", 256008), hidden_size=d,
+            num_layers=hf.get("num_layers", 24), num_heads=h, num_kv_heads=h, head_dim=d // h,
+            pad_token_id=hf.get("pad_token_id", 1), eos_token_id=hf.get("eos_token_id", 2),
+            bos_token_id=hf.get("bos_token_id", 0), ffn_dim=hf.get("ffn_dim", 4096), word_embed_proj_dim=d,
+            max_position_embeddings=hf.get("max_position_embeddings", 2048), activation_function=act,
+            dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.1),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
+            scale_embedding=hf.get("scale_embedding", True) is not False,
+        )
+
+
+class XGLMModel(nnx.Module):
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c, self.dtype = c, p.dtype
+        self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs,
+                                  scale=c.hidden_size ** 0.5 if c.scale_embedding else 1.0)
+        self.layers = nnx.List([opt.Layer(c, p, rngs) for _ in range(c.num_layers)])
+        self.layer_norm = LayerNorm(c.hidden_size, 1e-5, p)
+
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                 prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
+        c, drop = self.c, drop or DropoutRng(None)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, T = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = default_positions(B, T, prefix_kv, cache, c)
+        positions = bart.sinusoid_rows(position_ids + FIRST_ROW, c.hidden_size, zero_row=c.pad_token_id)
+        x = drop((inputs_embeds + positions.astype(inputs_embeds.dtype)).astype(self.dtype), c.dropout)
+        S = T if cache is None else cache.slots
+        mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
+        x, cache = run_layers(self.layers, x, mask, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
+                              drop=drop)
+        return self.layer_norm(x).astype(self.dtype), cache
+
+
+class XGLM(heads.DecoderOnlyLM):
+    """XGLM with the head for `task` (None, causal_lm)."""
+
+    def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
+        self.model = XGLMModel(c, p, rngs)
+        self.add_heads(c, task, num_labels, p, rngs)
+
+    @property
+    def decoder(self) -> XGLMModel:
+        return self.model
+
+    @property
+    def word_embeddings(self) -> nnx.Embed:
+        return self.model.embed_tokens
+
+
+def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> XGLM:
+    return XGLM(c, task, num_labels, p, rngs)
+
+
+def checkpoint_key(path: tuple) -> tuple[str, bool]:
+    return hf_name(path), is_kernel(path)  # every kernel is a torch nn.Linear [out, in]
