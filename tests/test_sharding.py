@@ -105,9 +105,10 @@ json.dump(results, open(os.path.join(out, "results.json"), "w"))
 """
 
 
-@pytest.mark.parametrize("kind", ["bert", "deberta-v2", "mixtral", "falcon"])  # DeBERTa: its position terms' gathers;
-# Mixtral: grouped expert matmuls over weights split on their embed / mlp axes; Falcon: a fused projection split into
-# key / value groups, keys and values repeated over each group's heads
+@pytest.mark.parametrize("kind", ["bert", "deberta-v2", "mixtral", "falcon", "gpt_oss"])  # DeBERTa: its position
+# terms' gathers; Mixtral: grouped expert matmuls over weights split on their embed / mlp axes; Falcon: a fused
+# projection split into key / value groups, keys and values repeated over each group's heads; GPT-OSS: interleaved
+# gate / up columns split over tensor, per-expert biases gathered per row, sinks split with the heads
 def test_sharded_run_matches_single_device(tiny_dir, tmp_path, kind):
     model = tu.model_dir(tiny_dir, kind, "seq_cls", num_labels=2)
     train_file = tu.write_jsonl(tmp_path / "train.jsonl", tu.sentiment(96))
