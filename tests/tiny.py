@@ -54,6 +54,10 @@ CONFIGS = {
     "xglm": lambda **kw: tf.XGLMConfig(**{
         "vocab_size": VOCAB, "d_model": 40, "num_layers": 2, "attention_heads": 4, "ffn_dim": 56,
         "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, **kw}),
+    "biogpt": lambda **kw: tf.BioGptConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 56, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0,
+        "eos_token_id": 2, **kw}),
     "opt": lambda **kw: tf.OPTConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4, "ffn_dim": 72,
         "max_position_embeddings": 64, "word_embed_proj_dim": 48, "pad_token_id": 0, "bos_token_id": 1,
@@ -383,7 +387,8 @@ CLASSES = {
     ("m2m_100", None): tf.M2M100Model, ("m2m_100", "seq2seq_lm"): tf.M2M100ForConditionalGeneration,
     ("marian", None): tf.MarianModel, ("marian", "seq2seq_lm"): tf.MarianMTModel,
     ("pegasus", None): tf.PegasusModel, ("pegasus", "seq2seq_lm"): tf.PegasusForConditionalGeneration,
-    ("xglm", "causal_lm"): tf.XGLMForCausalLM,
+    ("xglm", "causal_lm"): tf.XGLMForCausalLM, ("biogpt", "causal_lm"): tf.BioGptForCausalLM,
+    ("biogpt", "seq_cls"): tf.BioGptForSequenceClassification, ("biogpt", "token_cls"): tf.BioGptForTokenClassification,
     ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,
     ("albert", "token_cls"): tf.AlbertForTokenClassification,
     ("olmo", "causal_lm"): tf.OlmoForCausalLM, ("olmo", "seq_cls"): tf.OlmoForSequenceClassification,

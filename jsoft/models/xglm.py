@@ -3,7 +3,8 @@ same names, biases and residuals) over token lookups scaled by sqrt(d_model) plu
 rows from 2, jsoft.models.bart.sinusoid_rows), a final LayerNorm and an LM head tied to the token embeddings.
 
 Module tree mirrors transformers' (`model.embed_tokens`, `model.layers.0.self_attn.q_proj`, `model.layer_norm`). A
-prefix counts as past length (PEFT's): real tokens take positions V..V+T-1."""
+prefix counts as past length (PEFT's): real tokens take positions V..V+T-1. BioGPT (jsoft.models.biogpt) is the same
+stack with learned positions."""
 
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ from jsoft.models.layers import (
 
 TASKS = (None, "causal_lm")
 BASE_PREFIX = "model"
-FIRST_ROW = 2  # XGLMSinusoidalPositionalEmbedding's offset: position p reads table row p + 2
+FIRST_ROW = 2  # XGLM's sinusoids and BioGPT's learned table: position p reads row p + 2
 
 
 @dataclasses.dataclass
 class Config(opt.Config):
     scale_embedding: bool = True
+    learned_positions: bool = False  # BioGPT: a learned table (`embed_positions`), not XGLM's sinusoids
+    classifier_dropout: float = 0.1  # on a token classifier's input
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
@@ -57,6 +60,9 @@ class XGLMModel(nnx.Module):
         self.c, self.dtype = c, p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs,
                                   scale=c.hidden_size ** 0.5 if c.scale_embedding else 1.0)
+        if c.learned_positions:
+            self.embed_positions = embed(c.max_position_embeddings + FIRST_ROW, c.hidden_size, p, rngs=rngs,
+                                         names=(None, "embed"))
         self.layers = nnx.List([opt.Layer(c, p, rngs) for _ in range(c.num_layers)])
         self.layer_norm = LayerNorm(c.hidden_size, 1e-5, p)
 
@@ -68,7 +74,10 @@ class XGLMModel(nnx.Module):
         B, T = inputs_embeds.shape[:2]
         if position_ids is None:
             position_ids = default_positions(B, T, prefix_kv, cache, c)
-        positions = bart.sinusoid_rows(position_ids + FIRST_ROW, c.hidden_size, zero_row=c.pad_token_id)
+        if c.learned_positions:
+            positions = self.embed_positions(position_ids + FIRST_ROW)
+        else:
+            positions = bart.sinusoid_rows(position_ids + FIRST_ROW, c.hidden_size, zero_row=c.pad_token_id)
         x = drop((inputs_embeds + positions.astype(inputs_embeds.dtype)).astype(self.dtype), c.dropout)
         S = T if cache is None else cache.slots
         mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
