@@ -55,5 +55,7 @@ def peft_decoder_layers(stored_layers: int, decoder_layers: int) -> list[int]:
     and the cross pair is then discarded)."""
     if decoder_layers > stored_layers:
         raise ValueError(f"the decoder has {decoder_layers} layers but the prefix stores {stored_layers} "
-                         "(num_layers); PEFT's encoder-decoder prefix cannot reach the extra layers")
+                         "(num_layers); PEFT's encoder-decoder prefix cannot reach the extra layers (PEFT fails "
+                         "on it too). PrefixTuningConfig(prefix_targets='all') gives every attention layer its own "
+                         "prefix (jsoft's format)")
     return [(2 * i) % stored_layers for i in range(decoder_layers)]
