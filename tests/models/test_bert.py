@@ -10,7 +10,7 @@ import torch
 import transformers as tf
 
 import jsoft
-from jsoft.models import bert
+from jsoft.models import albert, bert
 from tests import tiny
 from tests.models.test_parity import batch
 
@@ -102,6 +102,11 @@ def test_rejects_unsupported():
     with pytest.raises(ValueError, match="is_decoder"):
         bert.Config.from_hf({**hf, "is_decoder": True})
     assert bert.Config.from_hf({**hf, "position_embedding_type": "absolute"}).num_kv_heads == 5
+    albert_hf = tiny.CONFIGS["albert"]().to_dict()
+    with pytest.raises(ValueError, match="num_hidden_groups=4 must be between 1 and num_hidden_layers=3"):
+        albert.Config.from_hf({**albert_hf, "num_hidden_groups": 4})
+    c = albert.Config.from_hf({**albert_hf, "num_hidden_layers": 4, "num_hidden_groups": 2, "inner_group_num": 3})
+    assert (c.num_layers, [c.group_of(i) for i in range(4)]) == (12, [0, 0, 1, 1])  # a prefix per inner layer call
 
 
 def test_rejects_cache(tiny_dir):

@@ -201,18 +201,35 @@ def test_pythia_config_and_checkpoint_names_load(tmp_path):
     np.testing.assert_allclose(got[keep], hf_out(ref_model, "causal_lm", ids, mask)[keep], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["bart", "mbart"])
+@pytest.mark.parametrize("kind", ["bart", "mbart", "m2m_100", "marian", "pegasus"])
 def test_decoder_inputs_from_labels_match_transformers(tiny_dir, kind):
-    """BART shifts the start token in; mBART wraps each row's last non-pad label (its language id) to the front."""
+    """BART (and M2M100, Marian, Pegasus) shifts the start token in; mBART wraps each row's last non-pad label (its
+    language id) to the front."""
     import importlib
 
     labels = np.array([[5, 6, 7, 8, 9], [11, 12, 13, -100, -100], [21, 22, 0, 0, 0]])
     hf = importlib.import_module(f"transformers.models.{kind}.modeling_{kind}")
-    args = (0,) if kind == "mbart" else (0, 2)  # pad id (and BART's decoder start id)
+    c = tiny.CONFIGS[kind]()
+    args = (c.pad_token_id,) if kind == "mbart" else (c.pad_token_id, c.decoder_start_token_id)
     want = hf.shift_tokens_right(torch.tensor(labels), *args).numpy()
     model = jsoft.from_pretrained(tiny_dir(kind, "seq2seq_lm"), task="seq2seq_lm")
     np.testing.assert_array_equal(np.asarray(model.shift_right(labels)), want)
-    assert (want[:, 0] == ([9, 13, 22] if kind == "mbart" else 2)).all()
+    assert (want[:, 0] == ([9, 13, 22] if kind == "mbart" else c.decoder_start_token_id)).all()
+
+
+def test_bart_family_config_defaults_and_errors():
+    """M2M100 forces no EOS unless told (its config has no forced_eos_token_id; BART's defaults to 2); a Marian
+    model with its own target vocabulary is refused by name."""
+    from jsoft.models import bart
+
+    assert bart.Config.from_hf(tiny.CONFIGS["m2m_100"]().to_dict()).forced_eos_token_id is None
+    assert bart.Config.from_hf({k: v for k, v in tiny.CONFIGS["bart"]().to_dict().items()
+                                if k != "forced_eos_token_id"}).forced_eos_token_id == 2
+    marian = tiny.CONFIGS["marian"]().to_dict()
+    with pytest.raises(ValueError, match="share_encoder_decoder_embeddings=False"):
+        bart.Config.from_hf({**marian, "share_encoder_decoder_embeddings": False, "decoder_vocab_size": 50})
+    with pytest.raises(ValueError, match="is not BART-like"):
+        bart.Config.from_hf({**marian, "model_type": "fsmt"})
 
 
 def test_generation_config_supplies_what_transformers_generate_reads(tmp_path):
