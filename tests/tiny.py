@@ -163,6 +163,12 @@ CONFIGS = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6,
         "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2, "logits_scaling": 4.0,
         "tie_word_embeddings": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "granitemoe": lambda **kw: tf.GraniteMoeConfig(**{  # granite-3.0-1b-a400m's layout: Granite's multipliers, MoE
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "num_local_experts": 4,
+        "num_experts_per_tok": 2, "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
+        "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.3,  # experts that matter
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
     "mixtral": lambda **kw: tf.MixtralConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 2,
@@ -387,7 +393,8 @@ CLASSES = {
     ("m2m_100", None): tf.M2M100Model, ("m2m_100", "seq2seq_lm"): tf.M2M100ForConditionalGeneration,
     ("marian", None): tf.MarianModel, ("marian", "seq2seq_lm"): tf.MarianMTModel,
     ("pegasus", None): tf.PegasusModel, ("pegasus", "seq2seq_lm"): tf.PegasusForConditionalGeneration,
-    ("xglm", "causal_lm"): tf.XGLMForCausalLM, ("biogpt", "causal_lm"): tf.BioGptForCausalLM,
+    ("xglm", "causal_lm"): tf.XGLMForCausalLM, ("granitemoe", "causal_lm"): tf.GraniteMoeForCausalLM,
+    ("biogpt", "causal_lm"): tf.BioGptForCausalLM,
     ("biogpt", "seq_cls"): tf.BioGptForSequenceClassification, ("biogpt", "token_cls"): tf.BioGptForTokenClassification,
     ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,
     ("albert", "token_cls"): tf.AlbertForTokenClassification,

@@ -45,7 +45,7 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
-               "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss")
+               "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -108,9 +108,11 @@ class Config(TransformerConfig):
     norm_topk_prob: bool = True  # the chosen experts' router weights renormalised to sum to one
     moe_layers: tuple[bool, ...] = ()  # which layers' MLPs are sparse
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE: an MLP every token runs too, sigmoid-gated (0: none)
-    # GPT-OSS: top-k by router logit then softmax over those k, experts with biases and a clamped SwiGLU
-    # (moe.TopKSoftmaxMoE), and a learned sink logit per head in every attention softmax
-    clamped_swiglu_experts: bool = False
+    # how sparse layers route and run their experts (MOE_KINDS): "softmax_topk" (Mixtral, Qwen-MoE, OLMoE:
+    # moe.SparseMoE), "clamped_swiglu" (GPT-OSS: top-k logits softmaxed, experts with biases and a clamped SwiGLU,
+    # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE)
+    moe_kind: str = "softmax_topk"
+    # GPT-OSS: a learned sink logit per head in every attention softmax
     swiglu_alpha: float = 1.702
     swiglu_limit: float = 7.0
     attention_sinks: bool = False
@@ -171,13 +173,13 @@ class Config(TransformerConfig):
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
             embed_scale=d ** 0.5 if gemma else 1.0,
             query_scale=(float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style
-                         else float(hf.get("attention_multiplier", 1.0)) if model_type == "granite" else None),
+                         else float(hf.get("attention_multiplier", 1.0)) if model_type in GRANITES else None),
             # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one), nor
             # its multimodal model final_logit_softcapping
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
             clip_qkv=hf.get("clip_qkv"),
-            **family, **(_granite_multipliers(hf) if model_type == "granite" else {}), **_moe_fields(hf),
+            **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf),
         )
 
 
@@ -199,8 +201,10 @@ FAMILIES: dict[str, dict] = {
     "ernie4_5": dict(rope_interleaved=True),
     "arcee": dict(gated_mlp=False),
     "olmo": dict(weightless_norms=True),
-    "gpt_oss": dict(attention_sinks=True, clamped_swiglu_experts=True),
+    "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
+    "granitemoe": dict(moe_kind="granite"),
 }
+GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
 GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
                 "original_max_position_embeddings": 4096, "rope_theta": 150000.0}
 
@@ -228,7 +232,7 @@ def _moe_fields(hf: dict) -> dict:
     Qwen2-MoE's and Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`; Qwen2-MoE's shared
     expert."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
-    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"):
+    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
     if model_type in ("qwen2_moe", "qwen3_moe"):
@@ -236,6 +240,9 @@ def _moe_fields(hf: dict) -> dict:
         sparse = tuple(i not in dense_layers and experts > 0 and (i + 1) % step == 0 for i in range(n))
     else:
         sparse = (experts > 0,) * n
+    if model_type == "granitemoe":
+        return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2),
+                    moe_layers=(experts > 0,) * n, moe_intermediate_size=hf["intermediate_size"])
     if model_type == "gpt_oss":
         return dict(num_experts=experts or 128, experts_per_token=hf.get("num_experts_per_tok", 4),
                     moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"],
@@ -620,11 +627,15 @@ class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
         self.self_attn = Attention(c, p, rngs)
         # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
-        self.ffn_name = "block_sparse_moe" if c.model_type == "mixtral" else "mlp"
-        if c.moe_layers and c.moe_layers[index] and c.clamped_swiglu_experts:
+        self.ffn_name = "block_sparse_moe" if c.model_type in ("mixtral", "granitemoe") else "mlp"
+        sparse = bool(c.moe_layers) and c.moe_layers[index]
+        if sparse and c.moe_kind == "clamped_swiglu":
             ffn = moe.TopKSoftmaxMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
                                      c.swiglu_alpha, c.swiglu_limit, p, rngs)
-        elif c.moe_layers and c.moe_layers[index]:
+        elif sparse and c.moe_kind == "granite":
+            ffn = moe.GraniteMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
+                                 c.activation, p, rngs)
+        elif sparse:
             names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
             shared = c.shared_expert_intermediate_size
             shared = MLP(dataclasses.replace(c, intermediate_size=shared, fused_gate_up=False), p,

@@ -1,10 +1,11 @@
-"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's): a router picks each
-token's top-k experts, whose SiLU-gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the tokens sorted by
-expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU backend computes
-every expert's group over all the rows.
+"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's, GraniteMoE's): a
+router picks each token's top-k experts, whose gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the
+tokens sorted by expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU
+backend computes every expert's group over all the rows.
 
 Experts' weights are stacked `[E, in, out]`; checkpoints store one tensor per expert
-(`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`)."""
+(`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`). GPT-OSS's
+and GraniteMoE's checkpoints store them stacked already, `[E, in, out]` and `[E, out, in]`, and are read as stored."""
 
 from __future__ import annotations
 
@@ -134,3 +135,52 @@ def dispatch(x_NxD: jax.Array, experts_Nxk: jax.Array, weights_Nxk: jax.Array, n
     y = run(x_NxD[order // k], group_sizes, flat[order])  # [N * k, D]
     y = y[jnp.argsort(order)].reshape(N, k, -1)  # back in (token, choice) order
     return jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights_Nxk).astype(x_NxD.dtype)
+
+
+class ParallelExperts(nnx.Module):
+    """GraniteMoE's stacked expert projection: `weight [E, out, in]`, as its checkpoints store it (each expert's slice
+    a torch nn.Linear weight), multiplied as it is stored."""
+
+    def __init__(self, num_experts: int, d_in: int, d_out: int, names: tuple, p: Precision, rngs: nnx.Rngs):
+        value = nnx.initializers.normal(0.02)(rngs.params(), (num_experts, d_out, d_in), p.param_dtype)
+        self.weight = nnx.Param(value, **axes("expert", *names))
+
+    def __call__(self, x_NxI: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        dims = jax.lax.RaggedDotDimensionNumbers(dot_dimension_numbers=(((1,), (2,)), ((), ())),
+                                                 lhs_ragged_dimensions=[0], rhs_group_dimensions=[0])
+        out = jax.lax.ragged_dot_general(x_NxI, self.weight[...].astype(x_NxI.dtype), group_sizes, dims,
+                                         preferred_element_type=jnp.float32)
+        return out.astype(x_NxI.dtype)
+
+
+class Router(nnx.Module):
+    """GraniteMoE's `router.layer`: a linear map to the expert logits, no bias."""
+
+    def __init__(self, d: int, num_experts: int, p: Precision, rngs: nnx.Rngs):
+        self.layer = dense(d, num_experts, ("embed", None), p, bias=False, rngs=rngs)
+
+
+class GraniteMoE(nnx.Module):
+    """transformers' GraniteMoeMoE: a router without bias (`router.layer`) whose top-k logits are softmaxed, and
+    experts whose gate and up projections are one `input_linear` (gate the first half), then `output_linear`."""
+
+    def __init__(self, d: int, f: int, num_experts: int, top_k: int, act: str, p: Precision, rngs: nnx.Rngs):
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
+                             "experts")
+        self.top_k, self.act, self.dtype = top_k, activation(act), p.dtype
+        self.router = Router(d, num_experts, p, rngs)
+        self.input_linear = ParallelExperts(num_experts, d, 2 * f, ("mlp", "embed"), p, rngs)
+        self.output_linear = ParallelExperts(num_experts, f, d, ("embed", "mlp"), p, rngs)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        B, T, D = x_BxTxD.shape
+        x = x_BxTxD.reshape(B * T, D)
+        logits, experts = jax.lax.top_k(self.router.layer(x).astype(jnp.float32), self.top_k)
+
+        def run(rows, sizes, _):
+            gate, up = jnp.split(self.input_linear(rows, sizes), 2, axis=-1)
+            return self.output_linear((self.act(gate) * up).astype(self.dtype), sizes)
+
+        out = dispatch(x, experts, jax.nn.softmax(logits, axis=-1), self.input_linear.weight.shape[0], run)
+        return out.reshape(B, T, D)
