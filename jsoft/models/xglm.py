@@ -30,6 +30,13 @@ BASE_PREFIX = "model"
 FIRST_ROW = 2  # XGLM's sinusoids and BioGPT's learned table: position p reads row p + 2
 
 
+# each family's config.json names for: width, heads, layers, MLP width, activation, dropout, attention dropout
+HF_KEYS = {"xglm": ("d_model", "attention_heads", "num_layers", "ffn_dim", "activation_function", "dropout",
+                    "attention_dropout"),
+           "biogpt": ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "hidden_act",
+                      "hidden_dropout_prob", "attention_probs_dropout_prob")}
+
+
 @dataclasses.dataclass
 class Config(opt.Config):
     scale_embedding: bool = True
@@ -38,20 +45,24 @@ class Config(opt.Config):
 
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
-        d, h = hf.get("d_model", 1024), hf.get("attention_heads", 16)
+        model_type = hf.get("model_type", "xglm")
+        if model_type not in HF_KEYS:
+            raise ValueError(f"model_type={model_type!r} is not XGLM-like; jsoft.models.xglm reads {list(HF_KEYS)}")
+        width, heads_key, layers, ffn, act_key, dropout, attn_dropout = HF_KEYS[model_type]
+        d, h = hf[width], hf[heads_key]
         if d % h:
-            raise ValueError(f"config.json d_model={d} is not a multiple of attention_heads={h}")
-        act = hf.get("activation_function", "gelu")
+            raise ValueError(f"config.json {width}={d} is not a multiple of {heads_key}={h}")
+        act = hf.get(act_key, "gelu")
         activation(act)  # fail early on an unsupported activation
         return cls(
-            model_type="xglm", vocab_size=hf.get("vocab_size", 256008), hidden_size=d,
-            num_layers=hf.get("num_layers", 24), num_heads=h, num_kv_heads=h, head_dim=d // h,
-            pad_token_id=hf.get("pad_token_id", 1), eos_token_id=hf.get("eos_token_id", 2),
-            bos_token_id=hf.get("bos_token_id", 0), ffn_dim=hf.get("ffn_dim", 4096), word_embed_proj_dim=d,
-            max_position_embeddings=hf.get("max_position_embeddings", 2048), activation_function=act,
-            dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.1),
+            model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf[layers], num_heads=h,
+            num_kv_heads=h, head_dim=d // h, pad_token_id=hf.get("pad_token_id", 1),
+            eos_token_id=hf.get("eos_token_id", 2), bos_token_id=hf.get("bos_token_id", 0), ffn_dim=hf[ffn],
+            word_embed_proj_dim=d, max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            activation_function=act, dropout=hf.get(dropout, 0.1), attention_dropout=hf.get(attn_dropout, 0.1),
             tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
-            scale_embedding=hf.get("scale_embedding", True) is not False,
+            scale_embedding=hf.get("scale_embedding", True) is not False, learned_positions=model_type == "biogpt",
+            classifier_dropout=heads.classifier_dropout_rate(hf, dropout),
         )
 
 
