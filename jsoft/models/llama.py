@@ -108,14 +108,13 @@ class Config(TransformerConfig):
     norm_topk_prob: bool = True  # the chosen experts' router weights renormalised to sum to one
     moe_layers: tuple[bool, ...] = ()  # which layers' MLPs are sparse
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE: an MLP every token runs too, sigmoid-gated (0: none)
-    # how sparse layers route and run their experts (MOE_KINDS): "softmax_topk" (Mixtral, Qwen-MoE, OLMoE:
-    # moe.SparseMoE), "clamped_swiglu" (GPT-OSS: top-k logits softmaxed, experts with biases and a clamped SwiGLU,
+    # how sparse layers route and run their experts: "softmax_topk" (Mixtral, Qwen-MoE, OLMoE: moe.SparseMoE),
+    # "clamped_swiglu" (GPT-OSS: top-k logits softmaxed, experts with biases and a clamped SwiGLU,
     # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE)
     moe_kind: str = "softmax_topk"
-    # GPT-OSS: a learned sink logit per head in every attention softmax
-    swiglu_alpha: float = 1.702
-    swiglu_limit: float = 7.0
-    attention_sinks: bool = False
+    swiglu_alpha: float = 1.702  # GPT-OSS's clamped SwiGLU: the sigmoid's gain
+    swiglu_limit: float = 7.0  # and the clamp on gate (above) and up (both sides)
+    attention_sinks: bool = False  # GPT-OSS: a learned sink logit per head in every attention softmax
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -241,8 +240,8 @@ def _moe_fields(hf: dict) -> dict:
     else:
         sparse = (experts > 0,) * n
     if model_type == "granitemoe":
-        return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2),
-                    moe_layers=(experts > 0,) * n, moe_intermediate_size=hf["intermediate_size"])
+        return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=sparse,
+                    moe_intermediate_size=hf["intermediate_size"])
     if model_type == "gpt_oss":
         return dict(num_experts=experts or 128, experts_per_token=hf.get("num_experts_per_tok", 4),
                     moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"],
