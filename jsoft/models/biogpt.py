@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from jsoft.models import heads, xglm
+from jsoft.models import xglm
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import Precision
 
@@ -16,20 +16,8 @@ BASE_PREFIX = "biogpt"
 Config = xglm.Config  # read with BioGPT's config.json names (xglm.HF_KEYS)
 
 
-class BioGpt(heads.DecoderOnlyLM):
-    """BioGPT with the head for `task` (None, causal_lm, seq_cls, token_cls)."""
-
-    def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
-        self.biogpt = xglm.XGLMModel(c, p, rngs)
-        self.add_heads(c, task, num_labels, p, rngs)
-
-    @property
-    def decoder(self) -> xglm.XGLMModel:
-        return self.biogpt
-
-    @property
-    def word_embeddings(self) -> nnx.Embed:
-        return self.biogpt.embed_tokens
+class BioGpt(xglm.XGLM):
+    stack_name = BASE_PREFIX
 
 
 def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> BioGpt:

@@ -98,19 +98,22 @@ class XGLMModel(nnx.Module):
 
 
 class XGLM(heads.DecoderOnlyLM):
-    """XGLM with the head for `task` (None, causal_lm)."""
+    """XGLM (or BioGPT: its stack under `biogpt`) with the head for `task` (None, causal_lm; BioGPT: seq_cls and
+    token_cls too)."""
+
+    stack_name = "model"  # transformers' attribute for the stack
 
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
-        self.model = XGLMModel(c, p, rngs)
+        setattr(self, self.stack_name, XGLMModel(c, p, rngs))
         self.add_heads(c, task, num_labels, p, rngs)
 
     @property
     def decoder(self) -> XGLMModel:
-        return self.model
+        return getattr(self, self.stack_name)
 
     @property
     def word_embeddings(self) -> nnx.Embed:
-        return self.model.embed_tokens
+        return self.decoder.embed_tokens
 
 
 def build(c: Config, task, num_labels, p: Precision, rngs: nnx.Rngs) -> XGLM:
