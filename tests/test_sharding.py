@@ -89,11 +89,12 @@ import jsoft
 from jsoft import build, sharding, train
 from tests import train_utils as tu
 
-model, train_file, out = sys.argv[1:4]
+model, train_file, out, peft_type = sys.argv[1:5]
 results = {}
 for name, mesh in [("single", dict(data=1, fsdp=1, tensor=1)), ("data_fsdp_tensor", dict(data=2, fsdp=2, tensor=2))]:
     c = tu.config(model, train_file, None, train=dict(num_steps=20, batch_size=16, checkpoint_every=0,
-                                                      async_checkpoints=False, dropout=True), mesh=mesh)
+                                                      async_checkpoints=False, dropout=True), mesh=mesh,
+                  peft=dict(peft_type=peft_type, num_virtual_tokens=4))
     wd = os.path.join(out, name)
     s = train.train(c, wd)
     losses = [json.loads(l)["loss"] for l in open(os.path.join(wd, "metrics.jsonl"))]
@@ -105,17 +106,20 @@ json.dump(results, open(os.path.join(out, "results.json"), "w"))
 """
 
 
-@pytest.mark.parametrize("kind", ["bert", "deberta-v2", "mixtral", "falcon", "gpt_oss"])  # DeBERTa: its position
-# terms' gathers; Mixtral: grouped expert matmuls over weights split on their embed / mlp axes; Falcon: a fused
-# projection split into key / value groups, keys and values repeated over each group's heads; GPT-OSS: interleaved
-# gate / up columns split over tensor, per-expert biases gathered per row, sinks split with the heads
-def test_sharded_run_matches_single_device(tiny_dir, tmp_path, kind):
+@pytest.mark.parametrize("kind,peft_type", [("bert", "PREFIX_TUNING"), ("deberta-v2", "PREFIX_TUNING"),
+                                            ("mixtral", "PREFIX_TUNING"), ("falcon", "PREFIX_TUNING"),
+                                            ("gpt_oss", "PREFIX_TUNING"), ("deepseek_v3", "PROMPT_TUNING")])
+# DeBERTa: its position terms' gathers; Mixtral: grouped expert matmuls over weights split on their embed / mlp axes;
+# Falcon: a fused projection split into key / value groups, keys and values repeated over each group's heads;
+# GPT-OSS: interleaved gate / up columns split over tensor, per-expert biases gathered per row, sinks split with the
+# heads; DeepSeek-V3: latent projections split over heads, experts chosen within groups
+def test_sharded_run_matches_single_device(tiny_dir, tmp_path, kind, peft_type):
     model = tu.model_dir(tiny_dir, kind, "seq_cls", num_labels=2)
     train_file = tu.write_jsonl(tmp_path / "train.jsonl", tu.sentiment(96))
     (tmp_path / "run.py").write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_NUM_CPU_DEVICES="8")
-    proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(model), str(train_file), str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(model), str(train_file), str(tmp_path),
+                           peft_type], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
     ref = results["single"]["losses"]

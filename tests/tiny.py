@@ -295,6 +295,27 @@ CONFIGS = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 4,
         "num_experts_per_tok": 2, "sliding_window": 3, "max_position_embeddings": 64, "swiglu_limit": 2.0,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # DeepSeek-V3's router: 8 experts in 4 groups, a token's 2 from the best 2 groups, a shared expert, the first
+    # layer dense (the correction bias is randomised in `build`, so choosing by it shows)
+    "deepseek_v3": lambda **kw: tf.DeepseekV3Config(**{  # multi-head latent attention, queries through a latent too
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 8,
+        "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2, "first_k_dense_replace": 1,
+        "routed_scaling_factor": 2.5, "q_lora_rank": 16, "kv_lora_rank": 12, "qk_rope_head_dim": 4,
+        "qk_nope_head_dim": 8, "v_head_dim": 6, "max_position_embeddings": 128, "initializer_range": 0.2,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "glm4_moe": lambda **kw: tf.Glm4MoeConfig(**{  # GLM-4.5: half of each head rotated, query / key norms
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1,
+        "n_shared_experts": 2, "use_qk_norm": True, "attention_bias": True, "max_position_embeddings": 128,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "dots1": lambda **kw: tf.Dots1Config(**{  # Qwen3's attention, the second layer sliding; weights not renormalised
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "n_routed_experts": 8, "num_experts_per_tok": 3, "n_shared_experts": 1, "first_k_dense_replace": 0,
+        "norm_topk_prob": False, "sliding_window": 4, "max_window_layers": 1, "max_position_embeddings": 128,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     "albert": lambda **kw: tf.AlbertConfig(**{  # albert-base's shape: one shared layer run 3 times, narrower embeddings
         "vocab_size": VOCAB, "embedding_size": 20, "hidden_size": 36, "num_hidden_layers": 3,
         "num_attention_heads": 3, "intermediate_size": 40, "max_position_embeddings": 64, "pad_token_id": 0,
@@ -394,6 +415,10 @@ CLASSES = {
     ("marian", None): tf.MarianModel, ("marian", "seq2seq_lm"): tf.MarianMTModel,
     ("pegasus", None): tf.PegasusModel, ("pegasus", "seq2seq_lm"): tf.PegasusForConditionalGeneration,
     ("xglm", "causal_lm"): tf.XGLMForCausalLM, ("granitemoe", "causal_lm"): tf.GraniteMoeForCausalLM,
+    ("deepseek_v3", "causal_lm"): tf.DeepseekV3ForCausalLM,
+    ("deepseek_v3", "seq_cls"): tf.DeepseekV3ForSequenceClassification,
+    ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,
+    ("glm4_moe", "causal_lm"): tf.Glm4MoeForCausalLM, ("dots1", "causal_lm"): tf.Dots1ForCausalLM,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,
     ("biogpt", "seq_cls"): tf.BioGptForSequenceClassification, ("biogpt", "token_cls"): tf.BioGptForTokenClassification,
     ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,
@@ -420,6 +445,9 @@ def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
             if "embed_positions" in name and kind not in ("marian", "pegasus"):  # learned (BART): positions as
                 # strong as tokens, so a position off by one shows (Marian's and Pegasus's are fixed sinusoids)
                 p.mul_(10.0)
+        for name, b in model.named_buffers():  # DeepSeek-V3's router: a bias that changes which experts are chosen
+            if name.endswith("e_score_correction_bias"):
+                b.add_(0.3 * torch.randn_like(b))
     return model
 
 

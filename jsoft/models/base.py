@@ -42,6 +42,11 @@ class TransformerConfig:
         """Width of one layer's keys (and values): what a prefix stores per layer."""
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def no_prefix_reason(self) -> str | None:
+        """Why no key/value prefix (Prefix Tuning, P-Tuning v2) fits this stack's attention; None where one does."""
+        return None
+
 
 def compute_dtype(model):
     """The dtype a backbone computes in (its word embeddings' output dtype)."""

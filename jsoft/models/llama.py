@@ -4,9 +4,10 @@ key and value projections; optional sliding window), Qwen3 (query/key norms), Ge
 soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, five sliding layers with their
 own RoPE base per full one), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
 (norms after attention and MLP only; query/key norms over the whole projection), Granite (embedding, residual,
-attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and GPT-OSS
-(jsoft.models.moe; GPT-OSS also adds a sink logit per head to every attention softmax; its checkpoints are read by
-jsoft.models.gpt_oss).
+attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS,
+GraniteMoE, GLM-4.5, dots.llm1 and DeepSeek-V3 / Kimi K2 (jsoft.models.moe; GPT-OSS also adds a sink logit per head
+to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
+compressed latents, `LatentAttention`).
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -45,7 +46,8 @@ from jsoft.models.layers import (
 TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
-               "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe")
+               "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
+               "deepseek_v3")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -107,20 +109,41 @@ class Config(TransformerConfig):
     moe_intermediate_size: int = 0  # an expert's MLP width
     norm_topk_prob: bool = True  # the chosen experts' router weights renormalised to sum to one
     moe_layers: tuple[bool, ...] = ()  # which layers' MLPs are sparse
-    shared_expert_intermediate_size: int = 0  # Qwen2-MoE: an MLP every token runs too, sigmoid-gated (0: none)
+    # an MLP every token runs too (0: none): Qwen2-MoE's `shared_expert`, sigmoid-gated; DeepSeek-V3's
+    # `shared_experts`, ungated
+    shared_expert_intermediate_size: int = 0
     # how sparse layers route and run their experts: "softmax_topk" (Mixtral, Qwen-MoE, OLMoE: moe.SparseMoE),
     # "clamped_swiglu" (GPT-OSS: top-k logits softmaxed, experts with biases and a clamped SwiGLU,
-    # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE)
+    # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE),
+    # "grouped_sigmoid" (DeepSeek-V3, GLM-4.5, dots.llm1: sigmoid scores, group-limited choice, moe.GroupLimitedMoE)
     moe_kind: str = "softmax_topk"
     swiglu_alpha: float = 1.702  # GPT-OSS's clamped SwiGLU: the sigmoid's gain
     swiglu_limit: float = 7.0  # and the clamp on gate (above) and up (both sides)
     attention_sinks: bool = False  # GPT-OSS: a learned sink logit per head in every attention softmax
+    moe_groups: int = 1  # "grouped_sigmoid": the groups the experts are ranked in (n_group)
+    moe_topk_groups: int = 1  # and how many of them a token's experts may come from (topk_group)
+    routed_scaling_factor: float = 1.0  # "grouped_sigmoid": the routed experts' weights times this
+    # multi-head latent attention (DeepSeek-V3, `LatentAttention`; 0: none): keys and values expanded from a
+    # `kv_lora_rank`-wide latent, queries from a `q_lora_rank`-wide one (None: q_proj); a head's query / key is
+    # `qk_nope_head_dim` dims without RoPE then `rotary_dim` rotated ones, its value `v_head_dim` wide
+    kv_lora_rank: int = 0
+    q_lora_rank: int | None = None
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
 
     def is_nope(self, layer: int) -> bool:
         return bool(self.nope_layers) and self.nope_layers[layer]
+
+    @property
+    def no_prefix_reason(self) -> str | None:
+        if self.kv_lora_rank:
+            return (f"{self.model_type}'s multi-head latent attention caches compressed latents, and its keys "
+                    f"({self.qk_nope_head_dim + self.rope_dim} dims a head) and values ({self.v_head_dim}) differ "
+                    "in width, so no key/value prefix fits it (PEFT's fails there too)")
+        return None
 
     @property
     def rope_dim(self) -> int:
@@ -145,21 +168,27 @@ class Config(TransformerConfig):
         if gemma2_style:
             act = hf.get("hidden_activation") or act
         family = FAMILIES.get(model_type, {})
+        if model_type == "glm4_moe" and hf.get("use_qk_norm"):
+            family = {**family, "qk_norm": "head"}
         head_dim = hf.get("head_dim") or d // h
         rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor",
-                                                                 0.5 if model_type in ("glm", "glm4") else 1.0)))
+                                                                 0.5 if model_type in GLMS else 1.0)))
+        rotary_dims = int(head_dim * rotary)  # as transformers truncates it
+        latent = _latent_attention_fields(hf, rope)
+        if latent:  # the cache holds queries / keys and values at one width, the wider
+            head_dim, rotary_dims = latent.pop("head_dim"), hf["qk_rope_head_dim"]
+        latent_scale = latent.pop("query_scale", None)
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d,
             num_layers=hf["num_hidden_layers"], num_heads=h,
-            num_kv_heads=hf.get("num_key_value_heads") or h, head_dim=head_dim,
+            num_kv_heads=h if latent else hf.get("num_key_value_heads") or h, head_dim=head_dim,
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
             # legacy Gemma configs say "gelu" for the tanh approximation (transformers reads it so)
             activation="gelu_pytorch_tanh" if gemma and act == "gelu" else act,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_positions=hf.get("max_position_embeddings", 2048),
-            **rope_fields(hf, rope, int(head_dim * rotary)),
-            rotary_dim=None if rotary == 1.0 else int(head_dim * rotary),
+            **rope_fields(hf, rope, rotary_dims), rotary_dim=None if rotary_dims == head_dim else rotary_dims,
             **_bias_fields(hf),
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
             local_rope_theta=local_rope, nope_layers=_nope_layers(hf),
@@ -172,13 +201,14 @@ class Config(TransformerConfig):
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
             embed_scale=d ** 0.5 if gemma else 1.0,
             query_scale=(float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style
-                         else float(hf.get("attention_multiplier", 1.0)) if model_type in GRANITES else None),
+                         else float(hf.get("attention_multiplier", 1.0)) if model_type in GRANITES
+                         else latent_scale),
             # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one), nor
             # its multimodal model final_logit_softcapping
             attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
             clip_qkv=hf.get("clip_qkv"),
-            **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf),
+            **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf), **latent,
         )
 
 
@@ -202,7 +232,11 @@ FAMILIES: dict[str, dict] = {
     "olmo": dict(weightless_norms=True),
     "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
     "granitemoe": dict(moe_kind="granite"),
+    "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
+    "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
+    "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
 }
+GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
 GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
 GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
                 "original_max_position_embeddings": 4096, "rope_theta": 150000.0}
@@ -210,15 +244,17 @@ GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_sl
 
 def _bias_fields(hf: dict) -> dict:
     """Which projections have biases, as each family's code reads config.json: `attention_bias` on the query / key /
-    value and output projections (Qwen2: `qkv_bias`, default on, none on the output; GLM: on by default, none on the
-    output; Helium: none on the output; Seed-OSS: `attention_out_bias` for the output), `mlp_bias` (ERNIE 4.5: one
-    `use_bias` for every projection)."""
+    value and output projections (Qwen2: `qkv_bias`, default on, none on the output; GLM: on by default (GLM-4.5:
+    off), none on the output; Helium: none on the output; Seed-OSS: `attention_out_bias` for the output),
+    `mlp_bias` (ERNIE 4.5: one `use_bias` for every projection)."""
     model_type = hf.get("model_type", "llama")
     if model_type == "ernie4_5":
         bias = bool(hf.get("use_bias", False))
         return dict(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias)
-    qwen2, glm = model_type in ("qwen2", "qwen2_moe"), model_type in ("glm", "glm4")
-    qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm or model_type == "gpt_oss"))
+    qwen2, glm = model_type in ("qwen2", "qwen2_moe"), model_type in GLMS
+    glm_default = model_type in ("glm", "glm4")  # on unless config.json says otherwise
+    qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm_default
+                                                                   or model_type == "gpt_oss"))
     if model_type == "seed_oss":
         out = bool(hf.get("attention_out_bias", False))
     else:
@@ -231,6 +267,8 @@ def _moe_fields(hf: dict) -> dict:
     Qwen2-MoE's and Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`; Qwen2-MoE's shared
     expert."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
+    if model_type in GROUPED_SIGMOID_DEFAULTS:
+        return _grouped_sigmoid_fields(hf)
     if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
@@ -253,6 +291,53 @@ def _moe_fields(hf: dict) -> dict:
                 norm_topk_prob=True if model_type == "mixtral" else bool(hf.get("norm_topk_prob", False)))
 
 
+# DeepSeek-V3's router (moe.GroupLimitedMoE) in each family: its config class's defaults (None: config.json must say)
+GROUPED_SIGMOID_DEFAULTS = {
+    "deepseek_v3": dict(n_routed_experts=256, num_experts_per_tok=8, first_k_dense_replace=3, n_shared_experts=1,
+                        norm_topk_prob=True, n_group=8, topk_group=4, routed_scaling_factor=2.5),
+    "glm4_moe": dict(n_routed_experts=128, num_experts_per_tok=8, first_k_dense_replace=1, n_shared_experts=1,
+                     norm_topk_prob=True, n_group=1, topk_group=1, routed_scaling_factor=1.0),
+    "dots1": dict(n_routed_experts=None, num_experts_per_tok=None, first_k_dense_replace=0, n_shared_experts=None,
+                  norm_topk_prob=False, n_group=1, topk_group=1, routed_scaling_factor=1.0),
+}
+
+
+def _grouped_sigmoid_fields(hf: dict) -> dict:
+    """DeepSeek-V3's MoE fields as transformers reads config.json: the first `first_k_dense_replace` layers dense,
+    the rest sparse, each with `n_shared_experts` experts' width of shared MLP."""
+    defaults = GROUPED_SIGMOID_DEFAULTS[hf["model_type"]]
+
+    def get(key):
+        value = hf[key] if hf.get(key) is not None else defaults[key]
+        if value is None:
+            raise ValueError(f"config.json of a {hf['model_type']} model needs {key}")
+        return value
+
+    first_dense, width = get("first_k_dense_replace"), hf["moe_intermediate_size"]
+    return dict(num_experts=get("n_routed_experts"), experts_per_token=get("num_experts_per_tok"),
+                moe_layers=tuple(i >= first_dense for i in range(hf["num_hidden_layers"])),
+                moe_intermediate_size=width, shared_expert_intermediate_size=width * get("n_shared_experts"),
+                norm_topk_prob=bool(get("norm_topk_prob")), moe_groups=get("n_group"),
+                moe_topk_groups=get("topk_group"), routed_scaling_factor=float(get("routed_scaling_factor")))
+
+
+def _latent_attention_fields(hf: dict, rope: dict) -> dict:
+    """Multi-head latent attention's fields (DeepSeek-V3; {} for other attention), with the cache's `head_dim` and
+    the scores' scale: `(qk_nope_head_dim + qk_rope_head_dim) ** -0.5`, times YaRN's mscale(factor,
+    mscale_all_dim) squared under any RoPE scaling that sets `mscale_all_dim` (transformers' yarn_apply_mscale)."""
+    if not hf.get("kv_lora_rank"):
+        return {}
+    nope, rot, v = hf["qk_nope_head_dim"], hf["qk_rope_head_dim"], hf.get("v_head_dim") or hf["qk_nope_head_dim"]
+    scale = (nope + rot) ** -0.5
+    if rope["rope_type"] != "default" and rope.get("mscale_all_dim"):
+        factor = float(rope["factor"])
+        mscale = 1.0 if factor <= 1 else 0.1 * float(rope["mscale_all_dim"]) * math.log(factor) + 1.0
+        scale *= mscale * mscale
+    return dict(kv_lora_rank=hf["kv_lora_rank"], q_lora_rank=hf.get("q_lora_rank"), qk_nope_head_dim=nope,
+                v_head_dim=v, head_dim=max(nope + rot, v), query_scale=scale,
+                rope_interleaved=bool(hf.get("rope_interleave", True)))
+
+
 def _granite_multipliers(hf: dict) -> dict:
     """Granite's scalars on the embeddings, each residual branch and the LM logits (its attention_multiplier is
     the score scale, `query_scale`)."""
@@ -268,14 +353,15 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
     transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE:
     every other layer from the first, below `max_window_layers`; Gemma 2: every other layer from the first;
     Gemma 3, Cohere 2, OLMo 3 and EXAONE 4: all but each `sliding_window_pattern`-th (OLMo 3: 4th); SmolLM3: its
-    NoPE layers when `use_sliding_window`; GPT-OSS: every other layer from the first). () where none is."""
+    NoPE layers when `use_sliding_window`; GPT-OSS: every other layer from the first; dots.llm1: layers from
+    `max_window_layers` on when `sliding_window` is set). () where none is."""
     model_type, n, window = hf.get("model_type"), hf["num_hidden_layers"], hf.get("sliding_window")
     every_layer = model_type in ("mistral", "phi3", "mixtral", "qwen3_moe")
     if every_layer or (model_type == "ministral" and "layer_types" not in hf):
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
     if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3",
-                          "ministral", "exaone4", "gpt_oss") or (model_type == "exaone4" and not window):
+                          "ministral", "exaone4", "gpt_oss", "dots1") or (model_type == "exaone4" and not window):
         return ()
     kinds = hf.get("layer_types")
     if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
@@ -289,7 +375,8 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
                    "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0,
                    "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0,
                    "olmo3": lambda i: (i + 1) % 4 != 0, "exaone4": lambda i: _exaone4_sliding(hf, i),
-                   "gpt_oss": lambda i: i % 2 == 0}[model_type]
+                   "gpt_oss": lambda i: i % 2 == 0,
+                   "dots1": lambda i: bool(window) and i >= hf.get("max_window_layers", 62)}[model_type]
         kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
     if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
@@ -575,6 +662,52 @@ class Attention(nnx.Module):
         return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads)
 
 
+class LatentAttention(nnx.Module):
+    """DeepSeek-V3's multi-head latent attention (transformers' DeepseekV3Attention). Keys and values come from one
+    `kv_lora_rank`-wide latent (`kv_a_proj_with_mqa`, normed, then `kv_b_proj`) plus `rotary_dim` rotated key dims
+    every head shares; queries from `q_proj`, or a `q_lora_rank` latent (`q_a_proj`, normed, `q_b_proj`). A head's
+    query / key is its `qk_nope_head_dim` unrotated dims then the rotated ones. Queries / keys and values are
+    zero-padded to `head_dim`, the wider of the two, so the cache and attention hold one width: zero query / key
+    dims add nothing to a score, and zero value dims are dropped from the output."""
+
+    def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
+        self.c = c
+        d, N, qk = c.hidden_size, c.num_heads, c.qk_nope_head_dim + c.rope_dim
+        if c.q_lora_rank is None:
+            self.q_proj = dense(d, N * qk, ("embed", "joined_kv"), p, bias=False, rngs=rngs)
+        else:
+            self.q_a_proj = dense(d, c.q_lora_rank, ("embed", None), p, bias=c.attention_bias, rngs=rngs)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS, p, names=(None,))
+            self.q_b_proj = dense(c.q_lora_rank, N * qk, (None, "joined_kv"), p, bias=False, rngs=rngs)
+        self.kv_a_proj_with_mqa = dense(d, c.kv_lora_rank + c.rope_dim, ("embed", None), p, bias=c.attention_bias,
+                                        rngs=rngs)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS, p, names=(None,))
+        self.kv_b_proj = dense(c.kv_lora_rank, N * (c.qk_nope_head_dim + c.v_head_dim), (None, "joined_kv"), p,
+                               bias=False, rngs=rngs)
+        self.o_proj = dense(N * c.v_head_dim, d, ("joined_kv", "embed"), p, bias=c.attention_bias, rngs=rngs)
+
+    def __call__(self, x, mask, rope: dict, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
+        c = self.c
+        B, T, _ = x.shape
+        nope, N = c.qk_nope_head_dim, c.num_heads
+        q = self.q_proj(x) if c.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = split_heads(q, N)
+        latent, k_rot = jnp.split(self.kv_a_proj_with_mqa(x), [c.kv_lora_rank], axis=-1)
+        kv = split_heads(self.kv_b_proj(self.kv_a_layernorm(latent)), N)
+        rotate = lambda t: apply_rope(t, *rope["global"], interleaved=c.rope_interleaved)
+        q = jnp.concatenate([q[..., :nope], rotate(q[..., nope:])], axis=-1)
+        k_rot = jnp.broadcast_to(rotate(k_rot[:, :, None]), (B, T, N, c.rope_dim))
+        k, v = jnp.concatenate([kv[..., :nope], k_rot], axis=-1), kv[..., nope:]
+        q, k, v = (jnp.pad(t, ((0, 0),) * 3 + ((0, c.head_dim - t.shape[-1]),)) for t in (q, k, v))
+        k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
+                                                  prefix_mask=prefix_mask)
+        out = dot_product_attention(q, k, v, mask, scale=c.query_scale, dropout=drop, dropout_rate=c.attn_dropout)
+        return self.o_proj(merge_heads(out[..., :c.v_head_dim])), new_cache
+
+
+LATENT_NORM_EPS = 1e-6  # DeepseekV3RMSNorm's default, which its latent norms keep whatever config.json says
+
+
 class MLP(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.act = activation(c.activation)
@@ -622,28 +755,30 @@ def stack_norm(c: Config, p: Precision) -> nnx.Module:
     return WeightlessLayerNorm(p) if c.weightless_norms else RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
 
 
+def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> nnx.Module:
+    """Layer `index`'s MLP, or its mixture of experts (`moe_kind`) where `moe_layers` marks it sparse."""
+    if not (c.moe_layers and c.moe_layers[index]):
+        return MLP(c, p, rngs)
+    d, f, E, k = c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token
+    if c.moe_kind == "clamped_swiglu":
+        return moe.TopKSoftmaxMoE(d, f, E, k, c.swiglu_alpha, c.swiglu_limit, p, rngs)
+    if c.moe_kind == "granite":
+        return moe.GraniteMoE(d, f, E, k, c.activation, p, rngs)
+    width = c.shared_expert_intermediate_size
+    shared = MLP(dataclasses.replace(c, intermediate_size=width, fused_gate_up=False), p, rngs) if width else None
+    if c.moe_kind == "grouped_sigmoid":
+        return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.norm_topk_prob,
+                                   c.routed_scaling_factor, c.activation, p, rngs, shared_experts=shared)
+    names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
+    return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
-        self.self_attn = Attention(c, p, rngs)
+        self.self_attn = LatentAttention(c, p, rngs) if c.kv_lora_rank else Attention(c, p, rngs)
         # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
         self.ffn_name = "block_sparse_moe" if c.model_type in ("mixtral", "granitemoe") else "mlp"
-        sparse = bool(c.moe_layers) and c.moe_layers[index]
-        if sparse and c.moe_kind == "clamped_swiglu":
-            ffn = moe.TopKSoftmaxMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
-                                     c.swiglu_alpha, c.swiglu_limit, p, rngs)
-        elif sparse and c.moe_kind == "granite":
-            ffn = moe.GraniteMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
-                                 c.activation, p, rngs)
-        elif sparse:
-            names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
-            shared = c.shared_expert_intermediate_size
-            shared = MLP(dataclasses.replace(c, intermediate_size=shared, fused_gate_up=False), p,
-                         rngs) if shared else None
-            ffn = moe.SparseMoE(c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token,
-                                c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
-        else:
-            ffn = MLP(c, p, rngs)
-        setattr(self, self.ffn_name, ffn)
+        setattr(self, self.ffn_name, feed_forward_block(c, p, rngs, index))
         self.resid_dropout, self.residual_multiplier = c.resid_dropout, c.residual_multiplier
         self.norm_names = NORM_NAMES[c.norm_placement]
         for name in self.norm_names.values():

@@ -1,4 +1,5 @@
-"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's, GraniteMoE's): a
+"""Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's, GraniteMoE's;
+DeepSeek-V3's, which GLM-4.5 and dots.llm1 share): a
 router picks each token's top-k experts, whose gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the
 tokens sorted by expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU
 backend computes every expert's group over all the rows.
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models.layers import Precision, activation, axes, dense
+from jsoft.models.layers import Buffer, Precision, activation, axes, dense
 
 # an expert's (gate, up, down) projections as checkpoints name them
 EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
@@ -183,4 +184,68 @@ class GraniteMoE(nnx.Module):
             return self.output_linear((self.act(gate) * up).astype(self.dtype), sizes)
 
         out = dispatch(x, experts, jax.nn.softmax(logits, axis=-1), self.input_linear.weight.shape[0], run)
+        return out.reshape(B, T, D)
+
+
+class CorrectedRouter(nnx.Module):
+    """DeepSeek-V3's `gate`: a linear map to the expert logits (`weight`, no bias), and `e_score_correction_bias`
+    (a buffer, as in transformers), added to the experts' sigmoid scores only to choose them."""
+
+    def __init__(self, d: int, num_experts: int, p: Precision, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (d, num_experts), p.param_dtype),
+                                **axes("embed", None))
+        self.e_score_correction_bias = Buffer(jnp.zeros((num_experts,), p.param_dtype), **axes(None))
+
+
+class GroupLimitedMoE(nnx.Module):
+    """transformers' DeepseekV3MoE (GLM-4.5's and dots.llm1's too): each expert scores a token by the sigmoid of
+    its logit (in fp32). Choosing, the scores plus the correction bias rank the experts in `num_groups` groups,
+    each group by its two best; only the best `topk_groups` groups' experts compete for the token's top k. The
+    chosen experts' outputs are weighted by their uncorrected scores (renormalised to sum to one when
+    `normalize`), times `scale` (`routed_scaling_factor`); `shared_experts`, an MLP every token runs, is added
+    ungated."""
+
+    def __init__(self, d: int, f: int, num_experts: int, top_k: int, num_groups: int, topk_groups: int,
+                 normalize: bool, scale: float, act: str, p: Precision, rngs: nnx.Rngs,
+                 shared_experts: nnx.Module | None = None):
+        if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < 2:
+            raise ValueError(f"config.json n_group={num_groups} must split the {num_experts} experts into groups "
+                             "of at least two (each group is ranked by its two best)")
+        if not 1 <= topk_groups <= num_groups:
+            raise ValueError(f"config.json topk_group={topk_groups} must be between 1 and n_group={num_groups}")
+        if not 1 <= top_k <= topk_groups * (num_experts // num_groups):
+            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the "
+                             f"{topk_groups * (num_experts // num_groups)} experts of the topk_group={topk_groups} "
+                             "groups a token may use")
+        self.top_k, self.num_groups, self.topk_groups = top_k, num_groups, topk_groups
+        self.normalize, self.scale = normalize, scale
+        self.gate = CorrectedRouter(d, num_experts, p, rngs)
+        self.experts = Experts(num_experts, d, f, DEFAULT_EXPERT_NAMES, act, p, rngs)
+        self.shared_experts = shared_experts
+
+    def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Each token's experts `[N, k]` and their weights `[N, k]` (fp32)."""
+        logits = jnp.dot(x_NxD.astype(jnp.float32), self.gate.kernel[...].astype(jnp.float32))
+        scores = jax.nn.sigmoid(logits)
+        choice = scores + self.gate.e_score_correction_bias[...].astype(jnp.float32)
+        N, E = choice.shape
+        per_group = E // self.num_groups
+        group_scores = jax.lax.top_k(choice.reshape(N, self.num_groups, per_group), 2)[0].sum(-1)  # [N, G]
+        _, groups = jax.lax.top_k(group_scores, self.topk_groups)
+        allowed = jax.nn.one_hot(groups, self.num_groups, dtype=jnp.bool_).any(axis=1)  # [N, G]
+        choice = jnp.where(jnp.repeat(allowed, per_group, axis=1), choice, -jnp.inf)
+        _, experts = jax.lax.top_k(choice, self.top_k)
+        weights = jnp.take_along_axis(scores, experts, axis=1)
+        if self.normalize:
+            weights = weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
+        return experts, weights * self.scale
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        B, T, D = x_BxTxD.shape
+        x = x_BxTxD.reshape(B * T, D)
+        experts, weights = self.route(x)
+        out = dispatch(x, experts, weights, self.gate.kernel.shape[-1],
+                       lambda rows, sizes, _: self.experts(rows, sizes))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
         return out.reshape(B, T, D)

@@ -117,6 +117,9 @@ def prepare_config(config: PromptLearningConfig, model: nnx.Module) -> PromptLea
     if task is None:
         raise ValueError("the model has no task head; load it with task=... "
                          f"(one of {[v for v in TASK_OF.values()]})")
+    if config.peft_type == PeftType.PREFIX_TUNING and mc.no_prefix_reason:
+        raise ValueError(f"peft_type=PREFIX_TUNING does not fit this model: {mc.no_prefix_reason}; use PROMPT_TUNING "
+                         "or P_TUNING, whose virtual tokens are input embeddings")
     # A prefix holds keys and values, so it is as wide as they are where that differs from the hidden size:
     # grouped-query attention and Llama's `head_dim` (as PEFT derives it), and T5 with d_kv * num_heads !=
     # d_model (T5-3B / 11B; PEFT derives d_model there and fails, but runs the adapter jsoft saves)

@@ -305,3 +305,28 @@ def test_gpt_oss_mxfp4_experts_load_as_transformers_dequantizes_them(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="quant_method='bitsandbytes' is not supported"):
         jsoft.from_pretrained(tmp_path, task="causal_lm")
+
+
+def test_deepseek_v3_config_defaults_and_router_errors(tmp_path):
+    """DeepSeek-V3's config.json read as transformers reads it (its class's defaults where a key is absent; MLA
+    heads all key / value heads; the cache width the wider of query / key and value), and a router config that
+    cannot choose experts refused by key."""
+    hf = tiny.CONFIGS["deepseek_v3"]().to_dict()
+    c = llama.Config.from_hf(hf)
+    assert (c.num_kv_heads, c.head_dim, c.rotary_dim, c.v_head_dim) == (4, 12, 4, 6)
+    assert (c.moe_layers, c.moe_groups, c.moe_topk_groups, c.routed_scaling_factor) == ((False, True), 4, 2, 2.5)
+    assert c.shared_expert_intermediate_size == 16 and c.rope_interleaved and c.query_scale == 12 ** -0.5
+    bare = {k: v for k, v in hf.items() if k not in ("n_group", "topk_group", "routed_scaling_factor",
+                                                     "first_k_dense_replace", "n_shared_experts")}
+    d = llama.Config.from_hf(bare | dict(num_hidden_layers=4, n_routed_experts=16))
+    assert (d.moe_layers, d.moe_groups, d.moe_topk_groups, d.routed_scaling_factor) == (
+        (False, False, False, True), 8, 4, 2.5)
+    tiny.save("deepseek_v3", "causal_lm", tmp_path)
+    for bad, match in [(dict(n_group=3), "n_group=3 must split the 8 experts"),
+                       (dict(topk_group=5), "topk_group=5 must be between 1 and n_group=4"),
+                       (dict(num_experts_per_tok=5), "num_experts_per_tok=5 .* the 4 experts of the topk_group=2")]:
+        (tmp_path / "config.json").write_text(json.dumps(hf | bad))
+        with pytest.raises(ValueError, match=match):
+            jsoft.from_pretrained(tmp_path, task="causal_lm")
+    with pytest.raises(ValueError, match="dots1 model needs n_routed_experts"):
+        llama.Config.from_hf({k: v for k, v in tiny.CONFIGS["dots1"]().to_dict().items() if k != "n_routed_experts"})

@@ -141,6 +141,15 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("modernbert", "seq_cls", dict(classifier_pooling="mean", norm_bias=True, attention_bias=True, mlp_bias=True,
                                    classifier_bias=True, classifier_activation="silu")),
     ("modernbert", "token_cls", dict(global_attn_every_n_layers=1, hidden_activation="gelu_new")),
+    # DeepSeek-V2-Lite's queries (q_proj, no latent), biases, unrotated RoPE layout; values wider than queries /
+    # keys (the keys padded); YaRN with mscale_all_dim, which also scales the scores
+    ("deepseek_v3", "causal_lm", dict(q_lora_rank=None, attention_bias=True, rope_interleave=False, v_head_dim=16,
+                                      rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                       "original_max_position_embeddings": 16, "mscale": 0.8,
+                                                       "mscale_all_dim": 0.6})),
+    # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
+    ("glm4_moe", "causal_lm", dict(n_group=1, topk_group=1, norm_topk_prob=False, use_qk_norm=False,
+                                   first_k_dense_replace=0, n_shared_experts=0, partial_rotary_factor=0.25)),
 ]
 
 

@@ -52,12 +52,15 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("codegen", "causal_lm"), ("albert", "seq_cls"), ("albert", "token_cls"),
           ("gpt_oss", "causal_lm"), ("gpt_oss", "seq_cls"), ("m2m_100", "seq2seq_lm"), ("marian", "seq2seq_lm"),
           ("pegasus", "seq2seq_lm"), ("umt5", "seq2seq_lm"), ("xglm", "causal_lm"),
-          ("biogpt", "causal_lm"), ("biogpt", "seq_cls"), ("biogpt", "token_cls"), ("granitemoe", "causal_lm")]
+          ("biogpt", "causal_lm"), ("biogpt", "seq_cls"), ("biogpt", "token_cls"), ("granitemoe", "causal_lm"),
+          ("deepseek_v3", "causal_lm"), ("deepseek_v3", "seq_cls"), ("glm4_moe", "causal_lm"), ("dots1", "causal_lm")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
 # which does not fit the model's one-head cache; it runs the one-head prefix jsoft saves
 PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
+# multi-head latent attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only embedding prompts
+NO_PREFIX = ("deepseek_v3",)
 
 
 def configs(method: str, task: str, kind: str | None = None):

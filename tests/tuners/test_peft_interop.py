@@ -9,7 +9,7 @@ import jsoft
 from tests.tuners import peft_ref
 
 CASES = [(kind, task, method) for kind, task in peft_ref.MATRIX for method in peft_ref.METHODS
-         if not (kind in peft_ref.NO_PEFT_PREFIX and method.startswith("prefix"))]
+         if not (kind in peft_ref.NO_PEFT_PREFIX + peft_ref.NO_PREFIX and method.startswith("prefix"))]
 # what PEFT itself can make: not a prefix where its derived width does not fit the model
 PEFT_MADE = [(kind, task, method) for kind, task, method in CASES
              if not (kind in peft_ref.PEFT_PREFIX_DOES_NOT_FIT and method.startswith("prefix"))]
@@ -216,3 +216,17 @@ def test_prompt_as_wide_as_projected_word_embeddings(tiny_dir, tmp_path, kind, t
     batch = peft_ref.batch(kind)
     peft_ref.compare(peft_ref.jsoft_logits(pm, batch), peft_ref.peft_logits(ref, batch), task, batch,
                      config.num_virtual_tokens)
+
+
+@pytest.mark.parametrize("kind", peft_ref.NO_PREFIX)
+@pytest.mark.parametrize("method", ["prefix", "prefix_proj"])
+def test_a_prefix_is_refused_where_none_fits_and_peft_fails(tiny_dir, kind, method):
+    """Multi-head latent attention (DeepSeek-V3): jsoft refuses a key/value prefix by name; PEFT makes one and
+    fails on the first forward."""
+    model_dir = tiny_dir(kind, "causal_lm")
+    jconfig, pconfig = peft_ref.configs(method, "causal_lm", kind)
+    with pytest.raises(ValueError, match="PREFIX_TUNING does not fit .*latent attention.* use PROMPT_TUNING"):
+        jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task="causal_lm"), jconfig)
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, "causal_lm", model_dir), pconfig)
+    with pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+        peft_ref.peft_logits(ref, peft_ref.batch(kind))
