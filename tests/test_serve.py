@@ -330,20 +330,23 @@ ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1,
                                             ("llama", "token_cls", "gpt"), ("bert", "token_cls", "bert"),
                                             ("roberta", "seq_cls", "bert"), ("bloom", "seq_cls", "gpt"),
                                             ("opt", "seq_cls", "gpt"), ("deberta-v2", "seq_cls", "bert"),
-                                            ("distilbert", "seq_cls", "bert"), ("albert", "seq_cls", "bert")])
+                                            ("distilbert", "seq_cls", "bert"), ("albert", "seq_cls", "bert"),
+                                            ("deepseek_v3", "seq_cls", "gpt")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     """The other layouts: T5 (prompt into the encoder, prefix into the decoder), decoder-only
     classification (left padding, every adapter a key/value prefix), encoder token labels (prompts
     packed in front of each row), DistilBERT's two-layer ReLU head. One mixed batch of a prompt and a prefix
     adapter. DeBERTa: a pretraining checkpoint without the pooler, the adapters made on a base that initialised
-    it with another seed than the server's, so the server must take the pooler the adapters carry."""
+    it with another seed than the server's, so the server must take the pooler the adapters carry. DeepSeek-V3,
+    where no prefix fits: a P-Tuning adapter beside the prompt (both become its latent attention's padded cache)."""
     pretraining = kind == "deberta-v2"
     tiny.save(kind, None if pretraining else task, tmp_path / "m", **ENGINE_OVERRIDES.get(kind, {}))
     tiny.tokenizer(post).save_pretrained(tmp_path / "m")
     base = jsoft.from_pretrained(tmp_path / "m", task=task, seed=7 if pretraining else 0)
     tt = {"seq2seq_lm": "SEQ_2_SEQ_LM", "seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS"}[task]
+    second = jsoft.PromptEncoderConfig if kind == "deepseek_v3" else jsoft.PrefixTuningConfig
     for i, c in enumerate([jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=3),
-                           jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=5)]):
+                           second(task_type=tt, num_virtual_tokens=5)]):
         jsoft.get_peft_model(base, c, seed=i).save_pretrained(tmp_path / "ad" / f"p{i}")
     model = MultiTaskModel(tmp_path / "m", tmp_path / "ad")
     rows = [("p0", TEXTS[0]), ("p1", TEXTS[1]), ("p1", TEXTS[2]), ("p0", TEXTS[3])]

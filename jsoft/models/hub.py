@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jsoft.models.layers import Precision
+from jsoft.models.layers import Fp32Buffer, Precision
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,8 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
             missing.append(path)
             loaded.append((path, var))
             continue
-        dtype = np.dtype(var.get_value().dtype if param_dtype is None else param_dtype)
+        keep_dtype = param_dtype is None or isinstance(var, Fp32Buffer)
+        dtype = np.dtype(var.get_value().dtype if keep_dtype else param_dtype)
         arr = _read(ckpt, key, want, dtype, transpose)
         # On CPU the parameter adopts the aligned host buffer (no copy); on an accelerator this is
         # the one host-to-device transfer.

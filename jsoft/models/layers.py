@@ -38,6 +38,11 @@ class Buffer(nnx.Variable):
     read from the checkpoint like a weight, but not counted among the parameters (as PEFT counts them)."""
 
 
+class Fp32Buffer(Buffer):
+    """A buffer kept in fp32 whatever dtype the weights load in (transformers' `_keep_in_fp32_modules_strict`:
+    DeepSeek-V3's `e_score_correction_bias`, whose small differences choose experts)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Precision:
     dtype: jnp.dtype = jnp.float32  # compute

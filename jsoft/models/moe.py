@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models.layers import Buffer, Precision, activation, axes, dense
+from jsoft.models.layers import Fp32Buffer, Precision, activation, axes, dense
 
 # an expert's (gate, up, down) projections as checkpoints name them
 EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
@@ -189,12 +189,12 @@ class GraniteMoE(nnx.Module):
 
 class CorrectedRouter(nnx.Module):
     """DeepSeek-V3's `gate`: a linear map to the expert logits (`weight`, no bias), and `e_score_correction_bias`
-    (a buffer, as in transformers), added to the experts' sigmoid scores only to choose them."""
+    (an fp32 buffer, as in transformers), added to the experts' sigmoid scores only to choose them."""
 
     def __init__(self, d: int, num_experts: int, p: Precision, rngs: nnx.Rngs):
         self.kernel = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (d, num_experts), p.param_dtype),
                                 **axes("embed", None))
-        self.e_score_correction_bias = Buffer(jnp.zeros((num_experts,), p.param_dtype), **axes(None))
+        self.e_score_correction_bias = Fp32Buffer(jnp.zeros((num_experts,), jnp.float32), **axes(None))
 
 
 class GroupLimitedMoE(nnx.Module):

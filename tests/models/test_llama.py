@@ -309,8 +309,8 @@ def test_gpt_oss_mxfp4_experts_load_as_transformers_dequantizes_them(tmp_path):
 
 def test_deepseek_v3_config_defaults_and_router_errors(tmp_path):
     """DeepSeek-V3's config.json read as transformers reads it (its class's defaults where a key is absent; MLA
-    heads all key / value heads; the cache width the wider of query / key and value), and a router config that
-    cannot choose experts refused by key."""
+    heads all key / value heads; the cache width the wider of query / key and value), the router's correction bias
+    in fp32 under bf16 weights, and a router config that cannot choose experts refused by key."""
     hf = tiny.CONFIGS["deepseek_v3"]().to_dict()
     c = llama.Config.from_hf(hf)
     assert (c.num_kv_heads, c.head_dim, c.rotary_dim, c.v_head_dim) == (4, 12, 4, 6)
@@ -322,6 +322,9 @@ def test_deepseek_v3_config_defaults_and_router_errors(tmp_path):
     assert (d.moe_layers, d.moe_groups, d.moe_topk_groups, d.routed_scaling_factor) == (
         (False, False, False, True), 8, 4, 2.5)
     tiny.save("deepseek_v3", "causal_lm", tmp_path)
+    router = jsoft.from_pretrained(tmp_path, task="causal_lm", dtype="bfloat16").model.layers[1].mlp.gate
+    assert router.kernel[...].dtype == jax.numpy.bfloat16  # the correction bias stays fp32, as in transformers
+    assert router.e_score_correction_bias[...].dtype == jax.numpy.float32
     for bad, match in [(dict(n_group=3), "n_group=3 must split the 8 experts"),
                        (dict(topk_group=5), "topk_group=5 must be between 1 and n_group=4"),
                        (dict(num_experts_per_tok=5), "num_experts_per_tok=5 .* the 4 experts of the topk_group=2")]:
