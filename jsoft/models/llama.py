@@ -5,7 +5,7 @@ soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, fi
 own RoPE base per full one), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
 (norms after attention and MLP only; query/key norms over the whole projection), Granite (embedding, residual,
 attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS,
-GraniteMoE, GLM-4.5, dots.llm1 and DeepSeek-V3 / Kimi K2 (jsoft.models.moe; GPT-OSS also adds a sink logit per head
+GraniteMoE, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also adds a sink logit per head
 to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
 compressed latents, `LatentAttention`).
 
