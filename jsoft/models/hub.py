@@ -172,7 +172,7 @@ def generation_defaults(model_dir: Path) -> dict:
 _ALIGN = 64  # XLA's CPU client adopts a host buffer aligned to this instead of copying it
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
                        "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-                       "BOOL": np.bool_}
+                       "BOOL": np.bool_, "F8_E4M3": jnp.float8_e4m3fn, "F8_E5M2": jnp.float8_e5m2}
 
 
 def aligned_empty(shape: tuple, dtype) -> np.ndarray:
@@ -228,6 +228,8 @@ class Checkpoint:
         # MXFP4 tensors (GPT-OSS's experts): `X_blocks` + `X_scales`, read as the dequantized `X`
         self._mxfp4 = {k.removesuffix("_blocks"): (k, k.removesuffix("_blocks") + "_scales") for k in self._where
                        if k.endswith("_blocks") and k.removesuffix("_blocks") + "_scales" in self._where}
+        # block-scaled FP8 tensors (DeepSeek-V3's, Qwen3-FP8's): `X` + `X_scale_inv`, read as the dequantized `X`
+        self._fp8_scales = {k: k + "_scale_inv" for k in self._where if k + "_scale_inv" in self._where}
 
     def _index_safetensors(self, files: list[Path]):
         for f in files:  # format: u64 header length, JSON header, then the tensors' bytes
@@ -273,9 +275,20 @@ class Checkpoint:
         return shape[::-1] if transpose else shape
 
     def get(self, name: str) -> np.ndarray:
-        """The tensor as stored (bfloat16 as ml_dtypes' bfloat16; MXFP4 dequantized to bfloat16)."""
+        """The tensor as stored (bfloat16 as ml_dtypes' bfloat16; MXFP4 dequantized to bfloat16, block-scaled FP8
+        to float32)."""
         if name in self._mxfp4:
             return dequantize_mxfp4(*(self.get(n) for n in self._mxfp4[name]))
+        if name in self._fp8_scales:
+            return dequantize_fp8(self._stored(name), self._stored(self._fp8_scales[name]))
+        stored = self._stored(name)
+        if "float8" in stored.dtype.name:
+            raise ValueError(f"{self.dir}: tensor {name!r} is stored in {stored.dtype.name} without a "
+                             f"{name}_scale_inv beside it; jsoft reads FP8 weights with their per-block scales")
+        return stored
+
+    def _stored(self, name: str) -> np.ndarray:
+        """The tensor exactly as stored (bfloat16 as ml_dtypes' bfloat16)."""
         if self._torch_state is not None:
             t = self._torch_state[name]
             if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: reinterpret the bits as ml_dtypes'
@@ -329,6 +342,21 @@ def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
         values = np.ldexp(values, e.astype(np.int32)[..., None] - 127)
         result[i] = values.reshape(out, -1).T
     return result.reshape(*lead, groups * group_bytes * 2, out)
+
+
+def dequantize_fp8(weight: np.ndarray, scale_inv: np.ndarray) -> np.ndarray:
+    """Block-scaled FP8 as DeepSeek-V3's checkpoints store it (transformers' finegrained FP8, dequantized as its
+    `Fp8Dequantize`): `weight [rows, cols]` in float8, `scale_inv [rows / m, cols / n]` each m x n block's scale
+    (float; or uint8 E8M0 exponents, biased by 127). Returns `weight * scale` in float32."""
+    rows, cols = weight.shape[-2:]
+    scale_rows, scale_cols = scale_inv.shape[-2:] if scale_inv.ndim >= 2 else (1, 1)
+    if rows % scale_rows or cols % scale_cols:
+        raise ValueError(f"FP8 weight of shape {weight.shape} does not split into the {scale_rows} x {scale_cols} "
+                         "blocks of its weight_scale_inv")
+    scale = (np.exp2(scale_inv.astype(np.float32) - 127.0) if scale_inv.dtype == np.uint8
+             else scale_inv.astype(np.float32)).reshape(-1, scale_rows, 1, scale_cols, 1)
+    blocks = weight.astype(np.float32).reshape(-1, scale_rows, rows // scale_rows, scale_cols, cols // scale_cols)
+    return (blocks * scale).reshape(weight.shape)
 
 
 def _spellings(name: str, prefix: str) -> list[str]:
@@ -431,10 +459,10 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
         raise ValueError(f"{model_dir}/config.json has no model_type; supported: {sorted(ARCHITECTURES)}")
     arch = architecture(hf["model_type"])
     quantization = (hf.get("quantization_config") or {}).get("quant_method")
-    if quantization not in (None, "mxfp4"):
+    if quantization not in (None, "mxfp4", "fp8"):
         raise ValueError(f"{model_dir}/config.json: quantization_config quant_method={quantization!r} is not "
-                         "supported by jsoft; it reads unquantized checkpoints (fp32 / fp16 / bf16) and GPT-OSS's "
-                         "MXFP4 experts")
+                         "supported by jsoft; it reads unquantized checkpoints (fp32 / fp16 / bf16), GPT-OSS's "
+                         "MXFP4 experts and block-scaled FP8 ('fp8': DeepSeek-V3's, Qwen3-FP8's), dequantized")
     if task not in arch.TASKS:
         raise ValueError(f"task={task!r} is not available for model_type {hf['model_type']!r}; "
                          f"it supports {list(arch.TASKS)}")

@@ -333,3 +333,47 @@ def test_deepseek_v3_config_defaults_and_router_errors(tmp_path):
             jsoft.from_pretrained(tmp_path, task="causal_lm")
     with pytest.raises(ValueError, match="dots1 model needs n_routed_experts"):
         llama.Config.from_hf({k: v for k, v in tiny.CONFIGS["dots1"]().to_dict().items() if k != "n_routed_experts"})
+
+
+def _fp8_blocks(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`w` in FP8 (e4m3) with one scale per block x block tile, as DeepSeek-V3's checkpoints store it."""
+    rows, cols = w.shape
+    tiles = w.reshape(rows // block, block, cols // block, block)
+    scale = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
+    return (tiles / scale[:, None, :, None]).to(torch.float8_e4m3fn).reshape(rows, cols), scale.float()
+
+
+def test_block_scaled_fp8_checkpoint_loads_as_transformers_dequantizes_it(tmp_path):
+    """DeepSeek-V3's released checkpoints: every projection (experts included) in FP8 with a `weight_scale_inv`
+    per 16 x 16 block here (128 x 128 there). jsoft's logits equal transformers' loading the same files (it
+    dequantizes them on a CPU), and differ from the unquantized model's; FP8 without its scales is refused."""
+    from safetensors.torch import load_file, save_file
+
+    tiny.save("deepseek_v3", "causal_lm", tmp_path)
+    unquantized = jsoft.from_pretrained(tmp_path, task="causal_lm")
+    tensors = load_file(tmp_path / "model.safetensors")
+    quantized = {}
+    for name, w in tensors.items():
+        if name.endswith("proj.weight") and w.ndim == 2 and not (w.shape[0] % 4 or w.shape[1] % 4):
+            quantized[name], quantized[name + "_scale_inv"] = _fp8_blocks(w, 4)
+        else:
+            quantized[name] = w
+    assert sum(n.endswith("_scale_inv") for n in quantized) > 20  # attention, dense MLP and every expert
+    save_file(quantized, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [4, 4]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ids, mask = batch("deepseek_v3")
+    ref = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    got = np.asarray(jsoft.from_pretrained(tmp_path, task="causal_lm")(input_ids=ids, attention_mask=mask).logits)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(got[keep], want[keep], atol=1e-4, rtol=0)
+    plain = np.asarray(unquantized(input_ids=ids, attention_mask=mask).logits)
+    assert np.abs(plain[keep] - got[keep]).max() > 1e-3  # FP8's rounding shows: the scales were applied
+    del quantized["model.layers.0.self_attn.o_proj.weight_scale_inv"]
+    save_file(quantized, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="o_proj.weight' is stored in float8_e4m3fn without a .*_scale_inv"):
+        jsoft.from_pretrained(tmp_path, task="causal_lm")
