@@ -310,6 +310,14 @@ CONFIGS = {
         "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1,
         "n_shared_experts": 2, "use_qk_norm": True, "attention_bias": True, "max_position_embeddings": 128,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
+    "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 8,
+        "num_experts_per_tok": 2, "mlp_layer_types": ["sparse", "dense", "sparse"], "q_lora_rank": 16,
+        "kv_lora_rank": 12, "qk_rope_head_dim": 4, "qk_nope_head_dim": 6, "v_head_dim": 14,
+        "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1,
+        "eos_token_id": 2, **kw}),
     "dots1": lambda **kw: tf.Dots1Config(**{  # Qwen3's attention, the second layer sliding; weights not renormalised
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
@@ -419,6 +427,7 @@ CLASSES = {
     ("deepseek_v3", "seq_cls"): tf.DeepseekV3ForSequenceClassification,
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,
     ("glm4_moe", "causal_lm"): tf.Glm4MoeForCausalLM, ("dots1", "causal_lm"): tf.Dots1ForCausalLM,
+    ("glm4_moe_lite", "causal_lm"): tf.Glm4MoeLiteForCausalLM,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,
     ("biogpt", "seq_cls"): tf.BioGptForSequenceClassification, ("biogpt", "token_cls"): tf.BioGptForTokenClassification,
     ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,

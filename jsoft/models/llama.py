@@ -47,7 +47,7 @@ TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
-               "deepseek_v3")
+               "deepseek_v3", "glm4_moe_lite")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -235,6 +235,7 @@ FAMILIES: dict[str, dict] = {
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
     "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
     "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
+    "glm4_moe_lite": dict(moe_kind="grouped_sigmoid"),  # DeepSeek-V3's latent attention, GLM-4.5's router
 }
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
 GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
@@ -299,13 +300,17 @@ GROUPED_SIGMOID_DEFAULTS = {
                      norm_topk_prob=True, n_group=1, topk_group=1, routed_scaling_factor=1.0),
     "dots1": dict(n_routed_experts=None, num_experts_per_tok=None, first_k_dense_replace=0, n_shared_experts=None,
                   norm_topk_prob=False, n_group=1, topk_group=1, routed_scaling_factor=1.0),
+    # which layers are sparse: `mlp_layer_types` (default: all but the first)
+    "glm4_moe_lite": dict(n_routed_experts=64, num_experts_per_tok=4, n_shared_experts=1, norm_topk_prob=True,
+                          n_group=1, topk_group=1, routed_scaling_factor=1.8),
 }
 
 
 def _grouped_sigmoid_fields(hf: dict) -> dict:
-    """DeepSeek-V3's MoE fields as transformers reads config.json: the first `first_k_dense_replace` layers dense,
-    the rest sparse, each with `n_shared_experts` experts' width of shared MLP."""
-    defaults = GROUPED_SIGMOID_DEFAULTS[hf["model_type"]]
+    """DeepSeek-V3's MoE fields as transformers reads config.json: the first `first_k_dense_replace` layers dense
+    (GLM-4.7-Flash: those `mlp_layer_types` calls "dense"), the rest sparse, each with `n_shared_experts` experts'
+    width of shared MLP."""
+    defaults, n = GROUPED_SIGMOID_DEFAULTS[hf["model_type"]], hf["num_hidden_layers"]
 
     def get(key):
         value = hf[key] if hf.get(key) is not None else defaults[key]
@@ -313,9 +318,16 @@ def _grouped_sigmoid_fields(hf: dict) -> dict:
             raise ValueError(f"config.json of a {hf['model_type']} model needs {key}")
         return value
 
-    first_dense, width = get("first_k_dense_replace"), hf["moe_intermediate_size"]
-    return dict(num_experts=get("n_routed_experts"), experts_per_token=get("num_experts_per_tok"),
-                moe_layers=tuple(i >= first_dense for i in range(hf["num_hidden_layers"])),
+    if hf["model_type"] == "glm4_moe_lite":
+        kinds = hf.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
+        if len(kinds) != n or not set(kinds) <= {"dense", "sparse"}:
+            raise ValueError(f"config.json mlp_layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
+                             "'dense' or 'sparse'")
+        sparse = tuple(k == "sparse" for k in kinds)
+    else:
+        sparse = tuple(i >= get("first_k_dense_replace") for i in range(n))
+    width = hf["moe_intermediate_size"]
+    return dict(num_experts=get("n_routed_experts"), experts_per_token=get("num_experts_per_tok"), moe_layers=sparse,
                 moe_intermediate_size=width, shared_expert_intermediate_size=width * get("n_shared_experts"),
                 norm_topk_prob=bool(get("norm_topk_prob")), moe_groups=get("n_group"),
                 moe_topk_groups=get("topk_group"), routed_scaling_factor=float(get("routed_scaling_factor")))

@@ -331,6 +331,10 @@ def test_deepseek_v3_config_defaults_and_router_errors(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(hf | bad))
         with pytest.raises(ValueError, match=match):
             jsoft.from_pretrained(tmp_path, task="causal_lm")
+    lite = tiny.CONFIGS["glm4_moe_lite"]().to_dict()
+    assert llama.Config.from_hf(lite).moe_layers == (True, False, True)
+    with pytest.raises(ValueError, match="mlp_layer_types=.*expected 3 entries .* 'dense' or 'sparse'"):
+        llama.Config.from_hf(lite | dict(mlp_layer_types=["dense", "moe", "sparse"]))
     with pytest.raises(ValueError, match="dots1 model needs n_routed_experts"):
         llama.Config.from_hf({k: v for k, v in tiny.CONFIGS["dots1"]().to_dict().items() if k != "n_routed_experts"})
 
