@@ -310,6 +310,16 @@ CONFIGS = {
         "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "first_k_dense_replace": 1,
         "n_shared_experts": 2, "use_qk_norm": True, "attention_bias": True, "max_position_embeddings": 128,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # DeepSeek-V2: 8 experts in 4 groups by softmax score, a token's 3 from the best 2 groups; 2 shared experts with
+    # biases (mlp_bias), keys and values through latents
+    "deepseek_v2": lambda **kw: tf.DeepseekV2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 8,
+        "num_experts_per_tok": 3, "topk_method": "group_limited_greedy", "n_group": 4, "topk_group": 2,
+        "first_k_dense_replace": 1, "n_shared_experts": 2, "routed_scaling_factor": 1.5, "mlp_bias": True,
+        "q_lora_rank": 16, "kv_lora_rank": 12, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 6,
+        "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1,
+        "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -428,6 +438,8 @@ CLASSES = {
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,
     ("glm4_moe", "causal_lm"): tf.Glm4MoeForCausalLM, ("dots1", "causal_lm"): tf.Dots1ForCausalLM,
     ("glm4_moe_lite", "causal_lm"): tf.Glm4MoeLiteForCausalLM,
+    ("deepseek_v2", "causal_lm"): tf.DeepseekV2ForCausalLM,
+    ("deepseek_v2", "seq_cls"): tf.DeepseekV2ForSequenceClassification,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,
     ("biogpt", "seq_cls"): tf.BioGptForSequenceClassification, ("biogpt", "token_cls"): tf.BioGptForTokenClassification,
     ("albert", None): tf.AlbertModel, ("albert", "seq_cls"): tf.AlbertForSequenceClassification,

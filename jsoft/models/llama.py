@@ -47,7 +47,7 @@ TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
-               "deepseek_v3", "glm4_moe_lite")
+               "deepseek_v3", "glm4_moe_lite", "deepseek_v2")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -115,7 +115,8 @@ class Config(TransformerConfig):
     # how sparse layers route and run their experts: "softmax_topk" (Mixtral, Qwen-MoE, OLMoE: moe.SparseMoE),
     # "clamped_swiglu" (GPT-OSS: top-k logits softmaxed, experts with biases and a clamped SwiGLU,
     # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE),
-    # "grouped_sigmoid" (DeepSeek-V3, GLM-4.5, dots.llm1: sigmoid scores, group-limited choice, moe.GroupLimitedMoE)
+    # "grouped_sigmoid" (DeepSeek-V3, GLM-4.5, dots.llm1: sigmoid scores, group-limited choice, moe.GroupLimitedMoE),
+    # "grouped_softmax" (DeepSeek-V2: softmax scores, group-limited choice)
     moe_kind: str = "softmax_topk"
     swiglu_alpha: float = 1.702  # GPT-OSS's clamped SwiGLU: the sigmoid's gain
     swiglu_limit: float = 7.0  # and the clamp on gate (above) and up (both sides)
@@ -236,6 +237,7 @@ FAMILIES: dict[str, dict] = {
     "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
     "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
     "glm4_moe_lite": dict(moe_kind="grouped_sigmoid"),  # DeepSeek-V3's latent attention, GLM-4.5's router
+    "deepseek_v2": dict(moe_kind="grouped_softmax"),
 }
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
 GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
@@ -268,8 +270,8 @@ def _moe_fields(hf: dict) -> dict:
     Qwen2-MoE's and Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`; Qwen2-MoE's shared
     expert."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
-    if model_type in GROUPED_SIGMOID_DEFAULTS:
-        return _grouped_sigmoid_fields(hf)
+    if model_type in GROUPED_DEFAULTS:
+        return _grouped_fields(hf)
     if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
@@ -292,8 +294,8 @@ def _moe_fields(hf: dict) -> dict:
                 norm_topk_prob=True if model_type == "mixtral" else bool(hf.get("norm_topk_prob", False)))
 
 
-# DeepSeek-V3's router (moe.GroupLimitedMoE) in each family: its config class's defaults (None: config.json must say)
-GROUPED_SIGMOID_DEFAULTS = {
+# DeepSeek's routers (moe.GroupLimitedMoE) in each family: its config class's defaults (None: config.json must say)
+GROUPED_DEFAULTS = {
     "deepseek_v3": dict(n_routed_experts=256, num_experts_per_tok=8, first_k_dense_replace=3, n_shared_experts=1,
                         norm_topk_prob=True, n_group=8, topk_group=4, routed_scaling_factor=2.5),
     "glm4_moe": dict(n_routed_experts=128, num_experts_per_tok=8, first_k_dense_replace=1, n_shared_experts=1,
@@ -303,14 +305,27 @@ GROUPED_SIGMOID_DEFAULTS = {
     # which layers are sparse: `mlp_layer_types` (default: all but the first)
     "glm4_moe_lite": dict(n_routed_experts=64, num_experts_per_tok=4, n_shared_experts=1, norm_topk_prob=True,
                           n_group=1, topk_group=1, routed_scaling_factor=1.8),
+    # n_group / topk_group only with topk_method "group_limited_greedy"; weights never renormalised (transformers
+    # ignores norm_topk_prob there)
+    "deepseek_v2": dict(n_routed_experts=64, num_experts_per_tok=None, first_k_dense_replace=0, n_shared_experts=2,
+                        norm_topk_prob=False, n_group=None, topk_group=None, routed_scaling_factor=1.0),
 }
+TOPK_METHODS = ("greedy", "group_limited_greedy")  # DeepSeek-V2's
 
 
-def _grouped_sigmoid_fields(hf: dict) -> dict:
-    """DeepSeek-V3's MoE fields as transformers reads config.json: the first `first_k_dense_replace` layers dense
+def _grouped_fields(hf: dict) -> dict:
+    """DeepSeek's MoE fields as transformers reads config.json: the first `first_k_dense_replace` layers dense
     (GLM-4.7-Flash: those `mlp_layer_types` calls "dense"), the rest sparse, each with `n_shared_experts` experts'
-    width of shared MLP."""
-    defaults, n = GROUPED_SIGMOID_DEFAULTS[hf["model_type"]], hf["num_hidden_layers"]
+    width of shared MLP; DeepSeek-V2's groups only under `topk_method` "group_limited_greedy"."""
+    defaults, n = GROUPED_DEFAULTS[hf["model_type"]], hf["num_hidden_layers"]
+    if hf["model_type"] == "deepseek_v2":
+        method = hf.get("topk_method") or "greedy"
+        if method not in TOPK_METHODS:
+            raise ValueError(f"config.json topk_method={method!r} is not supported by jsoft's DeepSeek-V2; valid: "
+                             f"{list(TOPK_METHODS)}")
+        hf = {**hf, "norm_topk_prob": False}
+        if method == "greedy":
+            hf = {**hf, "n_group": 1, "topk_group": 1}
 
     def get(key):
         value = hf[key] if hf.get(key) is not None else defaults[key]
@@ -347,7 +362,8 @@ def _latent_attention_fields(hf: dict, rope: dict) -> dict:
         scale *= mscale * mscale
     return dict(kv_lora_rank=hf["kv_lora_rank"], q_lora_rank=hf.get("q_lora_rank"), qk_nope_head_dim=nope,
                 v_head_dim=v, head_dim=max(nope + rot, v), query_scale=scale,
-                rope_interleaved=bool(hf.get("rope_interleave", True)))
+                # DeepSeek-V2 always rotates pairs (2i, 2i + 1), as complex numbers
+                rope_interleaved=hf["model_type"] == "deepseek_v2" or bool(hf.get("rope_interleave", True)))
 
 
 def _granite_multipliers(hf: dict) -> dict:
@@ -778,9 +794,10 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
         return moe.GraniteMoE(d, f, E, k, c.activation, p, rngs)
     width = c.shared_expert_intermediate_size
     shared = MLP(dataclasses.replace(c, intermediate_size=width, fused_gate_up=False), p, rngs) if width else None
-    if c.moe_kind == "grouped_sigmoid":
-        return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.norm_topk_prob,
-                                   c.routed_scaling_factor, c.activation, p, rngs, shared_experts=shared)
+    if c.moe_kind in ("grouped_sigmoid", "grouped_softmax"):
+        return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
+                                   c.norm_topk_prob, c.routed_scaling_factor, c.activation, p, rngs,
+                                   shared_experts=shared)
     names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 

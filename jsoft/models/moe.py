@@ -1,5 +1,5 @@
 """Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's, GraniteMoE's;
-DeepSeek-V3's, which GLM-4.5 and dots.llm1 share): a
+DeepSeek-V2's and V3's, which GLM-4.5 and dots.llm1 share): a
 router picks each token's top-k experts, whose gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the
 tokens sorted by expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU
 backend computes every expert's group over all the rows.
@@ -187,53 +187,64 @@ class GraniteMoE(nnx.Module):
         return out.reshape(B, T, D)
 
 
-class CorrectedRouter(nnx.Module):
-    """DeepSeek-V3's `gate`: a linear map to the expert logits (`weight`, no bias), and `e_score_correction_bias`
-    (an fp32 buffer, as in transformers), added to the experts' sigmoid scores only to choose them."""
+class GroupRouter(nnx.Module):
+    """DeepSeek's `gate`: a linear map to the expert logits (`weight`, no bias); DeepSeek-V3's also holds
+    `e_score_correction_bias` (an fp32 buffer, as in transformers), added to the experts' scores only to choose
+    them."""
 
-    def __init__(self, d: int, num_experts: int, p: Precision, rngs: nnx.Rngs):
+    def __init__(self, d: int, num_experts: int, corrected: bool, p: Precision, rngs: nnx.Rngs):
         self.kernel = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (d, num_experts), p.param_dtype),
                                 **axes("embed", None))
-        self.e_score_correction_bias = Fp32Buffer(jnp.zeros((num_experts,), jnp.float32), **axes(None))
+        if corrected:
+            self.e_score_correction_bias = Fp32Buffer(jnp.zeros((num_experts,), jnp.float32), **axes(None))
 
 
 class GroupLimitedMoE(nnx.Module):
-    """transformers' DeepseekV3MoE (GLM-4.5's and dots.llm1's too): each expert scores a token by the sigmoid of
-    its logit (in fp32). Choosing, the scores plus the correction bias rank the experts in `num_groups` groups,
-    each group by its two best; only the best `topk_groups` groups' experts compete for the token's top k. The
-    chosen experts' outputs are weighted by their uncorrected scores (renormalised to sum to one when
-    `normalize`), times `scale` (`routed_scaling_factor`); `shared_experts`, an MLP every token runs, is added
+    """transformers' DeepseekV3MoE (GLM-4.5's and dots.llm1's too) and DeepseekV2Moe: the experts are ranked in
+    `num_groups` groups, and a token's top k come from its best `topk_groups` groups only. `scoring`:
+
+    - "sigmoid" (V3): each expert scores the sigmoid of its logit (fp32); choosing, the scores plus the correction
+      bias rank the groups by their two best and the experts; the chosen experts weigh their uncorrected scores,
+      renormalised to sum to one when `normalize`.
+    - "softmax" (V2): the softmax over all experts' logits (fp32) scores them; groups rank by their best; the chosen
+      experts weigh their scores as they are.
+
+    Weights are then times `scale` (`routed_scaling_factor`); `shared_experts`, an MLP every token runs, is added
     ungated."""
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, num_groups: int, topk_groups: int,
-                 normalize: bool, scale: float, act: str, p: Precision, rngs: nnx.Rngs,
+                 scoring: str, normalize: bool, scale: float, act: str, p: Precision, rngs: nnx.Rngs,
                  shared_experts: nnx.Module | None = None):
-        if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < 2:
+        ranked_by = 2 if scoring == "sigmoid" else 1  # the experts that rank a group
+        if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < ranked_by:
             raise ValueError(f"config.json n_group={num_groups} must split the {num_experts} experts into groups "
-                             "of at least two (each group is ranked by its two best)")
+                             f"of at least {ranked_by} (each group is ranked by its {ranked_by} best)")
         if not 1 <= topk_groups <= num_groups:
             raise ValueError(f"config.json topk_group={topk_groups} must be between 1 and n_group={num_groups}")
         if not 1 <= top_k <= topk_groups * (num_experts // num_groups):
             raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the "
                              f"{topk_groups * (num_experts // num_groups)} experts of the topk_group={topk_groups} "
                              "groups a token may use")
-        self.top_k, self.num_groups, self.topk_groups = top_k, num_groups, topk_groups
+        self.top_k, self.num_groups, self.topk_groups, self.scoring = top_k, num_groups, topk_groups, scoring
         self.normalize, self.scale = normalize, scale
-        self.gate = CorrectedRouter(d, num_experts, p, rngs)
+        self.gate = GroupRouter(d, num_experts, scoring == "sigmoid", p, rngs)
         self.experts = Experts(num_experts, d, f, DEFAULT_EXPERT_NAMES, act, p, rngs)
         self.shared_experts = shared_experts
 
     def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Each token's experts `[N, k]` and their weights `[N, k]` (fp32)."""
         logits = jnp.dot(x_NxD.astype(jnp.float32), self.gate.kernel[...].astype(jnp.float32))
-        scores = jax.nn.sigmoid(logits)
-        choice = scores + self.gate.e_score_correction_bias[...].astype(jnp.float32)
-        N, E = choice.shape
-        per_group = E // self.num_groups
-        group_scores = jax.lax.top_k(choice.reshape(N, self.num_groups, per_group), 2)[0].sum(-1)  # [N, G]
+        N, E = logits.shape
+        if self.scoring == "sigmoid":
+            scores = jax.nn.sigmoid(logits)
+            choice = scores + self.gate.e_score_correction_bias[...]
+            group_scores = jax.lax.top_k(choice.reshape(N, self.num_groups, -1), 2)[0].sum(-1)  # [N, G]
+        else:
+            scores = choice = jax.nn.softmax(logits, axis=-1)
+            group_scores = choice.reshape(N, self.num_groups, -1).max(-1)
         _, groups = jax.lax.top_k(group_scores, self.topk_groups)
         allowed = jax.nn.one_hot(groups, self.num_groups, dtype=jnp.bool_).any(axis=1)  # [N, G]
-        choice = jnp.where(jnp.repeat(allowed, per_group, axis=1), choice, -jnp.inf)
+        choice = jnp.where(jnp.repeat(allowed, E // self.num_groups, axis=1), choice, -jnp.inf)
         _, experts = jax.lax.top_k(choice, self.top_k)
         weights = jnp.take_along_axis(scores, experts, axis=1)
         if self.normalize:

@@ -331,6 +331,12 @@ def test_deepseek_v3_config_defaults_and_router_errors(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(hf | bad))
         with pytest.raises(ValueError, match=match):
             jsoft.from_pretrained(tmp_path, task="causal_lm")
+    v2 = tiny.CONFIGS["deepseek_v2"]().to_dict()
+    greedy = llama.Config.from_hf(v2 | dict(topk_method="greedy", norm_topk_prob=True))
+    assert (greedy.moe_kind, greedy.moe_groups, greedy.moe_topk_groups, greedy.norm_topk_prob) == (
+        "grouped_softmax", 1, 1, False)  # transformers' DeepSeek-V2 never renormalises
+    with pytest.raises(ValueError, match="topk_method='noaux_tc' is not supported .* 'group_limited_greedy'"):
+        llama.Config.from_hf(v2 | dict(topk_method="noaux_tc"))
     lite = tiny.CONFIGS["glm4_moe_lite"]().to_dict()
     assert llama.Config.from_hf(lite).moe_layers == (True, False, True)
     with pytest.raises(ValueError, match="mlp_layer_types=.*expected 3 entries .* 'dense' or 'sparse'"):

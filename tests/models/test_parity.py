@@ -147,6 +147,9 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
                                       rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
                                                        "original_max_position_embeddings": 16, "mscale": 0.8,
                                                        "mscale_all_dim": 0.6})),
+    # DeepSeek-V2-Lite's layout: queries without a latent, greedy top-k over every expert
+    ("deepseek_v2", "causal_lm", dict(q_lora_rank=None, topk_method="greedy", n_group=None, topk_group=None,
+                                      mlp_bias=False)),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
     ("glm4_moe", "causal_lm", dict(n_group=1, topk_group=1, norm_topk_prob=False, use_qk_norm=False,
                                    first_k_dense_replace=0, n_shared_experts=0, partial_rotary_factor=0.25)),
