@@ -793,8 +793,11 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
     if c.moe_kind == "granite":
         return moe.GraniteMoE(d, f, E, k, c.activation, p, rngs)
     width = c.shared_expert_intermediate_size
-    shared = MLP(dataclasses.replace(c, intermediate_size=width, fused_gate_up=False), p, rngs) if width else None
-    if c.moe_kind in ("grouped_sigmoid", "grouped_softmax"):
+    # DeepSeek's MoEs always hold the shared MLP, even 0 wide (then its down_proj bias, if any, is its output)
+    grouped = c.moe_kind in ("grouped_sigmoid", "grouped_softmax")
+    shared = MLP(dataclasses.replace(c, intermediate_size=width, fused_gate_up=False), p, rngs) if width or grouped \
+        else None
+    if grouped:
         return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
                                    c.norm_topk_prob, c.routed_scaling_factor, c.activation, p, rngs,
                                    shared_experts=shared)

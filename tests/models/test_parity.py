@@ -150,6 +150,8 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     # DeepSeek-V2-Lite's layout: queries without a latent, greedy top-k over every expert
     ("deepseek_v2", "causal_lm", dict(q_lora_rank=None, topk_method="greedy", n_group=None, topk_group=None,
                                       mlp_bias=False)),
+    # no shared experts: transformers still runs a 0-wide shared MLP, whose output is its down_proj bias
+    ("deepseek_v2", "causal_lm", dict(n_shared_experts=0)),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
     ("glm4_moe", "causal_lm", dict(n_group=1, topk_group=1, norm_topk_prob=False, use_qk_norm=False,
                                    first_k_dense_replace=0, n_shared_experts=0, partial_rotary_factor=0.25)),
