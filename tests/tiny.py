@@ -320,6 +320,13 @@ CONFIGS = {
         "q_lora_rank": 16, "kv_lora_rank": 12, "qk_rope_head_dim": 4, "qk_nope_head_dim": 8, "v_head_dim": 6,
         "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1,
         "eos_token_id": 2, **kw}),
+    # MiniMax-M2: query / key norms over the whole projection, its released checkpoints' `rotary_dim` (half of each
+    # head), DeepSeek-V3's corrected sigmoid router over Mixtral-named experts
+    "minimax_m2": lambda **kw: tf.MiniMaxM2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "rotary_dim": 4, "num_local_experts": 6,
+        "num_experts_per_tok": 2, "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0,
+        "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -438,6 +445,7 @@ CLASSES = {
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,
     ("glm4_moe", "causal_lm"): tf.Glm4MoeForCausalLM, ("dots1", "causal_lm"): tf.Dots1ForCausalLM,
     ("glm4_moe_lite", "causal_lm"): tf.Glm4MoeLiteForCausalLM,
+    ("minimax_m2", "causal_lm"): tf.MiniMaxM2ForCausalLM,
     ("deepseek_v2", "causal_lm"): tf.DeepseekV2ForCausalLM,
     ("deepseek_v2", "seq_cls"): tf.DeepseekV2ForSequenceClassification,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,

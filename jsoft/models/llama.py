@@ -47,7 +47,7 @@ TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
-               "deepseek_v3", "glm4_moe_lite", "deepseek_v2")
+               "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -174,6 +174,8 @@ class Config(TransformerConfig):
         head_dim = hf.get("head_dim") or d // h
         rotary = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor",
                                                                  0.5 if model_type in GLMS else 1.0)))
+        if model_type == "minimax_m2" and "partial_rotary_factor" not in rope and hf.get("rotary_dim"):
+            rotary = hf["rotary_dim"] / head_dim  # its released checkpoints' spelling
         rotary_dims = int(head_dim * rotary)  # as transformers truncates it
         latent = _latent_attention_fields(hf, rope)
         if latent:  # the cache holds queries / keys and values at one width, the wider
@@ -238,6 +240,7 @@ FAMILIES: dict[str, dict] = {
     "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
     "glm4_moe_lite": dict(moe_kind="grouped_sigmoid"),  # DeepSeek-V3's latent attention, GLM-4.5's router
     "deepseek_v2": dict(moe_kind="grouped_softmax"),
+    "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
 }
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
 GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
@@ -272,6 +275,9 @@ def _moe_fields(hf: dict) -> dict:
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
     if model_type in GROUPED_DEFAULTS:
         return _grouped_fields(hf)
+    if model_type == "minimax_m2":  # DeepSeek-V3's router with one group, no shared expert, no scaling
+        return dict(num_experts=hf.get("num_local_experts", 256), experts_per_token=hf.get("num_experts_per_tok", 8),
+                    moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"], norm_topk_prob=True)
     if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
@@ -793,15 +799,15 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
     if c.moe_kind == "granite":
         return moe.GraniteMoE(d, f, E, k, c.activation, p, rngs)
     width = c.shared_expert_intermediate_size
-    # DeepSeek's MoEs always hold the shared MLP, even 0 wide (then its down_proj bias, if any, is its output)
     grouped = c.moe_kind in ("grouped_sigmoid", "grouped_softmax")
-    shared = MLP(dataclasses.replace(c, intermediate_size=width, fused_gate_up=False), p, rngs) if width or grouped \
-        else None
+    # DeepSeek-V2 with `mlp_bias` and no shared experts: transformers' 0-wide shared MLP still adds its down_proj bias
+    shared = width or (grouped and c.mlp_bias)
+    shared = MLP(dataclasses.replace(c, intermediate_size=width, fused_gate_up=False), p, rngs) if shared else None
+    names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
     if grouped:
         return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
-                                   c.norm_topk_prob, c.routed_scaling_factor, c.activation, p, rngs,
+                                   c.norm_topk_prob, c.routed_scaling_factor, names, c.activation, p, rngs,
                                    shared_experts=shared)
-    names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 
 
@@ -809,7 +815,7 @@ class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
         self.self_attn = LatentAttention(c, p, rngs) if c.kv_lora_rank else Attention(c, p, rngs)
         # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
-        self.ffn_name = "block_sparse_moe" if c.model_type in ("mixtral", "granitemoe") else "mlp"
+        self.ffn_name = "block_sparse_moe" if c.model_type in ("mixtral", "granitemoe", "minimax_m2") else "mlp"
         setattr(self, self.ffn_name, feed_forward_block(c, p, rngs, index))
         self.resid_dropout, self.residual_multiplier = c.resid_dropout, c.residual_multiplier
         self.norm_names = NORM_NAMES[c.norm_placement]
@@ -882,4 +888,6 @@ def checkpoint_key(path: tuple) -> tuple[str, bool]:
     per-expert names have `{}` for the expert (hub.load_state stacks them)."""
     if len(path) >= 2 and str(path[-2]) == "experts":
         return hf_name((*path[:-1], "{}", path[-1], "kernel")), True
+    if str(path[-1]) == "e_score_correction_bias":  # DeepSeek's router holds it; MiniMax-M2's MoE block does
+        return (hf_name(path), hf_name((*path[:-2], path[-1]))), False
     return hf_name(path), is_kernel(path)

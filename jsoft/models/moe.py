@@ -19,7 +19,7 @@ from flax import nnx
 from jsoft.models.layers import Fp32Buffer, Precision, activation, axes, dense
 
 # an expert's (gate, up, down) projections as checkpoints name them
-EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2")}
+EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "minimax_m2": ("w1", "w3", "w2")}
 DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -200,8 +200,9 @@ class GroupRouter(nnx.Module):
 
 
 class GroupLimitedMoE(nnx.Module):
-    """transformers' DeepseekV3MoE (GLM-4.5's and dots.llm1's too) and DeepseekV2Moe: the experts are ranked in
-    `num_groups` groups, and a token's top k come from its best `topk_groups` groups only. `scoring`:
+    """transformers' DeepseekV3MoE (GLM-4.5's and dots.llm1's too; MiniMax-M2's with one group) and DeepseekV2Moe:
+    the experts are ranked in `num_groups` groups, and a token's top k come from its best `topk_groups` groups only.
+    `scoring`:
 
     - "sigmoid" (V3): each expert scores the sigmoid of its logit (fp32); choosing, the scores plus the correction
       bias rank the groups by their two best and the experts; the chosen experts weigh their uncorrected scores,
@@ -213,8 +214,8 @@ class GroupLimitedMoE(nnx.Module):
     ungated."""
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, num_groups: int, topk_groups: int,
-                 scoring: str, normalize: bool, scale: float, act: str, p: Precision, rngs: nnx.Rngs,
-                 shared_experts: nnx.Module | None = None):
+                 scoring: str, normalize: bool, scale: float, names: tuple[str, str, str], act: str, p: Precision,
+                 rngs: nnx.Rngs, shared_experts: nnx.Module | None = None):
         ranked_by = 2 if scoring == "sigmoid" else 1  # the experts that rank a group
         if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < ranked_by:
             raise ValueError(f"config.json n_group={num_groups} must split the {num_experts} experts into groups "
@@ -228,7 +229,7 @@ class GroupLimitedMoE(nnx.Module):
         self.top_k, self.num_groups, self.topk_groups, self.scoring = top_k, num_groups, topk_groups, scoring
         self.normalize, self.scale = normalize, scale
         self.gate = GroupRouter(d, num_experts, scoring == "sigmoid", p, rngs)
-        self.experts = Experts(num_experts, d, f, DEFAULT_EXPERT_NAMES, act, p, rngs)
+        self.experts = Experts(num_experts, d, f, names, act, p, rngs)
         self.shared_experts = shared_experts
 
     def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:

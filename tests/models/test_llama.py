@@ -387,3 +387,11 @@ def test_block_scaled_fp8_checkpoint_loads_as_transformers_dequantizes_it(tmp_pa
     save_file(quantized, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match="o_proj.weight' is stored in float8_e4m3fn without a .*_scale_inv"):
         jsoft.from_pretrained(tmp_path, task="causal_lm")
+
+
+def test_minimax_m2_reads_its_released_rotary_dim():
+    """MiniMax-M2's released config.json states partial RoPE as `rotary_dim` (transformers converts it)."""
+    hf = {k: v for k, v in tiny.CONFIGS["minimax_m2"]().to_dict().items() if k != "rope_parameters"}
+    c = llama.Config.from_hf(hf | dict(rope_theta=5e6, rotary_dim=4))
+    assert (c.rotary_dim, c.rope_theta, c.qk_norm, c.moe_groups, c.norm_topk_prob) == (4, 5e6, "width", 1, True)
+    assert llama.Config.from_hf(hf | dict(rotary_dim=None)).rotary_dim is None
