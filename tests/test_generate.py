@@ -48,7 +48,8 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "biogpt": {"initializer_range": 0.5, "scale_embedding": False}, "granitemoe": {},
            "deepseek_v3": {"initializer_range": 0.3}, "glm4_moe": {"initializer_range": 0.3},
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
-           "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3}}
+           "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
+           "exaone_moe": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -63,7 +64,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "m2m_100": "seq2seq_lm", "marian": "seq2seq_lm", "pegasus": "seq2seq_lm", "umt5": "seq2seq_lm",
         "xglm": "causal_lm", "biogpt": "causal_lm", "granitemoe": "causal_lm", "deepseek_v3": "causal_lm",
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
-        "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm"}
+        "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm"}
 NEW = 8
 
 
@@ -142,7 +143,8 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           # DeepSeek-V3: latent attention's padded cache (embedding prompts only); dots.llm1: past its sliding window
           + [("deepseek_v3", "prompt"), ("deepseek_v3", "ptuning_lstm"), ("glm4_moe", "prompt")]
           + [("glm4_moe", "prefix_proj"), ("dots1", "prompt"), ("dots1", "prefix"), ("glm4_moe_lite", "prompt")]
-          + [("deepseek_v2", "ptuning_mlp"), ("minimax_m2", "prompt"), ("minimax_m2", "prefix")])
+          + [("deepseek_v2", "ptuning_mlp"), ("minimax_m2", "prompt"), ("minimax_m2", "prefix")]
+          + [("exaone_moe", "prefix_proj")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

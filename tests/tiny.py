@@ -327,6 +327,14 @@ CONFIGS = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "rotary_dim": 4, "num_local_experts": 6,
         "num_experts_per_tok": 2, "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0,
         "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # EXAONE-MoE: EXAONE 4's attention (sliding layers with RoPE over 5 keys, a full one without) in pre-norm layers,
+    # DeepSeek-V3's router in 2 groups, the second layer dense
+    "exaone_moe": lambda **kw: tf.ExaoneMoeConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_experts": 8,
+        "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "mlp_layer_types": ["sparse", "dense", "sparse"],
+        "sliding_window": 5, "sliding_window_pattern": 3, "max_position_embeddings": 128,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -446,6 +454,7 @@ CLASSES = {
     ("glm4_moe", "causal_lm"): tf.Glm4MoeForCausalLM, ("dots1", "causal_lm"): tf.Dots1ForCausalLM,
     ("glm4_moe_lite", "causal_lm"): tf.Glm4MoeLiteForCausalLM,
     ("minimax_m2", "causal_lm"): tf.MiniMaxM2ForCausalLM,
+    ("exaone_moe", "causal_lm"): tf.ExaoneMoeForCausalLM,
     ("deepseek_v2", "causal_lm"): tf.DeepseekV2ForCausalLM,
     ("deepseek_v2", "seq_cls"): tf.DeepseekV2ForSequenceClassification,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,

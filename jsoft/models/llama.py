@@ -47,7 +47,7 @@ TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
-               "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2")
+               "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -241,7 +241,9 @@ FAMILIES: dict[str, dict] = {
     "glm4_moe_lite": dict(moe_kind="grouped_sigmoid"),  # DeepSeek-V3's latent attention, GLM-4.5's router
     "deepseek_v2": dict(moe_kind="grouped_softmax"),
     "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
+    "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
 }
+EXAONES = ("exaone4", "exaone_moe")  # sliding_window_pattern; with a sliding window, full layers without RoPE
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
 GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
 GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
@@ -315,7 +317,11 @@ GROUPED_DEFAULTS = {
     # ignores norm_topk_prob there)
     "deepseek_v2": dict(n_routed_experts=64, num_experts_per_tok=None, first_k_dense_replace=0, n_shared_experts=2,
                         norm_topk_prob=False, n_group=None, topk_group=None, routed_scaling_factor=1.0),
+    # EXAONE-MoE (its names: num_experts, num_shared_experts): `mlp_layer_types`, else first_k_dense_replace
+    "exaone_moe": dict(n_routed_experts=64, num_experts_per_tok=8, first_k_dense_replace=1, n_shared_experts=1,
+                       norm_topk_prob=True, n_group=1, topk_group=1, routed_scaling_factor=2.5),
 }
+GROUPED_KEY_ALIASES = {"exaone_moe": {"num_experts": "n_routed_experts", "num_shared_experts": "n_shared_experts"}}
 TOPK_METHODS = ("greedy", "group_limited_greedy")  # DeepSeek-V2's
 
 
@@ -324,6 +330,8 @@ def _grouped_fields(hf: dict) -> dict:
     (GLM-4.7-Flash: those `mlp_layer_types` calls "dense"), the rest sparse, each with `n_shared_experts` experts'
     width of shared MLP; DeepSeek-V2's groups only under `topk_method` "group_limited_greedy"."""
     defaults, n = GROUPED_DEFAULTS[hf["model_type"]], hf["num_hidden_layers"]
+    hf = {**hf, **{ours: hf[theirs] for theirs, ours in GROUPED_KEY_ALIASES.get(hf["model_type"], {}).items()
+                   if theirs in hf}}
     if hf["model_type"] == "deepseek_v2":
         method = hf.get("topk_method") or "greedy"
         if method not in TOPK_METHODS:
@@ -339,8 +347,9 @@ def _grouped_fields(hf: dict) -> dict:
             raise ValueError(f"config.json of a {hf['model_type']} model needs {key}")
         return value
 
-    if hf["model_type"] == "glm4_moe_lite":
-        kinds = hf.get("mlp_layer_types") or ["dense"] + ["sparse"] * (n - 1)
+    if hf["model_type"] in ("glm4_moe_lite", "exaone_moe"):
+        first_dense = get("first_k_dense_replace") if hf["model_type"] == "exaone_moe" else 1
+        kinds = hf.get("mlp_layer_types") or ["dense" if i < first_dense else "sparse" for i in range(n)]
         if len(kinds) != n or not set(kinds) <= {"dense", "sparse"}:
             raise ValueError(f"config.json mlp_layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
                              "'dense' or 'sparse'")
@@ -395,7 +404,7 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
     if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3",
-                          "ministral", "exaone4", "gpt_oss", "dots1") or (model_type == "exaone4" and not window):
+                          "ministral", *EXAONES, "gpt_oss", "dots1") or (model_type in EXAONES and not window):
         return ()
     kinds = hf.get("layer_types")
     if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
@@ -409,6 +418,7 @@ def _sliding_layers(hf: dict) -> tuple[bool, ...]:
                    "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0,
                    "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0,
                    "olmo3": lambda i: (i + 1) % 4 != 0, "exaone4": lambda i: _exaone4_sliding(hf, i),
+                   "exaone_moe": lambda i: _exaone4_sliding(hf, i),
                    "gpt_oss": lambda i: i % 2 == 0,
                    "dots1": lambda i: bool(window) and i >= hf.get("max_window_layers", 62)}[model_type]
         kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
@@ -431,7 +441,7 @@ def _exaone4_sliding(hf: dict, layer: int) -> bool:
 def _nope_layers(hf: dict) -> tuple[bool, ...]:
     """The layers without RoPE: SmolLM3's `no_rope_layers` zeros (1 where a layer rotates; by default every
     `no_rope_layer_interval`-th layer), EXAONE 4's full-attention layers when it has sliding ones. () where none is."""
-    if hf.get("model_type") == "exaone4":  # with a sliding_window, its full layers skip RoPE
+    if hf.get("model_type") in EXAONES:  # with a sliding_window, its full layers skip RoPE
         nope = tuple(not s for s in _sliding_layers(hf) or (False,) * hf["num_hidden_layers"])
         return nope if hf.get("sliding_window") and any(nope) else ()
     if hf.get("model_type") != "smollm3":
