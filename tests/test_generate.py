@@ -49,7 +49,7 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "deepseek_v3": {"initializer_range": 0.3}, "glm4_moe": {"initializer_range": 0.3},
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
-           "exaone_moe": {"initializer_range": 0.3}}
+           "exaone_moe": {"initializer_range": 0.3}, "llama4_text": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -64,7 +64,8 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "m2m_100": "seq2seq_lm", "marian": "seq2seq_lm", "pegasus": "seq2seq_lm", "umt5": "seq2seq_lm",
         "xglm": "causal_lm", "biogpt": "causal_lm", "granitemoe": "causal_lm", "deepseek_v3": "causal_lm",
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
-        "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm"}
+        "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm",
+        "llama4_text": "causal_lm"}
 NEW = 8
 
 
@@ -144,7 +145,9 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("deepseek_v3", "prompt"), ("deepseek_v3", "ptuning_lstm"), ("glm4_moe", "prompt")]
           + [("glm4_moe", "prefix_proj"), ("dots1", "prompt"), ("dots1", "prefix"), ("glm4_moe_lite", "prompt")]
           + [("deepseek_v2", "ptuning_mlp"), ("minimax_m2", "prompt"), ("minimax_m2", "prefix")]
-          + [("exaone_moe", "prefix_proj")])
+          + [("exaone_moe", "prefix_proj")]
+          # Llama 4: decoding across its 4-slot chunks, NoPE queries tempered by their slot
+          + [("llama4_text", "prompt"), ("llama4_text", "prefix")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

@@ -277,6 +277,13 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 36, "num_hidden_layers": 2, "num_attention_heads": 3,
         "intermediate_size": 40, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": 0,
         "eos_token_id": 2, **kw}),
+    # Llama 4 Scout / Maverick's checkpoints: jsoft runs their language model (a tiny vision tower beside it)
+    "llama4": lambda **kw: tf.Llama4Config(
+        text_config={**CONFIGS["llama4_text"]().to_dict(), **kw},
+        vision_config={"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14, "vision_output_dim": 16, "projector_input_dim": 16,
+                       "projector_output_dim": 16, "pixel_shuffle_ratio": 0.5},
+        boi_token_index=97, eoi_token_index=98, image_token_index=99),
     "olmo": lambda **kw: tf.OlmoConfig(**{  # weightless LayerNorms, queries / keys / values clipped
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "clip_qkv": 0.1,
@@ -334,6 +341,14 @@ CONFIGS = {
         "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_experts": 8,
         "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, "mlp_layer_types": ["sparse", "dense", "sparse"],
         "sliding_window": 5, "sliding_window_pattern": 3, "max_position_embeddings": 128,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Llama 4: 4 layers, every other one NoPE (full attention, tempered queries every 2 slots), the others chunked
+    # in blocks of 4 slots with L2-normed queries / keys; the second and fourth layers' MoE 4 experts, 2 a token
+    "llama4_text": lambda **kw: tf.Llama4TextConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 16, "intermediate_size_mlp": 48,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "interleave_moe_layer_step": 2, "attention_chunk_size": 4,
+        "floor_scale": 2, "attn_scale": 0.5, "no_rope_layer_interval": 2, "max_position_embeddings": 128,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
@@ -455,6 +470,8 @@ CLASSES = {
     ("glm4_moe_lite", "causal_lm"): tf.Glm4MoeLiteForCausalLM,
     ("minimax_m2", "causal_lm"): tf.MiniMaxM2ForCausalLM,
     ("exaone_moe", "causal_lm"): tf.ExaoneMoeForCausalLM,
+    ("llama4_text", "causal_lm"): tf.Llama4ForCausalLM,
+    ("llama4", "causal_lm"): tf.Llama4ForConditionalGeneration,
     ("deepseek_v2", "causal_lm"): tf.DeepseekV2ForCausalLM,
     ("deepseek_v2", "seq_cls"): tf.DeepseekV2ForSequenceClassification,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,

@@ -231,18 +231,35 @@ def attention_mask_4d(key_mask_BxS: Array | None, T: int, S: int, *, causal: boo
 def sliding_window(mask: Array, window: int, first_query_slot: Array | int, bidirectional: bool = False) -> Array:
     """`mask [B, 1, T, S]` narrowed to each query's window: keys fewer than `window` slots back from it
     (transformers' `sliding_window_overlay`, `key > query - window`), or with `bidirectional` at most `window` slots
-    away either side (`sliding_window_bidirectional_overlay`: ModernBERT's local layers). A gap of masked slots
-    between a row's keys does not count: a mixed batch's padding of a shorter prefix, or left padding between a
-    prefix and the tokens, so each row attends as it would alone. Padding at either end counts as transformers
-    counts it (a pad query's window holds fewer real keys). Query t sits at slot `first_query_slot + t`."""
-    T = mask.shape[-2]
-    real = jnp.any(mask, axis=-2, keepdims=True)  # [B, 1, 1, S] keys some query sees
-    outside = (jnp.cumsum(real, axis=-1) == 0) | (jnp.cumsum(real[..., ::-1], axis=-1)[..., ::-1] == 0)
-    slot = jnp.cumsum(real | outside, axis=-1, dtype=jnp.int32)  # slots counted, gaps between real keys skipped
-    query = jnp.swapaxes(jnp.take(slot, jnp.arange(T) + first_query_slot, axis=-1), -1, -2)  # [B, 1, T, 1]
+    away either side (`sliding_window_bidirectional_overlay`: ModernBERT's local layers). Slots are counted as
+    `row_slots` counts them. Query t sits at slot `first_query_slot + t`."""
+    slot, query, _ = row_slots(mask, first_query_slot)
     if bidirectional:
         return mask & (jnp.abs(slot - query) <= window)
     return mask & (slot > query - window)
+
+
+def chunked(mask: Array, chunk: int, first_query_slot: Array | int) -> Array:
+    """`mask [B, 1, T, S]` narrowed to the keys in each query's chunk (Llama 4; transformers' `chunked_overlay`):
+    blocks of `chunk` slots from each row's first real key (left padding is not counted), slots counted as
+    `row_slots` counts them. Query t sits at slot `first_query_slot + t`."""
+    slot, query, leading = row_slots(mask, first_query_slot)
+    return mask & ((slot - 1 - leading) // chunk == (query - 1 - leading) // chunk)
+
+
+def row_slots(mask: Array, first_query_slot: Array | int) -> tuple[Array, Array, Array]:
+    """Where each key `[B, 1, 1, S]` and query `[B, 1, T, 1]` of `mask [B, 1, T, S]` sits, counted from 1 along its
+    row, and the row's left padding `[B, 1, 1, 1]`. A gap of masked slots between a row's keys does not count: a
+    mixed batch's padding of a shorter prefix, or left padding between a prefix and the tokens, so each row
+    attends as it would alone. Padding at either end counts as transformers counts it (a pad query's window holds
+    fewer real keys)."""
+    T = mask.shape[-2]
+    real = jnp.any(mask, axis=-2, keepdims=True)  # [B, 1, 1, S] keys some query sees
+    leading = jnp.cumsum(real, axis=-1) == 0
+    outside = leading | (jnp.cumsum(real[..., ::-1], axis=-1)[..., ::-1] == 0)
+    slot = jnp.cumsum(real | outside, axis=-1, dtype=jnp.int32)  # slots counted, gaps between real keys skipped
+    query = jnp.swapaxes(jnp.take(slot, jnp.arange(T) + first_query_slot, axis=-1), -1, -2)  # [B, 1, T, 1]
+    return slot, query, jnp.sum(leading, axis=-1, keepdims=True, dtype=jnp.int32)
 
 
 def query_slot(mask: Array, T: int, cache: KVCache | None) -> Array | int:

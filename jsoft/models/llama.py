@@ -32,6 +32,7 @@ from jsoft.models.layers import (
     activation,
     attention_mask_4d,
     axes,
+    chunked,
     dense,
     dot_product_attention,
     embed,
@@ -47,7 +48,7 @@ TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
-               "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe")
+               "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -116,7 +117,8 @@ class Config(TransformerConfig):
     # "clamped_swiglu" (GPT-OSS: top-k logits softmaxed, experts with biases and a clamped SwiGLU,
     # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE),
     # "grouped_sigmoid" (DeepSeek-V3, GLM-4.5, dots.llm1: sigmoid scores, group-limited choice, moe.GroupLimitedMoE),
-    # "grouped_softmax" (DeepSeek-V2: softmax scores, group-limited choice)
+    # "grouped_softmax" (DeepSeek-V2: softmax scores, group-limited choice), "llama4" (Llama 4: top-k logits'
+    # sigmoids scale each token into its experts, a shared expert, moe.ScaledInputMoE)
     moe_kind: str = "softmax_topk"
     swiglu_alpha: float = 1.702  # GPT-OSS's clamped SwiGLU: the sigmoid's gain
     swiglu_limit: float = 7.0  # and the clamp on gate (above) and up (both sides)
@@ -131,12 +133,23 @@ class Config(TransformerConfig):
     q_lora_rank: int | None = None
     qk_nope_head_dim: int = 0
     v_head_dim: int = 0
+    # Llama 4: "chunked_attention" layers see only the keys in their query's block of `chunk_size` slots; RoPE
+    # layers' queries and keys RMS-normed without a weight after RoPE (`qk_l2_norm`); NoPE layers' queries times
+    # 1 + temperature_scale * log1p(floor((slot + 1) / temperature_floor)) (`attn_temperature_tuning`)
+    chunk_size: int | None = None
+    chunked_layers: tuple[bool, ...] = ()
+    qk_l2_norm: bool = False
+    temperature_floor: float | None = None
+    temperature_scale: float = 0.1
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
 
     def is_nope(self, layer: int) -> bool:
         return bool(self.nope_layers) and self.nope_layers[layer]
+
+    def is_chunked(self, layer: int) -> bool:
+        return bool(self.chunked_layers) and self.chunked_layers[layer]
 
     @property
     def no_prefix_reason(self) -> str | None:
@@ -186,7 +199,10 @@ class Config(TransformerConfig):
             num_layers=hf["num_hidden_layers"], num_heads=h,
             num_kv_heads=h if latent else hf.get("num_key_value_heads") or h, head_dim=head_dim,
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
-            bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
+            bos_token_id=hf.get("bos_token_id"),
+            # Llama 4: its dense layers' width (`intermediate_size` is its experts')
+            intermediate_size=hf.get("intermediate_size_mlp", 16384) if model_type == "llama4_text"
+            else hf["intermediate_size"],
             # legacy Gemma configs say "gelu" for the tanh approximation (transformers reads it so)
             activation="gelu_pytorch_tanh" if gemma and act == "gelu" else act,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
@@ -212,6 +228,7 @@ class Config(TransformerConfig):
             final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
             clip_qkv=hf.get("clip_qkv"),
             **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf), **latent,
+            **(_llama4_fields(hf) if model_type == "llama4_text" else {}),
         )
 
 
@@ -242,6 +259,7 @@ FAMILIES: dict[str, dict] = {
     "deepseek_v2": dict(moe_kind="grouped_softmax"),
     "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
+    "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
 }
 EXAONES = ("exaone4", "exaone_moe")  # sliding_window_pattern; with a sliding window, full layers without RoPE
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
@@ -381,6 +399,32 @@ def _latent_attention_fields(hf: dict, rope: dict) -> dict:
                 rope_interleaved=hf["model_type"] == "deepseek_v2" or bool(hf.get("rope_interleave", True)))
 
 
+def _llama4_fields(hf: dict) -> dict:
+    """Llama 4's fields as transformers reads config.json: sparse layers `moe_layers` (default every
+    `interleave_moe_layer_step`-th), their experts and shared expert `intermediate_size` wide, dense layers
+    `intermediate_size_mlp`; chunked layers by `layer_types` (default: the RoPE layers)."""
+    n, step = hf["num_hidden_layers"], hf.get("interleave_moe_layer_step", 1)
+    sparse_at = hf.get("moe_layers")
+    sparse_at = set(range(step - 1, n, step) if sparse_at is None else sparse_at)
+    kinds = hf.get("layer_types") or ["full_attention" if nope else "chunked_attention"
+                                      for nope in _nope_layers(hf) or (False,) * n]
+    if len(kinds) != n or not set(kinds) <= {"chunked_attention", "full_attention"}:
+        raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
+                         "'chunked_attention' or 'full_attention'")
+    chunked = tuple(k == "chunked_attention" for k in kinds)
+    chunk = hf.get("attention_chunk_size", 8192)
+    if any(chunked) and not chunk:
+        raise ValueError("config.json has chunked_attention layers but no attention_chunk_size")
+    width = hf.get("intermediate_size", 8192)
+    return dict(moe_intermediate_size=width,
+                shared_expert_intermediate_size=width, num_experts=hf.get("num_local_experts", 16),
+                experts_per_token=hf.get("num_experts_per_tok", 1), moe_layers=tuple(i in sparse_at for i in range(n)),
+                chunk_size=chunk if any(chunked) else None, chunked_layers=chunked if any(chunked) else (),
+                qk_l2_norm=bool(hf.get("use_qk_norm", True)),
+                temperature_floor=float(hf.get("floor_scale", 8192)) if hf.get("attn_temperature_tuning", True)
+                else None, temperature_scale=float(hf.get("attn_scale", 0.1)))
+
+
 def _granite_multipliers(hf: dict) -> dict:
     """Granite's scalars on the embeddings, each residual branch and the LM logits (its attention_multiplier is
     the score scale, `query_scale`)."""
@@ -439,12 +483,13 @@ def _exaone4_sliding(hf: dict, layer: int) -> bool:
 
 
 def _nope_layers(hf: dict) -> tuple[bool, ...]:
-    """The layers without RoPE: SmolLM3's `no_rope_layers` zeros (1 where a layer rotates; by default every
-    `no_rope_layer_interval`-th layer), EXAONE 4's full-attention layers when it has sliding ones. () where none is."""
+    """The layers without RoPE: SmolLM3's and Llama 4's `no_rope_layers` zeros (1 where a layer rotates; by default
+    every `no_rope_layer_interval`-th layer), EXAONE 4's full-attention layers when it has sliding ones. () where
+    none is."""
     if hf.get("model_type") in EXAONES:  # with a sliding_window, its full layers skip RoPE
         nope = tuple(not s for s in _sliding_layers(hf) or (False,) * hf["num_hidden_layers"])
         return nope if hf.get("sliding_window") and any(nope) else ()
-    if hf.get("model_type") != "smollm3":
+    if hf.get("model_type") not in ("smollm3", "llama4_text"):
         return ()
     n, interval = hf["num_hidden_layers"], hf.get("no_rope_layer_interval", 4)
     rotates = hf.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
@@ -613,8 +658,8 @@ def rope_stack_inputs(c: Config, embed_tokens: nnx.Embed, input_ids, attention_m
                       prefix_kv, cache: KVCache | None, dtype) -> tuple[jax.Array, dict, jax.Array]:
     """What a RoPE decoder stack (Llama, GPT-NeoX, Phi) starts from: the input embeddings `[B, T, D]` in `dtype`
     (looked up unless given), RoPE's `{"global": (cos, sin)}` at the positions (default: after the prefix and the
-    cache), with Gemma 3's sliding layers' `"local"` one too, and the causal mask over the input or the cache's
-    slots."""
+    cache), with Gemma 3's sliding layers' `"local"` one too and the `"positions"` themselves, and the causal mask
+    over the input or the cache's slots."""
     if inputs_embeds is None:
         inputs_embeds = embed_tokens(input_ids)
     B, T = inputs_embeds.shape[:2]
@@ -622,7 +667,7 @@ def rope_stack_inputs(c: Config, embed_tokens: nnx.Embed, input_ids, attention_m
         position_ids = default_positions(B, T, prefix_kv, cache, c)
     S = T if cache is None else cache.slots
     mask = attention_mask_4d(attention_mask, T, S, causal=True, q_offset=0 if cache is None else cache.index)
-    rope = {"global": rope_cos_sin(c, position_ids, dtype)}
+    rope = {"global": rope_cos_sin(c, position_ids, dtype), "positions": position_ids}
     if c.local_rope_theta is not None:
         local = dataclasses.replace(c, rope_type="default", rope_theta=c.local_rope_theta)
         rope["local"] = rope_cos_sin(local, position_ids, dtype)
@@ -676,16 +721,32 @@ class Attention(nnx.Module):
         if not self.c.is_nope(layer):
             interleaved = self.c.rope_interleaved
             q, k = apply_rope(q, *cos_sin, interleaved=interleaved), apply_rope(k, *cos_sin, interleaved=interleaved)
+            if self.c.qk_l2_norm:
+                q, k = l2_norm(q, self.c.rms_norm_eps), l2_norm(k, self.c.rms_norm_eps)
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        first_query = query_slot(mask, x.shape[1], cache)
         if sliding and self.c.sliding_window is not None:
-            mask = sliding_window(mask, self.c.sliding_window, query_slot(mask, x.shape[1], cache))
+            mask = sliding_window(mask, self.c.sliding_window, first_query)
+        if self.c.is_chunked(layer):
+            mask = chunked(mask, self.c.chunk_size, first_query)
+        if self.c.temperature_floor is not None and self.c.is_nope(layer):
+            q = self.tempered(q, rope["positions"])
         scale = self.c.head_dim ** -0.5 if self.c.query_scale is None else self.c.query_scale
         out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
                                     dropout_rate=self.c.attn_dropout,
                                     sinks=self.sinks[...] if self.c.attention_sinks else None)
         return self.o_proj(merge_heads(out)), new_cache
+
+    def tempered(self, q, positions_BxT):
+        """Llama 4's NoPE queries `[B, T, N, K]` times 1 + scale * log1p(floor((position + 1) / floor)).
+        transformers counts the query's slot (`arange + past`): the same position wherever a row's tokens sit
+        where transformers would put them, and in a mixed batch or left-padded decoding the position the row has
+        alone."""
+        pos = positions_BxT[:, :, None, None].astype(jnp.float32)
+        scale = jnp.log1p(jnp.floor((pos + 1.0) / self.c.temperature_floor)) * self.c.temperature_scale + 1.0
+        return (q * scale).astype(q.dtype)
 
     def norm_heads(self, q, k):
         """Queries `[B, T, N, K]` and keys `[B, T, G, K]` before RoPE: normalised per head (Qwen3, Gemma 3)."""
@@ -704,6 +765,11 @@ class Attention(nnx.Module):
         if c.clip_qkv is not None:
             q, k, v = (jnp.clip(t, -c.clip_qkv, c.clip_qkv) for t in (q, k, v))
         return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads)
+
+
+def l2_norm(x, eps: float):
+    """Llama 4's query / key norm: RMS norm without a weight, in fp32."""
+    return ops.rms_norm(x, jnp.ones((), jnp.float32), eps).astype(x.dtype)
 
 
 class LatentAttention(nnx.Module):
@@ -808,6 +874,9 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
         return moe.TopKSoftmaxMoE(d, f, E, k, c.swiglu_alpha, c.swiglu_limit, p, rngs)
     if c.moe_kind == "granite":
         return moe.GraniteMoE(d, f, E, k, c.activation, p, rngs)
+    if c.moe_kind == "llama4":
+        shared = MLP(dataclasses.replace(c, intermediate_size=c.shared_expert_intermediate_size), p, rngs)
+        return moe.ScaledInputMoE(d, f, E, k, c.activation, p, rngs, shared_expert=shared)
     width = c.shared_expert_intermediate_size
     grouped = c.moe_kind in ("grouped_sigmoid", "grouped_softmax")
     # DeepSeek-V2 with `mlp_bias` and no shared experts: transformers' 0-wide shared MLP still adds its down_proj bias
@@ -825,7 +894,8 @@ class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
         self.self_attn = LatentAttention(c, p, rngs) if c.kv_lora_rank else Attention(c, p, rngs)
         # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
-        self.ffn_name = "block_sparse_moe" if c.model_type in ("mixtral", "granitemoe", "minimax_m2") else "mlp"
+        self.ffn_name = ("block_sparse_moe" if c.model_type in ("mixtral", "granitemoe", "minimax_m2")
+                         else "feed_forward" if c.model_type == "llama4_text" else "mlp")
         setattr(self, self.ffn_name, feed_forward_block(c, p, rngs, index))
         self.resid_dropout, self.residual_multiplier = c.resid_dropout, c.residual_multiplier
         self.norm_names = NORM_NAMES[c.norm_placement]

@@ -1,5 +1,5 @@
 """Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's, GraniteMoE's;
-DeepSeek-V2's and V3's, which GLM-4.5 and dots.llm1 share): a
+DeepSeek-V2's and V3's, which GLM-4.5 and dots.llm1 share; Llama 4's): a
 router picks each token's top-k experts, whose gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the
 tokens sorted by expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU
 backend computes every expert's group over all the rows.
@@ -260,4 +260,48 @@ class GroupLimitedMoE(nnx.Module):
                        lambda rows, sizes, _: self.experts(rows, sizes))
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
+        return out.reshape(B, T, D)
+
+
+class StackedExperts(nnx.Module):
+    """Llama 4's experts, stored stacked `[in, out]` as transformers' Llama4TextExperts holds them: `gate_up_proj
+    [E, D, 2F]` (the gate the first F columns) and `down_proj [E, F, D]`, SiLU-gated."""
+
+    def __init__(self, num_experts: int, d: int, f: int, act: str, p: Precision, rngs: nnx.Rngs):
+        self.act, self.dtype = activation(act), p.dtype
+        init = nnx.initializers.normal(0.02)
+        self.gate_up_proj = nnx.Param(init(rngs.params(), (num_experts, d, 2 * f), p.param_dtype),
+                                      **axes("expert", "embed", "mlp"))
+        self.down_proj = nnx.Param(init(rngs.params(), (num_experts, f, d), p.param_dtype),
+                                   **axes("expert", "mlp", "embed"))
+
+    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        gate, up = jnp.split(grouped_matmul(x_NxD, self.gate_up_proj[...], group_sizes), 2, axis=-1)
+        return grouped_matmul((self.act(gate) * up).astype(self.dtype), self.down_proj[...], group_sizes)
+
+
+class ScaledInputMoE(nnx.Module):
+    """transformers' Llama4TextMoe: a router without bias takes each token's top-k logits, and their sigmoids scale
+    the token on its way into each chosen expert (not the expert's output); the experts' outputs are summed, plus
+    `shared_expert`, an MLP every token runs."""
+
+    def __init__(self, d: int, f: int, num_experts: int, top_k: int, act: str, p: Precision, rngs: nnx.Rngs,
+                 shared_expert: nnx.Module):
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
+                             "experts")
+        self.top_k = top_k
+        self.router = dense(d, num_experts, ("embed", None), p, bias=False, rngs=rngs)
+        self.experts = StackedExperts(num_experts, d, f, act, p, rngs)
+        self.shared_expert = shared_expert
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        B, T, D = x_BxTxD.shape
+        x = x_BxTxD.reshape(B * T, D)
+        logits, experts = jax.lax.top_k(self.router(x), self.top_k)  # [N, k]
+        scores = jax.nn.sigmoid(logits.astype(jnp.float32)).astype(x.dtype)
+        rows = (x[:, None, :] * scores[..., None]).reshape(-1, D)  # each (token, choice) scaled: [N * k, D]
+        routed = dispatch(rows, experts.reshape(-1, 1), jnp.ones((rows.shape[0], 1), jnp.float32),
+                          self.router.kernel.shape[-1], lambda r, sizes, _: self.experts(r, sizes))
+        out = self.shared_expert(x) + routed.reshape(B * T, self.top_k, D).sum(axis=1)
         return out.reshape(B, T, D)
