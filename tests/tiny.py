@@ -350,6 +350,14 @@ CONFIGS = {
         "num_local_experts": 4, "num_experts_per_tok": 2, "interleave_moe_layer_step": 2, "attention_chunk_size": 4,
         "floor_scale": 2, "attn_scale": 0.5, "no_rope_layer_interval": 2, "max_position_embeddings": 128,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # ERNIE 4.5 MoE: biases everywhere but the experts; 6 experts, 2 a token, chosen by softmax plus moe_statics'
+    # bias; layers 1 and 3 sparse (start 1, every other), 2 shared experts
+    "ernie4_5_moe": lambda **kw: tf.Ernie4_5_MoeConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "moe_num_experts": 6, "moe_k": 2, "moe_num_shared_experts": 2, "moe_layer_start_index": 1,
+        "moe_layer_interval": 2, "use_bias": True, "tie_word_embeddings": False, "max_position_embeddings": 128,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -472,6 +480,7 @@ CLASSES = {
     ("exaone_moe", "causal_lm"): tf.ExaoneMoeForCausalLM,
     ("llama4_text", "causal_lm"): tf.Llama4ForCausalLM,
     ("llama4", "causal_lm"): tf.Llama4ForConditionalGeneration,
+    ("ernie4_5_moe", "causal_lm"): tf.Ernie4_5_MoeForCausalLM,
     ("deepseek_v2", "causal_lm"): tf.DeepseekV2ForCausalLM,
     ("deepseek_v2", "seq_cls"): tf.DeepseekV2ForSequenceClassification,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,
@@ -500,8 +509,8 @@ def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
             if "embed_positions" in name and kind not in ("marian", "pegasus"):  # learned (BART): positions as
                 # strong as tokens, so a position off by one shows (Marian's and Pegasus's are fixed sinusoids)
                 p.mul_(10.0)
-        for name, b in model.named_buffers():  # DeepSeek-V3's router: a bias that changes which experts are chosen
-            if name.endswith("e_score_correction_bias"):
+        for name, b in [*model.named_buffers(), *model.named_parameters()]:  # DeepSeek's, ERNIE's routers: a bias
+            if name.endswith("e_score_correction_bias"):  # that changes which experts are chosen
                 b.add_(0.3 * torch.randn_like(b))
     return model
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models import ops
-from jsoft.models.layers import DropoutRng, ModelOutput, dense
+from jsoft.models.layers import DropoutRng, ModelOutput, axes, dense
 
 Array = jax.Array
 
@@ -77,6 +77,13 @@ def classifier_dropout_rate(hf: dict, default_key: str) -> float:
     return float(hf.get(default_key, 0.1) if rate is None else rate)
 
 
+class TiedHeadBias(nnx.Module):
+    """The `lm_head.bias` of a head whose weight is the word embeddings (ERNIE 4.5 MoE with `use_bias`)."""
+
+    def __init__(self, vocab_size: int, p):
+        self.bias = nnx.Param(jnp.zeros((vocab_size,), p.param_dtype), **axes("vocab"))
+
+
 class DecoderOnlyLM(nnx.Module):
     """What the decoder-only backbones (GPT-2, Llama, BLOOM, GPT-NeoX) share above their stack: the task heads
     transformers gives them (a tied or separate LM head, `score` for seq_cls on the last token, a token
@@ -97,6 +104,8 @@ class DecoderOnlyLM(nnx.Module):
         d = width or c.hidden_size
         if task == "causal_lm" and not c.tie_word_embeddings:
             self.lm_head = dense(d, c.vocab_size, ("embed", "vocab"), p, bias=lm_head_bias, rngs=rngs)
+        elif task == "causal_lm" and lm_head_bias:  # tied to the word embeddings, with a bias of its own
+            self.lm_head = TiedHeadBias(c.vocab_size, p)
         elif task == "seq_cls":
             self.score = dense(d, num_labels, ("embed", None), p, bias=False, rngs=rngs)
         elif task == "token_cls":
@@ -117,8 +126,9 @@ class DecoderOnlyLM(nnx.Module):
             logits = lm_head_logits(h, self.word_embeddings.embedding[...])
         else:
             logits = lm_head_logits(h, self.lm_head.kernel[...], vocab_axis=1)
-            if self.lm_head.bias is not None:  # Phi's
-                logits = logits + self.lm_head.bias[...].astype(jnp.float32)
+        bias = getattr(getattr(self, "lm_head", None), "bias", None)
+        if bias is not None:  # Phi's, ERNIE 4.5 MoE's
+            logits = logits + bias[...].astype(jnp.float32)
         if self.logits_scaling != 1.0:
             logits = logits / self.logits_scaling
         return logits if self.final_logit_softcap is None else ops.softcap(logits, self.final_logit_softcap)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jsoft.models.layers import Fp32Buffer, Precision
+from jsoft.models.layers import Fp32Buffer, Fp32Param, Precision
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "granitemoe": "jsoft.models.llama", "glm4_moe": "jsoft.models.llama", "dots1": "jsoft.models.llama",
                  "deepseek_v3": "jsoft.models.llama", "glm4_moe_lite": "jsoft.models.llama",
                  "deepseek_v2": "jsoft.models.llama", "minimax_m2": "jsoft.models.llama",
-                 "exaone_moe": "jsoft.models.llama", "llama4_text": "jsoft.models.llama4"}
+                 "exaone_moe": "jsoft.models.llama", "llama4_text": "jsoft.models.llama4",
+                 "ernie4_5_moe": "jsoft.models.llama"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5
@@ -79,7 +80,8 @@ DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                 "gptj", "gpt_neo", "stablelm", "starcoder2", "smollm3", "olmo3", "cohere", "cohere2", "ministral",
                 "gpt_oss", "xglm", "biogpt", "granitemoe", "glm", "glm4", "exaone4", "seed_oss", "helium", "arcee",
                 "nemotron", "ernie4_5", "falcon", "gpt_bigcode", "olmo", "codegen", "glm4_moe", "dots1", "deepseek_v3",
-                "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "llama4")
+                "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "llama4",
+                "ernie4_5_moe")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -417,7 +419,7 @@ def load_state(abstract_model: nnx.Module, arch: ModuleType, ckpt: Checkpoint, p
             missing.append(path)
             loaded.append((path, var))
             continue
-        keep_dtype = param_dtype is None or isinstance(var, Fp32Buffer)
+        keep_dtype = param_dtype is None or isinstance(var, Fp32Buffer | Fp32Param)
         dtype = np.dtype(var.get_value().dtype if keep_dtype else param_dtype)
         arr = _read(ckpt, key, want, dtype, transpose)
         # On CPU the parameter adopts the aligned host buffer (no copy); on an accelerator this is

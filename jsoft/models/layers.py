@@ -43,6 +43,11 @@ class Fp32Buffer(Buffer):
     DeepSeek-V3's `e_score_correction_bias`, whose small differences choose experts)."""
 
 
+class Fp32Param(nnx.Param):
+    """A parameter kept in fp32 whatever dtype the weights load in (transformers' `_keep_in_fp32_modules_strict`:
+    ERNIE 4.5 MoE's router and its correction bias)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Precision:
     dtype: jnp.dtype = jnp.float32  # compute

@@ -48,7 +48,8 @@ TASKS = (None, "causal_lm", "seq_cls", "token_cls")
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "granite",
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
-               "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text")
+               "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
+               "ernie4_5_moe")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -87,6 +88,7 @@ class Config(TransformerConfig):
     fused_qkv: bool = False  # Phi-3: one qkv_proj
     fused_gate_up: bool = False  # Phi-3, GLM: one gate_up_proj
     tie_word_embeddings: bool = False
+    lm_head_bias: bool = False  # ERNIE 4.5 MoE with use_bias
     classifier_dropout: float = 0.1
     token_cls_bias: bool = True
     embed_scale: float = 1.0  # token embeddings times this (Gemma: sqrt(hidden_size))
@@ -214,7 +216,8 @@ class Config(TransformerConfig):
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             resid_dropout=float(hf.get("resid_pdrop") or hf.get("residual_dropout") or 0.0),
             embd_dropout=float(hf.get("embd_pdrop") or 0.0),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type == "ernie4_5_moe")),
+            lm_head_bias=model_type == "ernie4_5_moe" and bool(hf.get("use_bias", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop" if model_type == "phi3"
                                                              else "hidden_dropout"),
             token_cls_bias=bool(hf.get("token_classification_bias", True)),
@@ -260,6 +263,7 @@ FAMILIES: dict[str, dict] = {
     "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
     "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
+    "ernie4_5_moe": dict(rope_interleaved=True, moe_kind="grouped_softmax"),  # one group, moe_statics' correction
 }
 EXAONES = ("exaone4", "exaone_moe")  # sliding_window_pattern; with a sliding window, full layers without RoPE
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
@@ -274,7 +278,7 @@ def _bias_fields(hf: dict) -> dict:
     off), none on the output; Helium: none on the output; Seed-OSS: `attention_out_bias` for the output),
     `mlp_bias` (ERNIE 4.5: one `use_bias` for every projection)."""
     model_type = hf.get("model_type", "llama")
-    if model_type == "ernie4_5":
+    if model_type in ("ernie4_5", "ernie4_5_moe"):
         bias = bool(hf.get("use_bias", False))
         return dict(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias)
     qwen2, glm = model_type in ("qwen2", "qwen2_moe"), model_type in GLMS
@@ -295,6 +299,15 @@ def _moe_fields(hf: dict) -> dict:
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
     if model_type in GROUPED_DEFAULTS:
         return _grouped_fields(hf)
+    if model_type == "ernie4_5_moe":  # softmax scores, corrected to choose, renormalised; every interval-th layer
+        first, last, every = (hf.get("moe_layer_start_index", 1), hf.get("moe_layer_end_index", -1),
+                              hf.get("moe_layer_interval", 1))
+        last = n - 1 if last == -1 else last
+        width = hf.get("moe_intermediate_size", 1536)
+        return dict(num_experts=hf.get("moe_num_experts", 64), experts_per_token=hf.get("moe_k", 6),
+                    moe_layers=tuple((i + 1) % every == 0 and first <= i <= last for i in range(n)),
+                    moe_intermediate_size=width, norm_topk_prob=True,
+                    shared_expert_intermediate_size=width * hf.get("moe_num_shared_experts", 2))
     if model_type == "minimax_m2":  # DeepSeek-V3's router with one group, no shared expert, no scaling
         return dict(num_experts=hf.get("num_local_experts", 256), experts_per_token=hf.get("num_experts_per_tok", 8),
                     moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"], norm_topk_prob=True)
@@ -886,7 +899,7 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
     if grouped:
         return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
                                    c.norm_topk_prob, c.routed_scaling_factor, names, c.activation, p, rngs,
-                                   shared_experts=shared)
+                                   shared_experts=shared, statics=c.model_type == "ernie4_5_moe")
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 
 
@@ -948,7 +961,8 @@ class Llama(heads.DecoderOnlyLM):
     def __init__(self, c: Config, task: str | None, num_labels: int | None, p: Precision, rngs: nnx.Rngs):
         self.model = LlamaModel(c, p, rngs)
         self.final_logit_softcap, self.logits_scaling = c.final_softcap, c.logits_scaling
-        self.add_heads(c, task, num_labels, p, rngs, token_cls_name="score", token_cls_bias=c.token_cls_bias)
+        self.add_heads(c, task, num_labels, p, rngs, token_cls_name="score", token_cls_bias=c.token_cls_bias,
+                       lm_head_bias=c.lm_head_bias)
 
     @property
     def decoder(self) -> LlamaModel:

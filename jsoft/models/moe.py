@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models.layers import Fp32Buffer, Precision, activation, axes, dense
+from jsoft.models.layers import Fp32Buffer, Fp32Param, Precision, activation, axes, dense
 
 # an expert's (gate, up, down) projections as checkpoints name them
 EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "minimax_m2": ("w1", "w3", "w2")}
@@ -188,15 +188,23 @@ class GraniteMoE(nnx.Module):
 
 
 class GroupRouter(nnx.Module):
-    """DeepSeek's `gate`: a linear map to the expert logits (`weight`, no bias); DeepSeek-V3's also holds
-    `e_score_correction_bias` (an fp32 buffer, as in transformers), added to the experts' scores only to choose
-    them."""
+    """DeepSeek's `gate`: a linear map to the expert logits (`weight`, no bias; ERNIE 4.5's kept in fp32);
+    DeepSeek-V3's also holds `e_score_correction_bias` (an fp32 buffer, as in transformers), added to the experts'
+    scores only to choose them."""
 
-    def __init__(self, d: int, num_experts: int, corrected: bool, p: Precision, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (d, num_experts), p.param_dtype),
-                                **axes("embed", None))
+    def __init__(self, d: int, num_experts: int, corrected: bool, fp32: bool, p: Precision, rngs: nnx.Rngs):
+        kernel_type, dtype = (Fp32Param, jnp.float32) if fp32 else (nnx.Param, p.param_dtype)
+        self.kernel = kernel_type(nnx.initializers.normal(0.02)(rngs.params(), (d, num_experts), dtype),
+                                  **axes("embed", None))
         if corrected:
             self.e_score_correction_bias = Fp32Buffer(jnp.zeros((num_experts,), jnp.float32), **axes(None))
+
+
+class MoeStatics(nnx.Module):
+    """ERNIE 4.5's `moe_statics`: the correction bias `[1, E]`, a parameter (counted, as PEFT counts it) in fp32."""
+
+    def __init__(self, num_experts: int):
+        self.e_score_correction_bias = Fp32Param(jnp.zeros((1, num_experts), jnp.float32), **axes(None, None))
 
 
 class GroupLimitedMoE(nnx.Module):
@@ -208,14 +216,15 @@ class GroupLimitedMoE(nnx.Module):
       bias rank the groups by their two best and the experts; the chosen experts weigh their uncorrected scores,
       renormalised to sum to one when `normalize`.
     - "softmax" (V2): the softmax over all experts' logits (fp32) scores them; groups rank by their best; the chosen
-      experts weigh their scores as they are.
+      experts weigh their scores, renormalised when `normalize`. ERNIE 4.5 MoE: one group, experts chosen by their
+      scores plus `moe_statics`' correction bias (`statics`).
 
     Weights are then times `scale` (`routed_scaling_factor`); `shared_experts`, an MLP every token runs, is added
     ungated."""
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, num_groups: int, topk_groups: int,
                  scoring: str, normalize: bool, scale: float, names: tuple[str, str, str], act: str, p: Precision,
-                 rngs: nnx.Rngs, shared_experts: nnx.Module | None = None):
+                 rngs: nnx.Rngs, shared_experts: nnx.Module | None = None, statics: bool = False):
         ranked_by = 2 if scoring == "sigmoid" else 1  # the experts that rank a group
         if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < ranked_by:
             raise ValueError(f"config.json n_group={num_groups} must split the {num_experts} experts into groups "
@@ -228,7 +237,8 @@ class GroupLimitedMoE(nnx.Module):
                              "groups a token may use")
         self.top_k, self.num_groups, self.topk_groups, self.scoring = top_k, num_groups, topk_groups, scoring
         self.normalize, self.scale = normalize, scale
-        self.gate = GroupRouter(d, num_experts, scoring == "sigmoid", p, rngs)
+        self.gate = GroupRouter(d, num_experts, scoring == "sigmoid", statics, p, rngs)
+        self.moe_statics = MoeStatics(num_experts) if statics else None
         self.experts = Experts(num_experts, d, f, names, act, p, rngs)
         self.shared_experts = shared_experts
 
@@ -242,6 +252,8 @@ class GroupLimitedMoE(nnx.Module):
             group_scores = jax.lax.top_k(choice.reshape(N, self.num_groups, -1), 2)[0].sum(-1)  # [N, G]
         else:
             scores = choice = jax.nn.softmax(logits, axis=-1)
+            if self.moe_statics is not None:
+                choice = scores + self.moe_statics.e_score_correction_bias[0]
             group_scores = choice.reshape(N, self.num_groups, -1).max(-1)
         _, groups = jax.lax.top_k(group_scores, self.topk_groups)
         allowed = jax.nn.one_hot(groups, self.num_groups, dtype=jnp.bool_).any(axis=1)  # [N, G]
