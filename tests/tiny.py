@@ -358,6 +358,12 @@ CONFIGS = {
         "moe_num_experts": 6, "moe_k": 2, "moe_num_shared_experts": 2, "moe_layer_start_index": 1,
         "moe_layer_interval": 2, "use_bias": True, "tie_word_embeddings": False, "max_position_embeddings": 128,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Hunyuan: query / key norms after RoPE; NTK-alpha RoPE (a stretched base)
+    "hunyuan_v1_dense": lambda **kw: tf.HunYuanDenseV1Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "max_position_embeddings": 128,
+        "rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 50.0, "factor": 1.0},
+        "attention_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -481,6 +487,8 @@ CLASSES = {
     ("llama4_text", "causal_lm"): tf.Llama4ForCausalLM,
     ("llama4", "causal_lm"): tf.Llama4ForConditionalGeneration,
     ("ernie4_5_moe", "causal_lm"): tf.Ernie4_5_MoeForCausalLM,
+    ("hunyuan_v1_dense", "causal_lm"): tf.HunYuanDenseV1ForCausalLM,
+    ("hunyuan_v1_dense", "seq_cls"): tf.HunYuanDenseV1ForSequenceClassification,
     ("deepseek_v2", "causal_lm"): tf.DeepseekV2ForCausalLM,
     ("deepseek_v2", "seq_cls"): tf.DeepseekV2ForSequenceClassification,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,

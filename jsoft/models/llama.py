@@ -49,7 +49,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
-               "ernie4_5_moe")
+               "ernie4_5_moe", "hunyuan_v1_dense")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -102,7 +102,8 @@ class Config(TransformerConfig):
     norm_placement: str = "pre"
     weightless_norms: bool = False  # OLMo: the layers' and final norms are LayerNorms without weight or bias
     qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
-    # over the whole projection "width" (OLMo 2)
+    # over the whole projection "width" (OLMo 2); or after RoPE over each head, "rotated_head" (Hunyuan:
+    # `query_layernorm`, `key_layernorm`)
     embedding_multiplier: float = 1.0  # Granite: every input embedding (soft prompts too) times this
     residual_multiplier: float = 1.0  # Granite: attention and MLP outputs times this before the residual sum
     logits_scaling: float = 1.0  # Granite: LM logits divided by this
@@ -178,6 +179,11 @@ class Config(TransformerConfig):
         if model_type == "gpt_oss" and not (hf.get("rope_parameters") or hf.get("rope_scaling")):
             hf = {**hf, "rope_parameters": GPT_OSS_ROPE}  # GptOssConfig's default: YaRN
             rope = rope_from_hf(hf)
+        if model_type == "hunyuan_v1_dense" and rope["rope_type"] == "dynamic" and rope.get("alpha"):
+            # NTK alpha: a fixed base, theta * alpha ** (dim / (dim - 2)), whatever the length
+            dim = hf.get("head_dim") or d // h
+            rope = {"rope_type": "default", "rope_theta": float(rope["rope_theta"]) * float(rope["alpha"]) ** (
+                dim / (dim - 2))}
         if hf.get("use_bidirectional_attention"):
             raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
         act = hf.get("hidden_act", "silu")
@@ -264,6 +270,7 @@ FAMILIES: dict[str, dict] = {
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
     "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
     "ernie4_5_moe": dict(rope_interleaved=True, moe_kind="grouped_softmax"),  # one group, moe_statics' correction
+    "hunyuan_v1_dense": dict(qk_norm="rotated_head"),
 }
 EXAONES = ("exaone4", "exaone_moe")  # sliding_window_pattern; with a sliding window, full layers without RoPE
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
@@ -723,6 +730,9 @@ class Attention(nnx.Module):
         elif c.qk_norm == "width":
             self.q_norm = RMSNorm(q_width, c.rms_norm_eps, p, c.norm_offset, names=("joined_kv",))
             self.k_norm = RMSNorm(kv_width, c.rms_norm_eps, p, c.norm_offset, names=("joined_kv",))
+        elif c.qk_norm == "rotated_head":
+            self.query_layernorm = RMSNorm(c.head_dim, c.rms_norm_eps, p, c.norm_offset, names=(None,))
+            self.key_layernorm = RMSNorm(c.head_dim, c.rms_norm_eps, p, c.norm_offset, names=(None,))
         if c.attention_sinks:  # GPT-OSS: one logit per head that each softmax also spreads over
             self.sinks = nnx.Param(jnp.zeros((c.num_heads,), p.param_dtype), **axes("heads"))
 
@@ -734,8 +744,7 @@ class Attention(nnx.Module):
         if not self.c.is_nope(layer):
             interleaved = self.c.rope_interleaved
             q, k = apply_rope(q, *cos_sin, interleaved=interleaved), apply_rope(k, *cos_sin, interleaved=interleaved)
-            if self.c.qk_l2_norm:
-                q, k = l2_norm(q, self.c.rms_norm_eps), l2_norm(k, self.c.rms_norm_eps)
+            q, k = self.norm_rotated(q, k)
         # Prefix keys join after RoPE, unrotated: HF treats them as an already-filled cache.
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
@@ -760,6 +769,15 @@ class Attention(nnx.Module):
         pos = positions_BxT[:, :, None, None].astype(jnp.float32)
         scale = jnp.log1p(jnp.floor((pos + 1.0) / self.c.temperature_floor)) * self.c.temperature_scale + 1.0
         return (q * scale).astype(q.dtype)
+
+    def norm_rotated(self, q, k):
+        """Queries and keys of a RoPE layer after RoPE: RMS-normed per head without a weight (Llama 4) or with
+        `query_layernorm` / `key_layernorm` (Hunyuan)."""
+        if self.c.qk_l2_norm:
+            return l2_norm(q, self.c.rms_norm_eps), l2_norm(k, self.c.rms_norm_eps)
+        if self.c.qk_norm == "rotated_head":
+            return self.query_layernorm(q), self.key_layernorm(k)
+        return q, k
 
     def norm_heads(self, q, k):
         """Queries `[B, T, N, K]` and keys `[B, T, G, K]` before RoPE: normalised per head (Qwen3, Gemma 3)."""
