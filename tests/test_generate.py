@@ -50,7 +50,8 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
            "exaone_moe": {"initializer_range": 0.3}, "llama4_text": {"initializer_range": 0.3},
-           "ernie4_5_moe": {"initializer_range": 0.3}, "hunyuan_v1_dense": {"initializer_range": 0.3}}
+           "ernie4_5_moe": {"initializer_range": 0.3}, "hunyuan_v1_dense": {"initializer_range": 0.3},
+           "hunyuan_v1_moe": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -66,7 +67,8 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "xglm": "causal_lm", "biogpt": "causal_lm", "granitemoe": "causal_lm", "deepseek_v3": "causal_lm",
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
         "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm",
-        "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm"}
+        "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm",
+        "hunyuan_v1_moe": "causal_lm"}
 NEW = 8
 
 
@@ -149,7 +151,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("exaone_moe", "prefix_proj")]
           # Llama 4: decoding across its 4-slot chunks, NoPE queries tempered by their slot
           + [("llama4_text", "prompt"), ("llama4_text", "prefix"), ("ernie4_5_moe", "prefix")]
-          + [("hunyuan_v1_dense", "prompt"), ("hunyuan_v1_dense", "prefix")])
+          + [("hunyuan_v1_dense", "prompt"), ("hunyuan_v1_dense", "prefix"), ("hunyuan_v1_moe", "prefix_proj")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

@@ -364,6 +364,12 @@ CONFIGS = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "max_position_embeddings": 128,
         "rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 50.0, "factor": 1.0},
         "attention_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "hunyuan_v1_moe": lambda **kw: tf.HunYuanMoEV1Config(**{  # Hunyuan-A13B's layout: 6 experts, 2 a token
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 24, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_experts": 6, "moe_topk": 2,
+        "max_position_embeddings": 128, "initializer_range": 0.2,
+        "rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 50.0, "factor": 1.0},
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -489,6 +495,7 @@ CLASSES = {
     ("ernie4_5_moe", "causal_lm"): tf.Ernie4_5_MoeForCausalLM,
     ("hunyuan_v1_dense", "causal_lm"): tf.HunYuanDenseV1ForCausalLM,
     ("hunyuan_v1_dense", "seq_cls"): tf.HunYuanDenseV1ForSequenceClassification,
+    ("hunyuan_v1_moe", "causal_lm"): tf.HunYuanMoEV1ForCausalLM,
     ("deepseek_v2", "causal_lm"): tf.DeepseekV2ForCausalLM,
     ("deepseek_v2", "seq_cls"): tf.DeepseekV2ForSequenceClassification,
     ("biogpt", "causal_lm"): tf.BioGptForCausalLM,

@@ -49,7 +49,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
-               "ernie4_5_moe", "hunyuan_v1_dense")
+               "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe")
 BASE_PREFIX = "model"
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 
@@ -121,7 +121,8 @@ class Config(TransformerConfig):
     # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE),
     # "grouped_sigmoid" (DeepSeek-V3, GLM-4.5, dots.llm1: sigmoid scores, group-limited choice, moe.GroupLimitedMoE),
     # "grouped_softmax" (DeepSeek-V2: softmax scores, group-limited choice), "llama4" (Llama 4: top-k logits'
-    # sigmoids scale each token into its experts, a shared expert, moe.ScaledInputMoE)
+    # sigmoids scale each token into its experts, a shared expert, moe.ScaledInputMoE), "hunyuan" (softmax top-k
+    # renormalised, an fp32 router, a shared MLP: moe.HunyuanMoE)
     moe_kind: str = "softmax_topk"
     swiglu_alpha: float = 1.702  # GPT-OSS's clamped SwiGLU: the sigmoid's gain
     swiglu_limit: float = 7.0  # and the clamp on gate (above) and up (both sides)
@@ -179,7 +180,7 @@ class Config(TransformerConfig):
         if model_type == "gpt_oss" and not (hf.get("rope_parameters") or hf.get("rope_scaling")):
             hf = {**hf, "rope_parameters": GPT_OSS_ROPE}  # GptOssConfig's default: YaRN
             rope = rope_from_hf(hf)
-        if model_type == "hunyuan_v1_dense" and rope["rope_type"] == "dynamic" and rope.get("alpha"):
+        if model_type in HUNYUANS and rope["rope_type"] == "dynamic" and rope.get("alpha"):
             # NTK alpha: a fixed base, theta * alpha ** (dim / (dim - 2)), whatever the length
             dim = hf.get("head_dim") or d // h
             rope = {"rope_type": "default", "rope_theta": float(rope["rope_theta"]) * float(rope["alpha"]) ** (
@@ -271,7 +272,9 @@ FAMILIES: dict[str, dict] = {
     "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
     "ernie4_5_moe": dict(rope_interleaved=True, moe_kind="grouped_softmax"),  # one group, moe_statics' correction
     "hunyuan_v1_dense": dict(qk_norm="rotated_head"),
+    "hunyuan_v1_moe": dict(qk_norm="rotated_head", moe_kind="hunyuan"),
 }
+HUNYUANS = ("hunyuan_v1_dense", "hunyuan_v1_moe")
 EXAONES = ("exaone4", "exaone_moe")  # sliding_window_pattern; with a sliding window, full layers without RoPE
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
 GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
@@ -315,6 +318,11 @@ def _moe_fields(hf: dict) -> dict:
                     moe_layers=tuple((i + 1) % every == 0 and first <= i <= last for i in range(n)),
                     moe_intermediate_size=width, norm_topk_prob=True,
                     shared_expert_intermediate_size=width * hf.get("moe_num_shared_experts", 2))
+    if model_type == "hunyuan_v1_moe":  # every layer: softmax top-k renormalised, a shared MLP as wide as the experts
+        experts, top_k = (_same_per_layer(hf, key, default) for key, default in (("num_experts", 1), ("moe_topk", 1)))
+        width = hf["intermediate_size"]
+        return dict(num_experts=experts, experts_per_token=top_k, moe_layers=(True,) * n,
+                    moe_intermediate_size=width, shared_expert_intermediate_size=width)
     if model_type == "minimax_m2":  # DeepSeek-V3's router with one group, no shared expert, no scaling
         return dict(num_experts=hf.get("num_local_experts", 256), experts_per_token=hf.get("num_experts_per_tok", 8),
                     moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"], norm_topk_prob=True)
@@ -361,6 +369,16 @@ GROUPED_DEFAULTS = {
 }
 GROUPED_KEY_ALIASES = {"exaone_moe": {"num_experts": "n_routed_experts", "num_shared_experts": "n_shared_experts"}}
 TOPK_METHODS = ("greedy", "group_limited_greedy")  # DeepSeek-V2's
+
+
+def _same_per_layer(hf: dict, key: str, default: int) -> int:
+    """A config value that may be given per layer (Hunyuan's `num_experts`, `moe_topk`): jsoft runs one for all."""
+    value = hf.get(key, default)
+    if isinstance(value, list | tuple):
+        if len(set(value)) != 1:
+            raise ValueError(f"config.json {key}={value!r} differs between layers; jsoft runs one value for all")
+        value = value[0]
+    return int(value)
 
 
 def _grouped_fields(hf: dict) -> dict:
@@ -905,6 +923,9 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
         return moe.TopKSoftmaxMoE(d, f, E, k, c.swiglu_alpha, c.swiglu_limit, p, rngs)
     if c.moe_kind == "granite":
         return moe.GraniteMoE(d, f, E, k, c.activation, p, rngs)
+    if c.moe_kind == "hunyuan":
+        shared = MLP(dataclasses.replace(c, intermediate_size=c.shared_expert_intermediate_size), p, rngs)
+        return moe.HunyuanMoE(d, f, E, k, c.activation, p, rngs, shared_mlp=shared)
     if c.moe_kind == "llama4":
         shared = MLP(dataclasses.replace(c, intermediate_size=c.shared_expert_intermediate_size), p, rngs)
         return moe.ScaledInputMoE(d, f, E, k, c.activation, p, rngs, shared_expert=shared)

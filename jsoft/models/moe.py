@@ -1,5 +1,5 @@
 """Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's, GraniteMoE's;
-DeepSeek-V2's and V3's, which GLM-4.5 and dots.llm1 share; Llama 4's): a
+DeepSeek-V2's and V3's, which GLM-4.5 and dots.llm1 share; Llama 4's, Hunyuan's): a
 router picks each token's top-k experts, whose gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the
 tokens sorted by expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU
 backend computes every expert's group over all the rows.
@@ -317,3 +317,33 @@ class ScaledInputMoE(nnx.Module):
                           self.router.kernel.shape[-1], lambda r, sizes, _: self.experts(r, sizes))
         out = self.shared_expert(x) + routed.reshape(B * T, self.top_k, D).sum(axis=1)
         return out.reshape(B, T, D)
+
+
+class HunyuanGate(nnx.Module):
+    """Hunyuan's `gate`: `wg`, its router (fp32, as transformers keeps it)."""
+
+    def __init__(self, d: int, num_experts: int, p: Precision, rngs: nnx.Rngs):
+        self.wg = GroupRouter(d, num_experts, corrected=False, fp32=True, p=p, rngs=rngs)
+
+
+class HunyuanMoE(nnx.Module):
+    """transformers' HunYuanMoEV1Moe: a softmax router in fp32 (`gate.wg`) whose top-k weights are renormalised to
+    sum to one, and `shared_mlp`, an MLP every token runs, added ungated."""
+
+    def __init__(self, d: int, f: int, num_experts: int, top_k: int, act: str, p: Precision, rngs: nnx.Rngs,
+                 shared_mlp: nnx.Module):
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"config.json moe_topk={top_k} must be between 1 and the {num_experts} experts")
+        self.top_k = top_k
+        self.gate = HunyuanGate(d, num_experts, p, rngs)
+        self.experts = Experts(num_experts, d, f, DEFAULT_EXPERT_NAMES, act, p, rngs)
+        self.shared_mlp = shared_mlp
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        B, T, D = x_BxTxD.shape
+        x = x_BxTxD.reshape(B * T, D)
+        probs = jax.nn.softmax(jnp.dot(x.astype(jnp.float32), self.gate.wg.kernel[...]), axis=-1)
+        weights, experts = jax.lax.top_k(probs, self.top_k)
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+        out = dispatch(x, experts, weights, probs.shape[-1], lambda rows, sizes, _: self.experts(rows, sizes))
+        return (out + self.shared_mlp(x)).reshape(B, T, D)

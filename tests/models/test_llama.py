@@ -395,3 +395,13 @@ def test_minimax_m2_reads_its_released_rotary_dim():
     c = llama.Config.from_hf(hf | dict(rope_theta=5e6, rotary_dim=4))
     assert (c.rotary_dim, c.rope_theta, c.qk_norm, c.moe_groups, c.norm_topk_prob) == (4, 5e6, "width", 1, True)
     assert llama.Config.from_hf(hf | dict(rotary_dim=None)).rotary_dim is None
+
+
+def test_hunyuan_moe_per_layer_values_must_agree():
+    """Hunyuan's `num_experts` / `moe_topk` may be lists, one per layer: equal ones are read, differing refused."""
+    hf = tiny.CONFIGS["hunyuan_v1_moe"]().to_dict()
+    c = llama.Config.from_hf(hf | dict(num_experts=[6, 6], moe_topk=[2, 2]))
+    assert (c.num_experts, c.experts_per_token, c.moe_layers, c.rope_type) == (6, 2, (True, True), "default")
+    assert c.rope_theta == pytest.approx(10000.0 * 50.0 ** (8 / 6))  # NTK alpha: the base stretched
+    with pytest.raises(ValueError, match=r"moe_topk=\[1, 2\] differs between layers"):
+        llama.Config.from_hf(hf | dict(moe_topk=[1, 2]))
