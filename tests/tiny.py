@@ -190,6 +190,12 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "num_experts": 5,
         "num_experts_per_tok": 3, "clip_qkv": 0.5, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Mistral Small 3.1 / 3.2's checkpoints: jsoft runs their language model (a tiny Pixtral tower beside it)
+    "mistral3": lambda **kw: tf.Mistral3Config(
+        text_config={**CONFIGS["mistral"]().to_dict(), **kw},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14, "head_dim": 8},
+        image_token_index=99, tie_word_embeddings=kw.get("tie_word_embeddings", False)),
     # Gemma 3's multimodal checkpoints (4b .. 27b): jsoft runs their language model (a tiny SigLIP tower beside it)
     "gemma3": lambda **kw: tf.Gemma3Config(
         text_config={**CONFIGS["gemma3_text"]().to_dict(), "num_hidden_layers": 2,
@@ -427,6 +433,7 @@ CLASSES = {
     ("olmoe", "causal_lm"): tf.OlmoeForCausalLM, ("qwen2_moe", "causal_lm"): tf.Qwen2MoeForCausalLM,
     ("qwen2_moe", "seq_cls"): tf.Qwen2MoeForSequenceClassification,
     ("gemma3", "causal_lm"): tf.Gemma3ForConditionalGeneration,
+    ("mistral3", "causal_lm"): tf.Mistral3ForConditionalGeneration,
     ("gemma3", "seq_cls"): tf.Gemma3ForSequenceClassification,
     ("gpt_neox", "causal_lm"): tf.GPTNeoXForCausalLM, ("gpt_neox", "seq_cls"): tf.GPTNeoXForSequenceClassification,
     ("gpt_neox", "token_cls"): tf.GPTNeoXForTokenClassification,

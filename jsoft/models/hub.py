@@ -71,7 +71,9 @@ TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # saves the older spelling, `language_model.model.`)
 LANGUAGE_MODELS = {"gemma3": {"language_model.model.": "model.", "model.language_model.": "model.",
                               "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head.", "score.": "score."},
-                   "llama4": {"language_model.model.": "model.", "language_model.lm_head.": "lm_head."}}
+                   "llama4": {"language_model.model.": "model.", "language_model.lm_head.": "lm_head."},
+                   "mistral3": {"language_model.model.": "model.", "model.language_model.": "model.",
+                                "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head."}}
 # what a multimodal config.json states for its language model outside `text_config`
 _TOP_LEVEL_KEYS = ("tie_word_embeddings", "num_labels", "id2label", "label2id", "problem_type", "pad_token_id",
                    "eos_token_id", "bos_token_id")
@@ -82,7 +84,8 @@ DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                 "gpt_oss", "xglm", "biogpt", "granitemoe", "glm", "glm4", "exaone4", "seed_oss", "helium", "arcee",
                 "nemotron", "ernie4_5", "falcon", "gpt_bigcode", "olmo", "codegen", "glm4_moe", "dots1", "deepseek_v3",
                 "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "llama4",
-                "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe")
+                "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe",
+                "mistral3")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -152,6 +152,7 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
                                       mlp_bias=False)),
     # no shared experts: transformers still runs a 0-wide shared MLP, whose output is its down_proj bias
     ("deepseek_v2", "causal_lm", dict(n_shared_experts=0)),
+    ("mistral3", "causal_lm", dict(tie_word_embeddings=True)),  # tied at the top level of config.json
     # ERNIE 4.5 MoE's default: the LM head tied to the embeddings, with a bias of its own
     ("ernie4_5_moe", "causal_lm", dict(tie_word_embeddings=True, moe_layer_interval=1, moe_layer_end_index=2)),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
