@@ -188,7 +188,8 @@ class GraniteMoE(nnx.Module):
 
 
 class GroupRouter(nnx.Module):
-    """DeepSeek's `gate`: a linear map to the expert logits (`weight`, no bias; ERNIE 4.5's kept in fp32);
+    """DeepSeek's `gate`: a linear map to the expert logits (`weight`, no bias; ERNIE 4.5's and Hunyuan's kept in
+    fp32);
     DeepSeek-V3's also holds `e_score_correction_bias` (an fp32 buffer, as in transformers), added to the experts'
     scores only to choose them."""
 
