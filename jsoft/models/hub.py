@@ -83,9 +83,8 @@ DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                 "gptj", "gpt_neo", "stablelm", "starcoder2", "smollm3", "olmo3", "cohere", "cohere2", "ministral",
                 "gpt_oss", "xglm", "biogpt", "granitemoe", "glm", "glm4", "exaone4", "seed_oss", "helium", "arcee",
                 "nemotron", "ernie4_5", "falcon", "gpt_bigcode", "olmo", "codegen", "glm4_moe", "dots1", "deepseek_v3",
-                "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "llama4",
-                "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe",
-                "mistral3")
+                "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "llama4", "ernie4_5_moe",
+                "hunyuan_v1_dense", "hunyuan_v1_moe", "mistral3")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -45,7 +45,7 @@ class Fp32Buffer(Buffer):
 
 class Fp32Param(nnx.Param):
     """A parameter kept in fp32 whatever dtype the weights load in (transformers' `_keep_in_fp32_modules_strict`:
-    ERNIE 4.5 MoE's router and its correction bias)."""
+    ERNIE 4.5 MoE's router and its correction bias, Hunyuan's router)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +246,8 @@ def sliding_window(mask: Array, window: int, first_query_slot: Array | int, bidi
 
 def chunked(mask: Array, chunk: int, first_query_slot: Array | int) -> Array:
     """`mask [B, 1, T, S]` narrowed to the keys in each query's chunk (Llama 4; transformers' `chunked_overlay`):
-    blocks of `chunk` slots from each row's first real key (left padding is not counted), slots counted as
-    `row_slots` counts them. Query t sits at slot `first_query_slot + t`."""
+    blocks of `chunk` slots from each row's first real key (transformers: from the first slot after the row's left
+    padding), slots counted as `row_slots` counts them. Query t sits at slot `first_query_slot + t`."""
     slot, query, leading = row_slots(mask, first_query_slot)
     return mask & ((slot - 1 - leading) // chunk == (query - 1 - leading) // chunk)
 

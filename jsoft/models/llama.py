@@ -127,9 +127,9 @@ class Config(TransformerConfig):
     swiglu_alpha: float = 1.702  # GPT-OSS's clamped SwiGLU: the sigmoid's gain
     swiglu_limit: float = 7.0  # and the clamp on gate (above) and up (both sides)
     attention_sinks: bool = False  # GPT-OSS: a learned sink logit per head in every attention softmax
-    moe_groups: int = 1  # "grouped_sigmoid": the groups the experts are ranked in (n_group)
+    moe_groups: int = 1  # "grouped_*": the groups the experts are ranked in (n_group)
     moe_topk_groups: int = 1  # and how many of them a token's experts may come from (topk_group)
-    routed_scaling_factor: float = 1.0  # "grouped_sigmoid": the routed experts' weights times this
+    routed_scaling_factor: float = 1.0  # "grouped_*": the routed experts' weights times this
     # multi-head latent attention (DeepSeek-V3, `LatentAttention`; 0: none): keys and values expanded from a
     # `kv_lora_rank`-wide latent, queries from a `q_lora_rank`-wide one (None: q_proj); a head's query / key is
     # `qk_nope_head_dim` dims without RoPE then `rotary_dim` rotated ones, its value `v_head_dim` wide
@@ -305,7 +305,8 @@ def _bias_fields(hf: dict) -> dict:
 def _moe_fields(hf: dict) -> dict:
     """A mixture of experts' Config fields, as transformers reads config.json: every Mixtral and OLMoE layer sparse;
     Qwen2-MoE's and Qwen3-MoE's every `decoder_sparse_step`-th layer outside `mlp_only_layers`; Qwen2-MoE's shared
-    expert."""
+    expert; DeepSeek's routers' families by `_grouped_fields`; ERNIE 4.5 MoE's, Hunyuan-A13B's and MiniMax-M2's
+    here (Llama 4's: `_llama4_fields`)."""
     model_type, n = hf.get("model_type"), hf["num_hidden_layers"]
     if model_type in GROUPED_DEFAULTS:
         return _grouped_fields(hf)
@@ -454,9 +455,9 @@ def _llama4_fields(hf: dict) -> dict:
     if any(chunked) and not chunk:
         raise ValueError("config.json has chunked_attention layers but no attention_chunk_size")
     width = hf.get("intermediate_size", 8192)
-    return dict(moe_intermediate_size=width,
-                shared_expert_intermediate_size=width, num_experts=hf.get("num_local_experts", 16),
-                experts_per_token=hf.get("num_experts_per_tok", 1), moe_layers=tuple(i in sparse_at for i in range(n)),
+    return dict(moe_intermediate_size=width, shared_expert_intermediate_size=width,
+                num_experts=hf.get("num_local_experts", 16), experts_per_token=hf.get("num_experts_per_tok", 1),
+                moe_layers=tuple(i in sparse_at for i in range(n)),
                 chunk_size=chunk if any(chunked) else None, chunked_layers=chunked if any(chunked) else (),
                 qk_l2_norm=bool(hf.get("use_qk_norm", True)),
                 temperature_floor=float(hf.get("floor_scale", 8192)) if hf.get("attn_temperature_tuning", True)
