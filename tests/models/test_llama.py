@@ -355,7 +355,7 @@ def _fp8_blocks(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor
 
 def test_block_scaled_fp8_checkpoint_loads_as_transformers_dequantizes_it(tmp_path):
     """DeepSeek-V3's released checkpoints: every projection (experts included) in FP8 with a `weight_scale_inv`
-    per 16 x 16 block here (128 x 128 there). jsoft's logits equal transformers' loading the same files (it
+    per 4 x 4 block here (128 x 128 there). jsoft's logits equal transformers' loading the same files (it
     dequantizes them on a CPU), and differ from the unquantized model's; FP8 without its scales is refused."""
     from safetensors.torch import load_file, save_file
 
