@@ -924,17 +924,15 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
         return moe.TopKSoftmaxMoE(d, f, E, k, c.swiglu_alpha, c.swiglu_limit, p, rngs)
     if c.moe_kind == "granite":
         return moe.GraniteMoE(d, f, E, k, c.activation, p, rngs)
-    if c.moe_kind == "hunyuan":
-        shared = MLP(dataclasses.replace(c, intermediate_size=c.shared_expert_intermediate_size), p, rngs)
-        return moe.HunyuanMoE(d, f, E, k, c.activation, p, rngs, shared_mlp=shared)
-    if c.moe_kind == "llama4":
-        shared = MLP(dataclasses.replace(c, intermediate_size=c.shared_expert_intermediate_size), p, rngs)
-        return moe.ScaledInputMoE(d, f, E, k, c.activation, p, rngs, shared_expert=shared)
     width = c.shared_expert_intermediate_size
     grouped = c.moe_kind in ("grouped_sigmoid", "grouped_softmax")
     # DeepSeek-V2 with `mlp_bias` and no shared experts: transformers' 0-wide shared MLP still adds its down_proj bias
     shared = width or (grouped and c.mlp_bias)
     shared = MLP(dataclasses.replace(c, intermediate_size=width, fused_gate_up=False), p, rngs) if shared else None
+    if c.moe_kind == "hunyuan":
+        return moe.HunyuanMoE(d, f, E, k, c.activation, p, rngs, shared_mlp=shared)
+    if c.moe_kind == "llama4":
+        return moe.ScaledInputMoE(d, f, E, k, c.activation, p, rngs, shared_expert=shared)
     names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
     if grouped:
         return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),

@@ -23,6 +23,12 @@ EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "minimax_m2": ("w1", "w3", "w2")}
 DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
+def check_top_k(top_k: int, num_experts: int, key: str = "num_experts_per_tok") -> None:
+    """A router's experts per token must be between 1 and its experts; the error names config.json's `key`."""
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"config.json {key}={top_k} must be between 1 and the {num_experts} experts")
+
+
 class Experts(nnx.Module):
     """E SiLU-gated MLPs `[E, D, F]`, `[E, D, F]`, `[E, F, D]` under their checkpoint names."""
 
@@ -55,9 +61,7 @@ class SparseMoE(nnx.Module):
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, normalize: bool, names: tuple[str, str, str],
                  act: str, p: Precision, rngs: nnx.Rngs, shared_expert: nnx.Module | None = None):
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
-                             "experts")
+        check_top_k(top_k, num_experts)
         self.top_k, self.normalize = top_k, normalize
         self.gate = dense(d, num_experts, ("embed", None), p, bias=False, rngs=rngs)
         self.experts = Experts(num_experts, d, f, names, act, p, rngs)
@@ -110,9 +114,7 @@ class TopKSoftmaxMoE(nnx.Module):
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, alpha: float, limit: float, p: Precision,
                  rngs: nnx.Rngs):
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
-                             "experts")
+        check_top_k(top_k, num_experts)
         self.top_k = top_k
         self.router = dense(d, num_experts, ("embed", None), p, rngs=rngs)
         self.experts = ClampedSwiGLUExperts(num_experts, d, f, alpha, limit, p, rngs)
@@ -166,9 +168,7 @@ class GraniteMoE(nnx.Module):
     experts whose gate and up projections are one `input_linear` (gate the first half), then `output_linear`."""
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, act: str, p: Precision, rngs: nnx.Rngs):
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
-                             "experts")
+        check_top_k(top_k, num_experts)
         self.top_k, self.act, self.dtype = top_k, activation(act), p.dtype
         self.router = Router(d, num_experts, p, rngs)
         self.input_linear = ParallelExperts(num_experts, d, 2 * f, ("mlp", "embed"), p, rngs)
@@ -300,9 +300,7 @@ class ScaledInputMoE(nnx.Module):
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, act: str, p: Precision, rngs: nnx.Rngs,
                  shared_expert: nnx.Module):
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"config.json num_experts_per_tok={top_k} must be between 1 and the {num_experts} "
-                             "experts")
+        check_top_k(top_k, num_experts)
         self.top_k = top_k
         self.router = dense(d, num_experts, ("embed", None), p, bias=False, rngs=rngs)
         self.experts = StackedExperts(num_experts, d, f, act, p, rngs)
@@ -333,8 +331,7 @@ class HunyuanMoE(nnx.Module):
 
     def __init__(self, d: int, f: int, num_experts: int, top_k: int, act: str, p: Precision, rngs: nnx.Rngs,
                  shared_mlp: nnx.Module):
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"config.json moe_topk={top_k} must be between 1 and the {num_experts} experts")
+        check_top_k(top_k, num_experts, key="moe_topk")
         self.top_k = top_k
         self.gate = HunyuanGate(d, num_experts, p, rngs)
         self.experts = Experts(num_experts, d, f, DEFAULT_EXPERT_NAMES, act, p, rngs)
