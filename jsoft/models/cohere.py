@@ -12,7 +12,7 @@ import dataclasses
 
 from flax import nnx
 
-from jsoft.models import llama, stablelm
+from jsoft.models import llama_config, rotary, stablelm
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import Precision
 
@@ -27,7 +27,7 @@ class Config(stablelm.Config):
         d, h, n = hf["hidden_size"], hf["num_attention_heads"], hf["num_hidden_layers"]
         model_type = hf.get("model_type", "cohere")
         head_dim = hf.get("head_dim") or d // h
-        sliding = llama._sliding_layers(hf) if model_type == "cohere2" else ()
+        sliding = llama_config.sliding_layers(hf) if model_type == "cohere2" else ()
         bias = bool(hf.get("attention_bias", False))
         return cls(
             model_type=model_type, vocab_size=hf["vocab_size"], hidden_size=d, num_layers=n, num_heads=h,
@@ -35,7 +35,7 @@ class Config(stablelm.Config):
             eos_token_id=hf.get("eos_token_id"), bos_token_id=hf.get("bos_token_id"),
             intermediate_size=hf["intermediate_size"], activation=hf.get("hidden_act", "silu"),
             max_positions=hf.get("max_position_embeddings", 8192),
-            **llama.rope_fields(hf, llama.rope_from_hf(hf), head_dim), rope_interleaved=True,
+            **rotary.config_fields(hf, rotary.from_hf(hf), head_dim), rope_interleaved=True,
             attention_bias=bias, attention_out_bias=bias, attn_dropout=float(hf.get("attention_dropout") or 0.0),
             sliding_window=(hf.get("sliding_window") or None) if any(sliding) else None, sliding_layers=sliding,
             # Cohere 2 rotates queries and keys in its sliding layers only

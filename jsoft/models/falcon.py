@@ -17,7 +17,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import bloom, heads, llama, stablelm
+from jsoft.models import bloom, heads, rotary, stablelm
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
@@ -69,7 +69,7 @@ class Config(stablelm.Config):
                 raise ValueError(f"config.json num_kv_heads={hf['num_kv_heads']} needs new_decoder_architecture=true "
                                  f"or multi_query=true; without either every one of the {n} heads has a key")
         alibi, bias = bool(hf.get("alibi")), bool(hf.get("bias"))
-        rope = llama.rope_from_hf(hf)
+        rope = rotary.from_hf(hf)
         attention_dropout = float(hf.get("attention_dropout") or 0.0)
         return cls(
             model_type="falcon", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf["num_hidden_layers"],
@@ -77,7 +77,7 @@ class Config(stablelm.Config):
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf.get("ffn_hidden_size") or 4 * d,
             activation=hf.get("activation") or "gelu", max_positions=hf.get("max_position_embeddings", 2048),
-            **llama.rope_fields(hf, rope, d // n), attention_bias=bias, attention_out_bias=bias, mlp_bias=bias,
+            **rotary.config_fields(hf, rope, d // n), attention_bias=bias, attention_out_bias=bias, mlp_bias=bias,
             # transformers drops attention probabilities only with ALiBi, and drops the attention output of a
             # sequential layer at attention_dropout
             attn_dropout=attention_dropout if alibi else 0.0, resid_dropout=attention_dropout,
@@ -107,7 +107,7 @@ class Attention(nnx.Module):
             k, v = jnp.repeat(k, N // G, axis=2), jnp.repeat(v, N // G, axis=2)
         if not c.alibi:
             cos_sin = positions["global"]
-            q, k = llama.apply_rope(q, *cos_sin), llama.apply_rope(k, *cos_sin)
+            q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache,
                                                   prefix_kv=prefix_kv, prefix_mask=prefix_mask)
         # transformers adds ALiBi to the unscaled scores, so it is scaled with them
@@ -170,8 +170,8 @@ class FalconModel(nnx.Module):
             mask, positions = bloom.alibi_stack_inputs(attention_mask, T, B, prefix_kv, prefix_mask, cache,
                                                        self.c.num_heads, rounding=jnp.bfloat16)
         else:
-            x, positions, mask = llama.rope_stack_inputs(self.c, self.word_embeddings, input_ids, attention_mask,
-                                                         position_ids, inputs_embeds, prefix_kv, cache, self.dtype)
+            x, positions, mask = rotary.stack_inputs(self.c, self.word_embeddings, input_ids, attention_mask,
+                                                     position_ids, inputs_embeds, prefix_kv, cache, self.dtype)
         x, cache = run_layers(self.h, x, mask, positions, cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask,
                               drop=drop)
         return self.ln_f(x).astype(self.dtype), cache

@@ -10,7 +10,7 @@ import dataclasses
 
 from flax import nnx
 
-from jsoft.models import heads, llama
+from jsoft.models import heads, llama, rotary
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
@@ -44,7 +44,7 @@ class Config(llama.Config):
         if d % h:
             raise ValueError(f"config.json hidden_size={d} is not a multiple of num_attention_heads={h}")
         # older config.json files (Pythia) spell RoPE rotary_emb_base / rotary_pct
-        rope = llama.rope_from_hf({"rope_theta": hf.get("rotary_emb_base", 10000.0), **hf})
+        rope = rotary.from_hf({"rope_theta": hf.get("rotary_emb_base", 10000.0), **hf})
         factor = float(rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))  # transformers default: 0.25
         bias = bool(hf.get("attention_bias", True))
         return cls(
@@ -52,7 +52,8 @@ class Config(llama.Config):
             num_heads=h, num_kv_heads=h, head_dim=d // h, pad_token_id=hf.get("pad_token_id"),
             eos_token_id=hf.get("eos_token_id"), bos_token_id=hf.get("bos_token_id"),
             intermediate_size=hf.get("intermediate_size") or 4 * d, activation=hf.get("hidden_act", "gelu"),
-            max_positions=hf.get("max_position_embeddings", 2048), **llama.rope_fields(hf, rope, int(d // h * factor)),
+            max_positions=hf.get("max_position_embeddings", 2048),
+            **rotary.config_fields(hf, rope, int(d // h * factor)),
             attention_bias=bias, attention_out_bias=bias, attn_dropout=float(hf.get("attention_dropout") or 0.0),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
@@ -71,7 +72,7 @@ class Attention(nnx.Module):
     def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         B, T, _ = x.shape
         qkv = self.query_key_value(x).reshape(B, T, self.c.num_heads, 3, self.c.head_dim)
-        q, k, v = llama.apply_rope(qkv[..., 0, :], *cos_sin), llama.apply_rope(qkv[..., 1, :], *cos_sin), qkv[..., 2, :]
+        q, k, v = rotary.apply(qkv[..., 0, :], *cos_sin), rotary.apply(qkv[..., 1, :], *cos_sin), qkv[..., 2, :]
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
                                                   prefix_mask=prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
@@ -118,8 +119,8 @@ class GPTNeoXModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        x, rope, mask = llama.rope_stack_inputs(self.c, self.embed_in, input_ids, attention_mask, position_ids,
-                                                inputs_embeds, prefix_kv, cache, self.dtype)
+        x, rope, mask = rotary.stack_inputs(self.c, self.embed_in, input_ids, attention_mask, position_ids,
+                                            inputs_embeds, prefix_kv, cache, self.dtype)
         x = drop(x, self.c.hidden_dropout)
         x, cache = run_layers(self.layers, x, mask, rope["global"], cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)

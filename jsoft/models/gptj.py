@@ -10,7 +10,7 @@ import dataclasses
 
 from flax import nnx
 
-from jsoft.models import heads, llama
+from jsoft.models import heads, llama, rotary
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
@@ -53,7 +53,7 @@ class Config(llama.Config):
             num_kv_heads=h, head_dim=d // h, pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf.get("n_inner") or 4 * d,
             activation=hf.get("activation_function", "gelu_new"), max_positions=hf.get("n_positions", 2048),
-            **llama.rope_fields(hf, llama.rope_from_hf({}), rotary_dim), rotary_dim=rotary_dim,
+            **rotary.config_fields(hf, rotary.from_hf({}), rotary_dim), rotary_dim=rotary_dim,
             rope_interleaved=True,
             attn_dropout=float(hf.get("attn_pdrop") or 0.0), resid_dropout=float(hf.get("resid_pdrop") or 0.0),
             embd_dropout=float(hf.get("embd_pdrop") or 0.0),
@@ -73,7 +73,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x, mask, cos_sin, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         q, k, v = self.project(x)
-        q, k = (llama.apply_rope(t, *cos_sin, interleaved=self.c.rope_interleaved) for t in (q, k))
+        q, k = (rotary.apply(t, *cos_sin, interleaved=self.c.rope_interleaved) for t in (q, k))
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
                                                   prefix_mask=prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=self.c.head_dim ** -0.5, dropout=drop,
@@ -124,8 +124,8 @@ class GPTJModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        x, rope, mask = llama.rope_stack_inputs(self.c, self.wte, input_ids, attention_mask, position_ids,
-                                                inputs_embeds, prefix_kv, cache, self.dtype)
+        x, rope, mask = rotary.stack_inputs(self.c, self.wte, input_ids, attention_mask, position_ids,
+                                            inputs_embeds, prefix_kv, cache, self.dtype)
         x = drop(x, self.c.embd_dropout)
         x, cache = run_layers(self.h, x, mask, rope["global"], cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)

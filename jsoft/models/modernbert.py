@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import heads, llama
+from jsoft.models import heads, llama, rotary
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
@@ -113,7 +113,7 @@ class Attention(nnx.Module):
         c, local = self.c, self.c.is_sliding(layer)
         q, k, v = (split_heads(t, c.num_heads) for t in jnp.split(self.Wqkv(x), 3, axis=-1))
         cos_sin = rope["local" if local else "global"]
-        q, k = llama.apply_rope(q, *cos_sin), llama.apply_rope(k, *cos_sin)
+        q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
         if local:  # the window over the input's keys; a prefix is outside it, seen by every query
             mask = sliding_window(mask, c.sliding_window, 0, bidirectional=True)
         k, v, mask, _ = self_attention_kv(k, v, mask, layer=layer, cache=None, prefix_kv=prefix_kv,
@@ -161,9 +161,9 @@ class ModernBertModel(nnx.Module):
         B, T = inputs_embeds.shape[:2]
         if position_ids is None:  # from 0 whatever the prefix, which takes no positions
             position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32)[None], (B, T))
-        rope = {"global": llama.rope_cos_sin(self.c, position_ids, self.dtype),
-                "local": llama.rope_cos_sin(dataclasses.replace(self.c, rope_theta=self.c.local_rope_theta),
-                                            position_ids, self.dtype)}
+        rope = {"global": rotary.cos_sin(self.c, position_ids, self.dtype),
+                "local": rotary.cos_sin(dataclasses.replace(self.c, rope_theta=self.c.local_rope_theta),
+                                        position_ids, self.dtype)}
         x = self.embeddings(inputs_embeds, drop)
         mask = attention_mask_4d(attention_mask, T, T, causal=False)
         for i, layer in enumerate(self.layers):

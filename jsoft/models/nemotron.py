@@ -10,7 +10,7 @@ import dataclasses
 
 from flax import nnx
 
-from jsoft.models import heads, llama, stablelm
+from jsoft.models import heads, rotary, stablelm
 from jsoft.models.layers import Precision
 
 TASKS = stablelm.TASKS
@@ -23,9 +23,9 @@ class Config(stablelm.Config):
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         d, h = hf["hidden_size"], hf["num_attention_heads"]
-        rope = llama.rope_from_hf(hf)
+        rope = rotary.from_hf(hf)
         head_dim = hf.get("head_dim") or d // h
-        rotary = int(head_dim * float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))))
+        rotary_dims = int(head_dim * float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))))
         bias = bool(hf.get("attention_bias", False))
         return cls(
             model_type="nemotron", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf["num_hidden_layers"],
@@ -33,7 +33,8 @@ class Config(stablelm.Config):
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
             activation=hf.get("hidden_act", "relu2"), max_positions=hf.get("max_position_embeddings", 4096),
-            **llama.rope_fields(hf, rope, rotary), rotary_dim=None if rotary == head_dim else rotary,
+            **rotary.config_fields(hf, rope, rotary_dims),
+            rotary_dim=None if rotary_dims == head_dim else rotary_dims,
             attention_bias=bias, attention_out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)), gated_mlp=False,
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),

@@ -9,7 +9,7 @@ import dataclasses
 
 from flax import nnx
 
-from jsoft.models import heads, llama
+from jsoft.models import heads, llama, rotary
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import (
     DropoutRng,
@@ -40,7 +40,7 @@ class Config(llama.Config):
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         d, h = hf["hidden_size"], hf["num_attention_heads"]
-        rope = llama.rope_from_hf(hf)
+        rope = rotary.from_hf(hf)
         head_dim = hf.get("head_dim") or d // h
         factor = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5)))
         return cls(
@@ -49,7 +49,7 @@ class Config(llama.Config):
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
             activation=hf.get("hidden_act", "gelu_new"), max_positions=hf.get("max_position_embeddings", 2048),
-            **llama.rope_fields(hf, rope, int(head_dim * factor)),
+            **rotary.config_fields(hf, rope, int(head_dim * factor)),
             attn_dropout=float(hf.get("attention_dropout") or 0.0),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop"),
@@ -75,7 +75,7 @@ class Attention(nnx.Module):
         q, k = split_heads(self.q_proj(x), self.c.num_heads), split_heads(self.k_proj(x), self.c.num_kv_heads)
         if self.c.qk_layernorm:
             q, k = self.q_layernorm(q).astype(x.dtype), self.k_layernorm(k).astype(x.dtype)
-        q, k = llama.apply_rope(q, *cos_sin), llama.apply_rope(k, *cos_sin)
+        q, k = rotary.apply(q, *cos_sin), rotary.apply(k, *cos_sin)
         v = split_heads(self.v_proj(x), self.c.num_kv_heads)
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
                                                   prefix_mask=prefix_mask)
@@ -120,8 +120,8 @@ class PhiModel(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        x, rope, mask = llama.rope_stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
-                                                inputs_embeds, prefix_kv, cache, self.dtype)
+        x, rope, mask = rotary.stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
+                                            inputs_embeds, prefix_kv, cache, self.dtype)
         x = drop(x, self.c.embd_dropout)
         x, cache = run_layers(self.layers, x, mask, rope["global"], cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)

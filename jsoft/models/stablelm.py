@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import heads, llama, ops
+from jsoft.models import heads, llama, ops, rotary
 from jsoft.models.base import hf_name, is_kernel
 from jsoft.models.layers import DropoutRng, KVCache, LayerNorm, Precision, axes, embed, run_layers
 
@@ -34,9 +34,9 @@ class Config(llama.Config):
     @classmethod
     def from_hf(cls, hf: dict) -> Config:
         d, h = hf["hidden_size"], hf["num_attention_heads"]
-        rope = llama.rope_from_hf(hf)
+        rope = rotary.from_hf(hf)
         head_dim = d // h
-        rotary = int(head_dim * float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.25))))
+        rotary_dims = int(head_dim * float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.25))))
         qkv_bias = bool(hf.get("use_qkv_bias", False))
         return cls(
             model_type="stablelm", vocab_size=hf["vocab_size"], hidden_size=d, num_layers=hf["num_hidden_layers"],
@@ -44,7 +44,8 @@ class Config(llama.Config):
             pad_token_id=hf.get("pad_token_id"), eos_token_id=hf.get("eos_token_id"),
             bos_token_id=hf.get("bos_token_id"), intermediate_size=hf["intermediate_size"],
             activation=hf.get("hidden_act", "silu"), max_positions=hf.get("max_position_embeddings", 4096),
-            **llama.rope_fields(hf, rope, rotary), rotary_dim=None if rotary == head_dim else rotary,
+            **rotary.config_fields(hf, rope, rotary_dims),
+            rotary_dim=None if rotary_dims == head_dim else rotary_dims,
             attention_bias=qkv_bias, attn_dropout=float(hf.get("attention_dropout") or 0.0),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             classifier_dropout=heads.classifier_dropout_rate(hf, "hidden_dropout"),
@@ -122,8 +123,8 @@ class Model(nnx.Module):
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
         drop = drop or DropoutRng(None)
-        x, rope, mask = llama.rope_stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
-                                                inputs_embeds, prefix_kv, cache, self.dtype)
+        x, rope, mask = rotary.stack_inputs(self.c, self.embed_tokens, input_ids, attention_mask, position_ids,
+                                            inputs_embeds, prefix_kv, cache, self.dtype)
         x, cache = run_layers(self.layers, drop(x, self.c.embd_dropout), mask, rope, cache=cache,
                               prefix_kv=prefix_kv, prefix_mask=prefix_mask, drop=drop)
         return self.norm(x).astype(self.dtype), cache

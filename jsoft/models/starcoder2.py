@@ -9,7 +9,7 @@ import dataclasses
 
 from flax import nnx
 
-from jsoft.models import heads, llama, stablelm
+from jsoft.models import heads, rotary, stablelm
 from jsoft.models.layers import Precision, activation, dense
 
 TASKS = stablelm.TASKS
@@ -30,7 +30,7 @@ class Config(stablelm.Config):
             eos_token_id=hf.get("eos_token_id"), bos_token_id=hf.get("bos_token_id"),
             intermediate_size=hf["intermediate_size"], activation=hf.get("hidden_act", "gelu_pytorch_tanh"),
             max_positions=hf.get("max_position_embeddings", 4096),
-            **llama.rope_fields(hf, llama.rope_from_hf(hf), d // h),
+            **rotary.config_fields(hf, rotary.from_hf(hf), d // h),
             attention_bias=bias, attention_out_bias=bias, mlp_bias=bias,
             sliding_window=window, sliding_layers=(True,) * n if window else (),
             attn_dropout=float(hf.get("attention_dropout") or 0.0), resid_dropout=residual_dropout,

@@ -11,7 +11,7 @@ from transformers.models.falcon import modeling_falcon
 from transformers.models.gptj import modeling_gptj
 
 import jsoft
-from jsoft.models import bloom, codegen, cohere, falcon, gpt_neo, gptj, llama
+from jsoft.models import bloom, codegen, cohere, falcon, gpt_neo, gptj, rotary
 from tests import tiny
 from tests.models.test_parity import batch
 
@@ -29,9 +29,9 @@ def test_interleaved_rope_matches_gptj(rotary_dim):
     rotated = modeling_gptj.apply_rotary_pos_emb(torch.tensor(x[..., :rotary_dim]), sin, cos)
     want = np.concatenate([rotated.numpy(), x[..., rotary_dim:]], axis=-1)
     c = gptj.Config.from_hf({**GPTJ, "n_embd": N * K, "n_head": N, "rotary_dim": rotary_dim})
-    got = llama.apply_rope(x, *llama.rope_cos_sin(c, positions, np.float32), interleaved=True)
+    got = rotary.apply(x, *rotary.cos_sin(c, positions, np.float32), interleaved=True)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
-    assert not np.allclose(np.asarray(llama.apply_rope(x, *llama.rope_cos_sin(c, positions, np.float32))), want)
+    assert not np.allclose(np.asarray(rotary.apply(x, *rotary.cos_sin(c, positions, np.float32))), want)
 
 
 def test_gptj_config():

@@ -11,7 +11,7 @@ import transformers as tf
 from flax import nnx
 
 import jsoft
-from jsoft.models import llama
+from jsoft.models import llama, llama_config, rotary
 from tests import tiny
 from tests.models.test_parity import batch
 
@@ -72,7 +72,7 @@ def test_config_reads_old_and_new_rope_spellings():
 def test_inverse_frequencies_match_transformers(inv_freq_config):
     hf = tiny.CONFIGS["llama"](**inv_freq_config)
     ref = tf.models.llama.modeling_llama.LlamaRotaryEmbedding(hf).inv_freq.numpy()
-    np.testing.assert_allclose(llama.rope_inv_freq(llama.Config.from_hf(hf.to_dict())), ref, rtol=1e-6)
+    np.testing.assert_allclose(rotary.inv_freq(llama.Config.from_hf(hf.to_dict())), ref, rtol=1e-6)
 
 
 def test_unknown_rope_type_names_key_and_valid_values():
@@ -138,7 +138,7 @@ def test_mistral_and_qwen2_windows_and_biases(tiny_dir):
     assert llama.Config.from_hf(tiny.CONFIGS["qwen2"](sliding_window=8).to_dict()).sliding_window is None
     older = dict(model_type="qwen2", num_hidden_layers=3, use_sliding_window=True, sliding_window=8,
                  max_window_layers=2)  # a config.json from before transformers wrote layer_types
-    assert llama._sliding_layers(older) == (False, False, True)
+    assert llama_config.sliding_layers(older) == (False, False, True)
     mistral = jsoft.from_pretrained(tiny_dir("mistral", "seq_cls"), task="seq_cls", num_labels=3)
     assert mistral.config.sliding_window == 64 and mistral.config.sliding_layers == (True, True)
     mistral(input_ids=np.ones((1, 65), np.int32))  # past the window: it slides
@@ -210,16 +210,16 @@ def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
      (True, False, False)),
 ])
 def test_which_layers_slide(hf, sliding):
-    assert llama._sliding_layers(dict(hf, num_hidden_layers=3)) == sliding
+    assert llama_config.sliding_layers(dict(hf, num_hidden_layers=3)) == sliding
 
 
 def test_smollm3_nope_layers():
     hf = dict(model_type="smollm3", num_hidden_layers=4)
-    assert llama._nope_layers(hf) == (False, False, False, True)  # transformers' default: every 4th
-    assert llama._nope_layers(dict(hf, no_rope_layers=[1, 0, 1, 1])) == (False, True, False, False)
-    assert llama._nope_layers(dict(hf, no_rope_layers=[1, 1, 1, 1])) == ()
+    assert llama_config.nope_layers(hf) == (False, False, False, True)  # transformers' default: every 4th
+    assert llama_config.nope_layers(dict(hf, no_rope_layers=[1, 0, 1, 1])) == (False, True, False, False)
+    assert llama_config.nope_layers(dict(hf, no_rope_layers=[1, 1, 1, 1])) == ()
     with pytest.raises(ValueError, match="no_rope_layers has 3 entries; expected 4"):
-        llama._nope_layers(dict(hf, no_rope_layers=[1, 1, 1]))
+        llama_config.nope_layers(dict(hf, no_rope_layers=[1, 1, 1]))
 
 
 def test_olmo3_rope_spellings():
@@ -242,7 +242,7 @@ def test_olmo3_rope_spellings():
     (dict(sliding_window=None, layer_types=["full_attention"] * 3), ()),  # no window: every layer rotates
 ])
 def test_exaone4_full_layers_skip_rope_when_it_slides(hf, nope):
-    assert llama._nope_layers(dict(hf, model_type="exaone4", num_hidden_layers=3)) == nope
+    assert llama_config.nope_layers(dict(hf, model_type="exaone4", num_hidden_layers=3)) == nope
 
 
 def test_olmo_weightless_norms_and_clipping_matter(tiny_dir):
