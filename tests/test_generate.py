@@ -51,7 +51,11 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
            "exaone_moe": {"initializer_range": 0.3}, "llama4_text": {"initializer_range": 0.3},
            "ernie4_5_moe": {"initializer_range": 0.3}, "hunyuan_v1_dense": {"initializer_range": 0.3},
-           "hunyuan_v1_moe": {"initializer_range": 0.3}, "mistral3": {"initializer_range": 0.3}}
+           "hunyuan_v1_moe": {"initializer_range": 0.3}, "mistral3": {"initializer_range": 0.3},
+           "ministral3": {"initializer_range": 0.3}, "internlm3": {"initializer_range": 0.3},
+           "iquestcoder": {"initializer_range": 0.3},
+           "vaultgemma": {"initializer_range": 0.3, "tie_word_embeddings": False},
+           "cwm": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -68,7 +72,8 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
         "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm",
         "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm",
-        "hunyuan_v1_moe": "causal_lm", "mistral3": "causal_lm"}
+        "hunyuan_v1_moe": "causal_lm", "mistral3": "causal_lm", "ministral3": "causal_lm", "internlm3": "causal_lm",
+        "iquestcoder": "causal_lm", "vaultgemma": "causal_lm", "cwm": "causal_lm"}
 NEW = 8
 
 
@@ -152,7 +157,11 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           # Llama 4: decoding across its 4-slot chunks, NoPE queries tempered by their slot
           + [("llama4_text", "prompt"), ("llama4_text", "prefix"), ("ernie4_5_moe", "prefix")]
           + [("hunyuan_v1_dense", "prompt"), ("hunyuan_v1_dense", "prefix"), ("hunyuan_v1_moe", "prefix_proj")]
-          + [("mistral3", "prompt")])
+          + [("mistral3", "prompt")]
+          # Ministral 3: decoding past the position where its query scale steps, and past its 6-key window
+          + [("ministral3", "prompt"), ("ministral3", "prefix"), ("internlm3", "prefix_proj")]
+          + [("iquestcoder", "prompt"), ("vaultgemma", "prompt"), ("vaultgemma", "prefix")]
+          + [("cwm", "prompt"), ("cwm", "prefix")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

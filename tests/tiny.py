@@ -376,6 +376,39 @@ CONFIGS = {
         "max_position_embeddings": 128, "initializer_range": 0.2,
         "rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 50.0, "factor": 1.0},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Ministral 3: Mistral with YaRN, every query scaled by 1 + 0.5 * log1p(floor(position / 4)) (it steps every 4
+    # tokens here), a window of 6 keys on every layer
+    "ministral3": lambda **kw: tf.Ministral3Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                            "original_max_position_embeddings": 4, "beta_fast": 32.0, "beta_slow": 1.0,
+                            "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.5},
+        "sliding_window": 6, "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # InternLM3 and IQuest-Coder: transformers runs both as Llama (InternLM3 with biases everywhere)
+    "internlm3": lambda **kw: tf.InternLM3Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
+        "attention_bias": True, "mlp_bias": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "iquestcoder": lambda **kw: tf.IQuestCoderConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "max_position_embeddings": 128,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # VaultGemma: Gemma 2 without the norms on attention's and the MLP's outputs; a window of 5 keys
+    "vaultgemma": lambda **kw: tf.VaultGemmaConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "query_pre_attn_scalar": 24, "attn_logit_softcapping": 2.0, "final_logit_softcapping": 3.0,
+        "initializer_range": 0.2, "sliding_window": 5, "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1,
+        "eos_token_id": 2, **kw}),
+    # Meta's CWM: Llama with every layer but each 4th from the first sliding (a window of 4 keys), llama3 RoPE
+    "cwm": lambda **kw: tf.CwmConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "sliding_window": 4, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                 "original_max_position_embeddings": 16},
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -511,6 +544,12 @@ CLASSES = {
     ("albert", "token_cls"): tf.AlbertForTokenClassification,
     ("olmo", "causal_lm"): tf.OlmoForCausalLM, ("olmo", "seq_cls"): tf.OlmoForSequenceClassification,
     ("qwen2", "causal_lm"): tf.Qwen2ForCausalLM, ("qwen2", "token_cls"): tf.Qwen2ForTokenClassification,
+    ("ministral3", "causal_lm"): tf.Ministral3ForCausalLM,
+    ("ministral3", "seq_cls"): tf.Ministral3ForSequenceClassification,
+    ("ministral3", "token_cls"): tf.Ministral3ForTokenClassification,
+    ("internlm3", "causal_lm"): tf.LlamaForCausalLM, ("internlm3", "seq_cls"): tf.LlamaForSequenceClassification,
+    ("iquestcoder", "causal_lm"): tf.LlamaForCausalLM, ("vaultgemma", "causal_lm"): tf.VaultGemmaForCausalLM,
+    ("cwm", "causal_lm"): tf.CwmForCausalLM,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)

@@ -1,8 +1,9 @@
 """Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP), and the checkpoint
 families that are Llama with other defaults: Mistral (a sliding attention window), Qwen2 (biases on the query,
 key and value projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (sandwich norms,
-soft-capping, alternating sliding and full layers), Gemma 3 (query/key norms, five sliding layers with their
-own RoPE base per full one), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
+soft-capping, alternating sliding and full layers; VaultGemma: without the output norms), Gemma 3 (query/key
+norms, five sliding layers with their own RoPE base per full one), Ministral 3 (queries scaled by their
+position), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
 (norms after attention and MLP only; query/key norms over the whole projection), Granite (embedding, residual,
 attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS,
 GraniteMoE, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also adds a sink logit per head
@@ -87,9 +88,9 @@ class Config(TransformerConfig):
     query_scale: float | None = None  # scores' scale (default head_dim ** -0.5; Gemma 2: query_pre_attn_scalar ** -0.5)
     attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
-    # where a layer's RMS norms sit (NORM_NAMES): "pre" (on the attention's and MLP's inputs), "sandwich" (Gemma 2 / 3:
-    # on their outputs too; post_attention_layernorm is one of those), "glm4" (GLM-4-0414's sandwich, other names),
-    # "post" (OLMo 2 / 3: on their outputs only)
+    # where a layer's RMS norms sit (NORM_NAMES): "pre" (on the attention's and MLP's inputs; "vaultgemma": the
+    # same under Gemma 2's names), "sandwich" (Gemma 2 / 3: on their outputs too; post_attention_layernorm is one
+    # of those), "glm4" (GLM-4-0414's sandwich, other names), "post" (OLMo 2 / 3: on their outputs only)
     norm_placement: str = "pre"
     weightless_norms: bool = False  # OLMo: the layers' and final norms are LayerNorms without weight or bias
     qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
@@ -129,13 +130,17 @@ class Config(TransformerConfig):
     qk_nope_head_dim: int = 0
     v_head_dim: int = 0
     # Llama 4: "chunked_attention" layers see only the keys in their query's block of `chunk_size` slots; RoPE
-    # layers' queries and keys RMS-normed without a weight after RoPE (`qk_l2_norm`); NoPE layers' queries times
-    # 1 + temperature_scale * log1p(floor((slot + 1) / temperature_floor)) (`attn_temperature_tuning`)
+    # layers' queries and keys RMS-normed without a weight after RoPE (`qk_l2_norm`)
     chunk_size: int | None = None
     chunked_layers: tuple[bool, ...] = ()
     qk_l2_norm: bool = False
+    # queries times 1 + temperature_scale * log1p(floor((position + temperature_offset) / temperature_floor)):
+    # Llama 4's NoPE layers' (`attn_temperature_tuning`; offset 1), every Ministral 3 layer's (`llama_4_scaling_beta`
+    # over the original length; offset 0)
     temperature_floor: float | None = None
     temperature_scale: float = 0.1
+    temperature_offset: float = 1.0
+    temperature_nope_only: bool = True
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -204,7 +209,7 @@ class Attention(nnx.Module):
             mask = sliding_window(mask, self.c.sliding_window, first_query)
         if self.c.is_chunked(layer):
             mask = chunked(mask, self.c.chunk_size, first_query)
-        if self.c.temperature_floor is not None and self.c.is_nope(layer):
+        if self.c.temperature_floor is not None and (self.c.is_nope(layer) or not self.c.temperature_nope_only):
             q = self.tempered(q, rope["positions"])
         scale = self.c.head_dim ** -0.5 if self.c.query_scale is None else self.c.query_scale
         out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
@@ -213,12 +218,13 @@ class Attention(nnx.Module):
         return self.o_proj(merge_heads(out)), new_cache
 
     def tempered(self, q, positions_BxT):
-        """Llama 4's NoPE queries `[B, T, N, K]` times 1 + scale * log1p(floor((position + 1) / floor)).
-        transformers counts the query's slot (`arange + past`): the same position wherever a row's tokens sit
-        where transformers would put them, and in a mixed batch or left-padded decoding the position the row has
-        alone."""
+        """Queries `[B, T, N, K]` times 1 + scale * log1p(floor((position + offset) / floor)) (Llama 4's NoPE layers,
+        every Ministral 3 layer). Llama 4 in transformers counts the query's slot (`arange + past`): the same position
+        wherever a row's tokens sit where transformers would put them, and in a mixed batch or left-padded decoding
+        the position the row has alone."""
         pos = positions_BxT[:, :, None, None].astype(jnp.float32)
-        scale = jnp.log1p(jnp.floor((pos + 1.0) / self.c.temperature_floor)) * self.c.temperature_scale + 1.0
+        c = self.c
+        scale = jnp.log1p(jnp.floor((pos + c.temperature_offset) / c.temperature_floor)) * c.temperature_scale + 1.0
         return (q * scale).astype(q.dtype)
 
     def norm_rotated(self, q, k):
@@ -326,6 +332,7 @@ NORM_NAMES = {
     "sandwich": {"attention_in": "input_layernorm", "attention_out": "post_attention_layernorm",
                  "mlp_in": "pre_feedforward_layernorm", "mlp_out": "post_feedforward_layernorm"},
     "post": {"attention_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"},
+    "vaultgemma": {"attention_in": "input_layernorm", "mlp_in": "pre_feedforward_layernorm"},
     # GLM-4-0414's sandwich, its own names
     "glm4": {"attention_in": "input_layernorm", "attention_out": "post_self_attn_layernorm",
              "mlp_in": "post_attention_layernorm", "mlp_out": "post_mlp_layernorm"},

@@ -12,7 +12,8 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "smollm3", "olmo3", "ministral", "glm", "glm4", "exaone4",
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
-               "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe")
+               "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder",
+               "vaultgemma", "cwm")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -22,8 +23,8 @@ def fields_from_hf(hf: dict) -> dict:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
     rope, local_rope, sliding = rotary.from_hf(hf), _local_rope_theta(hf), sliding_layers(hf)
-    gemma = model_type in ("gemma", "gemma2", "gemma3_text")
-    gemma2_style = model_type in ("gemma2", "gemma3_text")  # sandwich norms, query_pre_attn_scalar, final cap
+    gemma = model_type in ("gemma", *GEMMA2S, "gemma3_text")
+    gemma2_style = model_type in (*GEMMA2S, "gemma3_text")  # query_pre_attn_scalar, the final cap
     if model_type == "gpt_oss" and not (hf.get("rope_parameters") or hf.get("rope_scaling")):
         hf = {**hf, "rope_parameters": GPT_OSS_ROPE}  # GptOssConfig's default: YaRN
         rope = rotary.from_hf(hf)
@@ -81,11 +82,12 @@ def fields_from_hf(hf: dict) -> dict:
                      else latent_scale),
         # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one), nor
         # its multimodal model final_logit_softcapping
-        attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
+        attn_softcap=hf.get("attn_logit_softcapping") if model_type in GEMMA2S else None,
         final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
         clip_qkv=hf.get("clip_qkv"),
         **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf), **latent,
         **(_llama4_fields(hf) if model_type == "llama4_text" else {}),
+        **(_ministral3_scaling(rope) if model_type == "ministral3" else {}),
     )
 
 
@@ -93,6 +95,7 @@ def fields_from_hf(hf: dict) -> dict:
 FAMILIES: dict[str, dict] = {
     "gemma": dict(norm_offset=1.0),
     "gemma2": dict(norm_offset=1.0, norm_placement="sandwich"),
+    "vaultgemma": dict(norm_offset=1.0, norm_placement="vaultgemma"),
     "gemma3_text": dict(norm_offset=1.0, norm_placement="sandwich", qk_norm="head"),
     "qwen3": dict(qk_norm="head"),
     "qwen3_moe": dict(qk_norm="head"),
@@ -123,6 +126,7 @@ FAMILIES: dict[str, dict] = {
 }
 HUNYUANS = ("hunyuan_v1_dense", "hunyuan_v1_moe")
 EXAONES = ("exaone4", "exaone_moe")  # sliding_window_pattern; with a sliding window, full layers without RoPE
+GEMMA2S = ("gemma2", "vaultgemma")  # VaultGemma: Gemma 2 without the norms on attention's and the MLP's outputs
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
 GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
 GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
@@ -133,11 +137,18 @@ def _bias_fields(hf: dict) -> dict:
     """Which projections have biases, as each family's code reads config.json: `attention_bias` on the query / key /
     value and output projections (Qwen2: `qkv_bias`, default on, none on the output; GLM: on by default (GLM-4.5:
     off), none on the output; Helium: none on the output; Seed-OSS: `attention_out_bias` for the output),
-    `mlp_bias` (ERNIE 4.5: one `use_bias` for every projection)."""
+    `mlp_bias` (ERNIE 4.5: one `use_bias` for every projection; InternLM3: `qkv_bias`, `bias`)."""
     model_type = hf.get("model_type", "llama")
     if model_type in ("ernie4_5", "ernie4_5_moe"):
         bias = bool(hf.get("use_bias", False))
         return dict(attention_bias=bias, attention_out_bias=bias, mlp_bias=bias)
+    if model_type == "internlm3":  # its released config.json says `qkv_bias` and `bias` (InternLM3Config's aliases)
+        qkv, mlp = (bool(hf[ours] if ours in hf else hf.get(theirs, False))
+                    for ours, theirs in (("attention_bias", "qkv_bias"), ("mlp_bias", "bias")))
+        if qkv != mlp:  # transformers runs it as Llama, one setting for every projection, and refuses this too
+            raise ValueError(f"config.json of an internlm3 model: qkv_bias / attention_bias ({qkv}) must equal bias "
+                             f"/ mlp_bias ({mlp}); transformers' Llama implementation of it has one bias setting")
+        return dict(attention_bias=qkv, attention_out_bias=qkv, mlp_bias=mlp)
     qwen2, glm = model_type in ("qwen2", "qwen2_moe"), model_type in GLMS
     glm_default = model_type in ("glm", "glm4")  # on unless config.json says otherwise
     qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm_default
@@ -311,6 +322,18 @@ def _llama4_fields(hf: dict) -> dict:
                 else None, temperature_scale=float(hf.get("attn_scale", 0.1)))
 
 
+def _ministral3_scaling(rope: dict) -> dict:
+    """Ministral 3's queries, every layer's, times 1 + beta * log1p(floor(position / original length)): the rope
+    dict's `llama_4_scaling_beta` and `original_max_position_embeddings`, which transformers requires."""
+    for key in ("llama_4_scaling_beta", "original_max_position_embeddings"):
+        if rope.get(key) is None:
+            raise ValueError(f"config.json rope_parameters of a ministral3 model needs {key!r} (it scales every "
+                             "query by its position)")
+    return dict(temperature_floor=float(rope["original_max_position_embeddings"]),
+                temperature_scale=float(rope["llama_4_scaling_beta"]), temperature_offset=0.0,
+                temperature_nope_only=False)
+
+
 def _granite_multipliers(hf: dict) -> dict:
     """Granite's scalars on the embeddings, each residual branch and the LM logits (its attention_multiplier is
     the score scale, `query_scale`)."""
@@ -320,21 +343,21 @@ def _granite_multipliers(hf: dict) -> dict:
 
 
 def sliding_layers(hf: dict) -> tuple[bool, ...]:
-    """Which layers are sliding-window ones, as transformers reads config.json: every Mistral, Phi-3 and Mixtral
-    layer when `sliding_window` is set (Qwen3-MoE: and `use_sliding_window`; Ministral: without `layer_types`);
-    otherwise those `layer_types` marks "sliding_attention", or, in configs without it, the defaults of
-    transformers' configs (Qwen2 / Qwen3: layers from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE:
-    every other layer from the first, below `max_window_layers`; Gemma 2: every other layer from the first;
-    Gemma 3, Cohere 2, OLMo 3 and EXAONE 4: all but each `sliding_window_pattern`-th (OLMo 3: 4th); SmolLM3: its
-    NoPE layers when `use_sliding_window`; GPT-OSS: every other layer from the first; dots.llm1: layers from
-    `max_window_layers` on when `sliding_window` is set). () where none is."""
+    """Which layers are sliding-window ones, as transformers reads config.json: every Mistral, Ministral 3, Phi-3 and
+    Mixtral layer when `sliding_window` is set (Qwen3-MoE: and `use_sliding_window`; Ministral: without `layer_types`);
+    otherwise those `layer_types` marks "sliding_attention", or, in configs without it, the defaults of transformers'
+    configs (Qwen2 / Qwen3: layers from `max_window_layers` on when `use_sliding_window`; Qwen2-MoE: every other layer
+    from the first, below `max_window_layers`; Gemma 2 and VaultGemma: every other layer from the first; Gemma 3, Cohere
+    2, OLMo 3 and EXAONE 4: all but each `sliding_window_pattern`-th (OLMo 3: 4th); SmolLM3: its NoPE layers when
+    `use_sliding_window`; GPT-OSS: every other layer from the first; dots.llm1: layers from `max_window_layers` on when
+    `sliding_window` is set; CWM: all but every 4th from the first). () where none is."""
     model_type, n, window = hf.get("model_type"), hf["num_hidden_layers"], hf.get("sliding_window")
-    every_layer = model_type in ("mistral", "phi3", "mixtral", "qwen3_moe")
+    every_layer = model_type in ("mistral", "phi3", "mixtral", "qwen3_moe", "ministral3")
     if every_layer or (model_type == "ministral" and "layer_types" not in hf):
         on = bool(window) and (model_type != "qwen3_moe" or bool(hf.get("use_sliding_window")))
         return (True,) * n if on else ()
-    if model_type not in ("qwen2", "qwen3", "qwen2_moe", "gemma2", "gemma3_text", "smollm3", "cohere2", "olmo3",
-                          "ministral", *EXAONES, "gpt_oss", "dots1") or (model_type in EXAONES and not window):
+    if model_type not in ("qwen2", "qwen3", "qwen2_moe", *GEMMA2S, "gemma3_text", "smollm3", "cohere2", "olmo3",
+                          "ministral", *EXAONES, "gpt_oss", "dots1", "cwm") or (model_type in EXAONES and not window):
         return ()
     kinds = hf.get("layer_types")
     if not kinds and model_type == "smollm3":  # its NoPE layers slide, when any does
@@ -345,12 +368,14 @@ def sliding_layers(hf: dict) -> tuple[bool, ...]:
         windowed = hf.get("max_window_layers", 28)
         sliding = {"qwen2": lambda i: on and i >= windowed, "qwen3": lambda i: on and i >= windowed,
                    "qwen2_moe": lambda i: on and i % 2 == 0 and i < windowed, "gemma2": lambda i: i % 2 == 0,
+                   "vaultgemma": lambda i: i % 2 == 0,
                    "gemma3_text": lambda i: (i + 1) % hf.get("sliding_window_pattern", 6) != 0,
                    "cohere2": lambda i: (i + 1) % hf.get("sliding_window_pattern", 4) != 0,
                    "olmo3": lambda i: (i + 1) % 4 != 0, "exaone4": lambda i: _exaone4_sliding(hf, i),
                    "exaone_moe": lambda i: _exaone4_sliding(hf, i),
                    "gpt_oss": lambda i: i % 2 == 0,
-                   "dots1": lambda i: bool(window) and i >= hf.get("max_window_layers", 62)}[model_type]
+                   "dots1": lambda i: bool(window) and i >= hf.get("max_window_layers", 62),
+                   "cwm": lambda i: bool(window) and i % 4 != 0}[model_type]
         kinds = ["sliding_attention" if sliding(i) else "full_attention" for i in range(n)]
     if len(kinds) != n or not set(kinds) <= {"sliding_attention", "full_attention"}:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "

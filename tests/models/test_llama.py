@@ -203,6 +203,9 @@ def test_phi3_residual_and_embedding_dropout_train_only(tiny_dir):
     (dict(model_type="olmo3", sliding_window=8), (True, True, True)),  # all but every 4th
     (dict(model_type="ministral", sliding_window=8), (True, True, True)),  # no layer_types: every layer
     (dict(model_type="ministral", sliding_window=None), ()),
+    (dict(model_type="ministral3", sliding_window=8), (True, True, True)),
+    (dict(model_type="vaultgemma", sliding_window=8), (True, False, True)),  # every other, from the first
+    (dict(model_type="cwm", sliding_window=8), (False, True, True)),  # all but every 4th, from the first
     (dict(model_type="exaone4", sliding_window=8), (True, True, True)),  # all but every 4th
     (dict(model_type="exaone4", sliding_window=8, sliding_window_pattern="LG"), (True, False, True)),
     (dict(model_type="exaone4", sliding_window=None, layer_types=["full_attention"] * 3), ()),
@@ -405,3 +408,42 @@ def test_hunyuan_moe_per_layer_values_must_agree():
     assert c.rope_theta == pytest.approx(10000.0 * 50.0 ** (8 / 6))  # NTK alpha: the base stretched
     with pytest.raises(ValueError, match=r"moe_topk=\[1, 2\] differs between layers"):
         llama.Config.from_hf(hf | dict(moe_topk=[1, 2]))
+
+
+def test_ministral3_checkpoint_language_model_matches_transformers(tmp_path):
+    """Ministral 3 (3B / 8B / 14B) ships as a multimodal `mistral3` checkpoint whose text_config is `ministral3`:
+    jsoft runs its language model, every query scaled by its position, as transformers does given no image."""
+    text = tiny.CONFIGS["ministral3"]().to_dict()
+    tiny.save("mistral3", "causal_lm", tmp_path, **text)
+    ids, mask = batch("ministral3", T=14, side="left")
+    with torch.no_grad():
+        ref = tiny.build("mistral3", "causal_lm", **text)(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    model = jsoft.from_pretrained(tmp_path, task="causal_lm")
+    assert (model.config.model_type, model.config.temperature_floor, model.config.temperature_scale) == (
+        "ministral3", 4.0, 0.5)
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep], ref[keep],
+                               atol=1e-4, rtol=0)
+
+
+def test_ministral3_needs_its_query_scaling_keys():
+    hf = tiny.CONFIGS["ministral3"]().to_dict()
+    rope = {k: v for k, v in hf["rope_parameters"].items() if k != "llama_4_scaling_beta"}
+    with pytest.raises(ValueError, match="ministral3 model needs 'llama_4_scaling_beta'"):
+        llama.Config.from_hf(hf | dict(rope_parameters=rope))
+
+
+def test_internlm3_reads_its_released_bias_names():
+    """InternLM3's released config.json says `qkv_bias` and `bias` (InternLM3Config's aliases of attention_bias and
+    mlp_bias); transformers 5 saves the Llama names. Either spelling reaches every projection; differing settings
+    are refused, as transformers refuses them."""
+    hf = {k: v for k, v in tiny.CONFIGS["internlm3"]().to_dict().items() if k not in ("attention_bias", "mlp_bias")}
+    for released, want in [(dict(qkv_bias=True, bias=True), True), (dict(qkv_bias=False, bias=False), False),
+                           ({}, False), (dict(attention_bias=True, mlp_bias=True), True)]:
+        c = llama.Config.from_hf(hf | released)
+        assert (c.attention_bias, c.attention_out_bias, c.mlp_bias) == (want,) * 3
+        ref = tf.InternLM3Config(**(hf | released))
+        assert (ref.attention_bias, ref.mlp_bias) == (want, want)
+    with pytest.raises(ValueError, match=r"qkv_bias / attention_bias \(True\) must equal bias / mlp_bias \(False\)"):
+        llama.Config.from_hf(hf | dict(qkv_bias=True, bias=False))
