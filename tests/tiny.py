@@ -409,6 +409,11 @@ CONFIGS = {
                                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                  "original_max_position_embeddings": 16},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Apertus: xIELU MLPs (learned alpha_p / alpha_n, perturbed in `build`), query / key norms, llama3 RoPE
+    "apertus": lambda **kw: tf.ApertusConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -550,6 +555,7 @@ CLASSES = {
     ("internlm3", "causal_lm"): tf.LlamaForCausalLM, ("internlm3", "seq_cls"): tf.LlamaForSequenceClassification,
     ("iquestcoder", "causal_lm"): tf.LlamaForCausalLM, ("vaultgemma", "causal_lm"): tf.VaultGemmaForCausalLM,
     ("cwm", "causal_lm"): tf.CwmForCausalLM,
+    ("apertus", "causal_lm"): tf.ApertusForCausalLM, ("apertus", "token_cls"): tf.ApertusForTokenClassification,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)
@@ -567,6 +573,8 @@ def build(kind: str, task: str | None = None, seed: int = 0, **overrides):
         for name, p in model.named_parameters():
             if name.endswith("bias") or "ln" in name or "norm" in name.lower():
                 p.add_(0.1 * torch.randn_like(p))
+            if "act_fn.alpha" in name:  # Apertus' xIELU: learned per layer
+                p.add_(0.5 * torch.randn_like(p))
             if "embed_positions" in name and kind not in ("marian", "pegasus"):  # learned (BART): positions as
                 # strong as tokens, so a position off by one shows (Marian's and Pegasus's are fixed sinusoids)
                 p.mul_(10.0)

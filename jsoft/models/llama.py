@@ -17,13 +17,16 @@ checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`)
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jsoft.models import heads, llama_config, moe, ops, rotary
 from jsoft.models.base import TransformerConfig, hf_name, is_kernel
 from jsoft.models.layers import (
+    Buffer,
     DropoutRng,
     KVCache,
     Precision,
@@ -88,9 +91,10 @@ class Config(TransformerConfig):
     query_scale: float | None = None  # scores' scale (default head_dim ** -0.5; Gemma 2: query_pre_attn_scalar ** -0.5)
     attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     final_softcap: float | None = None  # the same on the LM head's logits (Gemma 2)
-    # where a layer's RMS norms sit (NORM_NAMES): "pre" (on the attention's and MLP's inputs; "vaultgemma": the
-    # same under Gemma 2's names), "sandwich" (Gemma 2 / 3: on their outputs too; post_attention_layernorm is one
-    # of those), "glm4" (GLM-4-0414's sandwich, other names), "post" (OLMo 2 / 3: on their outputs only)
+    # where a layer's RMS norms sit (NORM_NAMES): "pre" (on the attention's and MLP's inputs; "vaultgemma",
+    # "apertus": the same under other names), "sandwich" (Gemma 2 / 3: on their outputs too;
+    # post_attention_layernorm is one of those), "glm4" (GLM-4-0414's sandwich, other names), "post" (OLMo 2 / 3:
+    # on their outputs only)
     norm_placement: str = "pre"
     weightless_norms: bool = False  # OLMo: the layers' and final norms are LayerNorms without weight or bias
     qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
@@ -306,9 +310,33 @@ class LatentAttention(nnx.Module):
 LATENT_NORM_EPS = 1e-6  # DeepseekV3RMSNorm's default, which its latent norms keep whatever config.json says
 
 
+class XIELU(nnx.Module):
+    """xIELU (arXiv 2411.13010), Apertus' MLP activation, as transformers' XIELUActivation computes it: learned
+    `alpha_p`, `alpha_n` (through softplus) and stored `beta`, `eps`, initialised as transformers initialises them."""
+
+    def __init__(self, p: Precision, alpha_p: float = 0.8, alpha_n: float = 0.8, beta: float = 0.5,
+                 eps: float = -1e-6):
+        inverse_softplus = lambda v: math.log(math.expm1(v))
+        self.alpha_p = nnx.Param(jnp.full((1,), inverse_softplus(alpha_p), p.param_dtype), **axes(None))
+        self.alpha_n = nnx.Param(jnp.full((1,), inverse_softplus(alpha_n - beta), p.param_dtype), **axes(None))
+        self.beta = Buffer(jnp.asarray(beta, p.param_dtype), **axes())
+        self.eps = Buffer(jnp.asarray(eps, p.param_dtype), **axes())
+
+    def __call__(self, x):
+        f32 = jnp.float32
+        beta, eps = self.beta[...].astype(f32), self.eps[...].astype(f32)
+        alpha_p = jax.nn.softplus(self.alpha_p[...].astype(f32))
+        alpha_n = beta + jax.nn.softplus(self.alpha_n[...].astype(f32))
+        x32 = x.astype(f32)
+        y = jnp.where(x32 > 0, alpha_p * x32 * x32 + beta * x32, (jnp.expm1(jnp.minimum(x32, eps)) - x32) * alpha_n
+                      + beta * x32)
+        return y.astype(x.dtype)
+
+
 class MLP(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
-        self.act = activation(c.activation)
+        # Apertus' xIELU has parameters of its own (`mlp.act_fn.alpha_p` ...); every other activation is a function
+        self.act_fn = XIELU(p) if c.activation == "xielu" else activation(c.activation)
         d, f = c.hidden_size, c.intermediate_size
         self.fused, self.gated = c.fused_gate_up, c.gated_mlp
         if c.fused_gate_up:
@@ -321,9 +349,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         if not self.gated:
-            return self.down_proj(self.act(self.up_proj(x)))
+            return self.down_proj(self.act_fn(self.up_proj(x)))
         gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1) if self.fused else (self.gate_proj(x), self.up_proj(x))
-        return self.down_proj(self.act(gate) * up)
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 # each norm placement's RMS norms by where they sit, under their checkpoint names
@@ -333,6 +361,7 @@ NORM_NAMES = {
                  "mlp_in": "pre_feedforward_layernorm", "mlp_out": "post_feedforward_layernorm"},
     "post": {"attention_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"},
     "vaultgemma": {"attention_in": "input_layernorm", "mlp_in": "pre_feedforward_layernorm"},
+    "apertus": {"attention_in": "attention_layernorm", "mlp_in": "feedforward_layernorm"},
     # GLM-4-0414's sandwich, its own names
     "glm4": {"attention_in": "input_layernorm", "attention_out": "post_self_attn_layernorm",
              "mlp_in": "post_attention_layernorm", "mlp_out": "post_mlp_layernorm"},

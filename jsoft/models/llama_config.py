@@ -13,7 +13,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
                "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder",
-               "vaultgemma", "cwm")
+               "vaultgemma", "cwm", "apertus")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -96,6 +96,7 @@ FAMILIES: dict[str, dict] = {
     "gemma": dict(norm_offset=1.0),
     "gemma2": dict(norm_offset=1.0, norm_placement="sandwich"),
     "vaultgemma": dict(norm_offset=1.0, norm_placement="vaultgemma"),
+    "apertus": dict(qk_norm="head", gated_mlp=False, norm_placement="apertus"),  # and xIELU: llama.XIELU
     "gemma3_text": dict(norm_offset=1.0, norm_placement="sandwich", qk_norm="head"),
     "qwen3": dict(qk_norm="head"),
     "qwen3_moe": dict(qk_norm="head"),

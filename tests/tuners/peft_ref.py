@@ -59,7 +59,8 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("llama4_text", "causal_lm"), ("ernie4_5_moe", "causal_lm"),
           ("hunyuan_v1_dense", "causal_lm"), ("hunyuan_v1_dense", "seq_cls"), ("hunyuan_v1_moe", "causal_lm"),
           ("mistral3", "causal_lm"), ("ministral3", "causal_lm"), ("ministral3", "seq_cls"), ("internlm3", "causal_lm"),
-          ("iquestcoder", "causal_lm"), ("vaultgemma", "causal_lm"), ("cwm", "causal_lm")]
+          ("iquestcoder", "causal_lm"), ("vaultgemma", "causal_lm"), ("cwm", "causal_lm"),
+          ("apertus", "causal_lm"), ("apertus", "token_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
