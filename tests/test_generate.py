@@ -55,7 +55,8 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "ministral3": {"initializer_range": 0.3}, "internlm3": {"initializer_range": 0.3},
            "iquestcoder": {"initializer_range": 0.3},
            "vaultgemma": {"initializer_range": 0.3, "tie_word_embeddings": False},
-           "cwm": {"initializer_range": 0.3}, "apertus": {"initializer_range": 0.3}}
+           "cwm": {"initializer_range": 0.3}, "apertus": {"initializer_range": 0.3},
+           "mistral4": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -74,7 +75,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm",
         "hunyuan_v1_moe": "causal_lm", "mistral3": "causal_lm", "ministral3": "causal_lm", "internlm3": "causal_lm",
         "iquestcoder": "causal_lm", "vaultgemma": "causal_lm", "cwm": "causal_lm",
-        "apertus": "causal_lm"}
+        "apertus": "causal_lm", "mistral4": "causal_lm"}
 NEW = 8
 
 
@@ -162,7 +163,9 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           # Ministral 3: decoding past the position where its query scale steps, and past its 6-key window
           + [("ministral3", "prompt"), ("ministral3", "prefix"), ("internlm3", "prefix_proj")]
           + [("iquestcoder", "prompt"), ("vaultgemma", "prompt"), ("vaultgemma", "prefix")]
-          + [("cwm", "prompt"), ("cwm", "prefix"), ("apertus", "prompt"), ("apertus", "prefix_proj")])
+          + [("cwm", "prompt"), ("cwm", "prefix"), ("apertus", "prompt"), ("apertus", "prefix_proj")]
+          # Mistral 4: latent attention's padded cache, queries scaled past 4 positions (embedding prompts only)
+          + [("mistral4", "prompt"), ("mistral4", "ptuning_lstm")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

@@ -414,6 +414,19 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Mistral Small 4: DeepSeek-V3's latent attention (values wider than queries / keys), every query scaled by its
+    # position (it steps every 4 tokens here), 8 experts in 4 groups ranked by their two best, the first layer dense
+    "mistral4": lambda **kw: tf.Mistral4Config(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 8,
+        "num_experts_per_tok": 3, "n_group": 4, "topk_group": 2, "first_k_dense_replace": 1,
+        "routed_scaling_factor": 1.5, "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8, "v_head_dim": 12, "max_position_embeddings": 128, "initializer_range": 0.2,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                            "original_max_position_embeddings": 4, "beta_fast": 32.0, "beta_slow": 1.0,
+                            "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.5,
+                            "partial_rotary_factor": 0.5},
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -556,6 +569,7 @@ CLASSES = {
     ("iquestcoder", "causal_lm"): tf.LlamaForCausalLM, ("vaultgemma", "causal_lm"): tf.VaultGemmaForCausalLM,
     ("cwm", "causal_lm"): tf.CwmForCausalLM,
     ("apertus", "causal_lm"): tf.ApertusForCausalLM, ("apertus", "token_cls"): tf.ApertusForTokenClassification,
+    ("mistral4", "causal_lm"): tf.Mistral4ForCausalLM, ("mistral4", "seq_cls"): tf.Mistral4ForSequenceClassification,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)

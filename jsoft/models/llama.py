@@ -139,8 +139,8 @@ class Config(TransformerConfig):
     chunked_layers: tuple[bool, ...] = ()
     qk_l2_norm: bool = False
     # queries times 1 + temperature_scale * log1p(floor((position + temperature_offset) / temperature_floor)):
-    # Llama 4's NoPE layers' (`attn_temperature_tuning`; offset 1), every Ministral 3 layer's (`llama_4_scaling_beta`
-    # over the original length; offset 0)
+    # Llama 4's NoPE layers' (`attn_temperature_tuning`; offset 1), every Ministral 3 and Mistral 4 layer's
+    # (`llama_4_scaling_beta` over the original length; offset 0)
     temperature_floor: float | None = None
     temperature_scale: float = 0.1
     temperature_offset: float = 1.0
@@ -154,6 +154,9 @@ class Config(TransformerConfig):
 
     def is_chunked(self, layer: int) -> bool:
         return bool(self.chunked_layers) and self.chunked_layers[layer]
+
+    def is_tempered(self, layer: int) -> bool:
+        return self.temperature_floor is not None and (self.is_nope(layer) or not self.temperature_nope_only)
 
     @property
     def no_prefix_reason(self) -> str | None:
@@ -213,23 +216,13 @@ class Attention(nnx.Module):
             mask = sliding_window(mask, self.c.sliding_window, first_query)
         if self.c.is_chunked(layer):
             mask = chunked(mask, self.c.chunk_size, first_query)
-        if self.c.temperature_floor is not None and (self.c.is_nope(layer) or not self.c.temperature_nope_only):
-            q = self.tempered(q, rope["positions"])
+        if self.c.is_tempered(layer):
+            q = tempered(self.c, q, rope["positions"])
         scale = self.c.head_dim ** -0.5 if self.c.query_scale is None else self.c.query_scale
         out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
                                     dropout_rate=self.c.attn_dropout,
                                     sinks=self.sinks[...] if self.c.attention_sinks else None)
         return self.o_proj(merge_heads(out)), new_cache
-
-    def tempered(self, q, positions_BxT):
-        """Queries `[B, T, N, K]` times 1 + scale * log1p(floor((position + offset) / floor)) (Llama 4's NoPE layers,
-        every Ministral 3 layer). Llama 4 in transformers counts the query's slot (`arange + past`): the same position
-        wherever a row's tokens sit where transformers would put them, and in a mixed batch or left-padded decoding
-        the position the row has alone."""
-        pos = positions_BxT[:, :, None, None].astype(jnp.float32)
-        c = self.c
-        scale = jnp.log1p(jnp.floor((pos + c.temperature_offset) / c.temperature_floor)) * c.temperature_scale + 1.0
-        return (q * scale).astype(q.dtype)
 
     def norm_rotated(self, q, k):
         """Queries and keys of a RoPE layer after RoPE: RMS-normed per head without a weight (Llama 4) or with
@@ -257,6 +250,16 @@ class Attention(nnx.Module):
         if c.clip_qkv is not None:
             q, k, v = (jnp.clip(t, -c.clip_qkv, c.clip_qkv) for t in (q, k, v))
         return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads)
+
+
+def tempered(c: Config, q_BxTxNxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+    """Queries times 1 + scale * log1p(floor((position + offset) / floor)) (Llama 4's NoPE layers, every Ministral 3
+    and Mistral 4 layer). Llama 4 in transformers counts the query's slot (`arange + past`): the same position
+    wherever a row's tokens sit where transformers would put them, and in a mixed batch or left-padded decoding the
+    position the row has alone."""
+    pos = positions_BxT[:, :, None, None].astype(jnp.float32)
+    scale = jnp.log1p(jnp.floor((pos + c.temperature_offset) / c.temperature_floor)) * c.temperature_scale + 1.0
+    return (q_BxTxNxK * scale).astype(q_BxTxNxK.dtype)
 
 
 def l2_norm(x, eps: float):
@@ -301,6 +304,8 @@ class LatentAttention(nnx.Module):
         k_rot = jnp.broadcast_to(rotate(k_rot[:, :, None]), (B, T, N, c.rope_dim))
         k, v = jnp.concatenate([kv[..., :nope], k_rot], axis=-1), kv[..., nope:]
         q, k, v = (jnp.pad(t, ((0, 0),) * 3 + ((0, c.head_dim - t.shape[-1]),)) for t in (q, k, v))
+        if c.is_tempered(layer):  # Mistral 4
+            q = tempered(c, q, rope["positions"])
         k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
                                                   prefix_mask=prefix_mask)
         out = dot_product_attention(q, k, v, mask, scale=c.query_scale, dropout=drop, dropout_rate=c.attn_dropout)
@@ -403,9 +408,13 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
         return moe.ScaledInputMoE(d, f, E, k, c.activation, p, rngs, shared_expert=shared)
     names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
     if grouped:
-        return moe.GroupLimitedMoE(d, f, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
-                                   c.norm_topk_prob, c.routed_scaling_factor, names, c.activation, p, rngs,
-                                   shared_experts=shared, statics=c.model_type == "ernie4_5_moe")
+        mistral4 = c.model_type == "mistral4"  # softmax scores, groups ranked by their two best; experts as stored
+        experts = moe.StoredExperts(E, d, f, c.activation, p, rngs) if mistral4 else moe.Experts(
+            E, d, f, names, c.activation, p, rngs)
+        return moe.GroupLimitedMoE(d, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
+                                   c.norm_topk_prob, c.routed_scaling_factor, experts, p, rngs,
+                                   shared_experts=shared, statics=c.model_type == "ernie4_5_moe",
+                                   group_rank=2 if c.moe_kind == "grouped_sigmoid" or mistral4 else 1)
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 
 

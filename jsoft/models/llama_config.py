@@ -13,7 +13,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
                "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder",
-               "vaultgemma", "cwm", "apertus")
+               "vaultgemma", "cwm", "apertus", "mistral4")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -87,7 +87,7 @@ def fields_from_hf(hf: dict) -> dict:
         clip_qkv=hf.get("clip_qkv"),
         **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf), **latent,
         **(_llama4_fields(hf) if model_type == "llama4_text" else {}),
-        **(_ministral3_scaling(rope) if model_type == "ministral3" else {}),
+        **(_position_query_scaling(rope, model_type) if model_type in ("ministral3", "mistral4") else {}),
     )
 
 
@@ -118,6 +118,8 @@ FAMILIES: dict[str, dict] = {
     "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
     "glm4_moe_lite": dict(moe_kind="grouped_sigmoid"),  # DeepSeek-V3's latent attention, GLM-4.5's router
     "deepseek_v2": dict(moe_kind="grouped_softmax"),
+    # DeepSeek-V3's latent attention, softmax scores in groups ranked by their two best (llama.feed_forward_block)
+    "mistral4": dict(moe_kind="grouped_softmax"),
     "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
     "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
@@ -226,6 +228,8 @@ GROUPED_DEFAULTS = {
     # EXAONE-MoE (its names: num_experts, num_shared_experts): `mlp_layer_types`, else first_k_dense_replace
     "exaone_moe": dict(n_routed_experts=64, num_experts_per_tok=8, first_k_dense_replace=1, n_shared_experts=1,
                        norm_topk_prob=True, n_group=1, topk_group=1, routed_scaling_factor=2.5),
+    "mistral4": dict(n_routed_experts=128, num_experts_per_tok=4, first_k_dense_replace=0, n_shared_experts=1,
+                     norm_topk_prob=True, n_group=1, topk_group=1, routed_scaling_factor=1.0),
 }
 GROUPED_KEY_ALIASES = {"exaone_moe": {"num_experts": "n_routed_experts", "num_shared_experts": "n_shared_experts"}}
 TOPK_METHODS = ("greedy", "group_limited_greedy")  # DeepSeek-V2's
@@ -323,12 +327,13 @@ def _llama4_fields(hf: dict) -> dict:
                 else None, temperature_scale=float(hf.get("attn_scale", 0.1)))
 
 
-def _ministral3_scaling(rope: dict) -> dict:
-    """Ministral 3's queries, every layer's, times 1 + beta * log1p(floor(position / original length)): the rope
-    dict's `llama_4_scaling_beta` and `original_max_position_embeddings`, which transformers requires."""
+def _position_query_scaling(rope: dict, model_type: str) -> dict:
+    """Ministral 3's and Mistral 4's queries, every layer's, times 1 + beta * log1p(floor(position / original
+    length)): the rope dict's `llama_4_scaling_beta` and `original_max_position_embeddings`, which transformers
+    requires."""
     for key in ("llama_4_scaling_beta", "original_max_position_embeddings"):
         if rope.get(key) is None:
-            raise ValueError(f"config.json rope_parameters of a ministral3 model needs {key!r} (it scales every "
+            raise ValueError(f"config.json rope_parameters of a {model_type} model needs {key!r} (it scales every "
                              "query by its position)")
     return dict(temperature_floor=float(rope["original_max_position_embeddings"]),
                 temperature_scale=float(rope["llama_4_scaling_beta"]), temperature_offset=0.0,

@@ -48,6 +48,16 @@ class Experts(nnx.Module):
         return grouped_matmul(h.astype(self.dtype), down, group_sizes)
 
 
+def grouped_linear(x_NxI: jax.Array, w_ExOxI: jax.Array, group_sizes: jax.Array) -> jax.Array:
+    """`x[rows of group e] @ w[e].T` (each `w[e]` a torch nn.Linear weight `[out, in]`), accumulated in fp32, in
+    x's dtype."""
+    dims = jax.lax.RaggedDotDimensionNumbers(dot_dimension_numbers=(((1,), (2,)), ((), ())),
+                                             lhs_ragged_dimensions=[0], rhs_group_dimensions=[0])
+    out = jax.lax.ragged_dot_general(x_NxI, w_ExOxI.astype(x_NxI.dtype), group_sizes, dims,
+                                     preferred_element_type=jnp.float32)
+    return out.astype(x_NxI.dtype)
+
+
 def grouped_matmul(x_NxI: jax.Array, w_ExIxO: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """`x[rows of group e] @ w[e]` for consecutive row groups, accumulated in fp32, in x's dtype."""
     out = jax.lax.ragged_dot(x_NxI, w_ExIxO.astype(x_NxI.dtype), group_sizes, preferred_element_type=jnp.float32)
@@ -149,11 +159,7 @@ class ParallelExperts(nnx.Module):
         self.weight = nnx.Param(value, **axes("expert", *names))
 
     def __call__(self, x_NxI: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        dims = jax.lax.RaggedDotDimensionNumbers(dot_dimension_numbers=(((1,), (2,)), ((), ())),
-                                                 lhs_ragged_dimensions=[0], rhs_group_dimensions=[0])
-        out = jax.lax.ragged_dot_general(x_NxI, self.weight[...].astype(x_NxI.dtype), group_sizes, dims,
-                                         preferred_element_type=jnp.float32)
-        return out.astype(x_NxI.dtype)
+        return grouped_linear(x_NxI, self.weight[...], group_sizes)
 
 
 class Router(nnx.Module):
@@ -214,22 +220,22 @@ class GroupLimitedMoE(nnx.Module):
     `scoring`:
 
     - "sigmoid" (V3): each expert scores the sigmoid of its logit (fp32); choosing, the scores plus the correction
-      bias rank the groups by their two best and the experts; the chosen experts weigh their uncorrected scores,
-      renormalised to sum to one when `normalize`.
-    - "softmax" (V2): the softmax over all experts' logits (fp32) scores them; groups rank by their best; the chosen
-      experts weigh their scores, renormalised when `normalize`. ERNIE 4.5 MoE: one group, experts chosen by their
-      scores plus `moe_statics`' correction bias (`statics`).
+      bias rank the groups by their `group_rank` (2) best and the experts; the chosen experts weigh their uncorrected
+      scores, renormalised to sum to one when `normalize`.
+    - "softmax" (V2): the softmax over all experts' logits (fp32) scores them; groups rank by their best
+      (`group_rank` 1; Mistral 4: their two best); the chosen experts weigh their scores, renormalised when
+      `normalize`. ERNIE 4.5 MoE: one group, experts chosen by their scores plus `moe_statics`' correction bias
+      (`statics`).
 
     Weights are then times `scale` (`routed_scaling_factor`); `shared_experts`, an MLP every token runs, is added
     ungated."""
 
-    def __init__(self, d: int, f: int, num_experts: int, top_k: int, num_groups: int, topk_groups: int,
-                 scoring: str, normalize: bool, scale: float, names: tuple[str, str, str], act: str, p: Precision,
-                 rngs: nnx.Rngs, shared_experts: nnx.Module | None = None, statics: bool = False):
-        ranked_by = 2 if scoring == "sigmoid" else 1  # the experts that rank a group
-        if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < ranked_by:
+    def __init__(self, d: int, num_experts: int, top_k: int, num_groups: int, topk_groups: int, scoring: str,
+                 normalize: bool, scale: float, experts: nnx.Module, p: Precision, rngs: nnx.Rngs,
+                 shared_experts: nnx.Module | None = None, statics: bool = False, group_rank: int = 1):
+        if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < group_rank:
             raise ValueError(f"config.json n_group={num_groups} must split the {num_experts} experts into groups "
-                             f"of at least {ranked_by} (each group is ranked by its {ranked_by} best)")
+                             f"of at least {group_rank} (each group is ranked by its {group_rank} best)")
         if not 1 <= topk_groups <= num_groups:
             raise ValueError(f"config.json topk_group={topk_groups} must be between 1 and n_group={num_groups}")
         if not 1 <= top_k <= topk_groups * (num_experts // num_groups):
@@ -237,10 +243,10 @@ class GroupLimitedMoE(nnx.Module):
                              f"{topk_groups * (num_experts // num_groups)} experts of the topk_group={topk_groups} "
                              "groups a token may use")
         self.top_k, self.num_groups, self.topk_groups, self.scoring = top_k, num_groups, topk_groups, scoring
-        self.normalize, self.scale = normalize, scale
+        self.normalize, self.scale, self.group_rank = normalize, scale, group_rank
         self.gate = GroupRouter(d, num_experts, scoring == "sigmoid", statics, p, rngs)
         self.moe_statics = MoeStatics(num_experts) if statics else None
-        self.experts = Experts(num_experts, d, f, names, act, p, rngs)
+        self.experts = experts
         self.shared_experts = shared_experts
 
     def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -250,12 +256,11 @@ class GroupLimitedMoE(nnx.Module):
         if self.scoring == "sigmoid":
             scores = jax.nn.sigmoid(logits)
             choice = scores + self.gate.e_score_correction_bias[...]
-            group_scores = jax.lax.top_k(choice.reshape(N, self.num_groups, -1), 2)[0].sum(-1)  # [N, G]
         else:
             scores = choice = jax.nn.softmax(logits, axis=-1)
             if self.moe_statics is not None:
                 choice = scores + self.moe_statics.e_score_correction_bias[0]
-            group_scores = choice.reshape(N, self.num_groups, -1).max(-1)
+        group_scores = jax.lax.top_k(choice.reshape(N, self.num_groups, -1), self.group_rank)[0].sum(-1)  # [N, G]
         _, groups = jax.lax.top_k(group_scores, self.topk_groups)
         allowed = jax.nn.one_hot(groups, self.num_groups, dtype=jnp.bool_).any(axis=1)  # [N, G]
         choice = jnp.where(jnp.repeat(allowed, E // self.num_groups, axis=1), choice, -jnp.inf)
@@ -274,6 +279,24 @@ class GroupLimitedMoE(nnx.Module):
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out.reshape(B, T, D)
+
+
+class StoredExperts(nnx.Module):
+    """SiLU-gated experts stacked as transformers 5 holds them where no conversion splits them (Mistral 4):
+    `gate_up_proj [E, 2F, D]` (the gate the first F rows) and `down_proj [E, D, F]`, each expert's slice a torch
+    nn.Linear weight, multiplied as stored."""
+
+    def __init__(self, num_experts: int, d: int, f: int, act: str, p: Precision, rngs: nnx.Rngs):
+        self.act, self.dtype = activation(act), p.dtype
+        init = nnx.initializers.normal(0.02)
+        self.gate_up_proj = nnx.Param(init(rngs.params(), (num_experts, 2 * f, d), p.param_dtype),
+                                      **axes("expert", "mlp", "embed"))
+        self.down_proj = nnx.Param(init(rngs.params(), (num_experts, d, f), p.param_dtype),
+                                   **axes("expert", "embed", "mlp"))
+
+    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        gate, up = jnp.split(grouped_linear(x_NxD, self.gate_up_proj[...], group_sizes), 2, axis=-1)
+        return grouped_linear((self.act(gate) * up).astype(self.dtype), self.down_proj[...], group_sizes)
 
 
 class StackedExperts(nnx.Module):

@@ -410,23 +410,6 @@ def test_hunyuan_moe_per_layer_values_must_agree():
         llama.Config.from_hf(hf | dict(moe_topk=[1, 2]))
 
 
-def test_ministral3_checkpoint_language_model_matches_transformers(tmp_path):
-    """Ministral 3 (3B / 8B / 14B) ships as a multimodal `mistral3` checkpoint whose text_config is `ministral3`:
-    jsoft runs its language model, every query scaled by its position, as transformers does given no image."""
-    text = tiny.CONFIGS["ministral3"]().to_dict()
-    tiny.save("mistral3", "causal_lm", tmp_path, **text)
-    ids, mask = batch("ministral3", T=14, side="left")
-    with torch.no_grad():
-        ref = tiny.build("mistral3", "causal_lm", **text)(
-            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
-    model = jsoft.from_pretrained(tmp_path, task="causal_lm")
-    assert (model.config.model_type, model.config.temperature_floor, model.config.temperature_scale) == (
-        "ministral3", 4.0, 0.5)
-    keep = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep], ref[keep],
-                               atol=1e-4, rtol=0)
-
-
 def test_ministral3_needs_its_query_scaling_keys():
     hf = tiny.CONFIGS["ministral3"]().to_dict()
     rope = {k: v for k, v in hf["rope_parameters"].items() if k != "llama_4_scaling_beta"}
@@ -447,3 +430,20 @@ def test_internlm3_reads_its_released_bias_names():
         assert (ref.attention_bias, ref.mlp_bias) == (want, want)
     with pytest.raises(ValueError, match=r"qkv_bias / attention_bias \(True\) must equal bias / mlp_bias \(False\)"):
         llama.Config.from_hf(hf | dict(qkv_bias=True, bias=False))
+
+
+@pytest.mark.parametrize("text_kind", ["ministral3", "mistral4"])
+def test_mistral3_checkpoint_reads_its_text_model_type(tmp_path, text_kind):
+    """A `mistral3` checkpoint's language model is whatever its text_config names: Ministral 3's, Mistral Small 4's
+    (latent attention, experts stored stacked under `model.language_model.`), each as transformers runs it."""
+    text = tiny.CONFIGS[text_kind]().to_dict()
+    tiny.save("mistral3", "causal_lm", tmp_path, **text)
+    ids, mask = batch(text_kind, T=14, side="left")
+    with torch.no_grad():
+        ref = tiny.build("mistral3", "causal_lm", **text)(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    model = jsoft.from_pretrained(tmp_path, task="causal_lm")
+    assert (model.config.model_type, model.config.temperature_scale, model.initialised_params) == (text_kind, 0.5, ())
+    keep = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep], ref[keep],
+                               atol=1e-4, rtol=0)
