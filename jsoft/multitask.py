@@ -257,7 +257,7 @@ class MultiTaskModel:
                                              default=0)
         if Vk:
             N = mc.num_decoder_layers if mc.is_encoder_decoder else mc.num_layers
-            kw["prefix_kv"] = jnp.zeros((N, 2, S, Vk, mc.num_kv_heads, mc.head_dim), dtype)
+            kw["prefix_kv"] = jnp.zeros((N, 2, S, Vk, *mc.cache_layout), dtype)
             kw["prefix_mask"] = jnp.zeros((S, Vk), bool)
         if Ve:
             kw["embeds"] = jnp.zeros((S, Ve, self.base.word_embeddings.features), jnp.float32)
@@ -536,7 +536,7 @@ def _kv_of_prompt(graphdef, state, prompt_1xVxD: Array) -> Array:
     base = nnx.merge(graphdef, state)
     mc, V = base.config, prompt_1xVxD.shape[1]
     dtype = compute_dtype(base)
-    cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
+    cache = KVCache.zeros(mc.num_layers, 1, V, *mc.cache_layout, dtype)
     out = base(inputs_embeds=prompt_1xVxD.astype(dtype), position_ids=jnp.arange(V)[None], cache=cache)
     return out.cache.as_prefix()[:, :, 0]
 

@@ -151,7 +151,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("pegasus", "ptuning_lstm"), ("pegasus", "prefix"), ("umt5", "prompt"), ("umt5", "prefix")]
           + [("xglm", "prompt"), ("xglm", "prefix"), ("biogpt", "prompt"), ("biogpt", "prefix_proj")]
           + [("granitemoe", "prompt"), ("granitemoe", "prefix")]
-          # DeepSeek-V3: latent attention's padded cache (embedding prompts only); dots.llm1: past its sliding window
+          # DeepSeek-V3: latent attention's compressed cache (embedding prompts only); dots.llm1: past its window
           + [("deepseek_v3", "prompt"), ("deepseek_v3", "ptuning_lstm"), ("glm4_moe", "prompt")]
           + [("glm4_moe", "prefix_proj"), ("dots1", "prompt"), ("dots1", "prefix"), ("glm4_moe_lite", "prompt")]
           + [("deepseek_v2", "ptuning_mlp"), ("minimax_m2", "prompt"), ("minimax_m2", "prefix")]
@@ -164,7 +164,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("ministral3", "prompt"), ("ministral3", "prefix"), ("internlm3", "prefix_proj")]
           + [("iquestcoder", "prompt"), ("vaultgemma", "prompt"), ("vaultgemma", "prefix")]
           + [("cwm", "prompt"), ("cwm", "prefix"), ("apertus", "prompt"), ("apertus", "prefix_proj")]
-          # Mistral 4: latent attention's padded cache, queries scaled past 4 positions (embedding prompts only)
+          # Mistral 4: latent attention's compressed cache, queries scaled past 4 positions (embedding prompts only)
           + [("mistral4", "prompt"), ("mistral4", "ptuning_lstm")])
 
 
@@ -285,14 +285,18 @@ def test_generate_from_threads(tiny_dir):
         np.testing.assert_array_equal(out, want[i % 3])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom", "gemma2"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom", "gemma2", "deepseek_v3", "mistral4"])
 @pytest.mark.parametrize("method", ["prompt", "ptuning_lstm"])
 def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
     """Decoding a left-padded batch from the prompt cache (real tokens at positions V..) gives the
-    logits of PEFT's embedding path on the same rows right-padded (prompt first, positions 0..)."""
+    logits of PEFT's embedding path on the same rows right-padded (prompt first, positions 0..). Latent attention
+    (DeepSeek-V3, Mistral 4) caches its compressed latents, one `kv_lora_rank + rotary_dim` row a token, and attends
+    over them; its embedding path expands every head's keys and values, as transformers does."""
     pm = jsoft_model(tiny_dir, kind, method)
-    V = pm.active_peft_config.num_virtual_tokens
-    assert pm.prompt_cache().shape[:4] == (pm.base_model.config.num_layers, 2, 1, V)
+    V, c = pm.active_peft_config.num_virtual_tokens, pm.base_model.config
+    assert pm.prompt_cache().shape == (c.num_layers, 2, 1, V, *c.cache_layout)
+    if kind in ("deepseek_v3", "mistral4"):
+        assert c.cache_layout == (1, c.kv_lora_rank + c.rope_dim)
     ids, mask = left_padded()
     T = ids.shape[1]
     n = mask.sum(1)

@@ -338,7 +338,7 @@ def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     packed in front of each row), DistilBERT's two-layer ReLU head. One mixed batch of a prompt and a prefix
     adapter. DeBERTa: a pretraining checkpoint without the pooler, the adapters made on a base that initialised
     it with another seed than the server's, so the server must take the pooler the adapters carry. DeepSeek-V3,
-    where no prefix fits: a P-Tuning adapter beside the prompt (both become its latent attention's padded cache)."""
+    where no prefix fits: a P-Tuning adapter beside the prompt (both become its latent attention's compressed cache)."""
     pretraining = kind == "deberta-v2"
     tiny.save(kind, None if pretraining else task, tmp_path / "m", **ENGINE_OVERRIDES.get(kind, {}))
     tiny.tokenizer(post).save_pretrained(tmp_path / "m")

@@ -43,6 +43,12 @@ class TransformerConfig:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def cache_layout(self) -> tuple[int, int]:
+        """(heads, width) of what a decoding cache holds per layer, row and slot, and a prompt cache's prefix with
+        it: the keys' and values' own here; latent attention caches its compressed latent (one head)."""
+        return self.num_kv_heads, self.head_dim
+
+    @property
     def no_prefix_reason(self) -> str | None:
         """Why no key/value prefix (Prefix Tuning, P-Tuning v2) fits this stack's attention; None where one does."""
         return None

@@ -358,7 +358,8 @@ def with_prefix(k: Array, v: Array, mask: Array, prefix_k: Array | None, prefix_
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, scale: float,
                           bias: Array | None = None, softcap: float | None = None, dropout: DropoutRng | None = None,
                           dropout_rate: float = 0.0, sinks: Array | None = None) -> Array:
-    """q `[B, T, H, K]`, k/v `[B, G, S, K]` or a decoding cache's grouped `[B * G, S, K]`, with H a multiple
+    """q `[B, T, H, K]`, k/v `[B, G, S, K]` (values may be of another width) or a decoding cache's grouped
+    `[B * G, S, K]`, with H a multiple
     of G (grouped-query attention), mask `[B|1, 1, T, S]` bool, bias `[B|1, H, T, S]` added to the scores,
     `softcap` capping the scaled scores (`ops.softcap`). Softmax in fp32; `sinks [H]` (GPT-OSS): one more logit
     per head in each softmax, attending to nothing (it only takes probability from the keys).
@@ -390,11 +391,11 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *, s
     keep = None if dropout is None else dropout.keep_mask(probs.shape, dropout_rate)
     if keep is not None:
         probs = dropped(probs, keep, dropout_rate)
-    probs = probs.astype(v.dtype)
+    probs, Kv = probs.astype(v.dtype), v.shape[-1]
     if grouped:
         out = ops.einsum("zms,zsk->zmk", probs.reshape(B * G, r * T, S), v)
-        return jnp.transpose(out.reshape(B, G, r, T, K), (0, 3, 1, 2, 4)).reshape(B, T, H, K)
-    return ops.einsum("bgrts,bgsk->btgrk", probs, v).reshape(B, T, H, K)
+        return jnp.transpose(out.reshape(B, G, r, T, Kv), (0, 3, 1, 2, 4)).reshape(B, T, H, Kv)
+    return ops.einsum("bgrts,bgsk->btgrk", probs, v).reshape(B, T, H, Kv)
 
 
 def split_heads(x: Array, n: int) -> Array:

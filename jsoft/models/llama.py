@@ -17,6 +17,7 @@ checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -37,6 +38,7 @@ from jsoft.models.layers import (
     dense,
     dot_product_attention,
     embed,
+    heads_major,
     merge_heads,
     query_slot,
     run_layers,
@@ -167,6 +169,12 @@ class Config(TransformerConfig):
         return None
 
     @property
+    def cache_layout(self) -> tuple[int, int]:
+        if self.kv_lora_rank:  # LatentAttention.attend_latents: the normed latent and the rotated key dims
+            return 1, self.kv_lora_rank + self.rope_dim
+        return super().cache_layout
+
+    @property
     def rope_dim(self) -> int:
         """The leading dims of each head that RoPE rotates."""
         return self.head_dim if self.rotary_dim is None else self.rotary_dim
@@ -271,9 +279,13 @@ class LatentAttention(nnx.Module):
     """DeepSeek-V3's multi-head latent attention (transformers' DeepseekV3Attention). Keys and values come from one
     `kv_lora_rank`-wide latent (`kv_a_proj_with_mqa`, normed, then `kv_b_proj`) plus `rotary_dim` rotated key dims
     every head shares; queries from `q_proj`, or a `q_lora_rank` latent (`q_a_proj`, normed, `q_b_proj`). A head's
-    query / key is its `qk_nope_head_dim` unrotated dims then the rotated ones. Queries / keys and values are
-    zero-padded to `head_dim`, the wider of the two, so the cache and attention hold one width: zero query / key
-    dims add nothing to a score, and zero value dims are dropped from the output."""
+    query / key is its `qk_nope_head_dim` unrotated dims then the rotated ones.
+
+    What a decoding cache or a cached prompt holds is each token's `[latent, rotated key]` row, `kv_lora_rank +
+    rotary_dim` wide (`Config.cache_layout`), not every head's keys and values. Queries over several tokens
+    (training, scoring, a prompt's first pass) attend to keys and values expanded from those rows, as transformers
+    computes them (`attend_expanded`); one token's query (a decoding step) attends to the rows themselves
+    (`attend_latents`)."""
 
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
@@ -293,23 +305,51 @@ class LatentAttention(nnx.Module):
 
     def __call__(self, x, mask, rope: dict, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         c = self.c
-        B, T, _ = x.shape
-        nope, N = c.qk_nope_head_dim, c.num_heads
         q = self.q_proj(x) if c.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q = split_heads(q, N)
+        q = split_heads(q, c.num_heads)
         latent, k_rot = jnp.split(self.kv_a_proj_with_mqa(x), [c.kv_lora_rank], axis=-1)
-        kv = split_heads(self.kv_b_proj(self.kv_a_layernorm(latent)), N)
         rotate = lambda t: rotary.apply(t, *rope["global"], interleaved=c.rope_interleaved)
-        q = jnp.concatenate([q[..., :nope], rotate(q[..., nope:])], axis=-1)
-        k_rot = jnp.broadcast_to(rotate(k_rot[:, :, None]), (B, T, N, c.rope_dim))
-        k, v = jnp.concatenate([kv[..., :nope], k_rot], axis=-1), kv[..., nope:]
-        q, k, v = (jnp.pad(t, ((0, 0),) * 3 + ((0, c.head_dim - t.shape[-1]),)) for t in (q, k, v))
+        q = jnp.concatenate([q[..., :c.qk_nope_head_dim], rotate(q[..., c.qk_nope_head_dim:])], axis=-1)
         if c.is_tempered(layer):  # Mistral 4
             q = tempered(c, q, rope["positions"])
-        k, v, mask, new_cache = self_attention_kv(k, v, mask, layer=layer, cache=cache, prefix_kv=prefix_kv,
-                                                  prefix_mask=prefix_mask)
-        out = dot_product_attention(q, k, v, mask, scale=c.query_scale, dropout=drop, dropout_rate=c.attn_dropout)
-        return self.o_proj(merge_heads(out[..., :c.v_head_dim])), new_cache
+        rows = jnp.concatenate([self.kv_a_layernorm(latent), rotate(k_rot[:, :, None, :])[:, :, 0]], axis=-1)
+        rows, _, mask, new_cache = self_attention_kv(rows[:, :, None], rows[:, :, None], mask, layer=layer,
+                                                     cache=cache, prefix_kv=prefix_kv, prefix_mask=prefix_mask)
+        rows = rows.reshape(x.shape[0], -1, rows.shape[-1])  # [B, S, r + rotary_dim]: grouped or not, one head
+        attend = self.attend_latents if x.shape[1] == 1 else self.attend_expanded
+        out = attend(q, rows, mask, drop)
+        return self.o_proj(merge_heads(out)), new_cache
+
+    def kv_weight(self, dtype) -> jax.Array:
+        """`kv_b_proj`'s kernel per head, `[N, kv_lora_rank, qk_nope_head_dim + v_head_dim]`."""
+        c = self.c
+        w = self.kv_b_proj.kernel[...].astype(dtype)
+        return jnp.transpose(w.reshape(c.kv_lora_rank, c.num_heads, -1), (1, 0, 2))
+
+    def attend_expanded(self, q, rows, mask, drop):
+        """Each head's keys and values expanded from the rows `[B, S, r + rotary_dim]`: its `kv_b_proj` block
+        times the latent, the rotated dims shared."""
+        c = self.c
+        B, S, _ = rows.shape
+        kv = split_heads(self.kv_b_proj(rows[..., :c.kv_lora_rank]), c.num_heads)  # [B, S, N, nope + v]
+        k_rot = jnp.broadcast_to(rows[:, :, None, c.kv_lora_rank:], (B, S, c.num_heads, c.rope_dim))
+        k = heads_major(jnp.concatenate([kv[..., :c.qk_nope_head_dim], k_rot], axis=-1))
+        v = heads_major(kv[..., c.qk_nope_head_dim:])
+        return dot_product_attention(q, k, v, mask, scale=c.query_scale, dropout=drop, dropout_rate=c.attn_dropout)
+
+    def attend_latents(self, q, rows, mask, drop):
+        """The same attention over the rows themselves, one key / value head every query head shares (DeepSeek's
+        weight absorption): a head's unrotated query times its `kv_b_proj` key block scores against the latent,
+        and the latents weighted by the scores, times its value block, are its output."""
+        c = self.c
+        nope, r = c.qk_nope_head_dim, c.kv_lora_rank
+        w = self.kv_weight(q.dtype)
+        einsum = functools.partial(ops.einsum, out_dtype=q.dtype)
+        q = jnp.concatenate([einsum("btnk,nrk->btnr", q[..., :nope], w[..., :nope]), q[..., nope:]], axis=-1)
+        latents = rows[:, None]  # [B, 1, S, r + rotary_dim]
+        out = dot_product_attention(q, latents, latents[..., :r], mask, scale=c.query_scale, dropout=drop,
+                                    dropout_rate=c.attn_dropout)
+        return einsum("btnr,nrv->btnv", out, w[..., nope:])
 
 
 LATENT_NORM_EPS = 1e-6  # DeepseekV3RMSNorm's default, which its latent norms keep whatever config.json says

@@ -48,7 +48,7 @@ def fields_from_hf(hf: dict) -> dict:
         rotary_fraction = hf["rotary_dim"] / head_dim  # its released checkpoints' spelling
     rotary_dims = int(head_dim * rotary_fraction)  # as transformers truncates it
     latent = _latent_attention_fields(hf, rope)
-    if latent:  # the cache holds queries / keys and values at one width, the wider
+    if latent:  # a head's query / key width; the cache holds latents (llama.Config.cache_layout)
         head_dim, rotary_dims = latent.pop("head_dim"), hf["qk_rope_head_dim"]
     latent_scale = latent.pop("query_scale", None)
     return dict(
@@ -284,9 +284,10 @@ def _grouped_fields(hf: dict) -> dict:
 
 
 def _latent_attention_fields(hf: dict, rope: dict) -> dict:
-    """Multi-head latent attention's fields (DeepSeek-V3; {} for other attention), with the cache's `head_dim` and
-    the scores' scale: `(qk_nope_head_dim + qk_rope_head_dim) ** -0.5`, times YaRN's mscale(factor,
-    mscale_all_dim) squared under any RoPE scaling that sets `mscale_all_dim` (transformers' yarn_apply_mscale)."""
+    """Multi-head latent attention's fields (DeepSeek-V3; {} for other attention), with a head's query / key width
+    (`head_dim`) and the scores' scale: `(qk_nope_head_dim + qk_rope_head_dim) ** -0.5`, times YaRN's
+    mscale(factor, mscale_all_dim) squared under any RoPE scaling that sets `mscale_all_dim` (transformers'
+    yarn_apply_mscale)."""
     if not hf.get("kv_lora_rank"):
         return {}
     nope, rot, v = hf["qk_nope_head_dim"], hf["qk_rope_head_dim"], hf.get("v_head_dim") or hf["qk_nope_head_dim"]
@@ -296,7 +297,7 @@ def _latent_attention_fields(hf: dict, rope: dict) -> dict:
         mscale = 1.0 if factor <= 1 else 0.1 * float(rope["mscale_all_dim"]) * math.log(factor) + 1.0
         scale *= mscale * mscale
     return dict(kv_lora_rank=hf["kv_lora_rank"], q_lora_rank=hf.get("q_lora_rank"), qk_nope_head_dim=nope,
-                v_head_dim=v, head_dim=max(nope + rot, v), query_scale=scale,
+                v_head_dim=v, head_dim=nope + rot, query_scale=scale,
                 # DeepSeek-V2 always rotates pairs (2i, 2i + 1), as complex numbers
                 rope_interleaved=hf["model_type"] == "deepseek_v2" or bool(hf.get("rope_interleave", True)))
 

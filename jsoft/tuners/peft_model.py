@@ -493,7 +493,7 @@ class PeftModel(nnx.Module):
                              "depends on the input and has no prompt cache")
         V = a.config.num_virtual_tokens
         dtype = compute_dtype(base)
-        cache = KVCache.zeros(mc.num_layers, 1, V, mc.num_kv_heads, mc.head_dim, dtype)
+        cache = KVCache.zeros(mc.num_layers, 1, V, *mc.cache_layout, dtype)
         out = base(inputs_embeds=a.prompt()[None, :V].astype(dtype), position_ids=jnp.arange(V)[None],
                    cache=cache)
         return out.cache.as_prefix()
