@@ -427,6 +427,22 @@ CONFIGS = {
                             "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.5,
                             "partial_rotary_factor": 0.5},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Youtu-LLM: DeepSeek-V3's latent attention in dense Llama layers, the LM head tied
+    "youtu": lambda **kw: tf.YoutuConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 16, "q_lora_rank": 24,
+        "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 12, "max_position_embeddings": 128,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # MiniCPM3: DeepSeek-V2's latent attention with rotate_half RoPE (LongRoPE here), scaled token embeddings,
+    # residual branches and LM head input; values of the default width (hidden_size / heads)
+    "minicpm3": lambda **kw: tf.MiniCPM3Config(**{
+        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 16, "q_lora_rank": 24,
+        "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": None, "max_position_embeddings": 128,
+        "scale_emb": 3.0, "scale_depth": 1.4, "dim_model_base": 16, "initializer_range": 0.2,
+        "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 3.0],
+                            "long_factor": [2.0, 3.0, 4.0, 6.0], "original_max_position_embeddings": 8},
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -570,6 +586,8 @@ CLASSES = {
     ("cwm", "causal_lm"): tf.CwmForCausalLM,
     ("apertus", "causal_lm"): tf.ApertusForCausalLM, ("apertus", "token_cls"): tf.ApertusForTokenClassification,
     ("mistral4", "causal_lm"): tf.Mistral4ForCausalLM, ("mistral4", "seq_cls"): tf.Mistral4ForSequenceClassification,
+    ("youtu", "causal_lm"): tf.YoutuForCausalLM,
+    ("minicpm3", "causal_lm"): tf.MiniCPM3ForCausalLM, ("minicpm3", "seq_cls"): tf.MiniCPM3ForSequenceClassification,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)

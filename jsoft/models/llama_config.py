@@ -13,7 +13,8 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
                "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder",
-               "vaultgemma", "cwm", "apertus", "mistral4")
+               "vaultgemma", "cwm", "apertus", "mistral4", "youtu",
+               "minicpm3")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -71,12 +72,12 @@ def fields_from_hf(hf: dict) -> dict:
         attn_dropout=float(hf.get("attention_dropout") or 0.0),
         resid_dropout=float(hf.get("resid_pdrop") or hf.get("residual_dropout") or 0.0),
         embd_dropout=float(hf.get("embd_pdrop") or 0.0),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type == "ernie4_5_moe")),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", model_type in ("ernie4_5_moe", "youtu", "minicpm3"))),
         lm_head_bias=model_type == "ernie4_5_moe" and bool(hf.get("use_bias", False)),
         classifier_dropout=heads.classifier_dropout_rate(hf, "resid_pdrop" if model_type == "phi3"
                                                          else "hidden_dropout"),
         token_cls_bias=bool(hf.get("token_classification_bias", True)),
-        embed_scale=d ** 0.5 if gemma else 1.0,
+        embed_scale=d ** 0.5 if gemma else float(hf.get("scale_emb", 12)) if model_type == "minicpm3" else 1.0,
         query_scale=(float(hf.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma2_style
                      else float(hf.get("attention_multiplier", 1.0)) if model_type in GRANITES
                      else latent_scale),
@@ -87,6 +88,7 @@ def fields_from_hf(hf: dict) -> dict:
         clip_qkv=hf.get("clip_qkv"),
         **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf), **latent,
         **(_llama4_fields(hf) if model_type == "llama4_text" else {}),
+        **(_minicpm3_multipliers(hf) if model_type == "minicpm3" else {}),
         **(_position_query_scaling(rope, model_type) if model_type in ("ministral3", "mistral4") else {}),
     )
 
@@ -290,7 +292,10 @@ def _latent_attention_fields(hf: dict, rope: dict) -> dict:
     yarn_apply_mscale)."""
     if not hf.get("kv_lora_rank"):
         return {}
-    nope, rot, v = hf["qk_nope_head_dim"], hf["qk_rope_head_dim"], hf.get("v_head_dim") or hf["qk_nope_head_dim"]
+    nope, rot = hf["qk_nope_head_dim"], hf["qk_rope_head_dim"]
+    # MiniCPM3's default value width: hidden_size / num_attention_heads
+    v = hf.get("v_head_dim") or (hf["hidden_size"] // hf["num_attention_heads"] if hf["model_type"] == "minicpm3"
+                                 else nope)
     scale = (nope + rot) ** -0.5
     if rope["rope_type"] != "default" and rope.get("mscale_all_dim"):
         factor = float(rope["factor"])
@@ -298,8 +303,9 @@ def _latent_attention_fields(hf: dict, rope: dict) -> dict:
         scale *= mscale * mscale
     return dict(kv_lora_rank=hf["kv_lora_rank"], q_lora_rank=hf.get("q_lora_rank"), qk_nope_head_dim=nope,
                 v_head_dim=v, head_dim=nope + rot, query_scale=scale,
-                # DeepSeek-V2 always rotates pairs (2i, 2i + 1), as complex numbers
-                rope_interleaved=hf["model_type"] == "deepseek_v2" or bool(hf.get("rope_interleave", True)))
+                # DeepSeek-V2 always rotates pairs (2i, 2i + 1), as complex numbers; MiniCPM3 never (rotate_half)
+                rope_interleaved=hf["model_type"] == "deepseek_v2" or (hf["model_type"] != "minicpm3"
+                                                                      and bool(hf.get("rope_interleave", True))))
 
 
 def _llama4_fields(hf: dict) -> dict:
@@ -339,6 +345,15 @@ def _position_query_scaling(rope: dict, model_type: str) -> dict:
     return dict(temperature_floor=float(rope["original_max_position_embeddings"]),
                 temperature_scale=float(rope["llama_4_scaling_beta"]), temperature_offset=0.0,
                 temperature_nope_only=False)
+
+
+def _minicpm3_multipliers(hf: dict) -> dict:
+    """MiniCPM3's residual branches times `scale_depth / sqrt(num_hidden_layers)` and its LM head's input divided by
+    `hidden_size / dim_model_base` (its token embeddings times `scale_emb`: Config.embed_scale)."""
+    n, d = hf["num_hidden_layers"], hf["hidden_size"]
+    depth = hf.get("scale_depth", 1.4)
+    return dict(residual_multiplier=1.0 if depth is None else float(depth) / math.sqrt(n),
+                logits_scaling=d / float(hf.get("dim_model_base", 256) or d))
 
 
 def _granite_multipliers(hf: dict) -> dict:

@@ -60,14 +60,15 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("hunyuan_v1_dense", "causal_lm"), ("hunyuan_v1_dense", "seq_cls"), ("hunyuan_v1_moe", "causal_lm"),
           ("mistral3", "causal_lm"), ("ministral3", "causal_lm"), ("ministral3", "seq_cls"), ("internlm3", "causal_lm"),
           ("iquestcoder", "causal_lm"), ("vaultgemma", "causal_lm"), ("cwm", "causal_lm"),
-          ("apertus", "causal_lm"), ("apertus", "token_cls"), ("mistral4", "causal_lm"), ("mistral4", "seq_cls")]
+          ("apertus", "causal_lm"), ("apertus", "token_cls"), ("mistral4", "causal_lm"), ("mistral4", "seq_cls"),
+          ("youtu", "causal_lm"), ("minicpm3", "causal_lm"), ("minicpm3", "seq_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
 # which does not fit the model's one-head cache; it runs the one-head prefix jsoft saves
 PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
 # multi-head latent attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only embedding prompts
-NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4")
+NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3")
 
 
 def configs(method: str, task: str, kind: str | None = None):
