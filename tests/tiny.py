@@ -443,6 +443,11 @@ CONFIGS = {
         "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 3.0],
                             "long_factor": [2.0, 3.0, 4.0, 6.0], "original_max_position_embeddings": 8},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # Jais 2: LayerNorms with weights and biases, a ReLU-squared MLP without a gate, biases everywhere
+    "jais2": lambda **kw: tf.Jais2Config(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "layer_norm_eps": 1e-4,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -588,6 +593,7 @@ CLASSES = {
     ("mistral4", "causal_lm"): tf.Mistral4ForCausalLM, ("mistral4", "seq_cls"): tf.Mistral4ForSequenceClassification,
     ("youtu", "causal_lm"): tf.YoutuForCausalLM,
     ("minicpm3", "causal_lm"): tf.MiniCPM3ForCausalLM, ("minicpm3", "seq_cls"): tf.MiniCPM3ForSequenceClassification,
+    ("jais2", "causal_lm"): tf.Jais2ForCausalLM,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)

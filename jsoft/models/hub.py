@@ -68,7 +68,8 @@ ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5":
                  "internlm3": "jsoft.models.llama", "iquestcoder": "jsoft.models.llama",
                  "vaultgemma": "jsoft.models.llama", "cwm": "jsoft.models.llama",
                  "apertus": "jsoft.models.llama", "mistral4": "jsoft.models.mistral4",
-                 "youtu": "jsoft.models.llama", "minicpm3": "jsoft.models.llama"}
+                 "youtu": "jsoft.models.llama", "minicpm3": "jsoft.models.llama",
+                 "jais2": "jsoft.models.llama"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5
@@ -90,7 +91,7 @@ DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
                 "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "llama4", "ernie4_5_moe",
                 "hunyuan_v1_dense", "hunyuan_v1_moe", "mistral3", "ministral3", "internlm3", "iquestcoder",
                 "vaultgemma", "cwm", "apertus", "mistral4", "youtu",
-                "minicpm3")
+                "minicpm3", "jais2")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

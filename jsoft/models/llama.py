@@ -30,6 +30,7 @@ from jsoft.models.layers import (
     Buffer,
     DropoutRng,
     KVCache,
+    LayerNorm,
     Precision,
     RMSNorm,
     activation,
@@ -98,7 +99,9 @@ class Config(TransformerConfig):
     # post_attention_layernorm is one of those), "glm4" (GLM-4-0414's sandwich, other names), "post" (OLMo 2 / 3:
     # on their outputs only)
     norm_placement: str = "pre"
-    weightless_norms: bool = False  # OLMo: the layers' and final norms are LayerNorms without weight or bias
+    # the layers' and final norms: "rms" (eps `rms_norm_eps`), "layer" (LayerNorms with weight and bias, the same
+    # eps: Jais 2), "weightless" (LayerNorms without weight or bias: OLMo)
+    norm_type: str = "rms"
     qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
     # over the whole projection "width" (OLMo 2); or after RoPE over each head, "rotated_head" (Hunyuan:
     # `query_layernorm`, `key_layernorm`)
@@ -425,7 +428,11 @@ class WeightlessLayerNorm(nnx.Module):
 
 def stack_norm(c: Config, p: Precision) -> nnx.Module:
     """A layer's (or the final) norm over the hidden size."""
-    return WeightlessLayerNorm(p) if c.weightless_norms else RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
+    if c.norm_type == "weightless":
+        return WeightlessLayerNorm(p)
+    if c.norm_type == "layer":
+        return LayerNorm(c.hidden_size, c.rms_norm_eps, p)
+    return RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
 
 
 def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> nnx.Module:

@@ -14,7 +14,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text",
                "ernie4_5_moe", "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder",
                "vaultgemma", "cwm", "apertus", "mistral4", "youtu",
-               "minicpm3")
+               "minicpm3", "jais2")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -43,8 +43,8 @@ def fields_from_hf(hf: dict) -> dict:
     if model_type == "glm4_moe" and hf.get("use_qk_norm"):
         family = {**family, "qk_norm": "head"}
     head_dim = hf.get("head_dim") or d // h
-    glm_default = 0.5 if model_type in GLMS else 1.0
-    rotary_fraction = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", glm_default)))
+    half_by_default = 0.5 if model_type in GLMS else 1.0
+    rotary_fraction = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", half_by_default)))
     if model_type == "minimax_m2" and "partial_rotary_factor" not in rope and hf.get("rotary_dim"):
         rotary_fraction = hf["rotary_dim"] / head_dim  # its released checkpoints' spelling
     rotary_dims = int(head_dim * rotary_fraction)  # as transformers truncates it
@@ -63,7 +63,7 @@ def fields_from_hf(hf: dict) -> dict:
         else hf["intermediate_size"],
         # legacy Gemma configs say "gelu" for the tanh approximation (transformers reads it so)
         activation="gelu_pytorch_tanh" if gemma and act == "gelu" else act,
-        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rms_norm_eps=hf.get("layer_norm_eps", 1e-5) if model_type == "jais2" else hf.get("rms_norm_eps", 1e-6),
         max_positions=hf.get("max_position_embeddings", 2048),
         **rotary.config_fields(hf, rope, rotary_dims), rotary_dim=None if rotary_dims == head_dim else rotary_dims,
         **_bias_fields(hf),
@@ -112,7 +112,8 @@ FAMILIES: dict[str, dict] = {
     "helium": dict(rope_interleaved=True),
     "ernie4_5": dict(rope_interleaved=True),
     "arcee": dict(gated_mlp=False),
-    "olmo": dict(weightless_norms=True),
+    "olmo": dict(norm_type="weightless"),
+    "jais2": dict(norm_type="layer", gated_mlp=False),  # LayerNorms (eps: layer_norm_eps), biases by default
     "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
     "granitemoe": dict(moe_kind="granite"),
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
@@ -141,8 +142,9 @@ GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_sl
 def _bias_fields(hf: dict) -> dict:
     """Which projections have biases, as each family's code reads config.json: `attention_bias` on the query / key /
     value and output projections (Qwen2: `qkv_bias`, default on, none on the output; GLM: on by default (GLM-4.5:
-    off), none on the output; Helium: none on the output; Seed-OSS: `attention_out_bias` for the output),
-    `mlp_bias` (ERNIE 4.5: one `use_bias` for every projection; InternLM3: `qkv_bias`, `bias`)."""
+    off), none on the output; Helium: none on the output; Seed-OSS: `attention_out_bias` for the output; GPT-OSS,
+    Jais 2: on by default), `mlp_bias` (Jais 2: on by default; ERNIE 4.5: one `use_bias` for every projection;
+    InternLM3: `qkv_bias`, `bias`)."""
     model_type = hf.get("model_type", "llama")
     if model_type in ("ernie4_5", "ernie4_5_moe"):
         bias = bool(hf.get("use_bias", False))
@@ -155,14 +157,13 @@ def _bias_fields(hf: dict) -> dict:
                              f"/ mlp_bias ({mlp}); transformers' Llama implementation of it has one bias setting")
         return dict(attention_bias=qkv, attention_out_bias=qkv, mlp_bias=mlp)
     qwen2, glm = model_type in ("qwen2", "qwen2_moe"), model_type in GLMS
-    glm_default = model_type in ("glm", "glm4")  # on unless config.json says otherwise
-    qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", glm_default
-                                                                   or model_type == "gpt_oss"))
+    on_by_default = model_type in ("glm", "glm4", "gpt_oss", "jais2")  # unless config.json says otherwise
+    qkv = bool(hf.get("qkv_bias", True)) if qwen2 else bool(hf.get("attention_bias", on_by_default))
     if model_type == "seed_oss":
         out = bool(hf.get("attention_out_bias", False))
     else:
         out = qkv and not (qwen2 or glm or model_type == "helium")
-    return dict(attention_bias=qkv, attention_out_bias=out, mlp_bias=bool(hf.get("mlp_bias", False)))
+    return dict(attention_bias=qkv, attention_out_bias=out, mlp_bias=bool(hf.get("mlp_bias", model_type == "jais2")))
 
 
 def _moe_fields(hf: dict) -> dict:
