@@ -29,47 +29,31 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jsoft.models import llama_config
 from jsoft.models.layers import Fp32Buffer, Fp32Param, Precision
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = {"gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
-                 "mt5": "jsoft.models.t5", "llama": "jsoft.models.llama", "mistral": "jsoft.models.llama",
-                 "qwen2": "jsoft.models.llama", "qwen3": "jsoft.models.llama", "roberta": "jsoft.models.roberta",
-                 "xlm-roberta": "jsoft.models.roberta", "bloom": "jsoft.models.bloom",
-                 "gemma": "jsoft.models.llama", "gemma2": "jsoft.models.llama", "gemma3_text": "jsoft.models.llama",
-                 "phi3": "jsoft.models.llama", "olmo2": "jsoft.models.llama", "granite": "jsoft.models.llama",
-                 "mixtral": "jsoft.models.llama", "qwen2_moe": "jsoft.models.llama",
-                 "qwen3_moe": "jsoft.models.llama", "olmoe": "jsoft.models.llama",
-                 "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi", "bart": "jsoft.models.bart",
-                 "mbart": "jsoft.models.bart", "opt": "jsoft.models.opt", "deberta": "jsoft.models.deberta",
-                 "deberta-v2": "jsoft.models.deberta", "distilbert": "jsoft.models.distilbert",
-                 "electra": "jsoft.models.electra", "modernbert": "jsoft.models.modernbert",
-                 "gptj": "jsoft.models.gptj", "gpt_neo": "jsoft.models.gpt_neo", "camembert": "jsoft.models.roberta",
+# each config.json model_type's module: every Llama-like family's (llama_config.MODEL_TYPES) jsoft.models.llama, but
+# those whose experts are stored stacked (GPT-OSS, Llama 4, Mistral 4), which have modules of their own
+ARCHITECTURES = {**dict.fromkeys(llama_config.MODEL_TYPES, "jsoft.models.llama"),
+                 "gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
+                 "mt5": "jsoft.models.t5", "roberta": "jsoft.models.roberta", "xlm-roberta": "jsoft.models.roberta",
+                 "bloom": "jsoft.models.bloom", "gpt_neox": "jsoft.models.gpt_neox", "phi": "jsoft.models.phi",
+                 "bart": "jsoft.models.bart", "mbart": "jsoft.models.bart", "opt": "jsoft.models.opt",
+                 "deberta": "jsoft.models.deberta", "deberta-v2": "jsoft.models.deberta",
+                 "distilbert": "jsoft.models.distilbert", "electra": "jsoft.models.electra",
+                 "modernbert": "jsoft.models.modernbert", "gptj": "jsoft.models.gptj",
+                 "gpt_neo": "jsoft.models.gpt_neo", "camembert": "jsoft.models.roberta",
                  "stablelm": "jsoft.models.stablelm", "starcoder2": "jsoft.models.starcoder2",
-                 "smollm3": "jsoft.models.llama", "olmo3": "jsoft.models.llama",
-                 "ministral": "jsoft.models.llama", "glm": "jsoft.models.llama", "glm4": "jsoft.models.llama",
-                 "exaone4": "jsoft.models.llama", "seed_oss": "jsoft.models.llama", "helium": "jsoft.models.llama",
-                 "arcee": "jsoft.models.llama", "nemotron": "jsoft.models.nemotron", "ernie4_5": "jsoft.models.llama",
-                 "cohere": "jsoft.models.cohere", "cohere2": "jsoft.models.cohere", "falcon": "jsoft.models.falcon",
-                 "gpt_bigcode": "jsoft.models.gpt_bigcode", "mpnet": "jsoft.models.mpnet",
-                 "olmo": "jsoft.models.llama", "xlm-roberta-xl": "jsoft.models.xlm_roberta_xl",
-                 "ernie": "jsoft.models.ernie", "codegen": "jsoft.models.codegen",
-                 "albert": "jsoft.models.albert", "gpt_oss": "jsoft.models.gpt_oss",
-                 "umt5": "jsoft.models.t5", "m2m_100": "jsoft.models.bart", "marian": "jsoft.models.bart",
-                 "pegasus": "jsoft.models.bart", "xglm": "jsoft.models.xglm",
-                 "biogpt": "jsoft.models.biogpt",
-                 "granitemoe": "jsoft.models.llama", "glm4_moe": "jsoft.models.llama", "dots1": "jsoft.models.llama",
-                 "deepseek_v3": "jsoft.models.llama", "glm4_moe_lite": "jsoft.models.llama",
-                 "deepseek_v2": "jsoft.models.llama", "minimax_m2": "jsoft.models.llama",
-                 "exaone_moe": "jsoft.models.llama", "llama4_text": "jsoft.models.llama4",
-                 "ernie4_5_moe": "jsoft.models.llama", "hunyuan_v1_dense": "jsoft.models.llama",
-                 "hunyuan_v1_moe": "jsoft.models.llama", "ministral3": "jsoft.models.llama",
-                 "internlm3": "jsoft.models.llama", "iquestcoder": "jsoft.models.llama",
-                 "vaultgemma": "jsoft.models.llama", "cwm": "jsoft.models.llama",
-                 "apertus": "jsoft.models.llama", "mistral4": "jsoft.models.mistral4",
-                 "youtu": "jsoft.models.llama", "minicpm3": "jsoft.models.llama",
-                 "jais2": "jsoft.models.llama"}
+                 "nemotron": "jsoft.models.nemotron", "cohere": "jsoft.models.cohere", "cohere2": "jsoft.models.cohere",
+                 "falcon": "jsoft.models.falcon", "gpt_bigcode": "jsoft.models.gpt_bigcode",
+                 "mpnet": "jsoft.models.mpnet", "xlm-roberta-xl": "jsoft.models.xlm_roberta_xl",
+                 "ernie": "jsoft.models.ernie", "codegen": "jsoft.models.codegen", "albert": "jsoft.models.albert",
+                 "gpt_oss": "jsoft.models.gpt_oss", "umt5": "jsoft.models.t5", "m2m_100": "jsoft.models.bart",
+                 "marian": "jsoft.models.bart", "pegasus": "jsoft.models.bart", "xglm": "jsoft.models.xglm",
+                 "biogpt": "jsoft.models.biogpt", "llama4_text": "jsoft.models.llama4",
+                 "mistral4": "jsoft.models.mistral4"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5
@@ -83,15 +67,9 @@ LANGUAGE_MODELS = {"gemma3": {"language_model.model.": "model.", "model.language
 _TOP_LEVEL_KEYS = ("tie_word_embeddings", "num_labels", "id2label", "label2id", "problem_type", "pad_token_id",
                    "eos_token_id", "bos_token_id")
 # causal self-attention over the input (a multimodal checkpoint: its language model)
-DECODER_ONLY = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "bloom",
-                "gpt_neox", "phi", "phi3", "olmo2", "granite", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "opt",
-                "gptj", "gpt_neo", "stablelm", "starcoder2", "smollm3", "olmo3", "cohere", "cohere2", "ministral",
-                "gpt_oss", "xglm", "biogpt", "granitemoe", "glm", "glm4", "exaone4", "seed_oss", "helium", "arcee",
-                "nemotron", "ernie4_5", "falcon", "gpt_bigcode", "olmo", "codegen", "glm4_moe", "dots1", "deepseek_v3",
-                "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "llama4", "ernie4_5_moe",
-                "hunyuan_v1_dense", "hunyuan_v1_moe", "mistral3", "ministral3", "internlm3", "iquestcoder",
-                "vaultgemma", "cwm", "apertus", "mistral4", "youtu",
-                "minicpm3", "jais2")
+DECODER_ONLY = (*llama_config.MODEL_TYPES, "gpt2", "gemma3", "bloom", "gpt_neox", "phi", "opt", "gptj", "gpt_neo",
+                "stablelm", "starcoder2", "cohere", "cohere2", "xglm", "biogpt", "nemotron", "falcon", "gpt_bigcode",
+                "codegen", "llama4", "mistral3")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

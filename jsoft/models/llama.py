@@ -376,9 +376,8 @@ class XIELU(nnx.Module):
         alpha_p = jax.nn.softplus(self.alpha_p[...].astype(f32))
         alpha_n = beta + jax.nn.softplus(self.alpha_n[...].astype(f32))
         x32 = x.astype(f32)
-        y = jnp.where(x32 > 0, alpha_p * x32 * x32 + beta * x32, (jnp.expm1(jnp.minimum(x32, eps)) - x32) * alpha_n
-                      + beta * x32)
-        return y.astype(x.dtype)
+        negative = (jnp.expm1(jnp.minimum(x32, eps)) - x32) * alpha_n + beta * x32
+        return jnp.where(x32 > 0, alpha_p * x32 * x32 + beta * x32, negative).astype(x.dtype)
 
 
 class MLP(nnx.Module):
