@@ -61,7 +61,7 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "minicpm3": {"initializer_range": 0.3, "rope_parameters": {
                "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 3.0],
                "long_factor": [2.0, 3.0, 4.0, 6.0], "original_max_position_embeddings": 64}},
-           "jais2": {"initializer_range": 0.3}}
+           "jais2": {"initializer_range": 0.3}, "nanochat": {"initializer_range": 0.3}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -81,7 +81,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "hunyuan_v1_moe": "causal_lm", "mistral3": "causal_lm", "ministral3": "causal_lm", "internlm3": "causal_lm",
         "iquestcoder": "causal_lm", "vaultgemma": "causal_lm", "cwm": "causal_lm",
         "apertus": "causal_lm", "mistral4": "causal_lm", "youtu": "causal_lm",
-        "minicpm3": "causal_lm", "jais2": "causal_lm"}
+        "minicpm3": "causal_lm", "jais2": "causal_lm", "nanochat": "causal_lm"}
 NEW = 8
 
 
@@ -172,7 +172,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("cwm", "prompt"), ("cwm", "prefix"), ("apertus", "prompt"), ("apertus", "prefix_proj")]
           # Mistral 4: latent attention's compressed cache, queries scaled past 4 positions (embedding prompts only)
           + [("mistral4", "prompt"), ("mistral4", "ptuning_lstm"), ("youtu", "prompt"), ("minicpm3", "prompt")]
-          + [("jais2", "prompt"), ("jais2", "prefix")])
+          + [("jais2", "prompt"), ("jais2", "prefix"), ("nanochat", "prompt"), ("nanochat", "prefix_proj")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))

@@ -448,6 +448,13 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "layer_norm_eps": 1e-4,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    # NanoChat: weightless RMS norms (the input embeddings' too), RoPE turned the other way, query / key norms after
+    # it, fc1 / fc2 ReLU-squared MLPs, a final logit cap
+    "nanochat": lambda **kw: tf.NanoChatConfig(**{
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "final_logit_softcapping": 3.0, "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1,
+        "eos_token_id": 2, **kw}),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -593,7 +600,7 @@ CLASSES = {
     ("mistral4", "causal_lm"): tf.Mistral4ForCausalLM, ("mistral4", "seq_cls"): tf.Mistral4ForSequenceClassification,
     ("youtu", "causal_lm"): tf.YoutuForCausalLM,
     ("minicpm3", "causal_lm"): tf.MiniCPM3ForCausalLM, ("minicpm3", "seq_cls"): tf.MiniCPM3ForSequenceClassification,
-    ("jais2", "causal_lm"): tf.Jais2ForCausalLM,
+    ("jais2", "causal_lm"): tf.Jais2ForCausalLM, ("nanochat", "causal_lm"): tf.NanoChatForCausalLM,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)

@@ -72,6 +72,7 @@ class Config(TransformerConfig):
     rope_attention_factor: float = 1.0  # longrope, yarn: cos and sin times this
     rotary_dim: int | None = None  # leading dims of each head that RoPE rotates (None: all)
     rope_interleaved: bool = False  # RoPE turns dims (2i, 2i + 1) (GPT-J, Cohere), not (i, i + rotary_dim / 2)
+    rope_reversed: bool = False  # RoPE turns each pair the other way (NanoChat's rotate_half: (x2, -x1))
     attention_bias: bool = False  # q_proj, k_proj, v_proj
     attention_out_bias: bool = False  # o_proj (Llama: = attention_bias; Qwen2: none)
     mlp_bias: bool = False
@@ -100,8 +101,10 @@ class Config(TransformerConfig):
     # on their outputs only)
     norm_placement: str = "pre"
     # the layers' and final norms: "rms" (eps `rms_norm_eps`), "layer" (LayerNorms with weight and bias, the same
-    # eps: Jais 2), "weightless" (LayerNorms without weight or bias: OLMo)
+    # eps: Jais 2), "weightless" (LayerNorms without weight or bias: OLMo), "weightless_rms" (RMS norms without a
+    # weight: NanoChat)
     norm_type: str = "rms"
+    embedding_norm: bool = False  # NanoChat: the final norm on the input embeddings too (soft prompts with them)
     qk_norm: str | None = None  # RMS norms on queries and keys before RoPE: over each "head" (Qwen3, Gemma 3) or
     # over the whole projection "width" (OLMo 2); or after RoPE over each head, "rotated_head" (Hunyuan:
     # `query_layernorm`, `key_layernorm`)
@@ -425,10 +428,22 @@ class WeightlessLayerNorm(nnx.Module):
         return ops.layer_norm(x, jnp.ones((), jnp.float32), jnp.zeros((), jnp.float32), 1e-5).astype(self.dtype)
 
 
+class WeightlessRMSNorm(nnx.Module):
+    """NanoChat's RMS norm: no weight, in fp32."""
+
+    def __init__(self, eps: float):
+        self.eps = eps
+
+    def __call__(self, x):
+        return l2_norm(x, self.eps)
+
+
 def stack_norm(c: Config, p: Precision) -> nnx.Module:
     """A layer's (or the final) norm over the hidden size."""
     if c.norm_type == "weightless":
         return WeightlessLayerNorm(p)
+    if c.norm_type == "weightless_rms":
+        return WeightlessRMSNorm(c.rms_norm_eps)
     if c.norm_type == "layer":
         return LayerNorm(c.hidden_size, c.rms_norm_eps, p)
     return RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
@@ -510,6 +525,8 @@ class LlamaModel(nnx.Module):
                                             inputs_embeds, prefix_kv, cache, self.dtype)
         if self.c.embedding_multiplier != 1.0:
             x = x * jnp.asarray(self.c.embedding_multiplier, x.dtype)
+        if self.c.embedding_norm:
+            x = self.norm(x)
         x = drop(x, self.c.embd_dropout)
         x, cache = run_layers(self.layers, x, mask, rope, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)

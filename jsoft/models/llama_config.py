@@ -13,7 +13,8 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "seed_oss", "helium", "arcee", "ernie4_5", "olmo", "gpt_oss", "granitemoe", "glm4_moe", "dots1",
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "ernie4_5_moe",
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
-               "apertus", "mistral4", "youtu", "minicpm3", "jais2")
+               "apertus", "mistral4", "youtu", "minicpm3", "jais2",
+               "nanochat")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -83,7 +84,8 @@ def fields_from_hf(hf: dict) -> dict:
         # transformers' Gemma 3 attention never applies attn_logit_softcapping (its config still has one), nor
         # its multimodal model final_logit_softcapping
         attn_softcap=hf.get("attn_logit_softcapping") if model_type in GEMMA2S else None,
-        final_softcap=hf.get("final_logit_softcapping") if gemma2_style and not hf.get("multimodal_type") else None,
+        final_softcap=hf.get("final_logit_softcapping") if (gemma2_style and not hf.get("multimodal_type"))
+        or model_type == "nanochat" else None,
         clip_qkv=hf.get("clip_qkv"),
         **family, **(_granite_multipliers(hf) if model_type in GRANITES else {}), **_moe_fields(hf), **latent,
         **(_llama4_fields(hf) if model_type == "llama4_text" else {}),
@@ -113,6 +115,10 @@ FAMILIES: dict[str, dict] = {
     "arcee": dict(gated_mlp=False),
     "olmo": dict(norm_type="weightless"),
     "jais2": dict(norm_type="layer", gated_mlp=False),  # LayerNorms (eps: layer_norm_eps), biases by default
+    # weightless RMS norms, on the input embeddings too, on queries and keys after RoPE turned the other way; fc1 / fc2
+    # MLPs (jsoft.models.nanochat), Gemma 2's final cap
+    "nanochat": dict(norm_type="weightless_rms", embedding_norm=True, qk_l2_norm=True, rope_reversed=True,
+                     gated_mlp=False),
     "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
     "granitemoe": dict(moe_kind="granite"),
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"

@@ -161,6 +161,8 @@ def cos_sin(c: llama.Config, positions_BxT: jax.Array, dtype) -> tuple[jax.Array
     freqs = positions_BxT[..., None].astype(jnp.float32) * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     cos, sin = jnp.cos(emb), jnp.sin(emb)
+    if c.rope_reversed:
+        sin = -sin
     if c.rope_attention_factor != 1.0:
         cos, sin = cos * c.rope_attention_factor, sin * c.rope_attention_factor
     return cos.astype(dtype), sin.astype(dtype)

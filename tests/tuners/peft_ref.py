@@ -62,7 +62,7 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("iquestcoder", "causal_lm"), ("vaultgemma", "causal_lm"), ("cwm", "causal_lm"),
           ("apertus", "causal_lm"), ("apertus", "token_cls"), ("mistral4", "causal_lm"), ("mistral4", "seq_cls"),
           ("youtu", "causal_lm"), ("minicpm3", "causal_lm"), ("minicpm3", "seq_cls"),
-          ("jais2", "causal_lm")]
+          ("jais2", "causal_lm"), ("nanochat", "causal_lm")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
