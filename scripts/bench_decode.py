@@ -5,9 +5,12 @@
     python scripts/bench_decode.py --dtype bfloat16         # bf16 frozen weights in both frameworks
     python scripts/bench_decode.py --device gpu --dtype bfloat16 --batch 1,32   # on a GPU, both frameworks
     python scripts/bench_decode.py --model t5               # T5 v1.1-style 8 + 8 x 512, untied LM head, seq2seq
+    python scripts/bench_decode.py --model deepseek_v3 --methods prompt   # latent attention, its compressed cache
 
 Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`; with
-`--model t5` a T5 v1.1-style `T5Config`: 8 + 8 layers, d_model 512, 8 heads, gated GELU, untied LM head)
+`--model t5` a T5 v1.1-style `T5Config`: 8 + 8 layers, d_model 512, 8 heads, gated GELU, untied LM head; with
+`--model deepseek_v3` a `DeepseekV3Config` of 8 x 1024, 16 heads, kv_lora_rank 256, q_lora_rank 384, 8 experts 2 a
+token after 1 dense layer: both frameworks cache the compressed latents; prompt tuning only, as no prefix fits)
 and the same adapter (made in jsoft, saved in PEFT's format, loaded by `peft.PeftModel`). Each
 method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no padding); tokens/s
 counts new tokens of the whole batch. jsoft's first call (trace + compile) is reported apart;
@@ -35,8 +38,8 @@ import time
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5"])
-    ap.add_argument("--layers", type=int, default=None, help="default: 12 (GPT-2), 8 + 8 (T5)")
+    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5", "deepseek_v3"])
+    ap.add_argument("--layers", type=int, default=None, help="default: 12 (GPT-2), 8 + 8 (T5), 8 (DeepSeek-V3)")
     ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
@@ -68,7 +71,8 @@ METHODS = {
 }
 # --model: (jsoft task, PEFT task type, transformers class)
 MODELS = {"gpt2": ("causal_lm", "CAUSAL_LM", tf.GPT2LMHeadModel),
-          "t5": ("seq2seq_lm", "SEQ_2_SEQ_LM", tf.T5ForConditionalGeneration)}
+          "t5": ("seq2seq_lm", "SEQ_2_SEQ_LM", tf.T5ForConditionalGeneration),
+          "deepseek_v3": ("causal_lm", "CAUSAL_LM", tf.DeepseekV3ForCausalLM)}
 
 
 def make_model(args, path: str) -> str:
@@ -78,6 +82,17 @@ def make_model(args, path: str) -> str:
         tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=layers, n_embd=768, n_head=12, vocab_size=50257,
                                          n_positions=1024)).eval().save_pretrained(path)
         return f"GPT-2 {layers}x768, vocab 50257"
+    if args.model == "deepseek_v3":
+        layers = args.layers or 8
+        config = tf.DeepseekV3Config(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
+                                     moe_intermediate_size=512, num_hidden_layers=layers, num_attention_heads=16,
+                                     num_key_value_heads=16, n_routed_experts=8, num_experts_per_tok=2, n_group=1,
+                                     topk_group=1, first_k_dense_replace=1, n_shared_experts=1, kv_lora_rank=256,
+                                     q_lora_rank=384, qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64,
+                                     max_position_embeddings=4096, eos_token_id=31999)
+        tf.DeepseekV3ForCausalLM(config).eval().save_pretrained(path)
+        return (f"DeepSeek-V3-shaped {layers}x1024 (16 heads, kv_lora_rank 256, 8 experts 2 a token), vocab 32000; "
+                f"cache a token and layer: jsoft {2 * (256 + 32)} values, expanded {2 * 16 * (96 + 64)}")
     layers = args.layers or 8
     config = tf.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=layers,
                          num_decoder_layers=layers, num_heads=8, feed_forward_proj="gated-gelu",
