@@ -133,6 +133,8 @@ class Config(TransformerConfig):
     attention_sinks: bool = False  # GPT-OSS: a learned sink logit per head in every attention softmax
     moe_groups: int = 1  # "grouped_*": the groups the experts are ranked in (n_group)
     moe_topk_groups: int = 1  # and how many of them a token's experts may come from (topk_group)
+    moe_group_rank: int = 2  # "grouped_*": a group ranks by the sum of its best this many (DeepSeek-V2: its best)
+    stored_experts: bool = False  # experts held as transformers 5 stores them, [E, out, in] (Mistral 4)
     routed_scaling_factor: float = 1.0  # "grouped_*": the routed experts' weights times this
     # multi-head latent attention (DeepSeek-V3, `LatentAttention`; 0: none): keys and values expanded from a
     # `kv_lora_rank`-wide latent, queries from a `q_lora_rank`-wide one (None: q_proj); a head's query / key is
@@ -469,13 +471,12 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
         return moe.ScaledInputMoE(d, f, E, k, c.activation, p, rngs, shared_expert=shared)
     names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
     if grouped:
-        mistral4 = c.model_type == "mistral4"  # softmax scores, groups ranked by their two best; experts as stored
-        experts = moe.StoredExperts(E, d, f, c.activation, p, rngs) if mistral4 else moe.Experts(
+        experts = moe.StoredExperts(E, d, f, c.activation, p, rngs) if c.stored_experts else moe.Experts(
             E, d, f, names, c.activation, p, rngs)
         return moe.GroupLimitedMoE(d, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
                                    c.norm_topk_prob, c.routed_scaling_factor, experts, p, rngs,
                                    shared_experts=shared, statics=c.model_type == "ernie4_5_moe",
-                                   group_rank=2 if c.moe_kind == "grouped_sigmoid" or mistral4 else 1)
+                                   group_rank=c.moe_group_rank)
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 
 

@@ -125,13 +125,14 @@ FAMILIES: dict[str, dict] = {
     "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
     "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
     "glm4_moe_lite": dict(moe_kind="grouped_sigmoid"),  # DeepSeek-V3's latent attention, GLM-4.5's router
-    "deepseek_v2": dict(moe_kind="grouped_softmax"),
-    # DeepSeek-V3's latent attention, softmax scores in groups ranked by their two best (llama.feed_forward_block)
-    "mistral4": dict(moe_kind="grouped_softmax"),
+    "deepseek_v2": dict(moe_kind="grouped_softmax", moe_group_rank=1),
+    # DeepSeek-V3's latent attention, softmax scores in groups ranked by their two best, experts stored stacked
+    "mistral4": dict(moe_kind="grouped_softmax", stored_experts=True),
     "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
     "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
-    "ernie4_5_moe": dict(rope_interleaved=True, moe_kind="grouped_softmax"),  # one group, moe_statics' correction
+    # one group, moe_statics' correction
+    "ernie4_5_moe": dict(rope_interleaved=True, moe_kind="grouped_softmax", moe_group_rank=1),
     "hunyuan_v1_dense": dict(qk_norm="rotated_head"),
     "hunyuan_v1_moe": dict(qk_norm="rotated_head", moe_kind="hunyuan"),
 }
