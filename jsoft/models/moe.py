@@ -11,6 +11,7 @@ and GraniteMoE's checkpoints store them stacked already, `[E, in, out]` and `[E,
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,13 @@ from jsoft.models.layers import Fp32Buffer, Fp32Param, Precision, activation, ax
 # an expert's (gate, up, down) projections as checkpoints name them
 EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "minimax_m2": ("w1", "w3", "w2")}
 DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+
+class Groups(NamedTuple):
+    """Rows sorted by expert: `sizes[e]` of them for expert e, and each row's expert."""
+
+    sizes: jax.Array
+    expert_of_row: jax.Array
 
 
 def check_top_k(top_k: int, num_experts: int, key: str = "num_experts_per_tok") -> None:
@@ -41,27 +49,38 @@ class Experts(nnx.Module):
             value = init(rngs.params(), (num_experts, *shape), p.param_dtype)
             setattr(self, name, nnx.Param(value, **axes("expert", *axis_names)))
 
-    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        """Rows of `x` sorted by expert, `group_sizes[e]` of them for expert e, through their experts."""
+    def __call__(self, x_NxD: jax.Array, groups: Groups) -> jax.Array:
+        """Rows of `x` sorted by expert (`groups`) through their experts."""
         gate, up, down = (getattr(self, n)[...] for n in self.names)
-        h = self.act(grouped_matmul(x_NxD, gate, group_sizes)) * grouped_matmul(x_NxD, up, group_sizes)
-        return grouped_matmul(h.astype(self.dtype), down, group_sizes)
+        h = self.act(grouped_matmul(x_NxD, gate, groups)) * grouped_matmul(x_NxD, up, groups)
+        return grouped_matmul(h.astype(self.dtype), down, groups)
 
 
-def grouped_linear(x_NxI: jax.Array, w_ExOxI: jax.Array, group_sizes: jax.Array) -> jax.Array:
-    """`x[rows of group e] @ w[e].T` (each `w[e]` a torch nn.Linear weight `[out, in]`), accumulated in fp32, in
-    x's dtype."""
+def grouped_linear(x_NxI: jax.Array, w_ExOxI: jax.Array, groups: Groups) -> jax.Array:
+    """Each row times its expert's `w[e].T` (each `w[e]` a torch nn.Linear weight `[out, in]`), accumulated in fp32,
+    in x's dtype (`grouped_matmul`'s two ways)."""
+    if x_NxI.shape[0] < w_ExOxI.shape[0]:
+        return _each_rows_expert("ni,noi->no", x_NxI, w_ExOxI, groups)
     dims = jax.lax.RaggedDotDimensionNumbers(dot_dimension_numbers=(((1,), (2,)), ((), ())),
                                              lhs_ragged_dimensions=[0], rhs_group_dimensions=[0])
-    out = jax.lax.ragged_dot_general(x_NxI, w_ExOxI.astype(x_NxI.dtype), group_sizes, dims,
+    out = jax.lax.ragged_dot_general(x_NxI, w_ExOxI.astype(x_NxI.dtype), groups.sizes, dims,
                                      preferred_element_type=jnp.float32)
     return out.astype(x_NxI.dtype)
 
 
-def grouped_matmul(x_NxI: jax.Array, w_ExIxO: jax.Array, group_sizes: jax.Array) -> jax.Array:
-    """`x[rows of group e] @ w[e]` for consecutive row groups, accumulated in fp32, in x's dtype."""
-    out = jax.lax.ragged_dot(x_NxI, w_ExIxO.astype(x_NxI.dtype), group_sizes, preferred_element_type=jnp.float32)
+def grouped_matmul(x_NxI: jax.Array, w_ExIxO: jax.Array, groups: Groups) -> jax.Array:
+    """Each row times its expert's `w[e]`, accumulated in fp32, in x's dtype: a grouped matmul over the rows as
+    sorted (`jax.lax.ragged_dot`); with fewer rows than experts (a decoding step), each row's expert's weights gathered
+    instead, so only the chosen experts are read (XLA's CPU ragged_dot runs every expert over every row)."""
+    if x_NxI.shape[0] < w_ExIxO.shape[0]:
+        return _each_rows_expert("ni,nio->no", x_NxI, w_ExIxO, groups)
+    out = jax.lax.ragged_dot(x_NxI, w_ExIxO.astype(x_NxI.dtype), groups.sizes, preferred_element_type=jnp.float32)
     return out.astype(x_NxI.dtype)
+
+
+def _each_rows_expert(spec: str, x_NxI: jax.Array, w_Ex__: jax.Array, groups: Groups) -> jax.Array:
+    w = w_Ex__[groups.expert_of_row].astype(x_NxI.dtype)
+    return jnp.einsum(spec, x_NxI, w, preferred_element_type=jnp.float32).astype(x_NxI.dtype)
 
 
 class SparseMoE(nnx.Module):
@@ -86,7 +105,7 @@ class SparseMoE(nnx.Module):
         weights, experts = jax.lax.top_k(probs, self.top_k)  # [N, k]
         if self.normalize:
             weights = weights / weights.sum(axis=-1, keepdims=True)
-        out = dispatch(x, experts, weights, probs.shape[-1], lambda rows, sizes, _: self.experts(rows, sizes))
+        out = dispatch(x, experts, weights, probs.shape[-1], self.experts)
         if self.shared_expert is not None:
             out = out + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return out.reshape(B, T, D)
@@ -107,15 +126,15 @@ class ClampedSwiGLUExperts(nnx.Module):
                                    **axes("expert", "mlp", "embed"))
         self.down_proj_bias = nnx.Param(jnp.zeros((num_experts, d), p.param_dtype), **axes("expert", "embed"))
 
-    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array, expert_N: jax.Array) -> jax.Array:
-        """Rows sorted by expert (`group_sizes` as in `Experts`; `expert_N`: each row's expert, for its biases)."""
-        gate_up = grouped_matmul(x_NxD, self.gate_up_proj[...], group_sizes).astype(jnp.float32)
-        gate_up = gate_up + self.gate_up_proj_bias[...][expert_N].astype(jnp.float32)
+    def __call__(self, x_NxD: jax.Array, groups: Groups) -> jax.Array:
+        """Rows sorted by expert (`groups`; each row's expert picks its biases)."""
+        gate_up = grouped_matmul(x_NxD, self.gate_up_proj[...], groups).astype(jnp.float32)
+        gate_up = gate_up + self.gate_up_proj_bias[...][groups.expert_of_row].astype(jnp.float32)
         gate = jnp.minimum(gate_up[:, ::2], self.limit)
         up = jnp.clip(gate_up[:, 1::2], -self.limit, self.limit)
         h = ((up + 1) * gate * jax.nn.sigmoid(gate * self.alpha)).astype(self.dtype)
-        out = grouped_matmul(h, self.down_proj[...], group_sizes).astype(jnp.float32)
-        return (out + self.down_proj_bias[...][expert_N].astype(jnp.float32)).astype(self.dtype)
+        out = grouped_matmul(h, self.down_proj[...], groups).astype(jnp.float32)
+        return (out + self.down_proj_bias[...][groups.expert_of_row].astype(jnp.float32)).astype(self.dtype)
 
 
 class TopKSoftmaxMoE(nnx.Module):
@@ -138,14 +157,14 @@ class TopKSoftmaxMoE(nnx.Module):
 
 
 def dispatch(x_NxD: jax.Array, experts_Nxk: jax.Array, weights_Nxk: jax.Array, num_experts: int,
-             run: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> jax.Array:
-    """Each token's output: its k experts' outputs weighted. `run(rows, group_sizes, expert_of_row)` computes the
-    N * k (token, expert) pairs' rows sorted by expert, `group_sizes[e]` of them for expert e."""
+             run: Callable[[jax.Array, Groups], jax.Array]) -> jax.Array:
+    """Each token's output: its k experts' outputs weighted. `run(rows, groups)` computes the N * k (token, expert)
+    pairs' rows sorted by expert (`groups`)."""
     N, k = experts_Nxk.shape
     flat = experts_Nxk.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
-    y = run(x_NxD[order // k], group_sizes, flat[order])  # [N * k, D]
+    y = run(x_NxD[order // k], Groups(group_sizes, flat[order]))  # [N * k, D]
     y = y[jnp.argsort(order)].reshape(N, k, -1)  # back in (token, choice) order
     return jnp.einsum("nkd,nk->nd", y.astype(jnp.float32), weights_Nxk).astype(x_NxD.dtype)
 
@@ -158,8 +177,8 @@ class ParallelExperts(nnx.Module):
         value = nnx.initializers.normal(0.02)(rngs.params(), (num_experts, d_out, d_in), p.param_dtype)
         self.weight = nnx.Param(value, **axes("expert", *names))
 
-    def __call__(self, x_NxI: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        return grouped_linear(x_NxI, self.weight[...], group_sizes)
+    def __call__(self, x_NxI: jax.Array, groups: Groups) -> jax.Array:
+        return grouped_linear(x_NxI, self.weight[...], groups)
 
 
 class Router(nnx.Module):
@@ -185,9 +204,9 @@ class GraniteMoE(nnx.Module):
         x = x_BxTxD.reshape(B * T, D)
         logits, experts = jax.lax.top_k(self.router.layer(x).astype(jnp.float32), self.top_k)
 
-        def run(rows, sizes, _):
-            gate, up = jnp.split(self.input_linear(rows, sizes), 2, axis=-1)
-            return self.output_linear((self.act(gate) * up).astype(self.dtype), sizes)
+        def run(rows, groups):
+            gate, up = jnp.split(self.input_linear(rows, groups), 2, axis=-1)
+            return self.output_linear((self.act(gate) * up).astype(self.dtype), groups)
 
         out = dispatch(x, experts, jax.nn.softmax(logits, axis=-1), self.input_linear.weight.shape[0], run)
         return out.reshape(B, T, D)
@@ -274,8 +293,7 @@ class GroupLimitedMoE(nnx.Module):
         B, T, D = x_BxTxD.shape
         x = x_BxTxD.reshape(B * T, D)
         experts, weights = self.route(x)
-        out = dispatch(x, experts, weights, self.gate.kernel.shape[-1],
-                       lambda rows, sizes, _: self.experts(rows, sizes))
+        out = dispatch(x, experts, weights, self.gate.kernel.shape[-1], self.experts)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out.reshape(B, T, D)
@@ -294,9 +312,9 @@ class StoredExperts(nnx.Module):
         self.down_proj = nnx.Param(init(rngs.params(), (num_experts, d, f), p.param_dtype),
                                    **axes("expert", "embed", "mlp"))
 
-    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        gate, up = jnp.split(grouped_linear(x_NxD, self.gate_up_proj[...], group_sizes), 2, axis=-1)
-        return grouped_linear((self.act(gate) * up).astype(self.dtype), self.down_proj[...], group_sizes)
+    def __call__(self, x_NxD: jax.Array, groups: Groups) -> jax.Array:
+        gate, up = jnp.split(grouped_linear(x_NxD, self.gate_up_proj[...], groups), 2, axis=-1)
+        return grouped_linear((self.act(gate) * up).astype(self.dtype), self.down_proj[...], groups)
 
 
 class StackedExperts(nnx.Module):
@@ -311,9 +329,9 @@ class StackedExperts(nnx.Module):
         self.down_proj = nnx.Param(init(rngs.params(), (num_experts, f, d), p.param_dtype),
                                    **axes("expert", "mlp", "embed"))
 
-    def __call__(self, x_NxD: jax.Array, group_sizes: jax.Array) -> jax.Array:
-        gate, up = jnp.split(grouped_matmul(x_NxD, self.gate_up_proj[...], group_sizes), 2, axis=-1)
-        return grouped_matmul((self.act(gate) * up).astype(self.dtype), self.down_proj[...], group_sizes)
+    def __call__(self, x_NxD: jax.Array, groups: Groups) -> jax.Array:
+        gate, up = jnp.split(grouped_matmul(x_NxD, self.gate_up_proj[...], groups), 2, axis=-1)
+        return grouped_matmul((self.act(gate) * up).astype(self.dtype), self.down_proj[...], groups)
 
 
 class ScaledInputMoE(nnx.Module):
@@ -336,7 +354,7 @@ class ScaledInputMoE(nnx.Module):
         scores = jax.nn.sigmoid(logits.astype(jnp.float32)).astype(x.dtype)
         rows = (x[:, None, :] * scores[..., None]).reshape(-1, D)  # each (token, choice) scaled: [N * k, D]
         routed = dispatch(rows, experts.reshape(-1, 1), jnp.ones((rows.shape[0], 1), jnp.float32),
-                          self.router.kernel.shape[-1], lambda r, sizes, _: self.experts(r, sizes))
+                          self.router.kernel.shape[-1], self.experts)
         out = self.shared_expert(x) + routed.reshape(B * T, self.top_k, D).sum(axis=1)
         return out.reshape(B, T, D)
 
@@ -366,5 +384,5 @@ class HunyuanMoE(nnx.Module):
         probs = jax.nn.softmax(jnp.dot(x.astype(jnp.float32), self.gate.wg.kernel[...]), axis=-1)
         weights, experts = jax.lax.top_k(probs, self.top_k)
         weights = weights / weights.sum(axis=-1, keepdims=True)
-        out = dispatch(x, experts, weights, probs.shape[-1], lambda rows, sizes, _: self.experts(rows, sizes))
+        out = dispatch(x, experts, weights, probs.shape[-1], self.experts)
         return (out + self.shared_mlp(x)).reshape(B, T, D)

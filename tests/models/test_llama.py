@@ -447,3 +447,21 @@ def test_mistral3_checkpoint_reads_its_text_model_type(tmp_path, text_kind):
     keep = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(model(input_ids=ids, attention_mask=mask).logits)[keep], ref[keep],
                                atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [4, 9])  # fewer rows than experts (each row's expert gathered), more (grouped)
+def test_expert_matmuls_give_each_row_its_experts_product(rows):
+    """A decoding step has fewer (token, expert) rows than experts: each row's expert's weights are gathered rather
+    than run through the grouped matmul (XLA's CPU backend computes every expert there); both give each row its own
+    expert's product, in either weight layout."""
+    from jsoft.models import moe
+
+    rng = np.random.default_rng(rows)
+    E, I, O = 6, 5, 3
+    w = rng.normal(size=(E, I, O)).astype(np.float32)
+    expert = np.sort(rng.integers(0, E, rows))
+    x = rng.normal(size=(rows, I)).astype(np.float32)
+    groups = moe.Groups(np.bincount(expert, minlength=E).astype(np.int32), expert)
+    want = np.einsum("ni,nio->no", x, w[expert])
+    np.testing.assert_allclose(np.asarray(moe.grouped_matmul(x, w, groups)), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(moe.grouped_linear(x, np.swapaxes(w, 1, 2), groups)), want, atol=1e-5)
