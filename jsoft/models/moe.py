@@ -1,12 +1,14 @@
 """Sparse mixture-of-experts feed-forward blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE; GPT-OSS's, GraniteMoE's;
-DeepSeek-V2's and V3's, which GLM-4.5 and dots.llm1 share; Llama 4's, Hunyuan's): a
+DeepSeek-V2's and V3's, which GLM-4.5, dots.llm1 and Mistral 4 share; Llama 4's, Hunyuan's): a
 router picks each token's top-k experts, whose gated MLPs run as grouped matmuls (`jax.lax.ragged_dot`) over the
 tokens sorted by expert: a token costs its k experts where the backend has grouped-matmul kernels (TPU); XLA's CPU
-backend computes every expert's group over all the rows.
+backend computes every expert's group over all the rows. With fewer (token, expert) rows than experts (a decoding
+step), each row's expert's weights are gathered instead.
 
 Experts' weights are stacked `[E, in, out]`; checkpoints store one tensor per expert
-(`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`). GPT-OSS's
-and GraniteMoE's checkpoints store them stacked already, `[E, in, out]` and `[E, out, in]`, and are read as stored."""
+(`...experts.{e}.w1.weight`), which `hub.load_state` stacks (`checkpoint_key` names them with a `{}`). GPT-OSS's,
+Llama 4's, GraniteMoE's and Mistral 4's checkpoints store them stacked already, `[E, in, out]` or `[E, out, in]`,
+and are read as stored."""
 
 from __future__ import annotations
 
