@@ -9,6 +9,12 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 VOCAB = 101
 
+QWEN_HYBRID = {  # Qwen3-Next / Qwen3.5's shared shape
+    "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 8, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "linear_key_head_dim": 8, "linear_value_head_dim": 6, "max_position_embeddings": 128, "initializer_range": 0.1,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+
 CONFIGS = {
     "gpt2": lambda **kw: tf.GPT2Config(**{
         "vocab_size": VOCAB, "n_positions": 64, "n_embd": 48, "n_layer": 3, "n_head": 4, "pad_token_id": 0, **kw}),
@@ -455,6 +461,25 @@ CONFIGS = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
         "final_logit_softcapping": 3.0, "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1,
         "eos_token_id": 2, **kw}),
+    # Qwen3.5: three Gated DeltaNet layers, then gated attention (partial RoPE, query / key norms); two value heads
+    # per key head, values narrower than keys
+    "qwen3_5_text": lambda **kw: tf.Qwen3_5TextConfig(**{**QWEN_HYBRID, **kw}),
+    # Qwen3-Next: fused projections per key head, the middle layer attention, sparse MLPs but in the last layer
+    "qwen3_next": lambda **kw: tf.Qwen3NextConfig(**{
+        **QWEN_HYBRID, "num_hidden_layers": 3, "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+        "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 20,
+        "mlp_only_layers": [2], **kw}),
+    "qwen3_5_moe_text": lambda **kw: tf.Qwen3_5MoeTextConfig(**{
+        **QWEN_HYBRID, "num_hidden_layers": 2, "layer_types": ["linear_attention", "full_attention"],
+        "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 20,
+        **kw}),
+    # the multimodal checkpoints every Qwen3.5 ships as: jsoft runs their language model (a tiny vision tower beside)
+    "qwen3_5": lambda **kw: tf.Qwen3_5Config(
+        text_config={**QWEN_HYBRID, **kw}, vision_config={
+            "depth": 1, "hidden_size": 16, "intermediate_size": 24, "num_heads": 2, "out_hidden_size": 32,
+            "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 16},
+        image_token_id=99, video_token_id=98, vision_start_token_id=97, vision_end_token_id=96,
+        tie_word_embeddings=kw.get("tie_word_embeddings", False)),
     # GLM-4.7-Flash: DeepSeek-V3's latent attention, values wider than queries / keys; the middle layer dense
     "glm4_moe_lite": lambda **kw: tf.Glm4MoeLiteConfig(**{
         "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
@@ -601,6 +626,12 @@ CLASSES = {
     ("youtu", "causal_lm"): tf.YoutuForCausalLM,
     ("minicpm3", "causal_lm"): tf.MiniCPM3ForCausalLM, ("minicpm3", "seq_cls"): tf.MiniCPM3ForSequenceClassification,
     ("jais2", "causal_lm"): tf.Jais2ForCausalLM, ("nanochat", "causal_lm"): tf.NanoChatForCausalLM,
+    ("qwen3_5_text", "causal_lm"): tf.Qwen3_5ForCausalLM, ("qwen3_next", "causal_lm"): tf.Qwen3NextForCausalLM,
+    ("qwen3_next", "seq_cls"): tf.Qwen3NextForSequenceClassification,
+    ("qwen3_next", "token_cls"): tf.Qwen3NextForTokenClassification,
+    ("qwen3_5_moe_text", "causal_lm"): tf.Qwen3_5MoeForCausalLM,
+    ("qwen3_5", "causal_lm"): tf.Qwen3_5ForConditionalGeneration, ("qwen3_5", "seq_cls"): tf.Qwen3_5ForSequenceClassification,
+    ("qwen3_5", "token_cls"): tf.Qwen3_5ForTokenClassification,
 }
 
 TASK_MATRIX = sorted(CLASSES, key=str)

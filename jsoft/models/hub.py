@@ -63,14 +63,16 @@ LANGUAGE_MODELS = {"gemma3": {"language_model.model.": "model.", "model.language
                               "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head.", "score.": "score."},
                    "llama4": {"language_model.model.": "model.", "language_model.lm_head.": "lm_head."},
                    "mistral3": {"language_model.model.": "model.", "model.language_model.": "model.",
-                                "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head."}}
+                                "language_model.lm_head.": "lm_head.", "lm_head.": "lm_head."},
+                   **dict.fromkeys(("qwen3_5", "qwen3_5_moe"), {"model.language_model.": "model.",
+                                                                "lm_head.": "lm_head.", "score.": "score."})}
 # what a multimodal config.json states for its language model outside `text_config`
 _TOP_LEVEL_KEYS = ("tie_word_embeddings", "num_labels", "id2label", "label2id", "problem_type", "pad_token_id",
                    "eos_token_id", "bos_token_id")
 # causal self-attention over the input (a multimodal checkpoint: its language model)
 DECODER_ONLY = (*llama_config.MODEL_TYPES, "gpt2", "gemma3", "bloom", "gpt_neox", "phi", "opt", "gptj", "gpt_neo",
                 "stablelm", "starcoder2", "cohere", "cohere2", "xglm", "biogpt", "nemotron", "falcon", "gpt_bigcode",
-                "codegen", "llama4", "mistral3")
+                "codegen", "llama4", "mistral3", "qwen3_5", "qwen3_5_moe")
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
           "float16": jnp.float16, "fp16": jnp.float16}
 _CHECKPOINT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",

@@ -273,7 +273,23 @@ def query_slot(mask: Array, T: int, cache: KVCache | None) -> Array | int:
     return mask.shape[-1] - T if cache is None else mask.shape[-1] - cache.slots + cache.index
 
 
+def query_tokens(mask: Array, T: int, cache: KVCache | None) -> Array:
+    """Which of the `T` current tokens are real (not padding), `[B or 1, T]`, read off a causal self-attention
+    `mask [B or 1, 1, T, S]` (each query's own key slot)."""
+    own = query_slot(mask, T, cache) + jnp.arange(T)
+    return jnp.take_along_axis(mask[:, 0], jnp.broadcast_to(own[None, :, None], (mask.shape[0], T, 1)), axis=-1)[..., 0]
+
+
 # --------------------------------------------------------------------------- attention
+
+
+@flax.struct.dataclass
+class RecurrentState:
+    """What a decoding cache keeps of a linear-attention layer (jsoft.models.gated_deltanet) instead of keys and
+    values: the last inputs of its causal convolution `[B, taps - 1, C]` and its memory `[B, H, K, V]` (fp32)."""
+
+    conv: Array
+    memory: Array
 
 
 @flax.struct.dataclass
@@ -281,17 +297,24 @@ class KVCache:
     """Preallocated decoding cache of one stack of self-attention layers. One buffer per layer,
     so a decoding loop updates each in place and attention reads it whole (slices of a stacked
     `[L, ...]` buffer would be copied at every step). A decoding loop may start with a key/value
-    prefix in the first slots (`from_prefix`), which then needs no concatenation per step."""
+    prefix in the first slots (`from_prefix`), which then needs no concatenation per step. A stack with
+    linear-attention layers keeps their `RecurrentState` in `states` (their keys and values: None)."""
 
-    k: tuple[Array, ...]  # per layer [B * G, S, K]: rows and heads grouped, as attention reads them
-    v: tuple[Array, ...]  # per layer [B * G, S, K]
+    k: tuple[Array | None, ...]  # per layer [B * G, S, K]: rows and heads grouped, as attention reads them
+    v: tuple[Array | None, ...]  # per layer [B * G, S, K]
     index: Array  # int32 scalar: next slot to write
     kv_heads: int = flax.struct.field(pytree_node=False)  # G, to ungroup the buffers
+    states: tuple[RecurrentState | None, ...] = ()  # per layer, where a stack has recurrent layers
 
     @classmethod
-    def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype):
-        zeros = lambda: tuple(jnp.zeros((batch * kv_heads, slots, head_dim), dtype) for _ in range(num_layers))
-        return cls(zeros(), zeros(), jnp.zeros((), jnp.int32), kv_heads)
+    def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype,
+              states: tuple[RecurrentState | None, ...] = ()):
+        """Empty buffers for every layer, but those that keep a recurrent state (`states`, initial states per
+        layer: a model config's `recurrent_states`)."""
+        recurrent = lambda i: bool(states) and states[i] is not None
+        zeros = lambda: tuple(None if recurrent(i) else jnp.zeros((batch * kv_heads, slots, head_dim), dtype)
+                              for i in range(num_layers))
+        return cls(zeros(), zeros(), jnp.zeros((), jnp.int32), kv_heads, tuple(states))
 
     @classmethod
     def from_prefix(cls, prefix_kv: Array, slots: int, dtype) -> KVCache:
@@ -305,10 +328,13 @@ class KVCache:
 
     @property
     def slots(self) -> int:
-        return self.k[0].shape[1]
+        return next(k for k in self.k if k is not None).shape[1]
 
     def as_prefix(self) -> Array:
         """The cached keys and values in the prefix layout `[L, 2, B, S, G, K]`."""
+        if any(s is not None for s in self.states):
+            raise ValueError("this cache holds linear-attention layers' recurrent states, which no key/value "
+                             "prefix holds")
         k, v = (jnp.stack([self.ungrouped(x) for x in xs]) for xs in (self.k, self.v))
         return jnp.swapaxes(jnp.stack([k, v], axis=1), 3, 4)
 
@@ -318,8 +344,9 @@ class KVCache:
 
     def take_rows(self, rows: Array) -> KVCache:
         """The cache of the batch rows `rows` (beam search reorders its beams)."""
-        take = lambda x: grouped_heads(self.ungrouped(x)[rows])
-        return self.replace(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)))
+        take = lambda x: None if x is None else grouped_heads(self.ungrouped(x)[rows])
+        states = jax.tree.map(lambda x: x[rows], self.states)
+        return self.replace(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)), states=states)
 
 
 def heads_major(x: Array) -> Array:
@@ -478,11 +505,14 @@ def run_layers(layers, x: Array, mask: Array, *args, cache: KVCache | None, pref
 
 
 def updated_cache(cache: KVCache | None, layers: list, written: int) -> KVCache | None:
-    """The cache after one forward: the per-layer `(k, v)` that `self_attention_kv` returned,
-    and the index advanced past the `written` new tokens."""
+    """The cache after one forward: the per-layer `(k, v)` that `self_attention_kv` returned (a linear-attention
+    layer: its `RecurrentState`), and the index advanced past the `written` new tokens."""
     if cache is None:
         return None
-    return cache.replace(k=tuple(k for k, _ in layers), v=tuple(v for _, v in layers), index=cache.index + written)
+    kv = [(None, None) if isinstance(lc, RecurrentState) else lc for lc in layers]
+    states = tuple(lc if isinstance(lc, RecurrentState) else None for lc in layers) if cache.states else ()
+    return cache.replace(k=tuple(k for k, _ in kv), v=tuple(v for _, v in kv), index=cache.index + written,
+                         states=states)
 
 
 @flax.struct.dataclass

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import heads, llama_config, moe, ops, rotary
+from jsoft.models import gated_deltanet, heads, llama_config, moe, ops, rotary
 from jsoft.models.base import TransformerConfig, hf_name, is_kernel
 from jsoft.models.layers import (
     Buffer,
@@ -32,6 +32,7 @@ from jsoft.models.layers import (
     KVCache,
     LayerNorm,
     Precision,
+    RecurrentState,
     RMSNorm,
     activation,
     axes,
@@ -155,6 +156,17 @@ class Config(TransformerConfig):
     temperature_scale: float = 0.1
     temperature_offset: float = 1.0
     temperature_nope_only: bool = True
+    # Qwen3-Next / Qwen3.5: every head's attention output times the sigmoid of a gate q_proj also projects
+    attention_output_gate: bool = False
+    # and their "linear_attention" layers: Gated DeltaNet (jsoft.models.gated_deltanet) in place of attention,
+    # keeping a recurrent state rather than keys and values
+    linear_layers: tuple[bool, ...] = ()
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel: int = 4
+    linear_fused_projections: bool = False  # Qwen3-Next's in_proj_qkvz / in_proj_ba (Qwen3.5: four projections)
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -165,6 +177,9 @@ class Config(TransformerConfig):
     def is_chunked(self, layer: int) -> bool:
         return bool(self.chunked_layers) and self.chunked_layers[layer]
 
+    def is_linear(self, layer: int) -> bool:
+        return bool(self.linear_layers) and self.linear_layers[layer]
+
     def is_tempered(self, layer: int) -> bool:
         return self.temperature_floor is not None and (self.is_nope(layer) or not self.temperature_nope_only)
 
@@ -174,7 +189,20 @@ class Config(TransformerConfig):
             return (f"{self.model_type}'s multi-head latent attention caches compressed latents, and its keys "
                     f"({self.qk_nope_head_dim + self.rope_dim} dims a head) and values ({self.v_head_dim}) differ "
                     "in width, so no key/value prefix fits it (PEFT's fails there too)")
+        if any(self.linear_layers):
+            return (f"{self.model_type}'s linear-attention layers keep a recurrent state, not keys and values, so no "
+                    "key/value prefix fits them (PEFT's fails there too)")
         return None
+
+    def recurrent_states(self, batch: int, dtype) -> tuple[RecurrentState | None, ...]:
+        if not any(self.linear_layers):
+            return ()
+        channels = 2 * self.linear_key_heads * self.linear_key_head_dim + self.linear_value_heads * (
+            self.linear_value_head_dim)
+        memory = (batch, self.linear_value_heads, self.linear_key_head_dim, self.linear_value_head_dim)
+        return tuple(RecurrentState(jnp.zeros((batch, self.linear_conv_kernel - 1, channels), dtype),
+                                    jnp.zeros(memory, jnp.float32)) if self.is_linear(i) else None
+                     for i in range(self.num_layers))
 
     @property
     def cache_layout(self) -> tuple[int, int]:
@@ -196,7 +224,11 @@ class Attention(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs):
         self.c = c
         d, q_width, kv_width = c.hidden_size, c.num_heads * c.head_dim, c.kv_width
-        if c.fused_qkv:
+        if c.attention_output_gate:  # q_proj: each head's query then its gate
+            self.q_proj = dense(d, 2 * q_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+            self.k_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+            self.v_proj = dense(d, kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias, rngs=rngs)
+        elif c.fused_qkv:
             self.qkv_proj = dense(d, q_width + 2 * kv_width, ("embed", "joined_kv"), p, bias=c.attention_bias,
                                   rngs=rngs)
         else:
@@ -219,7 +251,7 @@ class Attention(nnx.Module):
     def __call__(self, x, mask, rope: dict, *, layer, cache, prefix_kv, prefix_mask, drop: DropoutRng):
         sliding = self.c.is_sliding(layer)
         cos_sin = rope["local" if sliding and "local" in rope else "global"]
-        q, k, v = self.project(x)
+        q, k, v, gate = self.project(x)
         q, k = self.norm_heads(q, k)
         if not self.c.is_nope(layer):
             q, k = (rotary.apply(t, *cos_sin, interleaved=self.c.rope_interleaved) for t in (q, k))
@@ -238,7 +270,10 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k, v, mask, scale=scale, softcap=self.c.attn_softcap, dropout=drop,
                                     dropout_rate=self.c.attn_dropout,
                                     sinks=self.sinks[...] if self.c.attention_sinks else None)
-        return self.o_proj(merge_heads(out)), new_cache
+        out = merge_heads(out)
+        if gate is not None:
+            out = out * jax.nn.sigmoid(gate)
+        return self.o_proj(out), new_cache
 
     def norm_rotated(self, q, k):
         """Queries and keys of a RoPE layer after RoPE: RMS-normed per head without a weight (Llama 4) or with
@@ -254,9 +289,15 @@ class Attention(nnx.Module):
         return (self.q_norm(q), self.k_norm(k)) if self.c.qk_norm == "head" else (q, k)
 
     def project(self, x):
-        """Queries `[B, T, N, K]`, keys and values `[B, T, G, K]`."""
+        """Queries `[B, T, N, K]`, keys and values `[B, T, G, K]`, and the output gates `[B, T, N * K]` (None without
+        `attention_output_gate`)."""
         c = self.c
-        if c.fused_qkv:
+        gate = None
+        if c.attention_output_gate:
+            q, gate = jnp.split(split_heads(self.q_proj(x), c.num_heads), 2, axis=-1)
+            q, gate = merge_heads(q), merge_heads(gate)
+            k, v = self.k_proj(x), self.v_proj(x)
+        elif c.fused_qkv:
             q_width = c.num_heads * c.head_dim
             q, k, v = jnp.split(self.qkv_proj(x), [q_width, q_width + c.kv_width], axis=-1)
         else:
@@ -265,7 +306,7 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if c.clip_qkv is not None:
             q, k, v = (jnp.clip(t, -c.clip_qkv, c.clip_qkv) for t in (q, k, v))
-        return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads)
+        return split_heads(q, c.num_heads), split_heads(k, c.num_kv_heads), split_heads(v, c.num_kv_heads), gate
 
 
 def tempered(c: Config, q_BxTxNxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
@@ -482,7 +523,11 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
 
 class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
-        self.self_attn = LatentAttention(c, p, rngs) if c.kv_lora_rank else Attention(c, p, rngs)
+        # the token mixer, under its checkpoint name: Gated DeltaNet's `linear_attn` on linear layers
+        self.mixer_name = "linear_attn" if c.is_linear(index) else "self_attn"
+        mixer = (gated_deltanet.GatedDeltaNet if c.is_linear(index) else LatentAttention if c.kv_lora_rank
+                 else Attention)
+        setattr(self, self.mixer_name, mixer(c, p, rngs))
         # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
         self.ffn_name = ("block_sparse_moe" if c.model_type in ("mixtral", "granitemoe", "minimax_m2")
                          else "feed_forward" if c.model_type == "llama4_text" else "mlp")
@@ -494,7 +539,7 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x, mask, rope, **kw):
         drop = kw["drop"]
-        a, new_cache = self.self_attn(self.norm("attention_in", x), mask, rope, **kw)
+        a, new_cache = getattr(self, self.mixer_name)(self.norm("attention_in", x), mask, rope, **kw)
         x = x + self.residual(drop(self.norm("attention_out", a), self.resid_dropout))
         h = self.feed_forward(self.norm("mlp_in", x))
         return x + self.residual(drop(self.norm("mlp_out", h), self.resid_dropout)), new_cache

@@ -14,7 +14,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "ernie4_5_moe",
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
                "apertus", "mistral4", "youtu", "minicpm3", "jais2",
-               "nanochat")
+               "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -91,6 +91,7 @@ def fields_from_hf(hf: dict) -> dict:
         **(_llama4_fields(hf) if model_type == "llama4_text" else {}),
         **(_minicpm3_multipliers(hf) if model_type == "minicpm3" else {}),
         **(_position_query_scaling(rope, model_type) if model_type in ("ministral3", "mistral4") else {}),
+        **(_linear_attention_fields(hf) if model_type in QWEN_HYBRIDS else {}),
     )
 
 
@@ -128,6 +129,9 @@ FAMILIES: dict[str, dict] = {
     "deepseek_v2": dict(moe_kind="grouped_softmax", moe_group_rank=1),
     # DeepSeek-V3's latent attention, softmax scores in groups ranked by their two best, experts stored stacked
     "mistral4": dict(moe_kind="grouped_softmax", stored_experts=True),
+    # Gated DeltaNet layers beside gated attention with query / key norms; norms scale by 1 + weight
+    **dict.fromkeys(("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"),
+                    dict(qk_norm="head", norm_offset=1.0, attention_output_gate=True)),
     "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
     "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
@@ -197,10 +201,15 @@ def _moe_fields(hf: dict) -> dict:
     if model_type == "minimax_m2":  # DeepSeek-V3's router with one group, no shared expert, no scaling
         return dict(num_experts=hf.get("num_local_experts", 256), experts_per_token=hf.get("num_experts_per_tok", 8),
                     moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"], norm_topk_prob=True)
-    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe"):
+    if model_type == "qwen3_5_moe_text":  # every layer sparse, top-k renormalised, a sigmoid-gated shared expert
+        return dict(num_experts=hf.get("num_experts", 256), experts_per_token=hf.get("num_experts_per_tok", 8),
+                    moe_layers=(True,) * n, moe_intermediate_size=hf.get("moe_intermediate_size", 512),
+                    shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size", 512),
+                    norm_topk_prob=True)
+    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe", "qwen3_next"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
-    if model_type in ("qwen2_moe", "qwen3_moe"):
+    if model_type in QWEN_MOES:
         dense_layers, step = set(hf.get("mlp_only_layers") or []), hf.get("decoder_sparse_step", 1)
         sparse = tuple(i not in dense_layers and experts > 0 and (i + 1) % step == 0 for i in range(n))
     else:
@@ -213,10 +222,36 @@ def _moe_fields(hf: dict) -> dict:
                     moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"],
                     swiglu_alpha=float(hf.get("swiglu_alpha", 1.702)), swiglu_limit=float(hf.get("swiglu_limit", 7.0)))
     return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=sparse,
-                moe_intermediate_size=hf.get("moe_intermediate_size") if model_type in ("qwen2_moe", "qwen3_moe")
+                moe_intermediate_size=hf.get("moe_intermediate_size") if model_type in QWEN_MOES
                 else hf["intermediate_size"],
                 shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size") or 0,
                 norm_topk_prob=True if model_type == "mixtral" else bool(hf.get("norm_topk_prob", False)))
+
+
+QWEN_MOES = ("qwen2_moe", "qwen3_moe", "qwen3_next")  # sparse layers: `mlp_only_layers`, `decoder_sparse_step`
+QWEN_HYBRIDS = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")  # Gated DeltaNet beside attention
+
+
+def _linear_attention_fields(hf: dict) -> dict:
+    """Qwen3-Next's and Qwen3.5's Gated DeltaNet layers: `layer_types`' "linear_attention" ones (default: all but
+    every `full_attention_interval`-th), their heads and convolution."""
+    n = hf["num_hidden_layers"]
+    interval = hf.get("full_attention_interval", 4)
+    kinds = hf.get("layer_types") or ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                                      for i in range(n)]
+    unknown = sorted(set(kinds) - {"full_attention", "linear_attention"})
+    if unknown:
+        raise ValueError(f"config.json layer_types has {unknown}; {hf.get('model_type')} layers are "
+                         "'full_attention' or 'linear_attention'")
+    key_heads, value_heads = hf.get("linear_num_key_heads", 16), hf.get("linear_num_value_heads", 32)
+    if value_heads % key_heads:
+        raise ValueError(f"config.json linear_num_value_heads={value_heads} is not a multiple of "
+                         f"linear_num_key_heads={key_heads}")
+    return dict(linear_layers=tuple(k == "linear_attention" for k in kinds), linear_key_heads=key_heads,
+                linear_value_heads=value_heads, linear_key_head_dim=hf.get("linear_key_head_dim", 128),
+                linear_value_head_dim=hf.get("linear_value_head_dim", 128),
+                linear_conv_kernel=hf.get("linear_conv_kernel_dim", 4),
+                linear_fused_projections=hf.get("model_type") == "qwen3_next")
 
 
 # DeepSeek's routers (moe.GroupLimitedMoE) in each family: its config class's defaults (None: config.json must say)
