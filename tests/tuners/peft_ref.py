@@ -62,14 +62,18 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("iquestcoder", "causal_lm"), ("vaultgemma", "causal_lm"), ("cwm", "causal_lm"),
           ("apertus", "causal_lm"), ("apertus", "token_cls"), ("mistral4", "causal_lm"), ("mistral4", "seq_cls"),
           ("youtu", "causal_lm"), ("minicpm3", "causal_lm"), ("minicpm3", "seq_cls"),
-          ("jais2", "causal_lm"), ("nanochat", "causal_lm")]
+          ("jais2", "causal_lm"), ("nanochat", "causal_lm"), ("qwen3_5_text", "causal_lm"),
+          ("qwen3_next", "causal_lm"), ("qwen3_next", "seq_cls"), ("qwen3_5_moe_text", "causal_lm"),
+          ("qwen3_5", "causal_lm"), ("qwen3_5", "token_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
 # which does not fit the model's one-head cache; it runs the one-head prefix jsoft saves
 PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
-# multi-head latent attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only embedding prompts
-NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3")
+# multi-head latent attention, linear attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only embedding prompts
+NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3",
+             # and Gated DeltaNet layers, which keep a recurrent state instead of keys and values
+             "qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5")
 
 
 def configs(method: str, task: str, kind: str | None = None):
