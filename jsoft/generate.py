@@ -294,7 +294,7 @@ def _cache(base, num_layers: int, R: int, slots: int, prefix_kv: Array | None,
     loop never concatenates it), and that prefix's key mask `[R, V]` (None without a prefix)."""
     c, dtype = base.config, compute_dtype(base)
     if prefix_kv is None:
-        return KVCache.zeros(num_layers, R, slots, *c.cache_layout, dtype), None
+        return KVCache.zeros(num_layers, R, slots, *c.cache_layout, dtype, states=c.recurrent_states(R, dtype)), None
     V = prefix_kv.shape[3]
     mask = jnp.ones((R, V), jnp.int32) if prefix_mask is None else prefix_mask.astype(jnp.int32)
     return KVCache.from_prefix(prefix_kv, V + slots, dtype), mask
@@ -308,13 +308,17 @@ def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, A
     ids, mask = _repeat(inputs["input_ids"], nb), _repeat(inputs["attention_mask"], nb)
     R, T = ids.shape
     c = base.config
-    prompt = T + (0 if inputs.get("prefix_kv") is None else inputs["prefix_kv"].shape[3])
+    # a model with recurrent layers reads an embedding prompt in its first pass (`prompt_embeds`, left-padded, and
+    # `prompt_mask`) where others start from its keys and values (`prefix_kv`)
+    prompt_embeds, prompt_mask = _repeat(inputs.get("prompt_embeds"), nb), _repeat(inputs.get("prompt_mask"), nb)
+    Vp = 0 if prompt_embeds is None else prompt_embeds.shape[1]
+    prompt = T + Vp + (0 if inputs.get("prefix_kv") is None else inputs["prefix_kv"].shape[3])
     if getattr(c, "rope_type", None) == "dynamic" and prompt > c.max_positions:
         # transformers rotates a prompt's keys with the frequencies of its whole length; the prefill here
         # stops one token short of it, so past max_position_embeddings the two would differ
         raise ValueError(f"a prompt of {prompt} positions (virtual tokens included) exceeds max_position_embeddings="
                          f"{c.max_positions} of this model's dynamic RoPE; jsoft generates from prompts within it")
-    cache, prefix_mask = _cache(base, c.num_layers, R, T + N - 1, _repeat(inputs.get("prefix_kv"), nb, 2),
+    cache, prefix_mask = _cache(base, c.num_layers, R, Vp + T + N - 1, _repeat(inputs.get("prefix_kv"), nb, 2),
                                 _repeat(inputs.get("prefix_mask"), nb))
     # slot t of row r holds position start[r] + t: real tokens count from the row's own first token,
     # after its prefix; left pads get clipped positions and are masked out
@@ -323,12 +327,24 @@ def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, A
     if prefix_mask is not None:
         start = start + prefix_mask.sum(-1, dtype=jnp.int32)
         masks.insert(0, prefix_mask.astype(mask.dtype))
+    if Vp:
+        # the first pass reads [pads, prompt, tokens but the last]: a recurrent layer's state then starts from the
+        # row's prompt at its first real token, as for the row alone (a stable sort puts every pad slot first)
+        embeds = jnp.concatenate([prompt_embeds.astype(compute_dtype(base)), base.word_embeddings(ids[:, :-1])], 1)
+        first_mask = jnp.concatenate([prompt_mask.astype(mask.dtype), mask[:, :-1]], axis=1)
+        order = jnp.argsort(first_mask, axis=1, stable=True)
+        embeds, first_mask = jnp.take_along_axis(embeds, order[..., None], 1), jnp.take_along_axis(first_mask, order, 1)
+        start = start + prompt_mask.sum(-1, dtype=jnp.int32)
+        masks = [first_mask, mask[:, -1:], *masks[1:]]
     mask_S = jnp.concatenate(masks, axis=1)
 
-    def forward(ids_RxT, positions_RxT, cache):
-        return base(input_ids=ids_RxT, attention_mask=mask_S, position_ids=positions_RxT, cache=cache)
+    def forward(ids_RxT, positions_RxT, cache, embeds=None):
+        return base(input_ids=ids_RxT, inputs_embeds=embeds, attention_mask=mask_S, position_ids=positions_RxT,
+                    cache=cache)
 
-    if T > 1:  # the logits of this call are unused, so XLA drops the LM head
+    if Vp:  # virtual tokens at positions 0.., the tokens after them
+        cache = forward(None, jnp.maximum(jnp.cumsum(first_mask, axis=1, dtype=jnp.int32) - 1, 0), cache, embeds).cache
+    elif T > 1:  # the logits of this call are unused, so XLA drops the LM head
         cache = forward(ids[:, :-1], jnp.maximum(start[:, None] + jnp.arange(T - 1), 0), cache).cache
 
     def step(tokens_R, i, cache):

@@ -61,7 +61,9 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "minicpm3": {"initializer_range": 0.3, "rope_parameters": {
                "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.5, 2.0, 3.0],
                "long_factor": [2.0, 3.0, 4.0, 6.0], "original_max_position_embeddings": 64}},
-           "jais2": {"initializer_range": 0.3}, "nanochat": {"initializer_range": 0.3}}
+           "jais2": {"initializer_range": 0.3}, "nanochat": {"initializer_range": 0.3},
+           "qwen3_5_text": {"initializer_range": 0.3}, "qwen3_next": {"initializer_range": 0.3},
+           "qwen3_5_moe_text": {"initializer_range": 0.3}, "qwen3_5": {"initializer_range": 0.4}}
 TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": "causal_lm", "gemma": "causal_lm",
         "gemma2": "causal_lm", "gemma3_text": "causal_lm", "phi3": "causal_lm", "gpt_neox": "causal_lm",
         "olmo2": "causal_lm", "granite": "causal_lm", "mixtral": "causal_lm", "qwen3_moe": "causal_lm",
@@ -81,7 +83,8 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "hunyuan_v1_moe": "causal_lm", "mistral3": "causal_lm", "ministral3": "causal_lm", "internlm3": "causal_lm",
         "iquestcoder": "causal_lm", "vaultgemma": "causal_lm", "cwm": "causal_lm",
         "apertus": "causal_lm", "mistral4": "causal_lm", "youtu": "causal_lm",
-        "minicpm3": "causal_lm", "jais2": "causal_lm", "nanochat": "causal_lm"}
+        "minicpm3": "causal_lm", "jais2": "causal_lm", "nanochat": "causal_lm", "qwen3_5_text": "causal_lm",
+        "qwen3_next": "causal_lm", "qwen3_5_moe_text": "causal_lm", "qwen3_5": "causal_lm"}
 NEW = 8
 
 
@@ -172,7 +175,10 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("cwm", "prompt"), ("cwm", "prefix"), ("apertus", "prompt"), ("apertus", "prefix_proj")]
           # Mistral 4: latent attention's compressed cache, queries scaled past 4 positions (embedding prompts only)
           + [("mistral4", "prompt"), ("mistral4", "ptuning_lstm"), ("youtu", "prompt"), ("minicpm3", "prompt")]
-          + [("jais2", "prompt"), ("jais2", "prefix"), ("nanochat", "prompt"), ("nanochat", "prefix_proj")])
+          + [("jais2", "prompt"), ("jais2", "prefix"), ("nanochat", "prompt"), ("nanochat", "prefix_proj")]
+          # Gated DeltaNet: decoding carries each linear layer's convolution inputs and memory (embedding prompts only)
+          + [("qwen3_5_text", "prompt"), ("qwen3_5_text", "ptuning_lstm"), ("qwen3_next", "prompt")]
+          + [("qwen3_5_moe_text", "ptuning_mlp"), ("qwen3_5", "prompt")])
 
 
 @pytest.mark.parametrize("kind,method", PARITY, ids=lambda x: str(x))
@@ -232,7 +238,8 @@ def test_greedy_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, ov
 @pytest.mark.parametrize("kind,method", [("gpt2", "prompt"), ("gpt2", "prefix_proj"), ("llama", "ptuning_mlp"),
                                          ("llama", "prefix"), ("bloom", "prompt"), ("bloom", "prefix"),
                                          ("gemma2", "prompt"), ("gemma3_text", "prefix"), ("opt", "prompt"),
-                                         ("opt", "prefix_proj"), ("gpt_neo", "prefix"), ("gptj", "prompt")],
+                                         ("opt", "prefix_proj"), ("gpt_neo", "prefix"), ("gptj", "prompt"),
+                                         ("qwen3_5_text", "prompt"), ("qwen3_next", "ptuning_lstm")],
                          ids=lambda x: str(x))
 def test_left_padded_rows_equal_rows_alone(tiny_dir, tmp_path, kind, method):
     """The soft prompt sits right before each row's first real token (PEFT would put it before the
@@ -353,7 +360,35 @@ def pad_after_eos(new_tokens, eos, pad=0):
     return np.where(after, pad, new_tokens)
 
 
-@pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("t5", "prompt"), ("gpt2", "prefix"), ("bart", "prefix")],
+@pytest.mark.parametrize("kind", ["qwen3_5_text", "qwen3_next"])
+def test_recurrent_layers_decode_mixed_prompts_and_refuse_a_prompt_cache(tiny_dir, kind):
+    """Linear-attention layers read each row's prompt in the first pass, right before its first real token: rows
+    with prompts of other lengths in a left-padded batch equal the rows alone, greedy and sampled. No key/value
+    prompt cache holds their state: refused by name."""
+    pm = jsoft_model(tiny_dir, kind, "prompt")
+    pm.add_adapter("ptuning", peft_ref.configs("ptuning_mlp", TASK[kind])[0], seed=3)  # 3 virtual tokens, not 4
+    names = ["ptuning", "default", "ptuning"]
+    ids, mask = left_padded(seed=3)
+    got, scores = pm.generate(ids, mask, max_new_tokens=NEW, adapter_names=names, output_scores=True)
+    for b, name in enumerate(names):
+        pm.set_adapter(name)
+        row = ids[b:b + 1, mask[b].astype(bool)]
+        one, alone = pm.generate(row, max_new_tokens=NEW, output_scores=True)
+        np.testing.assert_array_equal(np.asarray(got)[b, -NEW:], np.asarray(one)[0, -NEW:])
+        # the chunked rule's fp32 sums run over the pads in front too (their decays cancel only in exact arithmetic)
+        want = np.asarray(alone)[0]
+        np.testing.assert_allclose(np.asarray(scores)[b], want, atol=1e-4 * np.abs(want).max(), rtol=0)
+    kw = dict(max_new_tokens=NEW, do_sample=True, temperature=1.5, eos_token_id=[], num_beams=1)
+    sampled = np.asarray(pm.generate(ids, mask, adapter_names=names, seed=[5, 6, 7], **kw))[:, -NEW:]
+    pm.set_adapter("default")
+    alone = np.asarray(pm.generate(ids[1:2, mask[1].astype(bool)], seed=6, **kw))[0, -NEW:]
+    np.testing.assert_array_equal(sampled[1], alone)
+    with pytest.raises(ValueError, match="linear-attention layers keep a recurrent state"):
+        pm.prompt_cache()
+
+
+@pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("t5", "prompt"), ("gpt2", "prefix"), ("bart", "prefix"),
+                                         ("qwen3_5_text", "prompt")],
                          ids=lambda x: str(x))
 def test_beam_search_matches_peft(tiny_dir, tmp_path, kind, method):
     pm = jsoft_model(tiny_dir, kind, method)
@@ -499,7 +534,7 @@ def test_dynamic_rope_generation_matches_peft(tiny_dir, tmp_path):
         pm.generate(ids_batch(2, 8), max_new_tokens=2)
 
 
-@pytest.mark.parametrize("kind", ["t5", "llama"])
+@pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next"])
 def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     pm = jsoft.PeftModel(jsoft.from_pretrained(model_dir(tiny_dir, kind), task=TASK[kind]), None)  # no adapter
     ids = ids_batch(3, 6, seed=5)

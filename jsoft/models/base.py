@@ -53,6 +53,17 @@ class TransformerConfig:
         """Why no key/value prefix (Prefix Tuning, P-Tuning v2) fits this stack's attention; None where one does."""
         return None
 
+    @property
+    def keeps_recurrent_state(self) -> bool:
+        """Whether some layers keep a recurrent state instead of keys and values (linear attention): a prompt then
+        enters decoding as embeddings, not as a key/value prefix."""
+        return False
+
+    def recurrent_states(self, batch: int, dtype) -> tuple:
+        """A decoding cache's initial `RecurrentState` per layer where a stack has layers that keep one instead of
+        keys and values (linear attention; None for its attention layers); () where it has none."""
+        return ()
+
 
 def compute_dtype(model):
     """The dtype a backbone computes in (its word embeddings' output dtype)."""

@@ -189,13 +189,17 @@ class Config(TransformerConfig):
             return (f"{self.model_type}'s multi-head latent attention caches compressed latents, and its keys "
                     f"({self.qk_nope_head_dim + self.rope_dim} dims a head) and values ({self.v_head_dim}) differ "
                     "in width, so no key/value prefix fits it (PEFT's fails there too)")
-        if any(self.linear_layers):
+        if self.keeps_recurrent_state:
             return (f"{self.model_type}'s linear-attention layers keep a recurrent state, not keys and values, so no "
                     "key/value prefix fits them (PEFT's fails there too)")
         return None
 
+    @property
+    def keeps_recurrent_state(self) -> bool:
+        return any(self.linear_layers)
+
     def recurrent_states(self, batch: int, dtype) -> tuple[RecurrentState | None, ...]:
-        if not any(self.linear_layers):
+        if not self.keeps_recurrent_state:
             return ()
         channels = 2 * self.linear_key_heads * self.linear_key_head_dim + self.linear_value_heads * (
             self.linear_value_head_dim)

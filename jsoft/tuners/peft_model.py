@@ -488,9 +488,10 @@ class PeftModel(nnx.Module):
                              f"task={base.task!r}")
         if a.is_prefix:
             return to_prefix_kv(a.prompt(), mc.num_layers, mc.num_kv_heads, mc.head_dim)[:, :, None]
-        if getattr(a.config, "template", None):
-            raise ValueError(f"adapter {name!r} places its virtual tokens inside a template, so its prompt "
-                             "depends on the input and has no prompt cache")
+        if mc.keeps_recurrent_state:
+            raise ValueError(f"this {mc.model_type} model's linear-attention layers keep a recurrent state, which no "
+                             "key/value prompt cache holds; generate reads the prompt's embeddings instead")
+        self._check_cacheable(name)
         V = a.config.num_virtual_tokens
         dtype = compute_dtype(base)
         cache = KVCache.zeros(mc.num_layers, 1, V, *mc.cache_layout, dtype)
@@ -498,11 +499,19 @@ class PeftModel(nnx.Module):
                    cache=cache)
         return out.cache.as_prefix()
 
+    def _check_cacheable(self, name: str) -> None:
+        """Refuses an adapter whose prompt depends on the input (virtual tokens inside a template): decoding reads
+        a prompt that precedes every token."""
+        if getattr(self.adapters[name].config, "template", None):
+            raise ValueError(f"adapter {name!r} places its virtual tokens inside a template, so its prompt "
+                             "depends on the input and has no prompt cache")
+
     def prepare_generation(self, input_ids: jax.Array, attention_mask: jax.Array, names: tuple[str, ...],
                            rows: jax.Array | None) -> dict[str, jax.Array]:
         """Backbone inputs for decoding a batch whose row b uses adapter `names[rows[b]]` (rows None:
         all use `names[0]`; no names: the backbone alone). Decoder-only: every adapter becomes a
-        key/value prefix (`prompt_cache`), left-padded to the longest with `prefix_mask`.
+        key/value prefix (`prompt_cache`), left-padded to the longest with `prefix_mask`; with recurrent layers
+        (linear attention), `prompt_embeds` left-padded with `prompt_mask`, which decoding reads first.
         Encoder-decoder: the encoder gets the prompt embeddings in front (mask extended), the
         decoder the prefixes (`_split_prefix`)."""
         base = self.base_model
@@ -510,6 +519,11 @@ class PeftModel(nnx.Module):
         out = {"input_ids": input_ids, "attention_mask": attention_mask}
         if not names:  # no adapter loaded: the frozen backbone alone
             return out
+        if base.config.keeps_recurrent_state:  # the prompts' embeddings, read in the first pass
+            for n in names:
+                self._check_cacheable(n)
+            p = self._prompts(names, rows, B, None)
+            return out | {"prompt_embeds": p.embeds, "prompt_mask": p.embeds_mask}
         if not base.config.is_encoder_decoder:
             kvs = [self.prompt_cache(n)[:, :, 0] for n in names]  # [L, 2, V, G, K] each
             Vk, dtype = max(kv.shape[2] for kv in kvs), jnp.result_type(*kvs)
