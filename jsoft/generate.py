@@ -300,6 +300,13 @@ def _cache(base, num_layers: int, R: int, slots: int, prefix_kv: Array | None,
     return KVCache.from_prefix(prefix_kv, V + slots, dtype), mask
 
 
+def pads_first(embeds_BxSxD: Array, mask_BxS: Array) -> tuple[Array, Array]:
+    """Each row's slots reordered so that every masked one comes first and the real ones follow in their order (a
+    stable sort of the mask): `[prompt pads, prompt, pads, tokens]` becomes `[pads, prompt, tokens]`."""
+    order = jnp.argsort(mask_BxS, axis=1, stable=True)
+    return jnp.take_along_axis(embeds_BxSxD, order[..., None], 1), jnp.take_along_axis(mask_BxS, order, 1)
+
+
 History = tuple[Array, Array]  # the tokens before the first new one, as transformers' input_ids [R, P]; real ones
 
 
@@ -329,11 +336,10 @@ def _causal(base, inputs: dict, cfg: GenerationConfig) -> tuple[Step, KVCache, A
         masks.insert(0, prefix_mask.astype(mask.dtype))
     if Vp:
         # the first pass reads [pads, prompt, tokens but the last]: a recurrent layer's state then starts from the
-        # row's prompt at its first real token, as for the row alone (a stable sort puts every pad slot first)
-        embeds = jnp.concatenate([prompt_embeds.astype(compute_dtype(base)), base.word_embeddings(ids[:, :-1])], 1)
-        first_mask = jnp.concatenate([prompt_mask.astype(mask.dtype), mask[:, :-1]], axis=1)
-        order = jnp.argsort(first_mask, axis=1, stable=True)
-        embeds, first_mask = jnp.take_along_axis(embeds, order[..., None], 1), jnp.take_along_axis(first_mask, order, 1)
+        # row's prompt at its first real token, as for the row alone
+        embeds, first_mask = pads_first(
+            jnp.concatenate([prompt_embeds.astype(compute_dtype(base)), base.word_embeddings(ids[:, :-1])], 1),
+            jnp.concatenate([prompt_mask.astype(mask.dtype), mask[:, :-1]], axis=1))
         start = start + prompt_mask.sum(-1, dtype=jnp.int32)
         masks = [first_mask, mask[:, -1:], *masks[1:]]
     mask_S = jnp.concatenate(masks, axis=1)

@@ -172,6 +172,9 @@ class MultiTaskModel:
         self.pm = PeftModel(self.base, None)
         mc = self.config = self.base.config
         self.decoder_only = mc.model_type in DECODER_ONLY
+        # decoder-only adapters are key/value prefixes, but where recurrent layers (linear attention) read the prompt
+        # itself: then, as on encoders, embedding prompts sit in `embeds`
+        self.prefix_prompts = self.decoder_only and not mc.keeps_recurrent_state
         self.tokenizer = _load_tokenizer(model_dir)
         self.eos_token_ids = token_ids(mc.eos_token_id)
         self.forced_token_ids = (token_ids(mc.forced_bos_token_id), token_ids(mc.forced_eos_token_id))
@@ -252,9 +255,9 @@ class MultiTaskModel:
         is_prefix = [c.peft_type == PeftType.PREFIX_TUNING for c in configs]
         dtype = compute_dtype(self.base)
         kw = {}
-        Vk = max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if p or self.decoder_only), default=0)
-        Ve = 0 if self.decoder_only else max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if not p),
-                                             default=0)
+        Vk = max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if p or self.prefix_prompts), default=0)
+        Ve = 0 if self.prefix_prompts else max((c.num_virtual_tokens for c, p in zip(configs, is_prefix) if not p),
+                                               default=0)
         if Vk:
             N = mc.num_decoder_layers if mc.is_encoder_decoder else mc.num_layers
             kw["prefix_kv"] = jnp.zeros((N, 2, S, Vk, *mc.cache_layout), dtype)
@@ -289,7 +292,7 @@ class MultiTaskModel:
             raise ValueError(f"num_virtual_tokens changed on disk since the server started ({config.num_virtual_tokens}"
                              f" -> {V}); restart the server")
         updates: dict[str, Array] = {}
-        if self.decoder_only:
+        if self.prefix_prompts:
             updates["prefix"] = _prompt_kv(self.pm, name, self._tables.prefix_kv.shape[3],
                                            partial(self._kv_of_prompt, self._state))
         else:
@@ -431,18 +434,24 @@ def _rows(t: Tables, slots: Array) -> dict:
     return {"prefix_kv": jnp.take(t.prefix_kv, slots, axis=2, mode="clip"), "prefix_mask": t.prefix_mask[slots]}
 
 
+def _prompt_block(base, t: Tables, ids: Array, mask: Array, slots: Array) -> tuple[Array, Array]:
+    """Each row's embedding prompt (right-padded) then its tokens' embeddings, `[B, Ve + T, D]`, and their mask."""
+    n = t.n_embeds[slots]
+    x = token_embeds(base, ids, n)
+    prompts = t.embeds[slots].astype(x.dtype)
+    return (jnp.concatenate([prompts, x], 1),
+            jnp.concatenate([jnp.arange(prompts.shape[1])[None] < n[:, None], mask.astype(bool)], 1))
+
+
 def _packed(base, t: Tables, ids: Array, mask: Array, slots: Array):
     """Right-padded tokens with each row's embedding prompt packed in front:
     `[p_1 .. p_n, x_1 .. x_m, pad ..]`, width Ve + T. Returns (embeds, mask, n_embeds)."""
     n = jnp.zeros(ids.shape[:1], jnp.int32) if t.embeds is None else t.n_embeds[slots]
-    x = token_embeds(base, ids, n)
     if t.embeds is None:
-        return x, mask, n
+        return token_embeds(base, ids, n), mask, n
     B, T = ids.shape
-    prompts = t.embeds[slots].astype(x.dtype)
-    Ve = prompts.shape[1]
-    both = jnp.concatenate([prompts, x], 1)
-    both_mask = jnp.concatenate([jnp.arange(Ve)[None] < n[:, None], mask.astype(bool)], 1)
+    Ve = t.embeds.shape[1]
+    both, both_mask = _prompt_block(base, t, ids, mask, slots)
     j = jnp.arange(Ve + T)[None]
     src = jnp.where(j < n[:, None], j, Ve + j - n[:, None])
     valid = src < Ve + T
@@ -473,6 +482,12 @@ def _forward(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots) -
     base = nnx.merge(graphdef, state)
     prefix = _rows(t, slots)
     n_prefix = prefix["prefix_mask"].sum(-1, dtype=jnp.int32) if prefix else jnp.zeros(ids.shape[:1], jnp.int32)
+    if decoder_only and t.embeds is not None:  # recurrent layers: [pads, prompt, tokens], as generation reads them
+        embeds, full_mask = gen.pads_first(*_prompt_block(base, t, ids, mask, slots))
+        positions = jnp.maximum(jnp.cumsum(full_mask, axis=1, dtype=jnp.int32) - 1, 0)
+        out = base(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions, head=_head(t, slots, base))
+        logits = out.logits.astype(jnp.float32)
+        return logits if logits.ndim == 2 else logits[:, -ids.shape[1]:]  # token_cls: the tokens' slots
     if decoder_only:
         out = base(input_ids=ids, attention_mask=mask, position_ids=_left_positions(mask, n_prefix),
                    head=_head(t, slots, base), **prefix)
@@ -508,7 +523,10 @@ def _decoding(N: int, s: Sampling, eos: tuple[int, ...], pad: int, forced: tuple
 
 def _generate(graphdef, decoder_only: bool, state, t: Tables, ids, mask, slots, keys, knobs, cfg) -> Array:
     base = nnx.merge(graphdef, state)
-    if decoder_only:
+    if decoder_only and t.embeds is not None:  # recurrent layers read the prompt in the first pass
+        inputs = {"input_ids": ids, "attention_mask": mask, "prompt_embeds": t.embeds[slots],
+                  "prompt_mask": (jnp.arange(t.embeds.shape[1])[None] < t.n_embeds[slots][:, None]).astype(jnp.int32)}
+    elif decoder_only:
         inputs = {"input_ids": ids, "attention_mask": mask, **_rows(t, slots)}
     else:
         embeds, full_mask, _ = _packed(base, t, ids, mask, slots)

@@ -6,12 +6,16 @@
     python scripts/bench_decode.py --device gpu --dtype bfloat16 --batch 1,32   # on a GPU, both frameworks
     python scripts/bench_decode.py --model t5               # T5 v1.1-style 8 + 8 x 512, untied LM head, seq2seq
     python scripts/bench_decode.py --model deepseek_v3 --methods prompt   # latent attention, its compressed cache
+    python scripts/bench_decode.py --model qwen3_5 --methods prompt       # Gated DeltaNet: recurrent state
 
 Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`; with
 `--model t5` a T5 v1.1-style `T5Config`: 8 + 8 layers, d_model 512, 8 heads, gated GELU, untied LM head; with
 `--model deepseek_v3` a `DeepseekV3Config` of 8 x 1024, 16 heads, kv_lora_rank 256, q_lora_rank 384, 8 experts 2 a
-token after 1 dense layer: both frameworks cache the compressed latents; prompt tuning only, as no prefix fits)
-and the same adapter (made in jsoft, saved in PEFT's format, loaded by `peft.PeftModel`). Each
+token after 1 dense layer: both frameworks cache the compressed latents; prompt tuning only, as no prefix fits;
+with `--model qwen3_5` a `Qwen3_5TextConfig` of 8 x 1024, three Gated DeltaNet layers (16 value heads of 64, 8
+key heads) to each gated-attention one (8 heads of 128, 2 key / value heads): both keep the linear layers'
+convolution inputs and memory instead of keys and values; prompt tuning only) and the same adapter (made in jsoft,
+saved in PEFT's format, loaded by `peft.PeftModel`). Each
 method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no padding); tokens/s
 counts new tokens of the whole batch. jsoft's first call (trace + compile) is reported apart;
 PyTorch runs under `torch.inference_mode()` with `torch.set_num_threads(<usable cores>)` (on CUDA with
@@ -38,8 +42,9 @@ import time
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5", "deepseek_v3"])
-    ap.add_argument("--layers", type=int, default=None, help="default: 12 (GPT-2), 8 + 8 (T5), 8 (DeepSeek-V3)")
+    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5", "deepseek_v3", "qwen3_5"])
+    ap.add_argument("--layers", type=int, default=None,
+                    help="default: 12 (GPT-2), 8 + 8 (T5), 8 (DeepSeek-V3, Qwen3.5)")
     ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
@@ -72,7 +77,8 @@ METHODS = {
 # --model: (jsoft task, PEFT task type, transformers class)
 MODELS = {"gpt2": ("causal_lm", "CAUSAL_LM", tf.GPT2LMHeadModel),
           "t5": ("seq2seq_lm", "SEQ_2_SEQ_LM", tf.T5ForConditionalGeneration),
-          "deepseek_v3": ("causal_lm", "CAUSAL_LM", tf.DeepseekV3ForCausalLM)}
+          "deepseek_v3": ("causal_lm", "CAUSAL_LM", tf.DeepseekV3ForCausalLM),
+          "qwen3_5": ("causal_lm", "CAUSAL_LM", tf.Qwen3_5ForCausalLM)}
 
 
 def make_model(args, path: str) -> str:
@@ -93,6 +99,16 @@ def make_model(args, path: str) -> str:
         tf.DeepseekV3ForCausalLM(config).eval().save_pretrained(path)
         return (f"DeepSeek-V3-shaped {layers}x1024 (16 heads, kv_lora_rank 256, 8 experts 2 a token), vocab 32000; "
                 f"cache a token and layer: jsoft {2 * (256 + 32)} values, expanded {2 * 16 * (96 + 64)}")
+    if args.model == "qwen3_5":
+        layers = args.layers or 8
+        config = tf.Qwen3_5TextConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
+                                      num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=2,
+                                      head_dim=128, linear_num_key_heads=8, linear_num_value_heads=16,
+                                      linear_key_head_dim=64, linear_value_head_dim=64, max_position_embeddings=4096,
+                                      eos_token_id=31999)
+        tf.Qwen3_5ForCausalLM(config).eval().save_pretrained(path)
+        return (f"Qwen3.5-shaped {layers}x1024 ({layers - layers // 4} Gated DeltaNet layers, {layers // 4} gated "
+                "attention), vocab 32000")
     layers = args.layers or 8
     config = tf.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=layers,
                          num_decoder_layers=layers, num_heads=8, feed_forward_proj="gated-gelu",

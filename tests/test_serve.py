@@ -24,6 +24,7 @@ TestClient = pytest.importorskip("fastapi.testclient").TestClient
 from jsoft.multitask import MultiTaskModel, bucket, length_bucket  # noqa: E402
 from jsoft.serve import create_app  # noqa: E402
 from tests import tiny  # noqa: E402
+from tests.tuners import peft_ref  # noqa: E402
 
 NEW = 5  # max_new_tokens of the generate requests (bucket 8: one decode program per batch size)
 LIMIT = 64  # the servers' max_new_tokens limit
@@ -331,20 +332,23 @@ ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1,
                                             ("roberta", "seq_cls", "bert"), ("bloom", "seq_cls", "gpt"),
                                             ("opt", "seq_cls", "gpt"), ("deberta-v2", "seq_cls", "bert"),
                                             ("distilbert", "seq_cls", "bert"), ("albert", "seq_cls", "bert"),
-                                            ("deepseek_v3", "seq_cls", "gpt")])
+                                            ("deepseek_v3", "seq_cls", "gpt"), ("qwen3_next", "seq_cls", "gpt"),
+                                            ("qwen3_5_text", "causal_lm", "gpt")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     """The other layouts: T5 (prompt into the encoder, prefix into the decoder), decoder-only
     classification (left padding, every adapter a key/value prefix), encoder token labels (prompts
     packed in front of each row), DistilBERT's two-layer ReLU head. One mixed batch of a prompt and a prefix
     adapter. DeBERTa: a pretraining checkpoint without the pooler, the adapters made on a base that initialised
     it with another seed than the server's, so the server must take the pooler the adapters carry. DeepSeek-V3,
-    where no prefix fits: a P-Tuning adapter beside the prompt (both become its latent attention's compressed cache)."""
+    where no prefix fits: a P-Tuning adapter beside the prompt (both become its latent attention's compressed cache).
+    Qwen3-Next / Qwen3.5, whose linear-attention layers read the prompts themselves: classification and generation
+    read [pads, prompt, tokens]."""
     pretraining = kind == "deberta-v2"
     tiny.save(kind, None if pretraining else task, tmp_path / "m", **ENGINE_OVERRIDES.get(kind, {}))
     tiny.tokenizer(post).save_pretrained(tmp_path / "m")
     base = jsoft.from_pretrained(tmp_path / "m", task=task, seed=7 if pretraining else 0)
-    tt = {"seq2seq_lm": "SEQ_2_SEQ_LM", "seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS"}[task]
-    second = jsoft.PromptEncoderConfig if kind == "deepseek_v3" else jsoft.PrefixTuningConfig
+    tt = {"seq2seq_lm": "SEQ_2_SEQ_LM", "seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}[task]
+    second = jsoft.PromptEncoderConfig if kind in peft_ref.NO_PREFIX else jsoft.PrefixTuningConfig
     for i, c in enumerate([jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=3),
                            second(task_type=tt, num_virtual_tokens=5)]):
         jsoft.get_peft_model(base, c, seed=i).save_pretrained(tmp_path / "ad" / f"p{i}")
@@ -366,6 +370,12 @@ def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
             np.testing.assert_array_equal(np.stack([got[b] for b in mine]), np.asarray(want)[:, 1:])
         if kind == "bart":
             assert all(g[-1] == 2 for g in got)
+        return
+    if task == "causal_lm":  # reference: PeftModel on each row alone
+        got = model.generate(names, ids, [NEW] * len(rows))
+        for (n, _), x, g in zip(rows, ids, got):
+            want = np.asarray(ref.generate(np.asarray([x]), max_new_tokens=NEW, adapter_names=[n]))[0, len(x):]
+            np.testing.assert_array_equal(g, want)
         return
     got = model.classify(names, ids)
     for (n, _), x, g in zip(rows, ids, got):

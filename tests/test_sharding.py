@@ -109,12 +109,14 @@ json.dump(results, open(os.path.join(out, "results.json"), "w"))
 @pytest.mark.parametrize("kind,peft_type", [("bert", "PREFIX_TUNING"), ("deberta-v2", "PREFIX_TUNING"),
                                             ("mixtral", "PREFIX_TUNING"), ("falcon", "PREFIX_TUNING"),
                                             ("gpt_oss", "PREFIX_TUNING"), ("deepseek_v3", "PROMPT_TUNING"),
-                                            ("mistral4", "PROMPT_TUNING"), ("minicpm3", "PROMPT_TUNING")])
+                                            ("mistral4", "PROMPT_TUNING"), ("minicpm3", "PROMPT_TUNING"),
+                                            ("qwen3_next", "P_TUNING")])
 # DeBERTa: its position terms' gathers; Mixtral: grouped expert matmuls over weights split on their embed / mlp axes;
 # Falcon: a fused projection split into key / value groups, keys and values repeated over each group's heads;
 # GPT-OSS: interleaved gate / up columns split over tensor, per-expert biases gathered per row, sinks split with the
 # heads; DeepSeek-V3: latent projections split over heads, experts chosen within groups; Mistral 4: experts stored
-# stacked [E, out, in], split over their axes; MiniCPM3: DeepSeek-V2's attention with LongRoPE and scaled branches
+# stacked [E, out, in], split over their axes; MiniCPM3: DeepSeek-V2's attention with LongRoPE and scaled branches;
+# Qwen3-Next: Gated DeltaNet's fused projections split over fsdp, its chunked rule on rows split over data
 def test_sharded_run_matches_single_device(tiny_dir, tmp_path, kind, peft_type):
     model = tu.model_dir(tiny_dir, kind, "seq_cls", num_labels=2)
     train_file = tu.write_jsonl(tmp_path / "train.jsonl", tu.sentiment(96))

@@ -466,7 +466,8 @@ CONFIGS = {
     "qwen3_5_text": lambda **kw: tf.Qwen3_5TextConfig(**{**QWEN_HYBRID, **kw}),
     # Qwen3-Next: fused projections per key head, the middle layer attention, sparse MLPs but in the last layer
     "qwen3_next": lambda **kw: tf.Qwen3NextConfig(**{
-        **QWEN_HYBRID, "num_hidden_layers": 3, "layer_types": ["linear_attention", "full_attention", "linear_attention"],
+        **QWEN_HYBRID, "num_hidden_layers": 3,
+        "layer_types": ["linear_attention", "full_attention", "linear_attention"],
         "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 20,
         "mlp_only_layers": [2], **kw}),
     "qwen3_5_moe_text": lambda **kw: tf.Qwen3_5MoeTextConfig(**{
@@ -630,7 +631,8 @@ CLASSES = {
     ("qwen3_next", "seq_cls"): tf.Qwen3NextForSequenceClassification,
     ("qwen3_next", "token_cls"): tf.Qwen3NextForTokenClassification,
     ("qwen3_5_moe_text", "causal_lm"): tf.Qwen3_5MoeForCausalLM,
-    ("qwen3_5", "causal_lm"): tf.Qwen3_5ForConditionalGeneration, ("qwen3_5", "seq_cls"): tf.Qwen3_5ForSequenceClassification,
+    ("qwen3_5", "causal_lm"): tf.Qwen3_5ForConditionalGeneration,
+    ("qwen3_5", "seq_cls"): tf.Qwen3_5ForSequenceClassification,
     ("qwen3_5", "token_cls"): tf.Qwen3_5ForTokenClassification,
 }
 

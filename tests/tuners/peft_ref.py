@@ -70,7 +70,8 @@ NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", 
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
 # which does not fit the model's one-head cache; it runs the one-head prefix jsoft saves
 PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
-# multi-head latent attention, linear attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only embedding prompts
+# multi-head latent attention, linear attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only
+# embedding prompts
 NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3",
              # and Gated DeltaNet layers, which keep a recurrent state instead of keys and values
              "qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5")

@@ -225,7 +225,8 @@ def test_a_prefix_is_refused_where_none_fits_and_peft_fails(tiny_dir, kind, meth
     name; PEFT makes one and fails on the first forward."""
     model_dir = tiny_dir(kind, "causal_lm")
     jconfig, pconfig = peft_ref.configs(method, "causal_lm", kind)
-    with pytest.raises(ValueError, match="PREFIX_TUNING does not fit .*(latent|linear-) ?attention.* use PROMPT_TUNING"):
+    refused = "PREFIX_TUNING does not fit .*(latent|linear-) ?attention.* use PROMPT_TUNING"
+    with pytest.raises(ValueError, match=refused):
         jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task="causal_lm"), jconfig)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, "causal_lm", model_dir), pconfig)
     # latent attention: the prefix's keys are narrower than the model's; linear attention: a prefix cache holds no
