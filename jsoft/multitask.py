@@ -554,7 +554,7 @@ def _kv_of_prompt(graphdef, state, prompt_1xVxD: Array) -> Array:
     base = nnx.merge(graphdef, state)
     mc, V = base.config, prompt_1xVxD.shape[1]
     dtype = compute_dtype(base)
-    cache = KVCache.zeros(mc.num_layers, 1, V, *mc.cache_layout, dtype)
+    cache = KVCache.zeros(mc.num_layers, 1, V, *mc.cache_layout, dtype, values=mc.cache_values)
     out = base(inputs_embeds=prompt_1xVxD.astype(dtype), position_ids=jnp.arange(V)[None], cache=cache)
     return out.cache.as_prefix()[:, :, 0]
 

@@ -305,12 +305,17 @@ def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
     """Decoding a left-padded batch from the prompt cache (real tokens at positions V..) gives the
     logits of PEFT's embedding path on the same rows right-padded (prompt first, positions 0..). Latent attention
     (DeepSeek-V3, Mistral 4) caches its compressed latents, one `kv_lora_rank + rotary_dim` row a token, and attends
-    over them; its embedding path expands every head's keys and values, as transformers does."""
+    over them; its embedding path expands every head's keys and values, as transformers does. Those rows are its keys
+    and its values: a decoding cache keeps them once."""
     pm = jsoft_model(tiny_dir, kind, method)
     V, c = pm.active_peft_config.num_virtual_tokens, pm.base_model.config
     assert pm.prompt_cache().shape == (c.num_layers, 2, 1, V, *c.cache_layout)
-    if kind in ("deepseek_v3", "mistral4"):
+    latent = kind in ("deepseek_v3", "mistral4")
+    if latent:
         assert c.cache_layout == (1, c.kv_lora_rank + c.rope_dim)
+    for prefix in (None, pm.prompt_cache()):
+        cache, _ = jgen._cache(pm.base_model, c.num_layers, 1, 6, prefix, None)
+        assert all(v is None for v in cache.v) == latent and all(k.shape[-1] == c.cache_layout[1] for k in cache.k)
     ids, mask = left_padded()
     T = ids.shape[1]
     n = mask.sum(1)
@@ -323,12 +328,15 @@ def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
         assert_logits_close(got[b][mask[b] == 1], want[b][right_mask[b] == 1])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart", "opt"])
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart", "opt", "qwen3_5_text", "qwen3_next"])
 def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
+    """Qwen3.5 / Qwen3-Next: linear-attention layers read each row's prompt in the first pass, right before its first
+    real token; no prefix fits them, so a P-Tuning (LSTM) adapter takes the prefix's place."""
     pm = jsoft_model(tiny_dir, kind, "prompt")
-    pm.add_adapter("prefix", peft_ref.configs("prefix", TASK[kind])[0], seed=2)
+    third = "ptuning_lstm" if kind in peft_ref.NO_PREFIX else "prefix"
+    pm.add_adapter("third", peft_ref.configs(third, TASK[kind])[0], seed=2)
     pm.add_adapter("ptuning", peft_ref.configs("ptuning_mlp", TASK[kind])[0], seed=3)
-    names = ["ptuning", "default", "prefix"]
+    names = ["ptuning", "default", "third"]
     if kind in tiny.ENCODER_DECODER:  # encoder inputs: right padding
         ids = ids_batch(3, 9, seed=3)
         mask = np.ones_like(ids)
@@ -341,7 +349,11 @@ def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
         row = ids[b:b + 1, mask[b].astype(bool)]
         one, alone = pm.generate(row, max_new_tokens=NEW, output_scores=True)
         np.testing.assert_array_equal(np.asarray(got)[b, -NEW:], np.asarray(one)[0, -NEW:])
-        assert_logits_close(np.asarray(scores)[b], np.asarray(alone)[0])
+        want = np.asarray(alone)[0]
+        # Gated DeltaNet's chunked fp32 sums run over the pads in front too (their decays cancel only in exact
+        # arithmetic): 1e-4 of the logits' scale there
+        tol = 1e-4 if kind in peft_ref.NO_PREFIX else 1e-5
+        np.testing.assert_allclose(np.asarray(scores)[b], want, atol=tol * max(1.0, np.abs(want).max()), rtol=0)
     # sampling: each row draws from its own seed, so it samples what it samples alone
     kw = dict(max_new_tokens=NEW, do_sample=True, temperature=1.5, eos_token_id=[])
     seeds = [5, 6, 7]
@@ -353,38 +365,18 @@ def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
     assert len({tuple(r) for r in sampled}) == 3
 
 
+@pytest.mark.parametrize("kind", ["qwen3_5_text", "qwen3_next"])
+def test_no_prompt_cache_holds_a_recurrent_state(tiny_dir, kind):
+    pm = jsoft_model(tiny_dir, kind, "prompt")
+    with pytest.raises(ValueError, match="linear-attention layers keep a recurrent state"):
+        pm.prompt_cache()
+
+
 def pad_after_eos(new_tokens, eos, pad=0):
     """transformers' beam search fills finished beams with `pad_token_id or eos`: a pad id of 0 is
     falsy, so it writes EOS; map everything after the first EOS to the pad id."""
     after = np.cumsum(new_tokens == eos, axis=1) - (new_tokens == eos) > 0
     return np.where(after, pad, new_tokens)
-
-
-@pytest.mark.parametrize("kind", ["qwen3_5_text", "qwen3_next"])
-def test_recurrent_layers_decode_mixed_prompts_and_refuse_a_prompt_cache(tiny_dir, kind):
-    """Linear-attention layers read each row's prompt in the first pass, right before its first real token: rows
-    with prompts of other lengths in a left-padded batch equal the rows alone, greedy and sampled. No key/value
-    prompt cache holds their state: refused by name."""
-    pm = jsoft_model(tiny_dir, kind, "prompt")
-    pm.add_adapter("ptuning", peft_ref.configs("ptuning_mlp", TASK[kind])[0], seed=3)  # 3 virtual tokens, not 4
-    names = ["ptuning", "default", "ptuning"]
-    ids, mask = left_padded(seed=3)
-    got, scores = pm.generate(ids, mask, max_new_tokens=NEW, adapter_names=names, output_scores=True)
-    for b, name in enumerate(names):
-        pm.set_adapter(name)
-        row = ids[b:b + 1, mask[b].astype(bool)]
-        one, alone = pm.generate(row, max_new_tokens=NEW, output_scores=True)
-        np.testing.assert_array_equal(np.asarray(got)[b, -NEW:], np.asarray(one)[0, -NEW:])
-        # the chunked rule's fp32 sums run over the pads in front too (their decays cancel only in exact arithmetic)
-        want = np.asarray(alone)[0]
-        np.testing.assert_allclose(np.asarray(scores)[b], want, atol=1e-4 * np.abs(want).max(), rtol=0)
-    kw = dict(max_new_tokens=NEW, do_sample=True, temperature=1.5, eos_token_id=[], num_beams=1)
-    sampled = np.asarray(pm.generate(ids, mask, adapter_names=names, seed=[5, 6, 7], **kw))[:, -NEW:]
-    pm.set_adapter("default")
-    alone = np.asarray(pm.generate(ids[1:2, mask[1].astype(bool)], seed=6, **kw))[0, -NEW:]
-    np.testing.assert_array_equal(sampled[1], alone)
-    with pytest.raises(ValueError, match="linear-attention layers keep a recurrent state"):
-        pm.prompt_cache()
 
 
 @pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("t5", "prompt"), ("gpt2", "prefix"), ("bart", "prefix"),

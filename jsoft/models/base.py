@@ -49,6 +49,11 @@ class TransformerConfig:
         return self.num_kv_heads, self.head_dim
 
     @property
+    def cache_values(self) -> bool:
+        """Whether a decoding cache keeps values apart from keys (latent attention caches rows that are both)."""
+        return True
+
+    @property
     def no_prefix_reason(self) -> str | None:
         """Why no key/value prefix (Prefix Tuning, P-Tuning v2) fits this stack's attention; None where one does."""
         return None

@@ -298,7 +298,8 @@ class KVCache:
     so a decoding loop updates each in place and attention reads it whole (slices of a stacked
     `[L, ...]` buffer would be copied at every step). A decoding loop may start with a key/value
     prefix in the first slots (`from_prefix`), which then needs no concatenation per step. A stack with
-    linear-attention layers keeps their `RecurrentState` in `states` (their keys and values: None)."""
+    linear-attention layers keeps their `RecurrentState` in `states` (their keys and values: None); one whose values
+    are its keys (latent attention's rows) keeps no value buffers (`values=False`: v None, read as k)."""
 
     k: tuple[Array | None, ...]  # per layer [B * G, S, K]: rows and heads grouped, as attention reads them
     v: tuple[Array | None, ...]  # per layer [B * G, S, K]
@@ -308,22 +309,24 @@ class KVCache:
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype,
-              states: tuple[RecurrentState | None, ...] = ()):
+              states: tuple[RecurrentState | None, ...] = (), values: bool = True):
         """Empty buffers for every layer, but those that keep a recurrent state (`states`, initial states per
-        layer: a model config's `recurrent_states`)."""
+        layer: a model config's `recurrent_states`); no value buffers without `values`."""
         recurrent = lambda i: bool(states) and states[i] is not None
         zeros = lambda: tuple(None if recurrent(i) else jnp.zeros((batch * kv_heads, slots, head_dim), dtype)
                               for i in range(num_layers))
-        return cls(zeros(), zeros(), jnp.zeros((), jnp.int32), kv_heads, tuple(states))
+        return cls(zeros(), zeros() if values else (None,) * num_layers, jnp.zeros((), jnp.int32), kv_heads,
+                   tuple(states))
 
     @classmethod
-    def from_prefix(cls, prefix_kv: Array, slots: int, dtype) -> KVCache:
+    def from_prefix(cls, prefix_kv: Array, slots: int, dtype, values: bool = True) -> KVCache:
         """A cache of `slots` whose first V hold the prefix `[L, 2, B, V, G, K]`; the next write goes
-        to slot V."""
+        to slot V. Without `values`, the prefix's values are its keys and no value buffers are kept."""
         V = prefix_kv.shape[3]
         pad = ((0, 0), (0, 0), (0, slots - V), (0, 0))
         k = tuple(grouped_heads(jnp.pad(heads_major(layer[0].astype(dtype)), pad)) for layer in prefix_kv)
-        v = tuple(grouped_heads(jnp.pad(heads_major(layer[1].astype(dtype)), pad)) for layer in prefix_kv)
+        v = tuple(grouped_heads(jnp.pad(heads_major(layer[1].astype(dtype)), pad)) if values else None
+                  for layer in prefix_kv)
         return cls(k, v, jnp.asarray(V, jnp.int32), prefix_kv.shape[4])
 
     @property
@@ -335,7 +338,8 @@ class KVCache:
         if any(s is not None for s in self.states):
             raise ValueError("this cache holds linear-attention layers' recurrent states, which no key/value "
                              "prefix holds")
-        k, v = (jnp.stack([self.ungrouped(x) for x in xs]) for xs in (self.k, self.v))
+        values = tuple(k if v is None else v for k, v in zip(self.k, self.v))
+        k, v = (jnp.stack([self.ungrouped(x) for x in xs]) for xs in (self.k, values))
         return jnp.swapaxes(jnp.stack([k, v], axis=1), 3, 4)
 
     def ungrouped(self, x: Array) -> Array:
@@ -359,11 +363,13 @@ def grouped_heads(x: Array) -> Array:
     return x.reshape(-1, *x.shape[2:])
 
 
-def update_cache(cache_k: Array, cache_v: Array, index: Array, k: Array, v: Array):
-    """Write `k, v [B, G, T, K]` into one layer's cache slots `[B * G, S, K]` starting at `index`."""
+def update_cache(cache_k: Array, cache_v: Array | None, index: Array, k: Array, v: Array):
+    """Write `k, v [B, G, T, K]` into one layer's cache slots `[B * G, S, K]` starting at `index` (only `k` where
+    the cache keeps no values, `cache_v` None)."""
     start = (0, index, 0)
     cache_k = jax.lax.dynamic_update_slice(cache_k, grouped_heads(k).astype(cache_k.dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, grouped_heads(v).astype(cache_v.dtype), start)
+    if cache_v is not None:
+        cache_v = jax.lax.dynamic_update_slice(cache_v, grouped_heads(v).astype(cache_v.dtype), start)
     return cache_k, cache_v
 
 
@@ -460,9 +466,9 @@ def self_attention_kv(k: Array, v: Array, mask: Array, *, layer: int, cache: KVC
     new_layer_cache = None
     if cache is not None:
         ck, cv = update_cache(cache.k[layer], cache.v[layer], cache.index, k, v)
-        k, v, new_layer_cache = ck, cv, (ck, cv)
+        k, v, new_layer_cache = ck, ck if cv is None else cv, (ck, cv)
         if prefix_kv is not None:
-            k, v = cache.ungrouped(ck), cache.ungrouped(cv)
+            k, v = cache.ungrouped(k), cache.ungrouped(v)
     pk, pv = layer_prefix(prefix_kv, layer)
     k, v, mask = with_prefix(k, v, mask, pk, pv, prefix_mask)
     return k, v, mask, new_layer_cache

@@ -215,6 +215,10 @@ class Config(TransformerConfig):
         return super().cache_layout
 
     @property
+    def cache_values(self) -> bool:
+        return not self.kv_lora_rank
+
+    @property
     def rope_dim(self) -> int:
         """The leading dims of each head that RoPE rotates."""
         return self.head_dim if self.rotary_dim is None else self.rotary_dim

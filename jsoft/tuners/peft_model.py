@@ -494,7 +494,7 @@ class PeftModel(nnx.Module):
         self._check_cacheable(name)
         V = a.config.num_virtual_tokens
         dtype = compute_dtype(base)
-        cache = KVCache.zeros(mc.num_layers, 1, V, *mc.cache_layout, dtype)
+        cache = KVCache.zeros(mc.num_layers, 1, V, *mc.cache_layout, dtype, values=mc.cache_values)
         out = base(inputs_embeds=a.prompt()[None, :V].astype(dtype), position_ids=jnp.arange(V)[None],
                    cache=cache)
         return out.cache.as_prefix()
