@@ -15,6 +15,8 @@ by both):
                  by a verbalizer word, as jsoft.train's batches do it: the LM head on `label_positions`)
   gpt2m-prompt   GPT-2 medium causal LM, prompt tuning (the GPU MFU case; in the default cases on a GPU)
   deberta-prompt DeBERTa-v3-base seq_cls (2 labels), prompt tuning (PEFT cannot run prefixes on DeBERTa)
+  qwen35-prompt  Qwen3.5-shaped causal LM (12 x 1024: 9 Gated DeltaNet layers, 3 gated attention; vocab 32000),
+                 prompt tuning (no prefix fits its linear layers; PEFT runs transformers' torch delta rule)
 batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3). Each (case, framework) runs in its own subprocess,
 which reports its peak memory: RSS (VmHWM) on CPU, the device allocator's peak on a GPU. jsoft's compile
 time is measured separately (AOT lower + compile); the timed steps start after `--warmup` steps in both.
@@ -49,7 +51,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2-verbalizer", "gpt2m-prompt",
-         "deberta-prompt")
+         "deberta-prompt", "qwen35-prompt")
+CAUSAL = ("gpt2", "gpt2m", "qwen35")  # the causal LM families
 CPU_CASES = CASES[:5]
 VT = 20
 LR = 1e-3
@@ -61,6 +64,8 @@ LR = 1e-3
 def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
     import numpy as np
 
+    if case.startswith("qwen35"):
+        return _hybrid_flops(cfg, batch, length)
     if case.startswith("gpt2"):  # gpt2 or gpt2m
         d, n_layer, ff, vocab = cfg["n_embd"], cfg["n_layer"], cfg.get("n_inner") or 4 * cfg["n_embd"], cfg[
             "vocab_size"]
@@ -92,6 +97,27 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
         fwd += n_layer * (2 * batch * s_q * rows * d + 2 * 2 * rows * d * d)  # p2c, table projections
         fwd += ((n_layer - 1) * s_q + 1) * 2 * batch * rows * d  # c2p
     return 3.0 * fwd
+
+
+def _hybrid_flops(cfg: dict, batch: int, length: int) -> float:
+    """Qwen3.5 with a prompt in front: every layer's matmuls (Gated DeltaNet's projections, gated attention's, the
+    gated MLP), attention scores on its full layers, and the chunked delta rule (per token and value head, chunks of
+    64: the chunk's key and query products, its triangular solve, the memory's read and write), all 3 x forward."""
+    d, ff, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kinds = cfg["layer_types"]
+    n_lin, n_att = kinds.count("linear_attention"), kinds.count("full_attention")
+    kd, vd = cfg["linear_num_key_heads"] * cfg["linear_key_head_dim"], cfg["linear_num_value_heads"] * cfg[
+        "linear_value_head_dim"]
+    hv, dk, dv = cfg["linear_num_value_heads"], cfg["linear_key_head_dim"], cfg["linear_value_head_dim"]
+    qd, kvd = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"]
+    linear = d * (2 * kd + vd) + d * vd + 2 * d * hv + vd * d
+    attention = d * 2 * qd + 2 * d * kvd + qd * d
+    s = length + VT
+    tokens = batch * s
+    fwd = 2 * tokens * (n_lin * linear + n_att * attention + len(kinds) * 3 * d * ff)
+    fwd += n_att * 4 * qd * s * s * batch
+    fwd += n_lin * 2 * tokens * hv * (2 * 64 * dk + 2 * 64 * dv + 3 * dk * dv)
+    return 3.0 * (fwd + 2 * vocab * d * batch * length)
 
 
 def causal_labels(case: str, ids):
@@ -168,7 +194,7 @@ def worker_jax(case, model_dir, batch, length, steps, warmup, device, dtype):
     r.block_until_ready()
     mm_flops = 10 * 2 * 2048 ** 3 / (time.perf_counter() - t)
 
-    task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
+    task = "causal_lm" if _family(case) in CAUSAL else "seq_cls"
     tt = "CAUSAL_LM" if task == "causal_lm" else "SEQ_CLS"
     pcfg = {"prompt": lambda: jsoft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
             "prefix": lambda: jsoft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
@@ -228,7 +254,7 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device, dtype):
     sync()
     mm_flops = 10 * 2 * 2048 ** 3 / (time.perf_counter() - t)
 
-    task = "causal_lm" if case.startswith("gpt2") else "seq_cls"
+    task = "causal_lm" if _family(case) in CAUSAL else "seq_cls"
     tt = peft.TaskType.CAUSAL_LM if task == "causal_lm" else peft.TaskType.SEQ_CLS
     pcfg = {"prompt": lambda: peft.PromptTuningConfig(task_type=tt, num_virtual_tokens=VT),
             "prefix": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
@@ -287,9 +313,14 @@ def make_models(d: str, families: set) -> dict:
                    vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                    intermediate_size=3072, relative_attention=True, position_buckets=256, pos_att_type="p2c|c2p",
                    share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0,
-                   num_labels=2)}
+                   num_labels=2),
+               "qwen35": transformers.Qwen3_5TextConfig(
+                   vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
+                   num_attention_heads=8, num_key_value_heads=2, head_dim=128, linear_num_key_heads=8,
+                   linear_num_value_heads=16, linear_key_head_dim=64, linear_value_head_dim=64)}
     classes = {"bert": transformers.BertForSequenceClassification,
-               "deberta": transformers.DebertaV2ForSequenceClassification}
+               "deberta": transformers.DebertaV2ForSequenceClassification,
+               "qwen35": transformers.Qwen3_5ForCausalLM}
     for fam in families:
         classes.get(fam, transformers.GPT2LMHeadModel)(configs[fam]).save_pretrained(os.path.join(d, fam))
     return {fam: configs[fam].to_dict() for fam in families}

@@ -8,8 +8,9 @@ A per-head memory `S [key dim, value dim]` then follows the delta rule: decay by
 along k, read S q. Queries and keys are L2-normed, queries scaled by key_dim ** -0.5. Padding tokens enter as zeros
 (transformers' `apply_mask_to_padding_states`), so a left-padded row equals the row alone.
 
-Passes over several tokens run the chunked form (`gated_delta_rule`: within a chunk, a triangular solve and
-matmuls; a scan carries the memory across chunks); a decoding step runs the recurrence once (`gated_delta_step`).
+Passes over several tokens run the chunked form (`gated_delta_rule`: within a chunk, a unit triangular system inverted
+by matmuls, then matmuls; a scan carries the memory across chunks); a decoding step runs the recurrence once
+(`gated_delta_step`).
 Both in fp32, as transformers runs them. What a decoding cache keeps per layer is a `RecurrentState`: the last
 inputs of the convolution and the memory, not keys and values."""
 
@@ -58,13 +59,15 @@ def gated_delta_rule(q: Array, k: Array, v: Array, g: Array, beta: Array, memory
     k_beta, v_beta = k * beta[..., None], v * beta[..., None]
     decay = jnp.cumsum(g, axis=-1)  # [N, B, H, C]: log decay from the chunk's start through each token
     lower = jnp.tril(jnp.ones((C, C), bool))
-    # decay between token j and token i >= j of a chunk; 0 above the diagonal (exp of -inf, never of a large value)
-    pair = jnp.exp(jnp.where(lower, decay[..., :, None] - decay[..., None, :], -jnp.inf))
-    # (I + strictly lower part of k_beta k^T * pair) solves each chunk's delta updates at once (the UT transform)
-    system = _einsum("nbhik,nbhjk->nbhij", k_beta, k) * pair
-    solve = lambda rhs: jax.lax.linalg.triangular_solve(system, rhs, left_side=True, lower=True, unit_diagonal=True)
-    new_values = solve(v_beta)
-    k_decayed = solve(k_beta * jnp.exp(decay)[..., None])
+    # decay between token j and token i >= j of a chunk, 0 above the diagonal; exp never sees a positive argument
+    # (there it would overflow, and XLA may evaluate it before masking)
+    pair = jnp.where(lower, jnp.exp(jnp.minimum(decay[..., :, None] - decay[..., None, :], 0.0)), 0.0)
+    # (I + A)^-1, A the strictly lower part of k_beta k^T * pair, solves each chunk's delta updates at once (the UT
+    # transform)
+    strictly_lower = jnp.tril(jnp.ones((C, C), bool), -1)
+    inverse = unit_lower_inverse(jnp.where(strictly_lower, _einsum("nbhik,nbhjk->nbhij", k_beta, k) * pair, 0.0))
+    new_values = _einsum("nbhij,nbhjv->nbhiv", inverse, v_beta)
+    k_decayed = _einsum("nbhij,nbhjk->nbhik", inverse, k_beta * jnp.exp(decay)[..., None])
     intra = _einsum("nbhik,nbhjk->nbhij", q, k) * pair
     q = q * jnp.exp(decay)[..., None]
     k = k * jnp.exp(decay[..., -1:] - decay)[..., None]
@@ -81,6 +84,18 @@ def gated_delta_rule(q: Array, k: Array, v: Array, g: Array, beta: Array, memory
     memory, out = jax.lax.scan(step, memory, (new_values, k_decayed, q, k, intra, chunk_decay))
     out = jnp.moveaxis(out, (0, 2), (1, 3)).reshape(B, N * C, H, V)  # [N, B, H, C, V] -> [B, N, C, H, V]
     return out[:, :T], memory
+
+
+def unit_lower_inverse(a: Array) -> Array:
+    """(I + A)^-1 for strictly lower triangular `A [..., C, C]`: A is nilpotent (A^C = 0), so the inverse is
+    I - A + A^2 - ... = (I - A)(I + A^2)(I + A^4)..., log2(C) rounds of matmuls. (A triangular solve's gradient
+    hung XLA:CPU at training shapes; accelerators run matmuls far better anyway.)"""
+    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
+    inverse, power = eye - a, a
+    for _ in range(max(a.shape[-1] - 1, 1).bit_length() - 1):
+        power = _einsum("...ij,...jk->...ik", power, power)
+        inverse = _einsum("...ij,...jk->...ik", inverse, eye + power)
+    return inverse
 
 
 def gated_delta_step(q: Array, k: Array, v: Array, g: Array, beta: Array, memory: Array) -> tuple[Array, Array]:
