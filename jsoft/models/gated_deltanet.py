@@ -24,7 +24,11 @@ from jsoft.models import ops
 from jsoft.models.layers import KVCache, Precision, RecurrentState, activation, axes, dense, query_tokens
 
 Array = jax.Array
-CHUNK = 64  # transformers' chunk_size
+# tokens a chunk (transformers': 64). The result is the same for any; the inverse's cost grows with its cube, and on
+# CPU a training step's rule ran 2.2x faster with 16 than with 64 (9 of a Qwen3.5-shaped model's 12 layers: 0.3 s of
+# its 7.6 s step at 64); accelerators multiply 64-wide blocks far better
+def chunk_size() -> int:
+    return 16 if jax.default_backend() == "cpu" else 64
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -38,7 +42,7 @@ def _einsum(spec: str, a: Array, b: Array) -> Array:
 
 
 def gated_delta_rule(q: Array, k: Array, v: Array, g: Array, beta: Array, memory: Array | None,
-                     chunk: int = CHUNK) -> tuple[Array, Array]:
+                     chunk: int | None = None) -> tuple[Array, Array]:
     """The gated delta rule over T tokens, chunk by chunk (transformers' `torch_chunk_gated_delta_rule`).
 
     q, k `[B, T, H, K]` (normed and scaled), v `[B, T, H, V]`, g (log decay) and beta `[B, T, H]`, all fp32;
@@ -46,7 +50,7 @@ def gated_delta_rule(q: Array, k: Array, v: Array, g: Array, beta: Array, memory
     after the last token."""
     B, T, H, K = k.shape
     V = v.shape[-1]
-    C = min(chunk, T)
+    C = min(chunk or chunk_size(), T)
     pad = -T % C
     N = (T + pad) // C
 

@@ -1,5 +1,7 @@
 """Gated DeltaNet's chunked rule against its token-by-token recurrence (transformers' two torch forms)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,18 +29,20 @@ def recurrence(q, k, v, g, beta, memory):
     return jnp.moveaxis(out, 0, 1), memory
 
 
-@pytest.mark.parametrize("T", [1, 10, 64, 100, 150])  # one chunk, a full one, a padded second, three
-def test_chunked_rule_equals_the_recurrence(T):
+@pytest.mark.parametrize("chunk", [None, 64])  # this backend's size; an accelerator's
+@pytest.mark.parametrize("T", [1, 10, 64, 100, 150])  # one chunk, a full one, a padded last one, several
+def test_chunked_rule_equals_the_recurrence(T, chunk):
     q, k, v, g, beta, memory = inputs(2, T, 3, 16, 12)
+    rule = functools.partial(gated_delta_rule, chunk=chunk)
     for start in (None, memory):
-        got, got_memory = jax.jit(gated_delta_rule)(q, k, v, g, beta, start)
+        got, got_memory = jax.jit(rule)(q, k, v, g, beta, start)
         want, want_memory = recurrence(q, k, v, g, beta, jnp.zeros_like(memory) if start is None else start)
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
         np.testing.assert_allclose(got_memory, want_memory, atol=2e-5, rtol=0)
     # and its gradients (a loss that weights every output differently)
     w = jnp.asarray(np.random.default_rng(1).normal(size=want.shape), jnp.float32)
     loss = lambda rule: lambda q, k, v, g, beta: jnp.sum(rule(q, k, v, g, beta, memory)[0] * w)
-    got = jax.jit(jax.grad(loss(gated_delta_rule), argnums=(0, 1, 2, 3, 4)))(q, k, v, g, beta)
+    got = jax.jit(jax.grad(loss(rule), argnums=(0, 1, 2, 3, 4)))(q, k, v, g, beta)
     want = jax.grad(loss(recurrence), argnums=(0, 1, 2, 3, 4))(q, k, v, g, beta)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(jnp.abs(b).max())), rtol=0)
