@@ -101,8 +101,9 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
 
 def _hybrid_flops(cfg: dict, batch: int, length: int) -> float:
     """Qwen3.5 with a prompt in front: every layer's matmuls (Gated DeltaNet's projections, gated attention's, the
-    gated MLP), attention scores on its full layers, and the chunked delta rule (per token and value head, chunks of
-    64: the chunk's key and query products, its triangular solve, the memory's read and write), all 3 x forward."""
+    gated MLP), attention scores on its full layers, and an estimate of the chunked delta rule's (per token and value
+    head, transformers' 64-token chunks: the chunk's key and query products, its triangular system, the memory's
+    read and write; jsoft's own chunking does other work for the same result), all 3 x forward."""
     d, ff, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     kinds = cfg["layer_types"]
     n_lin, n_att = kinds.count("linear_attention"), kinds.count("full_attention")
