@@ -8,8 +8,9 @@ position), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongR
 attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS,
 GraniteMoE, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also adds a sink logit per head
 to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
-compressed latents, `LatentAttention`). How each family's config.json maps to `Config`: jsoft.models.llama_config;
-RoPE: jsoft.models.rotary.
+compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose "linear_attention" layers are
+Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate. How each family's
+config.json maps to `Config`: jsoft.models.llama_config; RoPE: jsoft.models.rotary.
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
