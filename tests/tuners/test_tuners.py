@@ -189,7 +189,9 @@ def test_mixed_adapter_batch_equals_each_row_alone(tiny_dir, kind, task):
             T = row["input_ids"].shape[1]
             keep = row["attention_mask"][0].astype(bool)
             got, alone = got[-T:][keep], alone[-T:][keep]
-        np.testing.assert_allclose(got, alone, atol=1e-5, err_msg=f"row {b} (adapter {name!r})")
+        # Gated DeltaNet: the row's tokens sit elsewhere in the rule's chunks in the batch (rounding moves ~1e-5)
+        atol = 1e-5 * (max(1.0, np.abs(alone).max()) if kind in peft_ref.LINEAR_ATTENTION else 1.0)
+        np.testing.assert_allclose(got, alone, atol=atol, err_msg=f"row {b} (adapter {name!r})")
 
 
 def test_mixed_heads_per_row(tiny_dir):
