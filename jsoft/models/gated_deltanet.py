@@ -157,8 +157,8 @@ class GatedDeltaNet(nnx.Module):
             self.in_proj_ba = proj(2 * Hv)
         else:
             self.in_proj_qkv, self.in_proj_z, self.in_proj_b, self.in_proj_a = (
-                proj(2 * key_dim + value_dim), proj(value_dim), proj(Hv), proj(Hv))
-        self.conv1d = DepthwiseConv(2 * key_dim + value_dim, c.linear_conv_kernel, p, rngs)
+                proj(c.linear_conv_channels), proj(value_dim), proj(Hv), proj(Hv))
+        self.conv1d = DepthwiseConv(c.linear_conv_channels, c.linear_conv_kernel, p, rngs)
         self.dt_bias = nnx.Param(jnp.ones((Hv,), p.param_dtype), **axes(None))
         self.A_log = nnx.Param(jnp.log(jnp.linspace(1.0, 16.0, Hv)).astype(p.param_dtype), **axes(None))
         self.norm = GatedRMSNorm(c.linear_value_head_dim, c.rms_norm_eps, p)

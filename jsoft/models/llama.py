@@ -199,13 +199,17 @@ class Config(TransformerConfig):
     def keeps_recurrent_state(self) -> bool:
         return any(self.linear_layers)
 
+    @property
+    def linear_conv_channels(self) -> int:
+        """What a linear layer's convolution mixes: its queries, keys and values."""
+        return 2 * self.linear_key_heads * self.linear_key_head_dim + self.linear_value_heads * (
+            self.linear_value_head_dim)
+
     def recurrent_states(self, batch: int, dtype) -> tuple[RecurrentState | None, ...]:
         if not self.keeps_recurrent_state:
             return ()
-        channels = 2 * self.linear_key_heads * self.linear_key_head_dim + self.linear_value_heads * (
-            self.linear_value_head_dim)
         memory = (batch, self.linear_value_heads, self.linear_key_head_dim, self.linear_value_head_dim)
-        return tuple(RecurrentState(jnp.zeros((batch, self.linear_conv_kernel - 1, channels), dtype),
+        return tuple(RecurrentState(jnp.zeros((batch, self.linear_conv_kernel - 1, self.linear_conv_channels), dtype),
                                     jnp.zeros(memory, jnp.float32)) if self.is_linear(i) else None
                      for i in range(self.num_layers))
 

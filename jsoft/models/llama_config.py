@@ -95,6 +95,10 @@ def fields_from_hf(hf: dict) -> dict:
     )
 
 
+QWEN_MOES = ("qwen2_moe", "qwen3_moe", "qwen3_next")  # sparse layers: `mlp_only_layers`, `decoder_sparse_step`
+QWEN_HYBRIDS = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")  # Gated DeltaNet beside attention
+
+
 # what each family fixes in its modelling code rather than in config.json (the rest: Config's defaults)
 FAMILIES: dict[str, dict] = {
     "gemma": dict(norm_offset=1.0),
@@ -130,8 +134,7 @@ FAMILIES: dict[str, dict] = {
     # DeepSeek-V3's latent attention, softmax scores in groups ranked by their two best, experts stored stacked
     "mistral4": dict(moe_kind="grouped_softmax", stored_experts=True),
     # Gated DeltaNet layers beside gated attention with query / key norms; norms scale by 1 + weight
-    **dict.fromkeys(("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"),
-                    dict(qk_norm="head", norm_offset=1.0, attention_output_gate=True)),
+    **dict.fromkeys(QWEN_HYBRIDS, dict(qk_norm="head", norm_offset=1.0, attention_output_gate=True)),
     "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
     "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
@@ -226,10 +229,6 @@ def _moe_fields(hf: dict) -> dict:
                 else hf["intermediate_size"],
                 shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size") or 0,
                 norm_topk_prob=True if model_type == "mixtral" else bool(hf.get("norm_topk_prob", False)))
-
-
-QWEN_MOES = ("qwen2_moe", "qwen3_moe", "qwen3_next")  # sparse layers: `mlp_only_layers`, `decoder_sparse_step`
-QWEN_HYBRIDS = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")  # Gated DeltaNet beside attention
 
 
 def _linear_attention_fields(hf: dict) -> dict:
