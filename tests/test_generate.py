@@ -46,6 +46,7 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "pegasus": {"init_std": 0.5, "scale_embedding": False}, "umt5": {"initializer_factor": 5.0},
            "xglm": {"init_std": 0.5, "scale_embedding": False},
            "biogpt": {"initializer_range": 0.5, "scale_embedding": False}, "granitemoe": {},
+           "granitemoeshared": {}, "granitemoehybrid": {},
            "deepseek_v3": {"initializer_range": 0.3}, "glm4_moe": {"initializer_range": 0.3},
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
@@ -77,6 +78,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "gpt_bigcode": "causal_lm", "olmo": "causal_lm", "codegen": "causal_lm", "gpt_oss": "causal_lm",
         "m2m_100": "seq2seq_lm", "marian": "seq2seq_lm", "pegasus": "seq2seq_lm", "umt5": "seq2seq_lm",
         "xglm": "causal_lm", "biogpt": "causal_lm", "granitemoe": "causal_lm", "deepseek_v3": "causal_lm",
+        "granitemoeshared": "causal_lm", "granitemoehybrid": "causal_lm",
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
         "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm",
         "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm",
@@ -160,6 +162,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("pegasus", "ptuning_lstm"), ("pegasus", "prefix"), ("umt5", "prompt"), ("umt5", "prefix")]
           + [("xglm", "prompt"), ("xglm", "prefix"), ("biogpt", "prompt"), ("biogpt", "prefix_proj")]
           + [("granitemoe", "prompt"), ("granitemoe", "prefix")]
+          + [("granitemoeshared", "prefix_proj"), ("granitemoehybrid", "prompt"), ("granitemoehybrid", "prefix")]
           # DeepSeek-V3: latent attention's compressed cache (embedding prompts only); dots.llm1: past its window
           + [("deepseek_v3", "prompt"), ("deepseek_v3", "ptuning_lstm"), ("glm4_moe", "prompt")]
           + [("glm4_moe", "prefix_proj"), ("dots1", "prompt"), ("dots1", "prefix"), ("glm4_moe_lite", "prompt")]

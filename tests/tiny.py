@@ -175,6 +175,20 @@ CONFIGS = {
         "num_experts_per_tok": 2, "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
         "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.3,  # experts that matter
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "granitemoeshared": lambda **kw: tf.GraniteMoeSharedConfig(**{  # GraniteMoE with a shared MLP beside the experts
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "shared_intermediate_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
+        "attention_multiplier": 0.2, "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.3,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "granitemoehybrid": lambda **kw: tf.GraniteMoeHybridConfig(**{  # Granite 4.0 micro's layout: attention only,
+        # RoPE, no experts, the shared MLP (its Mamba-2 shape only has to divide)
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "shared_intermediate_size": 40,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "num_local_experts": 0, "layer_types": ["attention", "attention"], "position_embedding_type": "rope",
+        "mamba_n_heads": 8, "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
+        "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.3,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
     "mixtral": lambda **kw: tf.MixtralConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 2,
@@ -595,6 +609,8 @@ CLASSES = {
     ("marian", None): tf.MarianModel, ("marian", "seq2seq_lm"): tf.MarianMTModel,
     ("pegasus", None): tf.PegasusModel, ("pegasus", "seq2seq_lm"): tf.PegasusForConditionalGeneration,
     ("xglm", "causal_lm"): tf.XGLMForCausalLM, ("granitemoe", "causal_lm"): tf.GraniteMoeForCausalLM,
+    ("granitemoeshared", "causal_lm"): tf.GraniteMoeSharedForCausalLM,
+    ("granitemoehybrid", "causal_lm"): tf.GraniteMoeHybridForCausalLM,
     ("deepseek_v3", "causal_lm"): tf.DeepseekV3ForCausalLM,
     ("deepseek_v3", "seq_cls"): tf.DeepseekV3ForSequenceClassification,
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,

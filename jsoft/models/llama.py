@@ -1,16 +1,16 @@
-"""Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP), and the checkpoint
-families that are Llama with other defaults: Mistral (a sliding attention window), Qwen2 (biases on the query,
-key and value projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (sandwich norms,
-soft-capping, alternating sliding and full layers; VaultGemma: without the output norms), Gemma 3 (query/key
-norms, five sliding layers with their own RoPE base per full one), Ministral 3 (queries scaled by their
-position), Phi-3 / Phi-4 (fused qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2
-(norms after attention and MLP only; query/key norms over the whole projection), Granite (embedding, residual,
-attention and logit multipliers), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS,
-GraniteMoE, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also adds a sink logit per head
-to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
-compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose "linear_attention" layers are
-Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate. How each family's
-config.json maps to `Config`: jsoft.models.llama_config; RoPE: jsoft.models.rotary.
+"""Llama (pre-RMSNorm decoder, rotary positions, grouped-query attention, SiLU-gated MLP), and the checkpoint families
+that are Llama with other defaults: Mistral (a sliding attention window), Qwen2 (biases on the query, key and value
+projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (sandwich norms, soft-capping,
+alternating sliding and full layers; VaultGemma: without the output norms), Gemma 3 (query/key norms, five sliding
+layers with their own RoPE base per full one), Ministral 3 (queries scaled by their position), Phi-3 / Phi-4 (fused
+qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2 (norms after attention and MLP only; query/key norms
+over the whole projection), Granite (embedding, residual, attention and logit multipliers; Granite 4's attention-
+only checkpoints, a shared MLP in each layer), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
+GPT-OSS, GraniteMoE / GraniteMoeShared, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also
+adds a sink logit per head to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss;
+DeepSeek-V3 attends through compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose
+"linear_attention" layers are Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output
+gate. How each family's config.json maps to `Config`: jsoft.models.llama_config; RoPE: jsoft.models.rotary.
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -122,6 +122,9 @@ class Config(TransformerConfig):
     # an MLP every token runs too (0: none): Qwen2-MoE's `shared_expert`, sigmoid-gated; DeepSeek-V3's
     # `shared_experts`, ungated
     shared_expert_intermediate_size: int = 0
+    # GraniteMoeShared's and Granite 4's `shared_mlp` (0: none), a SiLU-gated MLP beside the layer's experts (fused
+    # `input_linear`, gate first, then `output_linear`), summed with them; a Granite 4 layer without experts has only it
+    shared_mlp_intermediate_size: int = 0
     # how sparse layers route and run their experts: "softmax_topk" (Mixtral, Qwen-MoE, OLMoE: moe.SparseMoE),
     # "clamped_swiglu" (GPT-OSS: top-k logits softmaxed, experts with biases and a clamped SwiGLU,
     # moe.TopKSoftmaxMoE), "granite" (GraniteMoE: top-k logits softmaxed, fused gate / up experts, moe.GraniteMoE),
@@ -177,6 +180,9 @@ class Config(TransformerConfig):
 
     def is_chunked(self, layer: int) -> bool:
         return bool(self.chunked_layers) and self.chunked_layers[layer]
+
+    def is_sparse(self, layer: int) -> bool:
+        return bool(self.moe_layers) and self.moe_layers[layer]
 
     def is_linear(self, layer: int) -> bool:
         return bool(self.linear_layers) and self.linear_layers[layer]
@@ -505,9 +511,22 @@ def stack_norm(c: Config, p: Precision) -> nnx.Module:
     return RMSNorm(c.hidden_size, c.rms_norm_eps, p, c.norm_offset)
 
 
+class GraniteSharedMLP(nnx.Module):
+    """GraniteMoeShared's and Granite 4's `shared_mlp`: `input_linear` (gate then up, fused), `output_linear`."""
+
+    def __init__(self, d: int, f: int, act: str, p: Precision, rngs: nnx.Rngs):
+        self.act = activation(act)
+        self.input_linear = dense(d, 2 * f, ("embed", "mlp"), p, bias=False, rngs=rngs)
+        self.output_linear = dense(f, d, ("mlp", "embed"), p, bias=False, rngs=rngs)
+
+    def __call__(self, x):
+        gate, up = jnp.split(self.input_linear(x), 2, axis=-1)
+        return self.output_linear(self.act(gate) * up)
+
+
 def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> nnx.Module:
     """Layer `index`'s MLP, or its mixture of experts (`moe_kind`) where `moe_layers` marks it sparse."""
-    if not (c.moe_layers and c.moe_layers[index]):
+    if not c.is_sparse(index):
         return MLP(c, p, rngs)
     d, f, E, k = c.hidden_size, c.moe_intermediate_size, c.num_experts, c.experts_per_token
     if c.moe_kind == "clamped_swiglu":
@@ -541,10 +560,17 @@ class DecoderLayer(nnx.Module):
         mixer = (gated_deltanet.GatedDeltaNet if c.is_linear(index) else LatentAttention if c.kv_lora_rank
                  else Attention)
         setattr(self, self.mixer_name, mixer(c, p, rngs))
-        # the feed-forward block, under its checkpoint name: Mixtral's sparse ones are `block_sparse_moe`
-        self.ffn_name = ("block_sparse_moe" if c.model_type in ("mixtral", "granitemoe", "minimax_m2")
-                         else "feed_forward" if c.model_type == "llama4_text" else "mlp")
-        setattr(self, self.ffn_name, feed_forward_block(c, p, rngs, index))
+        # the feed-forward blocks, under their checkpoint names: Mixtral's sparse ones are `block_sparse_moe`;
+        # Granite's `shared_mlp` beside or in place of them
+        self.ffn_names = ()
+        if not (c.shared_mlp_intermediate_size and not c.is_sparse(index)):
+            name = ("block_sparse_moe" if c.model_type in ("mixtral", *llama_config.GRANITE_MOES, "minimax_m2")
+                    else "feed_forward" if c.model_type == "llama4_text" else "mlp")
+            setattr(self, name, feed_forward_block(c, p, rngs, index))
+            self.ffn_names += (name,)
+        if c.shared_mlp_intermediate_size:
+            self.shared_mlp = GraniteSharedMLP(c.hidden_size, c.shared_mlp_intermediate_size, c.activation, p, rngs)
+            self.ffn_names += ("shared_mlp",)
         self.resid_dropout, self.residual_multiplier = c.resid_dropout, c.residual_multiplier
         self.norm_names = NORM_NAMES[c.norm_placement]
         for name in self.norm_names.values():
@@ -563,7 +589,11 @@ class DecoderLayer(nnx.Module):
         return x if name is None else getattr(self, name)(x)
 
     def feed_forward(self, x):
-        return getattr(self, self.ffn_name)(x)
+        first, *others = self.ffn_names
+        h = getattr(self, first)(x)
+        for name in others:
+            h = h + getattr(self, name)(x)
+        return h
 
     def residual(self, h):
         return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier

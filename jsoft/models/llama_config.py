@@ -14,7 +14,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "ernie4_5_moe",
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
                "apertus", "mistral4", "youtu", "minicpm3", "jais2",
-               "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
+               "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoeshared", "granitemoehybrid")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -34,6 +34,8 @@ def fields_from_hf(hf: dict) -> dict:
         dim = hf.get("head_dim") or d // h
         rope = {"rope_type": "default", "rope_theta": float(rope["rope_theta"]) * float(rope["alpha"]) ** (
             dim / (dim - 2))}
+    if model_type == "granitemoehybrid":
+        _granite4_attention_only(hf)
     if hf.get("use_bidirectional_attention"):
         raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
     act = hf.get("hidden_act", "silu")
@@ -125,7 +127,7 @@ FAMILIES: dict[str, dict] = {
     "nanochat": dict(norm_type="weightless_rms", embedding_norm=True, qk_l2_norm=True, rope_reversed=True,
                      gated_mlp=False),
     "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
-    "granitemoe": dict(moe_kind="granite"),
+    **dict.fromkeys(("granitemoe", "granitemoeshared", "granitemoehybrid"), dict(moe_kind="granite")),
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
     "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
     "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
@@ -147,7 +149,8 @@ HUNYUANS = ("hunyuan_v1_dense", "hunyuan_v1_moe")
 EXAONES = ("exaone4", "exaone_moe")  # sliding_window_pattern; with a sliding window, full layers without RoPE
 GEMMA2S = ("gemma2", "vaultgemma")  # VaultGemma: Gemma 2 without the norms on attention's and the MLP's outputs
 GLMS = ("glm", "glm4", "glm4_moe")  # half of each head rotated by default
-GRANITES = ("granite", "granitemoe")  # Granite's multipliers (Config.embedding_multiplier ...)
+GRANITE_MOES = ("granitemoe", "granitemoeshared", "granitemoehybrid")  # block_sparse_moe; the last two a shared_mlp
+GRANITES = ("granite", *GRANITE_MOES)  # Granite's multipliers (Config.embedding_multiplier ...)
 GPT_OSS_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
                 "original_max_position_embeddings": 4096, "rope_theta": 150000.0}
 
@@ -209,7 +212,7 @@ def _moe_fields(hf: dict) -> dict:
                     moe_layers=(True,) * n, moe_intermediate_size=hf.get("moe_intermediate_size", 512),
                     shared_expert_intermediate_size=hf.get("shared_expert_intermediate_size", 512),
                     norm_topk_prob=True)
-    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe", "qwen3_next"):
+    if model_type not in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", *GRANITE_MOES, "qwen3_next"):
         return {}
     experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
     if model_type in QWEN_MOES:
@@ -217,9 +220,13 @@ def _moe_fields(hf: dict) -> dict:
         sparse = tuple(i not in dense_layers and experts > 0 and (i + 1) % step == 0 for i in range(n))
     else:
         sparse = (experts > 0,) * n
-    if model_type == "granitemoe":
+    if model_type in GRANITE_MOES:  # GraniteMoeShared / Granite 4: a shared MLP too (Granite 4: maybe no experts)
+        shared = hf.get("shared_intermediate_size", 1024 if model_type == "granitemoehybrid" else 0)
+        if model_type == "granitemoehybrid" and not shared:
+            raise ValueError("config.json shared_intermediate_size=0: a granitemoehybrid layer always runs its "
+                             "shared_mlp; give its width")
         return dict(num_experts=experts, experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=sparse,
-                    moe_intermediate_size=hf["intermediate_size"])
+                    moe_intermediate_size=hf["intermediate_size"], shared_mlp_intermediate_size=shared)
     if model_type == "gpt_oss":
         return dict(num_experts=experts or 128, experts_per_token=hf.get("num_experts_per_tok", 4),
                     moe_layers=(True,) * n, moe_intermediate_size=hf["intermediate_size"],
@@ -463,6 +470,8 @@ def nope_layers(hf: dict) -> tuple[bool, ...]:
     if hf.get("model_type") in EXAONES:  # with a sliding_window, its full layers skip RoPE
         nope = tuple(not s for s in sliding_layers(hf) or (False,) * hf["num_hidden_layers"])
         return nope if hf.get("sliding_window") and any(nope) else ()
+    if hf.get("model_type") == "granitemoehybrid":  # RoPE only with position_embedding_type "rope"
+        return () if hf.get("position_embedding_type") == "rope" else (True,) * hf["num_hidden_layers"]
     if hf.get("model_type") not in ("smollm3", "llama4_text"):
         return ()
     n, interval = hf["num_hidden_layers"], hf.get("no_rope_layer_interval", 4)
@@ -471,6 +480,20 @@ def nope_layers(hf: dict) -> tuple[bool, ...]:
         raise ValueError(f"config.json no_rope_layers has {len(rotates)} entries; expected {n} (num_hidden_layers)")
     nope = tuple(not r for r in rotates)
     return nope if any(nope) else ()
+
+
+def _granite4_attention_only(hf: dict) -> None:
+    """Granite 4's layers must all be attention ("attention" / "full_attention" in `layer_types`, whose default is
+    all Mamba-2): jsoft has no Mamba-2 layer (the -h- checkpoints)."""
+    n = hf["num_hidden_layers"]
+    kinds = hf.get("layer_types") or hf.get("layers_block_type") or ["mamba"] * n
+    if len(kinds) != n:
+        raise ValueError(f"config.json layer_types has {len(kinds)} entries; expected {n} (num_hidden_layers)")
+    other = sorted(set(kinds) - {"attention", "full_attention"})
+    if other:
+        raise ValueError(f"config.json layer_types has {other} layers: jsoft reads granitemoehybrid models whose "
+                         "layers are all 'attention' (Granite 4.0 micro / 1B / 350M); Mamba-2 layers (the -h- hybrids)"
+                         " are not supported")
 
 
 def _local_rope_theta(hf: dict) -> float | None:

@@ -410,6 +410,23 @@ def test_hunyuan_moe_per_layer_values_must_agree():
         llama.Config.from_hf(hf | dict(moe_topk=[1, 2]))
 
 
+def test_granite4_reads_attention_layers_and_refuses_mamba_ones():
+    """Granite 4 (granitemoehybrid): attention-only checkpoints load, with RoPE only when position_embedding_type
+    says "rope"; Mamba-2 layers, in the spellings transformers reads, are refused by name."""
+    hf = tiny.CONFIGS["granitemoehybrid"]().to_dict()
+    c = llama.Config.from_hf(hf)
+    assert (c.nope_layers, c.moe_layers, c.shared_mlp_intermediate_size, c.residual_multiplier) == (
+        (), (False, False), 40, 0.5)
+    assert llama.Config.from_hf(hf | dict(position_embedding_type="nope")).nope_layers == (True, True)
+    for kinds in (["mamba", "attention"], ["linear_attention", "full_attention"], None):
+        with pytest.raises(ValueError, match="granitemoehybrid models whose layers are all 'attention'"):
+            llama.Config.from_hf(hf | dict(layer_types=kinds))
+    with pytest.raises(ValueError, match="layer_types has 3 entries; expected 2"):
+        llama.Config.from_hf(hf | dict(layer_types=["attention"] * 3))
+    with pytest.raises(ValueError, match="shared_intermediate_size=0"):
+        llama.Config.from_hf(hf | dict(shared_intermediate_size=0))
+
+
 def test_ministral3_needs_its_query_scaling_keys():
     hf = tiny.CONFIGS["ministral3"]().to_dict()
     rope = {k: v for k, v in hf["rope_parameters"].items() if k != "llama_4_scaling_beta"}

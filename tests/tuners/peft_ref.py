@@ -53,6 +53,7 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("gpt_oss", "causal_lm"), ("gpt_oss", "seq_cls"), ("m2m_100", "seq2seq_lm"), ("marian", "seq2seq_lm"),
           ("pegasus", "seq2seq_lm"), ("umt5", "seq2seq_lm"), ("xglm", "causal_lm"),
           ("biogpt", "causal_lm"), ("biogpt", "seq_cls"), ("biogpt", "token_cls"), ("granitemoe", "causal_lm"),
+          ("granitemoeshared", "causal_lm"), ("granitemoehybrid", "causal_lm"),
           ("deepseek_v3", "causal_lm"), ("deepseek_v3", "seq_cls"), ("glm4_moe", "causal_lm"), ("dots1", "causal_lm"),
           ("glm4_moe_lite", "causal_lm"), ("deepseek_v2", "causal_lm"), ("deepseek_v2", "seq_cls"),
           ("minimax_m2", "causal_lm"), ("exaone_moe", "causal_lm"),
