@@ -46,7 +46,7 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "pegasus": {"init_std": 0.5, "scale_embedding": False}, "umt5": {"initializer_factor": 5.0},
            "xglm": {"init_std": 0.5, "scale_embedding": False},
            "biogpt": {"initializer_range": 0.5, "scale_embedding": False}, "granitemoe": {},
-           "granitemoeshared": {}, "granitemoehybrid": {},
+           "granitemoeshared": {}, "granitemoehybrid": {"initializer_range": 0.5},
            "deepseek_v3": {"initializer_range": 0.3}, "glm4_moe": {"initializer_range": 0.3},
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
@@ -162,7 +162,8 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("pegasus", "ptuning_lstm"), ("pegasus", "prefix"), ("umt5", "prompt"), ("umt5", "prefix")]
           + [("xglm", "prompt"), ("xglm", "prefix"), ("biogpt", "prompt"), ("biogpt", "prefix_proj")]
           + [("granitemoe", "prompt"), ("granitemoe", "prefix")]
-          + [("granitemoeshared", "prefix_proj"), ("granitemoehybrid", "prompt"), ("granitemoehybrid", "prefix")]
+          # Granite 4.0-H: Mamba-2 layers' recurrent states beside attention
+          + [("granitemoeshared", "prefix_proj"), ("granitemoehybrid", "prompt"), ("granitemoehybrid", "ptuning_mlp")]
           # DeepSeek-V3: latent attention's compressed cache (embedding prompts only); dots.llm1: past its window
           + [("deepseek_v3", "prompt"), ("deepseek_v3", "ptuning_lstm"), ("glm4_moe", "prompt")]
           + [("glm4_moe", "prefix_proj"), ("dots1", "prompt"), ("dots1", "prefix"), ("glm4_moe_lite", "prompt")]
@@ -242,7 +243,8 @@ def test_greedy_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, ov
                                          ("llama", "prefix"), ("bloom", "prompt"), ("bloom", "prefix"),
                                          ("gemma2", "prompt"), ("gemma3_text", "prefix"), ("opt", "prompt"),
                                          ("opt", "prefix_proj"), ("gpt_neo", "prefix"), ("gptj", "prompt"),
-                                         ("qwen3_5_text", "prompt"), ("qwen3_next", "ptuning_lstm")],
+                                         ("qwen3_5_text", "prompt"), ("qwen3_next", "ptuning_lstm"),
+                                         ("granitemoehybrid", "prompt")],
                          ids=lambda x: str(x))
 def test_left_padded_rows_equal_rows_alone(tiny_dir, tmp_path, kind, method):
     """The soft prompt sits right before each row's first real token (PEFT would put it before the
@@ -331,10 +333,11 @@ def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
         assert_logits_close(got[b][mask[b] == 1], want[b][right_mask[b] == 1])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart", "opt", "qwen3_5_text", "qwen3_next"])
+@pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart", "opt", "qwen3_5_text", "qwen3_next",
+                                  "granitemoehybrid"])
 def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
-    """Qwen3.5 / Qwen3-Next: linear-attention layers read each row's prompt in the first pass, right before its first
-    real token; no prefix fits them, so a P-Tuning (LSTM) adapter takes the prefix's place."""
+    """Qwen3.5 / Qwen3-Next / Granite 4.0-H: recurrent layers read each row's prompt in the first pass, right before
+    its first real token; no prefix fits them, so a P-Tuning (LSTM) adapter takes the prefix's place."""
     pm = jsoft_model(tiny_dir, kind, "prompt")
     third = "ptuning_lstm" if kind in peft_ref.NO_PREFIX else "prefix"
     pm.add_adapter("third", peft_ref.configs(third, TASK[kind])[0], seed=2)
@@ -353,8 +356,8 @@ def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
         one, alone = pm.generate(row, max_new_tokens=NEW, output_scores=True)
         np.testing.assert_array_equal(np.asarray(got)[b, -NEW:], np.asarray(one)[0, -NEW:])
         want = np.asarray(alone)[0]
-        # Gated DeltaNet's chunked fp32 sums run over the pads in front too (their decays cancel only in exact
-        # arithmetic): 1e-4 of the logits' scale there
+        # Gated DeltaNet's and Mamba-2's chunked fp32 sums run over the pads in front too (their decays cancel only
+        # in exact arithmetic): 1e-4 of the logits' scale there
         tol = 1e-4 if kind in peft_ref.LINEAR_ATTENTION else 1e-5
         np.testing.assert_allclose(np.asarray(scores)[b], want, atol=tol * max(1.0, np.abs(want).max()), rtol=0)
     # sampling: each row draws from its own seed, so it samples what it samples alone
@@ -368,10 +371,10 @@ def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
     assert len({tuple(r) for r in sampled}) == 3
 
 
-@pytest.mark.parametrize("kind", ["qwen3_5_text", "qwen3_next"])
+@pytest.mark.parametrize("kind", ["qwen3_5_text", "qwen3_next", "granitemoehybrid"])
 def test_no_prompt_cache_holds_a_recurrent_state(tiny_dir, kind):
     pm = jsoft_model(tiny_dir, kind, "prompt")
-    with pytest.raises(ValueError, match="linear-attention layers keep a recurrent state"):
+    with pytest.raises(ValueError, match=r"recurrent layers \(linear attention, Mamba-2\) keep a recurrent state"):
         pm.prompt_cache()
 
 
@@ -383,7 +386,7 @@ def pad_after_eos(new_tokens, eos, pad=0):
 
 
 @pytest.mark.parametrize("kind,method", [("t5", "prefix"), ("t5", "prompt"), ("gpt2", "prefix"), ("bart", "prefix"),
-                                         ("qwen3_5_text", "prompt")],
+                                         ("qwen3_5_text", "prompt"), ("granitemoehybrid", "prompt")],
                          ids=lambda x: str(x))
 def test_beam_search_matches_peft(tiny_dir, tmp_path, kind, method):
     pm = jsoft_model(tiny_dir, kind, method)
@@ -529,7 +532,7 @@ def test_dynamic_rope_generation_matches_peft(tiny_dir, tmp_path):
         pm.generate(ids_batch(2, 8), max_new_tokens=2)
 
 
-@pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next"])
+@pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next", "granitemoehybrid"])
 def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     pm = jsoft.PeftModel(jsoft.from_pretrained(model_dir(tiny_dir, kind), task=TASK[kind]), None)  # no adapter
     ids = ids_batch(3, 6, seed=5)

@@ -181,13 +181,14 @@ CONFIGS = {
         "num_local_experts": 4, "num_experts_per_tok": 2, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
         "attention_multiplier": 0.2, "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.3,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
-    "granitemoehybrid": lambda **kw: tf.GraniteMoeHybridConfig(**{  # Granite 4.0 micro's layout: attention only,
-        # RoPE, no experts, the shared MLP (its Mamba-2 shape only has to divide)
+    "granitemoehybrid": lambda **kw: tf.GraniteMoeHybridConfig(**{  # Granite 4.0-H's layout: Mamba-2 layers beside
+        # attention without RoPE, experts and a shared MLP; Mamba-2 heads 8 x 12, 2 groups of B / C, state 8
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 24, "shared_intermediate_size": 40,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-        "num_local_experts": 0, "layer_types": ["attention", "attention"], "position_embedding_type": "rope",
-        "mamba_n_heads": 8, "embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.2,
-        "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.3,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "layer_types": ["mamba", "attention", "mamba"],
+        "position_embedding_type": "nope", "mamba_n_heads": 8, "mamba_n_groups": 2, "mamba_d_state": 8,
+        "mamba_d_conv": 4, "mamba_chunk_size": 8, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
+        "attention_multiplier": 0.2, "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.2,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
     "mixtral": lambda **kw: tf.MixtralConfig(**{

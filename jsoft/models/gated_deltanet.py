@@ -113,11 +113,12 @@ def gated_delta_step(q: Array, k: Array, v: Array, g: Array, beta: Array, memory
 
 
 class DepthwiseConv(nnx.Module):
-    """torch's depthwise nn.Conv1d without a bias, its weight `[channels, 1, taps]` as stored."""
+    """torch's depthwise nn.Conv1d, its weight `[channels, 1, taps]` as stored; a bias with `bias` (Mamba-2's)."""
 
-    def __init__(self, channels: int, taps: int, p: Precision, rngs: nnx.Rngs):
+    def __init__(self, channels: int, taps: int, p: Precision, rngs: nnx.Rngs, bias: bool = False):
         init = nnx.initializers.normal(0.02)(rngs.params(), (channels, 1, taps), p.param_dtype)
         self.weight = nnx.Param(init, **axes(None, None, None))
+        self.bias = nnx.Param(jnp.zeros((channels,), p.param_dtype), **axes(None)) if bias else None
 
     def __call__(self, x_BxTxC: Array, inputs_before: Array) -> tuple[Array, Array]:
         """Causal: output t sees inputs t - taps + 1 .. t, the earliest from `inputs_before [B, taps - 1, C]`
@@ -126,6 +127,8 @@ class DepthwiseConv(nnx.Module):
         taps, T = w.shape[1], x_BxTxC.shape[1]
         full = jnp.concatenate([inputs_before.astype(x_BxTxC.dtype), x_BxTxC], axis=1).astype(jnp.float32)
         out = sum(full[:, j:j + T] * w[:, j] for j in range(taps))
+        if self.bias is not None:
+            out = out + self.bias[...].astype(jnp.float32)
         return out, full[:, T:].astype(x_BxTxC.dtype)
 
 

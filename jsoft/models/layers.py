@@ -336,8 +336,8 @@ class KVCache:
     def as_prefix(self) -> Array:
         """The cached keys and values in the prefix layout `[L, 2, B, S, G, K]`."""
         if any(s is not None for s in self.states):
-            raise ValueError("this cache holds linear-attention layers' recurrent states, which no key/value "
-                             "prefix holds")
+            raise ValueError("this cache holds recurrent layers' states (linear attention, Mamba-2), which no "
+                             "key/value prefix holds")
         values = tuple(k if v is None else v for k, v in zip(self.k, self.v))
         k, v = (jnp.stack([self.ungrouped(x) for x in xs]) for xs in (self.k, values))
         return jnp.swapaxes(jnp.stack([k, v], axis=1), 3, 4)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import gated_deltanet, heads, llama_config, moe, ops, rotary
+from jsoft.models import gated_deltanet, heads, llama_config, mamba2, moe, ops, rotary
 from jsoft.models.base import TransformerConfig, hf_name, is_kernel
 from jsoft.models.layers import (
     Buffer,
@@ -171,6 +171,12 @@ class Config(TransformerConfig):
     linear_value_head_dim: int = 0
     linear_conv_kernel: int = 4
     linear_fused_projections: bool = False  # Qwen3-Next's in_proj_qkvz / in_proj_ba (Qwen3.5: four projections)
+    # or Granite 4's Mamba-2 layers ("mamba2": jsoft.models.mamba2, `mamba`), shaped in the fields above: heads
+    # linear_value_heads x linear_value_head_dim, B / C groups linear_key_heads x state linear_key_head_dim
+    linear_kind: str = "gated_deltanet"
+    linear_conv_bias: bool = False  # Mamba-2: `mamba_conv_bias`, `mamba_proj_bias`, `time_step_limit`
+    linear_proj_bias: bool = False
+    linear_dt_limit: tuple[float, float] = (0.0, math.inf)
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -197,8 +203,8 @@ class Config(TransformerConfig):
                     f"({self.qk_nope_head_dim + self.rope_dim} dims a head) and values ({self.v_head_dim}) differ "
                     "in width, so no key/value prefix fits it (PEFT's fails there too)")
         if self.keeps_recurrent_state:
-            return (f"{self.model_type}'s linear-attention layers keep a recurrent state, not keys and values, so no "
-                    "key/value prefix fits them (PEFT's fails there too)")
+            return (f"{self.model_type}'s {LINEAR_NAMES[self.linear_kind]} layers keep a recurrent state, not keys "
+                    "and values, so no key/value prefix fits them (PEFT's fails there too)")
         return None
 
     @property
@@ -553,12 +559,19 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 
 
+LINEAR_NAMES = {"gated_deltanet": "linear-attention", "mamba2": "Mamba-2"}
+# each kind of linear layer's checkpoint name and module
+LINEAR_MIXERS = {"gated_deltanet": ("linear_attn", gated_deltanet.GatedDeltaNet), "mamba2": ("mamba", mamba2.Mamba2)}
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
-        # the token mixer, under its checkpoint name: Gated DeltaNet's `linear_attn` on linear layers
-        self.mixer_name = "linear_attn" if c.is_linear(index) else "self_attn"
-        mixer = (gated_deltanet.GatedDeltaNet if c.is_linear(index) else LatentAttention if c.kv_lora_rank
-                 else Attention)
+        # the token mixer, under its checkpoint name: on linear layers Gated DeltaNet's `linear_attn` or Mamba-2's
+        # `mamba`
+        if c.is_linear(index):
+            self.mixer_name, mixer = LINEAR_MIXERS[c.linear_kind]
+        else:
+            self.mixer_name, mixer = "self_attn", LatentAttention if c.kv_lora_rank else Attention
         setattr(self, self.mixer_name, mixer(c, p, rngs))
         # the feed-forward blocks, under their checkpoint names: Mixtral's sparse ones are `block_sparse_moe`;
         # Granite's `shared_mlp` beside or in place of them

@@ -34,8 +34,6 @@ def fields_from_hf(hf: dict) -> dict:
         dim = hf.get("head_dim") or d // h
         rope = {"rope_type": "default", "rope_theta": float(rope["rope_theta"]) * float(rope["alpha"]) ** (
             dim / (dim - 2))}
-    if model_type == "granitemoehybrid":
-        _granite4_attention_only(hf)
     if hf.get("use_bidirectional_attention"):
         raise ValueError(f"config.json use_bidirectional_attention=True ({model_type}) is not supported by jsoft")
     act = hf.get("hidden_act", "silu")
@@ -94,6 +92,7 @@ def fields_from_hf(hf: dict) -> dict:
         **(_minicpm3_multipliers(hf) if model_type == "minicpm3" else {}),
         **(_position_query_scaling(rope, model_type) if model_type in ("ministral3", "mistral4") else {}),
         **(_linear_attention_fields(hf) if model_type in QWEN_HYBRIDS else {}),
+        **(_mamba2_fields(hf) if model_type == "granitemoehybrid" else {}),
     )
 
 
@@ -482,18 +481,34 @@ def nope_layers(hf: dict) -> tuple[bool, ...]:
     return nope if any(nope) else ()
 
 
-def _granite4_attention_only(hf: dict) -> None:
-    """Granite 4's layers must all be attention ("attention" / "full_attention" in `layer_types`, whose default is
-    all Mamba-2): jsoft has no Mamba-2 layer (the -h- checkpoints)."""
-    n = hf["num_hidden_layers"]
+def _mamba2_fields(hf: dict) -> dict:
+    """Granite 4's layers (granitemoehybrid): `layer_types` "mamba" / "linear_attention" ones Mamba-2, "attention" /
+    "full_attention" ones attention (transformers' default: all Mamba-2), and the Mamba-2 shape in Config's
+    linear-layer fields."""
+    n, d = hf["num_hidden_layers"], hf["hidden_size"]
     kinds = hf.get("layer_types") or hf.get("layers_block_type") or ["mamba"] * n
-    if len(kinds) != n:
-        raise ValueError(f"config.json layer_types has {len(kinds)} entries; expected {n} (num_hidden_layers)")
-    other = sorted(set(kinds) - {"attention", "full_attention"})
-    if other:
-        raise ValueError(f"config.json layer_types has {other} layers: jsoft reads granitemoehybrid models whose "
-                         "layers are all 'attention' (Granite 4.0 micro / 1B / 350M); Mamba-2 layers (the -h- hybrids)"
-                         " are not supported")
+    linear, attention = {"mamba", "linear_attention"}, {"attention", "full_attention"}
+    if len(kinds) != n or not set(kinds) <= linear | attention:
+        raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
+                         "'mamba' / 'linear_attention' or 'attention' / 'full_attention'")
+    heads, groups = hf.get("mamba_n_heads", 128), hf.get("mamba_n_groups", 1)
+    width = hf.get("mamba_expand", 2) * d
+    head_dim = hf.get("mamba_d_head", "auto")
+    head_dim = width // heads if head_dim in (None, "auto") else head_dim
+    if head_dim * heads != width or heads % groups:
+        raise ValueError(f"config.json mamba_n_heads={heads} x mamba_d_head={head_dim} must equal mamba_expand x "
+                         f"hidden_size={width}, and mamba_n_groups={groups} divide mamba_n_heads")
+    low, high = map(_json_float, hf.get("time_step_limit") or (0.0, math.inf))
+    return dict(linear_layers=tuple(k in linear for k in kinds), linear_kind="mamba2", linear_value_heads=heads,
+                linear_value_head_dim=head_dim, linear_key_heads=groups,
+                linear_key_head_dim=hf.get("mamba_d_state", 256), linear_conv_kernel=hf.get("mamba_d_conv", 4),
+                linear_conv_bias=bool(hf.get("mamba_conv_bias", True)),
+                linear_proj_bias=bool(hf.get("mamba_proj_bias", False)), linear_dt_limit=(low, high))
+
+
+def _json_float(value) -> float:
+    """A float from config.json, where transformers writes infinities as {"__float__": "Infinity"}."""
+    return float(value["__float__"] if isinstance(value, dict) else value)
 
 
 def _local_rope_theta(hf: dict) -> float | None:

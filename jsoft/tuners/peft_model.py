@@ -489,8 +489,9 @@ class PeftModel(nnx.Module):
         if a.is_prefix:
             return to_prefix_kv(a.prompt(), mc.num_layers, mc.num_kv_heads, mc.head_dim)[:, :, None]
         if mc.keeps_recurrent_state:
-            raise ValueError(f"this {mc.model_type} model's linear-attention layers keep a recurrent state, which no "
-                             "key/value prompt cache holds; generate reads the prompt's embeddings instead")
+            raise ValueError(f"this {mc.model_type} model's recurrent layers (linear attention, Mamba-2) keep a "
+                             "recurrent state, which no key/value prompt cache holds; generate reads the prompt's "
+                             "embeddings instead")
         self._check_cacheable(name)
         V = a.config.num_virtual_tokens
         dtype = compute_dtype(base)

@@ -410,19 +410,26 @@ def test_hunyuan_moe_per_layer_values_must_agree():
         llama.Config.from_hf(hf | dict(moe_topk=[1, 2]))
 
 
-def test_granite4_reads_attention_layers_and_refuses_mamba_ones():
-    """Granite 4 (granitemoehybrid): attention-only checkpoints load, with RoPE only when position_embedding_type
-    says "rope"; Mamba-2 layers, in the spellings transformers reads, are refused by name."""
-    hf = tiny.CONFIGS["granitemoehybrid"]().to_dict()
+def test_granite4_config_reads_its_layers_and_mamba2_shape():
+    """Granite 4 (granitemoehybrid): `layer_types` in both spellings (default: all Mamba-2), RoPE only when
+    position_embedding_type says "rope", Mamba-2's shape from `mamba_*` (head width "auto": expand x hidden / heads),
+    the step-size limit as transformers writes an infinity; shapes that do not divide refused by name."""
+    hf = json.loads(tiny.CONFIGS["granitemoehybrid"]().to_json_string())
     c = llama.Config.from_hf(hf)
-    assert (c.nope_layers, c.moe_layers, c.shared_mlp_intermediate_size, c.residual_multiplier) == (
-        (), (False, False), 40, 0.5)
-    assert llama.Config.from_hf(hf | dict(position_embedding_type="nope")).nope_layers == (True, True)
-    for kinds in (["mamba", "attention"], ["linear_attention", "full_attention"], None):
-        with pytest.raises(ValueError, match="granitemoehybrid models whose layers are all 'attention'"):
-            llama.Config.from_hf(hf | dict(layer_types=kinds))
-    with pytest.raises(ValueError, match="layer_types has 3 entries; expected 2"):
-        llama.Config.from_hf(hf | dict(layer_types=["attention"] * 3))
+    assert (c.linear_layers, c.linear_kind, c.nope_layers, c.moe_layers, c.shared_mlp_intermediate_size) == (
+        (True, False, True), "mamba2", (True,) * 3, (True,) * 3, 40)
+    assert (c.linear_value_heads, c.linear_value_head_dim, c.linear_key_heads, c.linear_key_head_dim) == (8, 12, 2, 8)
+    assert hf["time_step_limit"][1] == {"__float__": "Infinity"} and c.linear_dt_limit == (0.0, float("inf"))
+    assert llama.Config.from_hf(hf | dict(position_embedding_type="rope")).nope_layers == ()
+    assert llama.Config.from_hf(hf | dict(layer_types=None)).linear_layers == (True,) * 3
+    spelled = llama.Config.from_hf(hf | dict(layer_types=["linear_attention", "full_attention", "attention"]))
+    assert spelled.linear_layers == (True, False, False)
+    with pytest.raises(ValueError, match="layer_types=.*expected 3 entries .* 'attention' / 'full_attention'"):
+        llama.Config.from_hf(hf | dict(layer_types=["mamba", "sliding_attention", "mamba"]))
+    with pytest.raises(ValueError, match="mamba_n_heads=8 x mamba_d_head=10 must equal mamba_expand x hidden_size=96"):
+        llama.Config.from_hf(hf | dict(mamba_d_head=10))
+    with pytest.raises(ValueError, match="mamba_n_groups=3 divide mamba_n_heads"):
+        llama.Config.from_hf(hf | dict(mamba_n_groups=3))
     with pytest.raises(ValueError, match="shared_intermediate_size=0"):
         llama.Config.from_hf(hf | dict(shared_intermediate_size=0))
 

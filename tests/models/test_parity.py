@@ -155,9 +155,12 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     ("mistral3", "causal_lm", dict(tie_word_embeddings=True)),  # tied at the top level of config.json
     # ERNIE 4.5 MoE's default: the LM head tied to the embeddings, with a bias of its own
     ("ernie4_5_moe", "causal_lm", dict(tie_word_embeddings=True, moe_layer_interval=1, moe_layer_end_index=2)),
-    # Granite 4 with experts beside its shared MLP, without RoPE (the -h- checkpoints' attention layers)
-    ("granitemoehybrid", "causal_lm", dict(num_local_experts=4, num_experts_per_tok=2,
-                                           position_embedding_type="nope")),
+    # Granite 4.0 micro's layout: attention only, RoPE, no experts (the shared MLP alone)
+    ("granitemoehybrid", "causal_lm", dict(num_local_experts=0, num_hidden_layers=2, position_embedding_type="rope",
+                                           layer_types=["attention", "attention"])),
+    # Mamba-2 with biases on its projections, no convolution bias, one group, a clamped step size
+    ("granitemoehybrid", "causal_lm", dict(mamba_proj_bias=True, mamba_conv_bias=False, mamba_n_groups=1,
+                                           time_step_limit=(0.5, 2.0))),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
     ("glm4_moe", "causal_lm", dict(n_group=1, topk_group=1, norm_topk_prob=False, use_qk_norm=False,
                                    first_k_dense_replace=0, n_shared_experts=0, partial_rotary_factor=0.25)),

@@ -73,9 +73,9 @@ NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", 
 PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
 # multi-head latent attention, linear attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only
 # embedding prompts
-# Gated DeltaNet layers (linear attention), which keep a recurrent state instead of keys and values. Their chunked
-# rule's fp32 sums depend on where a row's tokens fall in the chunks, so padding moves outputs by ~1e-5 relative
-LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5")
+# Gated DeltaNet layers (linear attention) and Mamba-2's, which keep a recurrent state instead of keys and values.
+# Their chunked fp32 sums depend on where a row's tokens fall in the chunks, so padding moves outputs by ~1e-5 relative
+LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5", "granitemoehybrid")
 NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3", *LINEAR_ATTENTION)
 
 
