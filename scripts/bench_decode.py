@@ -7,6 +7,7 @@
     python scripts/bench_decode.py --model t5               # T5 v1.1-style 8 + 8 x 512, untied LM head, seq2seq
     python scripts/bench_decode.py --model deepseek_v3 --methods prompt   # latent attention, its compressed cache
     python scripts/bench_decode.py --model qwen3_5 --methods prompt       # Gated DeltaNet: recurrent state
+    python scripts/bench_decode.py --model granite4 --methods prompt      # Mamba-2: recurrent state
 
 Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`; with
 `--model t5` a T5 v1.1-style `T5Config`: 8 + 8 layers, d_model 512, 8 heads, gated GELU, untied LM head; with
@@ -14,7 +15,11 @@ Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `sav
 token after 1 dense layer: both frameworks cache the compressed latents; prompt tuning only, as no prefix fits;
 with `--model qwen3_5` a `Qwen3_5TextConfig` of 8 x 1024, three Gated DeltaNet layers (16 value heads of 64, 8
 key heads) to each gated-attention one (8 heads of 128, 2 key / value heads): both keep the linear layers'
-convolution inputs and memory instead of keys and values; prompt tuning only) and the same adapter (made in jsoft,
+convolution inputs and memory instead of keys and values; prompt tuning only; with `--model granite4` a
+`GraniteMoeHybridConfig` of 8 x 1024 in Granite 4.0-H-micro's layout, three Mamba-2 layers (32 heads of 64, state 128,
+one group) to each attention one without RoPE, a 2816-wide shared MLP, no experts: both keep the Mamba-2 layers'
+convolution inputs and states; PyTorch runs transformers' torch fallback of the mamba_ssm kernels, which a CPU
+build has no other way to run) and the same adapter (made in jsoft,
 saved in PEFT's format, loaded by `peft.PeftModel`). Each
 method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no padding); tokens/s
 counts new tokens of the whole batch. jsoft's first call (trace + compile) is reported apart;
@@ -42,7 +47,7 @@ import time
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5", "deepseek_v3", "qwen3_5"])
+    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5", "deepseek_v3", "qwen3_5", "granite4"])
     ap.add_argument("--layers", type=int, default=None,
                     help="default: 12 (GPT-2), 8 + 8 (T5), 8 (DeepSeek-V3, Qwen3.5)")
     ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
@@ -78,7 +83,8 @@ METHODS = {
 MODELS = {"gpt2": ("causal_lm", "CAUSAL_LM", tf.GPT2LMHeadModel),
           "t5": ("seq2seq_lm", "SEQ_2_SEQ_LM", tf.T5ForConditionalGeneration),
           "deepseek_v3": ("causal_lm", "CAUSAL_LM", tf.DeepseekV3ForCausalLM),
-          "qwen3_5": ("causal_lm", "CAUSAL_LM", tf.Qwen3_5ForCausalLM)}
+          "qwen3_5": ("causal_lm", "CAUSAL_LM", tf.Qwen3_5ForCausalLM),
+          "granite4": ("causal_lm", "CAUSAL_LM", tf.GraniteMoeHybridForCausalLM)}
 
 
 def make_model(args, path: str) -> str:
@@ -109,6 +115,18 @@ def make_model(args, path: str) -> str:
         tf.Qwen3_5ForCausalLM(config).eval().save_pretrained(path)
         return (f"Qwen3.5-shaped {layers}x1024 ({layers - layers // 4} Gated DeltaNet layers, {layers // 4} gated "
                 "attention), vocab 32000")
+    if args.model == "granite4":
+        layers = args.layers or 8
+        kinds = ["attention" if (i + 1) % 4 == 0 else "mamba" for i in range(layers)]
+        config = tf.GraniteMoeHybridConfig(vocab_size=32000, hidden_size=1024, num_hidden_layers=layers,
+                                           num_attention_heads=8, num_key_value_heads=2, num_local_experts=0,
+                                           shared_intermediate_size=2816, layer_types=kinds,
+                                           position_embedding_type="nope", mamba_n_heads=32, mamba_n_groups=1,
+                                           mamba_d_state=128, mamba_d_conv=4, max_position_embeddings=4096,
+                                           eos_token_id=31999)
+        tf.GraniteMoeHybridForCausalLM(config).eval().save_pretrained(path)
+        return (f"Granite-4.0-H-shaped {layers}x1024 ({kinds.count('mamba')} Mamba-2 layers, "
+                f"{kinds.count('attention')} attention), vocab 32000")
     layers = args.layers or 8
     config = tf.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=layers,
                          num_decoder_layers=layers, num_heads=8, feed_forward_proj="gated-gelu",

@@ -285,8 +285,9 @@ def query_tokens(mask: Array, T: int, cache: KVCache | None) -> Array:
 
 @flax.struct.dataclass
 class RecurrentState:
-    """What a decoding cache keeps of a linear-attention layer (jsoft.models.gated_deltanet) instead of keys and
-    values: the last inputs of its causal convolution `[B, taps - 1, C]` and its memory `[B, H, K, V]` (fp32)."""
+    """What a decoding cache keeps of a recurrent layer (Gated DeltaNet's linear attention, jsoft.models.gated_deltanet;
+    Mamba-2, jsoft.models.mamba2) instead of keys and values: the last inputs of its causal convolution
+    `[B, taps - 1, C]` and its memory `[B, H, K, V]` (fp32)."""
 
     conv: Array
     memory: Array
@@ -306,6 +307,8 @@ class KVCache:
     index: Array  # int32 scalar: next slot to write
     kv_heads: int = flax.struct.field(pytree_node=False)  # G, to ungroup the buffers
     states: tuple[RecurrentState | None, ...] = ()  # per layer, where a stack has recurrent layers
+    # the slots, where no layer keeps a key buffer to tell them (a stack of recurrent layers only)
+    recurrent_slots: int = flax.struct.field(pytree_node=False, default=0)
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype,
@@ -316,7 +319,7 @@ class KVCache:
         zeros = lambda: tuple(None if recurrent(i) else jnp.zeros((batch * kv_heads, slots, head_dim), dtype)
                               for i in range(num_layers))
         return cls(zeros(), zeros() if values else (None,) * num_layers, jnp.zeros((), jnp.int32), kv_heads,
-                   tuple(states))
+                   tuple(states), slots)
 
     @classmethod
     def from_prefix(cls, prefix_kv: Array, slots: int, dtype, values: bool = True) -> KVCache:
@@ -331,7 +334,7 @@ class KVCache:
 
     @property
     def slots(self) -> int:
-        return next(k for k in self.k if k is not None).shape[1]
+        return next((k.shape[1] for k in self.k if k is not None), self.recurrent_slots)
 
     def as_prefix(self) -> Array:
         """The cached keys and values in the prefix layout `[L, 2, B, S, G, K]`."""

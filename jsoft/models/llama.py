@@ -4,13 +4,14 @@ projections; optional sliding window), Qwen3 (query/key norms), Gemma, Gemma 2 (
 alternating sliding and full layers; VaultGemma: without the output norms), Gemma 3 (query/key norms, five sliding
 layers with their own RoPE base per full one), Ministral 3 (queries scaled by their position), Phi-3 / Phi-4 (fused
 qkv_proj and gate_up_proj, partial rotary, LongRoPE), OLMo 2 (norms after attention and MLP only; query/key norms
-over the whole projection), Granite (embedding, residual, attention and logit multipliers; Granite 4's attention-
-only checkpoints, a shared MLP in each layer), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
-GPT-OSS, GraniteMoE / GraniteMoeShared, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also
-adds a sink logit per head to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss;
-DeepSeek-V3 attends through compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose
-"linear_attention" layers are Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output
-gate. How each family's config.json maps to `Config`: jsoft.models.llama_config; RoPE: jsoft.models.rotary.
+over the whole projection), Granite (embedding, residual, attention and logit multipliers; Granite 4: a shared MLP
+in each layer), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS, GraniteMoE /
+GraniteMoeShared, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also adds a sink logit per
+head to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
+compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose "linear_attention" layers are
+Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate, and Granite 4.0-H, whose
+"mamba" layers are Mamba-2 (jsoft.models.mamba2). How each family's config.json maps to `Config`:
+jsoft.models.llama_config; RoPE: jsoft.models.rotary.
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""

@@ -69,3 +69,23 @@ def test_mamba2_layers_matter_and_follow_transformers(tiny_dir):
     keep = mask.astype(bool)
     assert np.abs(after - before)[keep].max() > 0.1
     np.testing.assert_allclose(after[keep], want[keep], atol=1e-4, rtol=0)
+
+
+def test_a_stack_of_mamba2_layers_only_generates_what_full_passes_pick(tiny_dir):
+    """No attention layer, so no key buffer tells the decoding cache its slots (transformers' generate refuses such
+    a stack: "get_seq_length can only be called on Attention layers"): greedy decoding from the recurrent states
+    equals the argmax of a full forward pass at each step, from a left-padded row too."""
+    path = tiny_dir("granitemoehybrid", "causal_lm", layer_types=["mamba", "mamba"], num_hidden_layers=2,
+                    initializer_range=0.5)
+    pm = jsoft.PeftModel(jsoft.from_pretrained(path, task="causal_lm"), None)
+    ids = np.random.default_rng(4).integers(3, tiny.VOCAB, size=(2, 7))
+    mask = np.ones_like(ids)
+    ids[1, :3], mask[1, :3] = 0, 0
+    got = np.asarray(pm.generate(ids, mask, max_new_tokens=6, eos_token_id=[]))[:, 7:]
+    for b in range(2):
+        row = ids[b, mask[b].astype(bool)][None]
+        for t in range(6):
+            logits = np.asarray(pm.base_model(input_ids=row).logits)[0, -1]
+            assert got[b, t] == logits.argmax()
+            row = np.concatenate([row, [[got[b, t]]]], axis=1)
+    assert len(set(got[0])) > 1
