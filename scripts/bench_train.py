@@ -17,6 +17,9 @@ by both):
   deberta-prompt DeBERTa-v3-base seq_cls (2 labels), prompt tuning (PEFT cannot run prefixes on DeBERTa)
   qwen35-prompt  Qwen3.5-shaped causal LM (12 x 1024: 9 Gated DeltaNet layers, 3 gated attention; vocab 32000),
                  prompt tuning (no prefix fits its linear layers; PEFT runs transformers' torch delta rule)
+  granite4-prompt Granite-4.0-H-shaped causal LM (12 x 1024: 9 Mamba-2 layers of 32 heads x 64, state 128, and 3
+                 attention without RoPE; a 2816-wide shared MLP; vocab 32000), prompt tuning (PEFT runs
+                 transformers' torch fallback of the mamba_ssm kernels)
 batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3). Each (case, framework) runs in its own subprocess,
 which reports its peak memory: RSS (VmHWM) on CPU, the device allocator's peak on a GPU. jsoft's compile
 time is measured separately (AOT lower + compile); the timed steps start after `--warmup` steps in both.
@@ -51,8 +54,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2-verbalizer", "gpt2m-prompt",
-         "deberta-prompt", "qwen35-prompt")
-CAUSAL = ("gpt2", "gpt2m", "qwen35")  # the causal LM families
+         "deberta-prompt", "qwen35-prompt", "granite4-prompt")
+CAUSAL = ("gpt2", "gpt2m", "qwen35", "granite4")  # the causal LM families
 CPU_CASES = CASES[:5]
 VT = 20
 LR = 1e-3
@@ -66,6 +69,8 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
 
     if case.startswith("qwen35"):
         return _hybrid_flops(cfg, batch, length)
+    if case.startswith("granite4"):
+        return _mamba_hybrid_flops(cfg, batch, length)
     if case.startswith("gpt2"):  # gpt2 or gpt2m
         d, n_layer, ff, vocab = cfg["n_embd"], cfg["n_layer"], cfg.get("n_inner") or 4 * cfg["n_embd"], cfg[
             "vocab_size"]
@@ -118,6 +123,30 @@ def _hybrid_flops(cfg: dict, batch: int, length: int) -> float:
     fwd = 2 * tokens * (n_lin * linear + n_att * attention + len(kinds) * 3 * d * ff)
     fwd += n_att * 4 * qd * s * s * batch
     fwd += n_lin * 2 * tokens * hv * (2 * 64 * dk + 2 * 64 * dv + 3 * dk * dv)
+    return 3.0 * (fwd + 2 * vocab * d * batch * length)
+
+
+def _mamba_hybrid_flops(cfg: dict, batch: int, length: int) -> float:
+    """Granite 4.0-H with a prompt in front: every layer's matmuls (Mamba-2's in_proj and out_proj, attention's, the
+    shared gated MLP), attention scores on its attention layers, and the chunked scan's (per token and head, with
+    transformers' `mamba_chunk_size`-token chunks: C B^T and its product with x in the chunk, the state's write and
+    read), all 3 x forward."""
+    d, ff, vocab = cfg["hidden_size"], cfg["shared_intermediate_size"], cfg["vocab_size"]
+    kinds = cfg["layer_types"]
+    n_mamba = sum(k in ("mamba", "linear_attention") for k in kinds)
+    n_att = len(kinds) - n_mamba
+    heads, head_dim, state = cfg["mamba_n_heads"], cfg["mamba_d_head"], cfg["mamba_d_state"]
+    width, bc = heads * head_dim, 2 * cfg["mamba_n_groups"] * state
+    mamba = d * (2 * width + bc + heads) + width * d
+    hd = d // cfg["num_attention_heads"]
+    kvd = cfg["num_key_value_heads"] * hd
+    attention = 2 * d * d + 2 * d * kvd
+    s = length + VT
+    tokens = batch * s
+    chunk = min(cfg["mamba_chunk_size"], s)
+    fwd = 2 * tokens * (n_mamba * mamba + n_att * attention + len(kinds) * 3 * d * ff)
+    fwd += n_att * 4 * d * s * s * batch
+    fwd += n_mamba * 2 * tokens * heads * (chunk * state + chunk * head_dim + 2 * state * head_dim)
     return 3.0 * (fwd + 2 * vocab * d * batch * length)
 
 
@@ -318,10 +347,15 @@ def make_models(d: str, families: set) -> dict:
                "qwen35": transformers.Qwen3_5TextConfig(
                    vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
                    num_attention_heads=8, num_key_value_heads=2, head_dim=128, linear_num_key_heads=8,
-                   linear_num_value_heads=16, linear_key_head_dim=64, linear_value_head_dim=64)}
+                   linear_num_value_heads=16, linear_key_head_dim=64, linear_value_head_dim=64),
+               "granite4": transformers.GraniteMoeHybridConfig(
+                   vocab_size=32000, hidden_size=1024, num_hidden_layers=12, num_attention_heads=8,
+                   num_key_value_heads=2, num_local_experts=0, shared_intermediate_size=2816,
+                   layer_types=["attention" if (i + 1) % 4 == 0 else "mamba" for i in range(12)],
+                   position_embedding_type="nope", mamba_n_heads=32, mamba_n_groups=1, mamba_d_state=128)}
     classes = {"bert": transformers.BertForSequenceClassification,
                "deberta": transformers.DebertaV2ForSequenceClassification,
-               "qwen35": transformers.Qwen3_5ForCausalLM}
+               "qwen35": transformers.Qwen3_5ForCausalLM, "granite4": transformers.GraniteMoeHybridForCausalLM}
     for fam in families:
         classes.get(fam, transformers.GPT2LMHeadModel)(configs[fam]).save_pretrained(os.path.join(d, fam))
     return {fam: configs[fam].to_dict() for fam in families}
