@@ -37,7 +37,7 @@ def l2_normed(x: Array) -> Array:
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
 
 
-def _einsum(spec: str, a: Array, b: Array) -> Array:
+def einsum_highest(spec: str, a: Array, b: Array) -> Array:
     return jnp.einsum(spec, a, b, precision=_HIGHEST)
 
 
@@ -51,15 +51,7 @@ def gated_delta_rule(q: Array, k: Array, v: Array, g: Array, beta: Array, memory
     B, T, H, K = k.shape
     V = v.shape[-1]
     C = min(chunk or chunk_size(), T)
-    pad = -T % C
-    N = (T + pad) // C
-
-    def chunks(x):  # [B, T, H, ...] -> [N, B, H, C, ...]
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        x = x.reshape(B, N, C, H, *x.shape[3:])
-        return jnp.moveaxis(x, (1, 3), (0, 2))
-
-    q, k, v, g, beta = map(chunks, (q, k, v, g, beta))
+    q, k, v, g, beta = (to_chunks(x, C) for x in (q, k, v, g, beta))
     k_beta, v_beta = k * beta[..., None], v * beta[..., None]
     decay = jnp.cumsum(g, axis=-1)  # [N, B, H, C]: log decay from the chunk's start through each token
     lower = jnp.tril(jnp.ones((C, C), bool))
@@ -69,25 +61,38 @@ def gated_delta_rule(q: Array, k: Array, v: Array, g: Array, beta: Array, memory
     # (I + A)^-1, A the strictly lower part of k_beta k^T * pair, solves each chunk's delta updates at once (the UT
     # transform)
     strictly_lower = jnp.tril(jnp.ones((C, C), bool), -1)
-    inverse = unit_lower_inverse(jnp.where(strictly_lower, _einsum("nbhik,nbhjk->nbhij", k_beta, k) * pair, 0.0))
-    new_values = _einsum("nbhij,nbhjv->nbhiv", inverse, v_beta)
-    k_decayed = _einsum("nbhij,nbhjk->nbhik", inverse, k_beta * jnp.exp(decay)[..., None])
-    intra = _einsum("nbhik,nbhjk->nbhij", q, k) * pair
+    inverse = unit_lower_inverse(jnp.where(strictly_lower, einsum_highest("nbhik,nbhjk->nbhij", k_beta, k) * pair, 0.0))
+    new_values = einsum_highest("nbhij,nbhjv->nbhiv", inverse, v_beta)
+    k_decayed = einsum_highest("nbhij,nbhjk->nbhik", inverse, k_beta * jnp.exp(decay)[..., None])
+    intra = einsum_highest("nbhik,nbhjk->nbhij", q, k) * pair
     q = q * jnp.exp(decay)[..., None]
     k = k * jnp.exp(decay[..., -1:] - decay)[..., None]
     chunk_decay = jnp.exp(decay[..., -1])[..., None, None]
 
     def step(memory, xs):
         new_values, k_decayed, q, k, intra, chunk_decay = xs
-        v_new = new_values - _einsum("bhck,bhkv->bhcv", k_decayed, memory)
-        out = _einsum("bhck,bhkv->bhcv", q, memory) + _einsum("bhij,bhjv->bhiv", intra, v_new)
-        return memory * chunk_decay + _einsum("bhck,bhcv->bhkv", k, v_new), out
+        v_new = new_values - einsum_highest("bhck,bhkv->bhcv", k_decayed, memory)
+        out = einsum_highest("bhck,bhkv->bhcv", q, memory) + einsum_highest("bhij,bhjv->bhiv", intra, v_new)
+        return memory * chunk_decay + einsum_highest("bhck,bhcv->bhkv", k, v_new), out
 
     if memory is None:
         memory = jnp.zeros((B, H, K, V), jnp.float32)
     memory, out = jax.lax.scan(step, memory, (new_values, k_decayed, q, k, intra, chunk_decay))
-    out = jnp.moveaxis(out, (0, 2), (1, 3)).reshape(B, N * C, H, V)  # [N, B, H, C, V] -> [B, N, C, H, V]
-    return out[:, :T], memory
+    return from_chunks(out, T), memory
+
+
+def to_chunks(x: Array, C: int) -> Array:
+    """`[B, T, H, ...]` -> `[N, B, H, C, ...]`: the tokens in N chunks of C, the last padded with zeros."""
+    B, T, H = x.shape[:3]
+    pad = -T % C
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(B, (T + pad) // C, C, H, *x.shape[3:]), (1, 3), (0, 2))
+
+
+def from_chunks(out: Array, T: int) -> Array:
+    """`[N, B, H, C, V]` -> `[B, T, H, V]`, `to_chunks`' padding dropped."""
+    N, B, H, C, V = out.shape
+    return jnp.moveaxis(out, (0, 2), (1, 3)).reshape(B, N * C, H, V)[:, :T]
 
 
 def unit_lower_inverse(a: Array) -> Array:
@@ -97,8 +102,8 @@ def unit_lower_inverse(a: Array) -> Array:
     eye = jnp.eye(a.shape[-1], dtype=a.dtype)
     inverse, power = eye - a, a
     for _ in range(max(a.shape[-1] - 1, 1).bit_length() - 1):
-        power = _einsum("...ij,...jk->...ik", power, power)
-        inverse = _einsum("...ij,...jk->...ik", inverse, eye + power)
+        power = einsum_highest("...ij,...jk->...ik", power, power)
+        inverse = einsum_highest("...ij,...jk->...ik", inverse, eye + power)
     return inverse
 
 
@@ -107,9 +112,9 @@ def gated_delta_step(q: Array, k: Array, v: Array, g: Array, beta: Array, memory
     `[B, 1, H, V]`, g, beta `[B, 1, H]`, memory `[B, H, K, V]`."""
     q, k, v, g, beta = (x[:, 0] for x in (q, k, v, g, beta))
     memory = memory * jnp.exp(g)[..., None, None]
-    delta = (v - _einsum("bhkv,bhk->bhv", memory, k)) * beta[..., None]
+    delta = (v - einsum_highest("bhkv,bhk->bhv", memory, k)) * beta[..., None]
     memory = memory + k[..., :, None] * delta[..., None, :]
-    return _einsum("bhkv,bhk->bhv", memory, q)[:, None], memory
+    return einsum_highest("bhkv,bhk->bhv", memory, q)[:, None], memory
 
 
 class DepthwiseConv(nnx.Module):

@@ -19,15 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models.gated_deltanet import DepthwiseConv, chunk_size
+from jsoft.models.gated_deltanet import DepthwiseConv, chunk_size, einsum_highest, from_chunks, to_chunks
 from jsoft.models.layers import KVCache, Precision, RecurrentState, activation, axes, dense, query_tokens
 
 Array = jax.Array
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _einsum(spec: str, a: Array, b: Array) -> Array:
-    return jnp.einsum(spec, a, b, precision=_HIGHEST)
 
 
 def ssd_scan(x: Array, log_decay: Array, b: Array, c: Array, memory: Array | None,
@@ -41,34 +36,25 @@ def ssd_scan(x: Array, log_decay: Array, b: Array, c: Array, memory: Array | Non
     Bt, T, H, P = x.shape
     N = b.shape[-1]
     C = min(chunk or chunk_size(), T)
-    pad = -T % C
-    K = (T + pad) // C
-
-    def chunks(t):  # [B, T, H, ...] -> [K, B, H, C, ...]
-        t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
-        t = t.reshape(Bt, K, C, H, *t.shape[3:])
-        return jnp.moveaxis(t, (1, 3), (0, 2))
-
-    x, log_decay, b, c = map(chunks, (x, log_decay, b, c))
+    x, log_decay, b, c = (to_chunks(t, C) for t in (x, log_decay, b, c))
     decay = jnp.cumsum(log_decay, axis=-1)  # [K, B, H, C]: from the chunk's start through each token
     lower = jnp.tril(jnp.ones((C, C), bool))
     # decay from token j to token i >= j; exp never sees a positive argument (masked entries would overflow)
     pair = jnp.where(lower, jnp.exp(jnp.minimum(decay[..., :, None] - decay[..., None, :], 0.0)), 0.0)
-    intra = _einsum("kbhin,kbhjn->kbhij", c, b) * pair
+    intra = einsum_highest("kbhin,kbhjn->kbhij", c, b) * pair
     c_decayed = c * jnp.exp(decay)[..., None]
     b_decayed = b * jnp.exp(decay[..., -1:] - decay)[..., None]
     chunk_decay = jnp.exp(decay[..., -1])[..., None, None]
 
     def step(memory, xs):
         x, intra, c_decayed, b_decayed, chunk_decay = xs
-        out = _einsum("bhij,bhjp->bhip", intra, x) + _einsum("bhin,bhnp->bhip", c_decayed, memory)
-        return memory * chunk_decay + _einsum("bhjn,bhjp->bhnp", b_decayed, x), out
+        out = einsum_highest("bhij,bhjp->bhip", intra, x) + einsum_highest("bhin,bhnp->bhip", c_decayed, memory)
+        return memory * chunk_decay + einsum_highest("bhjn,bhjp->bhnp", b_decayed, x), out
 
     if memory is None:
         memory = jnp.zeros((Bt, H, N, P), jnp.float32)
     memory, out = jax.lax.scan(step, memory, (x, intra, c_decayed, b_decayed, chunk_decay))
-    out = jnp.moveaxis(out, (0, 2), (1, 3)).reshape(Bt, K * C, H, P)  # [K, B, H, C, P] -> [B, K, C, H, P]
-    return out[:, :T], memory
+    return from_chunks(out, T), memory
 
 
 def ssd_step(x: Array, log_decay: Array, b: Array, c: Array, memory: Array) -> tuple[Array, Array]:
@@ -76,7 +62,7 @@ def ssd_step(x: Array, log_decay: Array, b: Array, c: Array, memory: Array) -> t
     log_decay `[B, 1, H]`, b, c `[B, 1, H, N]`, memory `[B, H, N, P]`."""
     x, log_decay, b, c = (t[:, 0] for t in (x, log_decay, b, c))
     memory = memory * jnp.exp(log_decay)[..., None, None] + b[..., :, None] * x[..., None, :]
-    return _einsum("bhnp,bhn->bhp", memory, c)[:, None], memory
+    return einsum_highest("bhnp,bhn->bhp", memory, c)[:, None], memory
 
 
 class GroupedGatedRMSNorm(nnx.Module):
