@@ -190,6 +190,12 @@ CONFIGS = {
         "mamba_d_conv": 4, "mamba_chunk_size": 8, "embedding_multiplier": 3.0, "residual_multiplier": 0.5,
         "attention_multiplier": 0.2, "logits_scaling": 4.0, "tie_word_embeddings": True, "initializer_range": 0.2,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "bamba": lambda **kw: tf.BambaConfig(**{  # Bamba-9B's layout, smaller: Mamba-2 layers and attention (half
+        # of each head rotated) at attn_layer_indices, each followed by a gated MLP
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_indices": [1], "max_position_embeddings": 128,
+        "mamba_n_heads": 8, "mamba_n_groups": 2, "mamba_d_state": 8, "mamba_d_conv": 4, "mamba_chunk_size": 8,
+        "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
     "mixtral": lambda **kw: tf.MixtralConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 2,
@@ -611,7 +617,7 @@ CLASSES = {
     ("pegasus", None): tf.PegasusModel, ("pegasus", "seq2seq_lm"): tf.PegasusForConditionalGeneration,
     ("xglm", "causal_lm"): tf.XGLMForCausalLM, ("granitemoe", "causal_lm"): tf.GraniteMoeForCausalLM,
     ("granitemoeshared", "causal_lm"): tf.GraniteMoeSharedForCausalLM,
-    ("granitemoehybrid", "causal_lm"): tf.GraniteMoeHybridForCausalLM,
+    ("granitemoehybrid", "causal_lm"): tf.GraniteMoeHybridForCausalLM, ("bamba", "causal_lm"): tf.BambaForCausalLM,
     ("deepseek_v3", "causal_lm"): tf.DeepseekV3ForCausalLM,
     ("deepseek_v3", "seq_cls"): tf.DeepseekV3ForSequenceClassification,
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,

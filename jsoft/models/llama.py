@@ -9,8 +9,8 @@ in each layer), and the mixture-of-experts Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
 GraniteMoeShared, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT-OSS also adds a sink logit per
 head to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
 compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose "linear_attention" layers are
-Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate, and Granite 4.0-H, whose
-"mamba" layers are Mamba-2 (jsoft.models.mamba2). How each family's config.json maps to `Config`:
+Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate, and Granite 4.0-H and
+Bamba, whose "mamba" layers are Mamba-2 (jsoft.models.mamba2). How each family's config.json maps to `Config`:
 jsoft.models.llama_config; RoPE: jsoft.models.rotary.
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
@@ -481,6 +481,7 @@ NORM_NAMES = {
     "post": {"attention_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"},
     "vaultgemma": {"attention_in": "input_layernorm", "mlp_in": "pre_feedforward_layernorm"},
     "apertus": {"attention_in": "attention_layernorm", "mlp_in": "feedforward_layernorm"},
+    "bamba": {"attention_in": "input_layernorm", "mlp_in": "pre_ff_layernorm"},
     # GLM-4-0414's sandwich, its own names
     "glm4": {"attention_in": "input_layernorm", "attention_out": "post_self_attn_layernorm",
              "mlp_in": "post_attention_layernorm", "mlp_out": "post_mlp_layernorm"},
@@ -579,7 +580,7 @@ class DecoderLayer(nnx.Module):
         self.ffn_names = ()
         if not (c.shared_mlp_intermediate_size and not c.is_sparse(index)):
             name = ("block_sparse_moe" if c.model_type in ("mixtral", *llama_config.GRANITE_MOES, "minimax_m2")
-                    else "feed_forward" if c.model_type == "llama4_text" else "mlp")
+                    else "feed_forward" if c.model_type in ("llama4_text", "bamba") else "mlp")
             setattr(self, name, feed_forward_block(c, p, rngs, index))
             self.ffn_names += (name,)
         if c.shared_mlp_intermediate_size:
@@ -619,7 +620,9 @@ class LlamaModel(nnx.Module):
         self.dtype = p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs, scale=c.embed_scale)
         self.layers = nnx.List([DecoderLayer(c, p, rngs, i) for i in range(c.num_layers)])
-        self.norm = stack_norm(c, p)
+        # the final norm, under its checkpoint name (Bamba's `final_layernorm`)
+        self.final_norm_name = "final_layernorm" if c.model_type == "bamba" else "norm"
+        setattr(self, self.final_norm_name, stack_norm(c, p))
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
@@ -628,12 +631,13 @@ class LlamaModel(nnx.Module):
                                             inputs_embeds, prefix_kv, cache, self.dtype)
         if self.c.embedding_multiplier != 1.0:
             x = x * jnp.asarray(self.c.embedding_multiplier, x.dtype)
+        final_norm = getattr(self, self.final_norm_name)
         if self.c.embedding_norm:
-            x = self.norm(x)
+            x = final_norm(x)
         x = drop(x, self.c.embd_dropout)
         x, cache = run_layers(self.layers, x, mask, rope, cache=cache, prefix_kv=prefix_kv,
                               prefix_mask=prefix_mask, drop=drop)
-        return self.norm(x), cache
+        return final_norm(x), cache
 
 
 class Llama(heads.DecoderOnlyLM):

@@ -14,7 +14,8 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "deepseek_v3", "glm4_moe_lite", "deepseek_v2", "minimax_m2", "exaone_moe", "llama4_text", "ernie4_5_moe",
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
                "apertus", "mistral4", "youtu", "minicpm3", "jais2",
-               "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoeshared", "granitemoehybrid")
+               "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoeshared", "granitemoehybrid",
+               "bamba")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -45,6 +46,8 @@ def fields_from_hf(hf: dict) -> dict:
     head_dim = hf.get("head_dim") or d // h
     half_by_default = 0.5 if model_type in GLMS else 1.0
     rotary_fraction = float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", half_by_default)))
+    if model_type == "bamba":  # BambaConfig fixes it
+        rotary_fraction = 0.5
     if model_type == "minimax_m2" and "partial_rotary_factor" not in rope and hf.get("rotary_dim"):
         rotary_fraction = hf["rotary_dim"] / head_dim  # its released checkpoints' spelling
     rotary_dims = int(head_dim * rotary_fraction)  # as transformers truncates it
@@ -92,12 +95,13 @@ def fields_from_hf(hf: dict) -> dict:
         **(_minicpm3_multipliers(hf) if model_type == "minicpm3" else {}),
         **(_position_query_scaling(rope, model_type) if model_type in ("ministral3", "mistral4") else {}),
         **(_linear_attention_fields(hf) if model_type in QWEN_HYBRIDS else {}),
-        **(_mamba2_fields(hf) if model_type == "granitemoehybrid" else {}),
+        **(_mamba2_fields(hf) if model_type in MAMBA2_HYBRIDS else {}),
     )
 
 
 QWEN_MOES = ("qwen2_moe", "qwen3_moe", "qwen3_next")  # sparse layers: `mlp_only_layers`, `decoder_sparse_step`
 QWEN_HYBRIDS = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")  # Gated DeltaNet beside attention
+MAMBA2_HYBRIDS = ("granitemoehybrid", "bamba")  # Mamba-2 beside attention
 
 
 # what each family fixes in its modelling code rather than in config.json (the rest: Config's defaults)
@@ -126,6 +130,7 @@ FAMILIES: dict[str, dict] = {
     "nanochat": dict(norm_type="weightless_rms", embedding_norm=True, qk_l2_norm=True, rope_reversed=True,
                      gated_mlp=False),
     "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
+    "bamba": dict(norm_placement="bamba"),  # Mamba-2 (`mamba`) or attention, then `feed_forward`
     **dict.fromkeys(("granitemoe", "granitemoeshared", "granitemoehybrid"), dict(moe_kind="granite")),
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
     "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
@@ -482,11 +487,14 @@ def nope_layers(hf: dict) -> tuple[bool, ...]:
 
 
 def _mamba2_fields(hf: dict) -> dict:
-    """Granite 4's layers (granitemoehybrid): `layer_types` "mamba" / "linear_attention" ones Mamba-2, "attention" /
-    "full_attention" ones attention (transformers' default: all Mamba-2), and the Mamba-2 shape in Config's
-    linear-layer fields."""
+    """Granite 4's and Bamba's layers: Granite's `layer_types` "mamba" / "linear_attention" ones Mamba-2, "attention"
+    / "full_attention" ones attention (transformers' default: all Mamba-2); Bamba's attention at
+    `attn_layer_indices`. And the Mamba-2 shape in Config's linear-layer fields."""
     n, d = hf["num_hidden_layers"], hf["hidden_size"]
-    kinds = hf.get("layer_types") or hf.get("layers_block_type") or ["mamba"] * n
+    if hf["model_type"] == "bamba":
+        kinds = ["attention" if i in (hf.get("attn_layer_indices") or ()) else "mamba" for i in range(n)]
+    else:
+        kinds = hf.get("layer_types") or hf.get("layers_block_type") or ["mamba"] * n
     linear, attention = {"mamba", "linear_attention"}, {"attention", "full_attention"}
     if len(kinds) != n or not set(kinds) <= linear | attention:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "

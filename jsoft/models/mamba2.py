@@ -1,5 +1,5 @@
-"""Mamba-2 (Dao & Gu 2024, state space duality), the recurrent layers of Granite 4's hybrids, as transformers computes
-them (GraniteMoeHybridMambaLayer with its torch fallbacks of the mamba_ssm kernels).
+"""Mamba-2 (Dao & Gu 2024, state space duality), the recurrent layers of Granite 4's hybrids and Bamba, as transformers
+computes them (GraniteMoeHybridMambaLayer, BambaMixer, with their torch fallbacks of the mamba_ssm kernels).
 
 A layer projects each token to an output gate z, the convolution's input (x `[H, P]`, B and C `[G, N]`) and a step
 size per head. x, B and C pass a depthwise causal convolution (`mamba_d_conv` taps, with a bias) and the activation.

@@ -434,6 +434,19 @@ def test_granite4_config_reads_its_layers_and_mamba2_shape():
         llama.Config.from_hf(hf | dict(shared_intermediate_size=0))
 
 
+def test_bamba_config_reads_its_attention_layers_and_half_rotary():
+    """Bamba: attention at `attn_layer_indices`, Mamba-2 elsewhere; half of each head rotated whatever config.json
+    says (BambaConfig fixes it); the final norm under its own name."""
+    hf = json.loads(tiny.CONFIGS["bamba"]().to_json_string())
+    c = llama.Config.from_hf(hf | dict(attn_layer_indices=[0, 2], rope_parameters={"rope_type": "default",
+                                                                                    "rope_theta": 1e4}))
+    assert (c.linear_layers, c.linear_kind, c.rotary_dim, c.norm_placement) == ((False, True, False), "mamba2", 6,
+                                                                                "bamba")
+    assert llama.Config.from_hf(hf | dict(attn_layer_indices=None)).linear_layers == (True,) * 3
+    model = llama.build(c, "causal_lm", None, llama.Precision(), nnx.Rngs(0))
+    assert hasattr(model.model, "final_layernorm") and not hasattr(model.model, "norm")
+
+
 def test_ministral3_needs_its_query_scaling_keys():
     hf = tiny.CONFIGS["ministral3"]().to_dict()
     rope = {k: v for k, v in hf["rope_parameters"].items() if k != "llama_4_scaling_beta"}

@@ -53,7 +53,7 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("gpt_oss", "causal_lm"), ("gpt_oss", "seq_cls"), ("m2m_100", "seq2seq_lm"), ("marian", "seq2seq_lm"),
           ("pegasus", "seq2seq_lm"), ("umt5", "seq2seq_lm"), ("xglm", "causal_lm"),
           ("biogpt", "causal_lm"), ("biogpt", "seq_cls"), ("biogpt", "token_cls"), ("granitemoe", "causal_lm"),
-          ("granitemoeshared", "causal_lm"), ("granitemoehybrid", "causal_lm"),
+          ("granitemoeshared", "causal_lm"), ("granitemoehybrid", "causal_lm"), ("bamba", "causal_lm"),
           ("deepseek_v3", "causal_lm"), ("deepseek_v3", "seq_cls"), ("glm4_moe", "causal_lm"), ("dots1", "causal_lm"),
           ("glm4_moe_lite", "causal_lm"), ("deepseek_v2", "causal_lm"), ("deepseek_v2", "seq_cls"),
           ("minimax_m2", "causal_lm"), ("exaone_moe", "causal_lm"),
@@ -75,7 +75,7 @@ PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
 # embedding prompts
 # Gated DeltaNet layers (linear attention) and Mamba-2's, which keep a recurrent state instead of keys and values.
 # Their chunked fp32 sums depend on where a row's tokens fall in the chunks, so padding moves outputs by ~1e-5 relative
-LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5", "granitemoehybrid")
+LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5", "granitemoehybrid", "bamba")
 NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3", *LINEAR_ATTENTION)
 
 
