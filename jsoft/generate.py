@@ -295,7 +295,7 @@ def _cache(base, num_layers: int, R: int, slots: int, prefix_kv: Array | None,
     c, dtype = base.config, compute_dtype(base)
     if prefix_kv is None:
         return KVCache.zeros(num_layers, R, slots, *c.cache_layout, dtype, states=c.recurrent_states(R, dtype),
-                             values=c.cache_values), None
+                             values=c.cache_values, cacheless=c.cacheless_layers), None
     V = prefix_kv.shape[3]
     mask = jnp.ones((R, V), jnp.int32) if prefix_mask is None else prefix_mask.astype(jnp.int32)
     return KVCache.from_prefix(prefix_kv, V + slots, dtype, values=c.cache_values), mask

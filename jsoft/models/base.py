@@ -64,6 +64,12 @@ class TransformerConfig:
         enters decoding as embeddings, not as a key/value prefix."""
         return False
 
+    @property
+    def cacheless_layers(self) -> tuple[bool, ...]:
+        """Per layer, whether it caches nothing while decoding (Nemotron-H's MLP layers); () where every layer caches
+        keys and values or a recurrent state."""
+        return ()
+
     def recurrent_states(self, batch: int, dtype) -> tuple:
         """A decoding cache's initial `RecurrentState` per layer where a stack has layers that keep one instead of
         keys and values (linear attention; None for its attention layers); () where it has none."""

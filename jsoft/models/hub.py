@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # each config.json model_type's module: every Llama-like family's (llama_config.MODEL_TYPES) jsoft.models.llama, but
 # those whose checkpoints name their weights otherwise (experts stored stacked: GPT-OSS, Llama 4, Mistral 4;
-# NanoChat's MLPs), which have modules of their own
+# NanoChat's MLPs; Nemotron-H's `backbone` of `mixer`s), which have modules of their own
 ARCHITECTURES = {**dict.fromkeys(llama_config.MODEL_TYPES, "jsoft.models.llama"),
                  "gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
                  "mt5": "jsoft.models.t5", "roberta": "jsoft.models.roberta", "xlm-roberta": "jsoft.models.roberta",
@@ -54,7 +54,8 @@ ARCHITECTURES = {**dict.fromkeys(llama_config.MODEL_TYPES, "jsoft.models.llama")
                  "gpt_oss": "jsoft.models.gpt_oss", "umt5": "jsoft.models.t5", "m2m_100": "jsoft.models.bart",
                  "marian": "jsoft.models.bart", "pegasus": "jsoft.models.bart", "xglm": "jsoft.models.xglm",
                  "biogpt": "jsoft.models.biogpt", "llama4_text": "jsoft.models.llama4",
-                 "mistral4": "jsoft.models.mistral4", "nanochat": "jsoft.models.nanochat"}
+                 "mistral4": "jsoft.models.mistral4", "nanochat": "jsoft.models.nanochat",
+                 "nemotron_h": "jsoft.models.nemotron_h"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5

@@ -312,11 +312,13 @@ class KVCache:
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int, dtype,
-              states: tuple[RecurrentState | None, ...] = (), values: bool = True):
+              states: tuple[RecurrentState | None, ...] = (), values: bool = True,
+              cacheless: tuple[bool, ...] = ()):
         """Empty buffers for every layer, but those that keep a recurrent state (`states`, initial states per
-        layer: a model config's `recurrent_states`); no value buffers without `values`."""
-        recurrent = lambda i: bool(states) and states[i] is not None
-        zeros = lambda: tuple(None if recurrent(i) else jnp.zeros((batch * kv_heads, slots, head_dim), dtype)
+        layer: a model config's `recurrent_states`) and those that cache nothing (`cacheless`: its
+        `cacheless_layers`); no value buffers without `values`."""
+        keyless = lambda i: (bool(states) and states[i] is not None) or (bool(cacheless) and cacheless[i])
+        zeros = lambda: tuple(None if keyless(i) else jnp.zeros((batch * kv_heads, slots, head_dim), dtype)
                               for i in range(num_layers))
         return cls(zeros(), zeros() if values else (None,) * num_layers, jnp.zeros((), jnp.int32), kv_heads,
                    tuple(states), slots)

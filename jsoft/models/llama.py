@@ -178,6 +178,11 @@ class Config(TransformerConfig):
     linear_conv_bias: bool = False  # Mamba-2: `mamba_conv_bias`, `mamba_proj_bias`, `time_step_limit`
     linear_proj_bias: bool = False
     linear_dt_limit: tuple[float, float] = (0.0, math.inf)
+    linear_activation: str | None = None  # Mamba-2's convolution's (None: `activation`; Nemotron-H: its own)
+    # Nemotron-H: each layer one block, per layer "mixer" (Mamba-2 or attention) or "ffn" (an MLP or experts); ():
+    # every layer a mixer then a feed-forward block
+    layer_blocks: tuple[str, ...] = ()
+    moe_latent_size: int = 0  # Nemotron-H: the width its experts work in, between fc1_latent_proj / fc2_ (0: none)
 
     def is_sliding(self, layer: int) -> bool:
         return bool(self.sliding_layers) and self.sliding_layers[layer]
@@ -193,6 +198,14 @@ class Config(TransformerConfig):
 
     def is_linear(self, layer: int) -> bool:
         return bool(self.linear_layers) and self.linear_layers[layer]
+
+    def has_block(self, layer: int, block: str) -> bool:
+        """Whether layer `layer` holds a "mixer" (attention or a linear layer) / an "ffn" (MLP or experts)."""
+        return not self.layer_blocks or self.layer_blocks[layer] == block
+
+    @property
+    def cacheless_layers(self) -> tuple[bool, ...]:
+        return tuple(not self.has_block(i, "mixer") for i in range(self.num_layers)) if self.layer_blocks else ()
 
     def is_tempered(self, layer: int) -> bool:
         return self.temperature_floor is not None and (self.is_nope(layer) or not self.temperature_nope_only)
@@ -482,6 +495,7 @@ NORM_NAMES = {
     "vaultgemma": {"attention_in": "input_layernorm", "mlp_in": "pre_feedforward_layernorm"},
     "apertus": {"attention_in": "attention_layernorm", "mlp_in": "feedforward_layernorm"},
     "bamba": {"attention_in": "input_layernorm", "mlp_in": "pre_ff_layernorm"},
+    "single": {"attention_in": "norm", "mlp_in": "norm"},  # Nemotron-H: one block a layer, one norm before it
     # GLM-4-0414's sandwich, its own names
     "glm4": {"attention_in": "input_layernorm", "attention_out": "post_self_attn_layernorm",
              "mlp_in": "post_attention_layernorm", "mlp_out": "post_mlp_layernorm"},
@@ -553,11 +567,11 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
     names = moe.EXPERT_NAMES.get(c.model_type, moe.DEFAULT_EXPERT_NAMES)
     if grouped:
         experts = moe.StoredExperts(E, d, f, c.activation, p, rngs) if c.stored_experts else moe.Experts(
-            E, d, f, names, c.activation, p, rngs)
+            E, c.moe_latent_size or d, f, names, c.activation, p, rngs)
         return moe.GroupLimitedMoE(d, E, k, c.moe_groups, c.moe_topk_groups, c.moe_kind.removeprefix("grouped_"),
                                    c.norm_topk_prob, c.routed_scaling_factor, experts, p, rngs,
                                    shared_experts=shared, statics=c.model_type == "ernie4_5_moe",
-                                   group_rank=c.moe_group_rank)
+                                   group_rank=c.moe_group_rank, latent=c.moe_latent_size, latent_bias=c.mlp_bias)
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 
 
@@ -567,38 +581,44 @@ LINEAR_MIXERS = {"gated_deltanet": ("linear_attn", gated_deltanet.GatedDeltaNet)
 
 
 class DecoderLayer(nnx.Module):
+    """A token mixer then feed-forward blocks, each after its norm and added to the residual; a Nemotron-H layer holds
+    one of the two (`Config.layer_blocks`)."""
+
     def __init__(self, c: Config, p: Precision, rngs: nnx.Rngs, index: int):
         # the token mixer, under its checkpoint name: on linear layers Gated DeltaNet's `linear_attn` or Mamba-2's
         # `mamba`
-        if c.is_linear(index):
-            self.mixer_name, mixer = LINEAR_MIXERS[c.linear_kind]
-        else:
-            self.mixer_name, mixer = "self_attn", LatentAttention if c.kv_lora_rank else Attention
-        setattr(self, self.mixer_name, mixer(c, p, rngs))
+        self.mixer_name = None
+        if c.has_block(index, "mixer"):
+            self.mixer_name, mixer = LINEAR_MIXERS[c.linear_kind] if c.is_linear(index) else (
+                "self_attn", LatentAttention if c.kv_lora_rank else Attention)
+            setattr(self, self.mixer_name, mixer(c, p, rngs))
         # the feed-forward blocks, under their checkpoint names: Mixtral's sparse ones are `block_sparse_moe`;
         # Granite's `shared_mlp` beside or in place of them
         self.ffn_names = ()
-        if not (c.shared_mlp_intermediate_size and not c.is_sparse(index)):
+        if c.has_block(index, "ffn") and not (c.shared_mlp_intermediate_size and not c.is_sparse(index)):
             name = ("block_sparse_moe" if c.model_type in ("mixtral", *llama_config.GRANITE_MOES, "minimax_m2")
                     else "feed_forward" if c.model_type in ("llama4_text", "bamba") else "mlp")
             setattr(self, name, feed_forward_block(c, p, rngs, index))
             self.ffn_names += (name,)
-        if c.shared_mlp_intermediate_size:
+        if c.has_block(index, "ffn") and c.shared_mlp_intermediate_size:
             self.shared_mlp = GraniteSharedMLP(c.hidden_size, c.shared_mlp_intermediate_size, c.activation, p, rngs)
             self.ffn_names += ("shared_mlp",)
         self.resid_dropout, self.residual_multiplier = c.resid_dropout, c.residual_multiplier
         self.norm_names = NORM_NAMES[c.norm_placement]
-        for name in self.norm_names.values():
+        for name in dict.fromkeys(self.norm_names.values()):
             setattr(self, name, stack_norm(c, p))
 
     def __call__(self, x, mask, rope, **kw):
-        drop = kw["drop"]
-        a, new_cache = getattr(self, self.mixer_name)(self.norm("attention_in", x), mask, rope, **kw)
-        x = x + self.residual(drop(self.norm("attention_out", a), self.resid_dropout))
-        h = self.feed_forward(self.norm("mlp_in", x))
-        return x + self.residual(drop(self.norm("mlp_out", h), self.resid_dropout)), new_cache
+        drop, new_cache = kw["drop"], (None, None)  # a layer without a mixer caches nothing
+        if self.mixer_name:
+            a, new_cache = getattr(self, self.mixer_name)(self.normed("attention_in", x), mask, rope, **kw)
+            x = x + self.residual(drop(self.normed("attention_out", a), self.resid_dropout))
+        if self.ffn_names:
+            h = self.feed_forward(self.normed("mlp_in", x))
+            x = x + self.residual(drop(self.normed("mlp_out", h), self.resid_dropout))
+        return x, new_cache
 
-    def norm(self, where: str, x):
+    def normed(self, where: str, x):
         """The layer's norm at `where` (attention_in / _out, mlp_in / _out) on x, or x where it has none."""
         name = self.norm_names.get(where)
         return x if name is None else getattr(self, name)(x)
@@ -620,8 +640,8 @@ class LlamaModel(nnx.Module):
         self.dtype = p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs, scale=c.embed_scale)
         self.layers = nnx.List([DecoderLayer(c, p, rngs, i) for i in range(c.num_layers)])
-        # the final norm, under its checkpoint name (Bamba's `final_layernorm`)
-        self.final_norm_name = "final_layernorm" if c.model_type == "bamba" else "norm"
+        # the final norm, under its checkpoint name (Bamba's `final_layernorm`, Nemotron-H's `norm_f`)
+        self.final_norm_name = {"bamba": "final_layernorm", "nemotron_h": "norm_f"}.get(c.model_type, "norm")
         setattr(self, self.final_norm_name, stack_norm(c, p))
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,

@@ -15,7 +15,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
                "apertus", "mistral4", "youtu", "minicpm3", "jais2",
                "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoeshared", "granitemoehybrid",
-               "bamba")
+               "bamba", "nemotron_h")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -24,6 +24,9 @@ def fields_from_hf(hf: dict) -> dict:
     model_type = hf.get("model_type", "llama")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
+    if model_type == "nemotron_h":
+        hf = _nemotron_h_as_llama(hf)
+        d, h = hf["hidden_size"], hf["num_attention_heads"]
     rope, local_rope, sliding = rotary.from_hf(hf), _local_rope_theta(hf), sliding_layers(hf)
     gemma = model_type in ("gemma", *GEMMA2S, "gemma3_text")
     gemma2_style = model_type in (*GEMMA2S, "gemma3_text")  # query_pre_attn_scalar, the final cap
@@ -96,6 +99,7 @@ def fields_from_hf(hf: dict) -> dict:
         **(_position_query_scaling(rope, model_type) if model_type in ("ministral3", "mistral4") else {}),
         **(_linear_attention_fields(hf) if model_type in QWEN_HYBRIDS else {}),
         **(_mamba2_fields(hf) if model_type in MAMBA2_HYBRIDS else {}),
+        **(_nemotron_h_fields(hf) if model_type == "nemotron_h" else {}),
     )
 
 
@@ -131,6 +135,7 @@ FAMILIES: dict[str, dict] = {
                      gated_mlp=False),
     "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
     "bamba": dict(norm_placement="bamba"),  # Mamba-2 (`mamba`) or attention, then `feed_forward`
+    "nemotron_h": dict(norm_placement="single", gated_mlp=False),  # one block a layer (`mixer`), after its `norm`
     **dict.fromkeys(("granitemoe", "granitemoeshared", "granitemoehybrid"), dict(moe_kind="granite")),
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
     "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
@@ -476,6 +481,8 @@ def nope_layers(hf: dict) -> tuple[bool, ...]:
         return nope if hf.get("sliding_window") and any(nope) else ()
     if hf.get("model_type") == "granitemoehybrid":  # RoPE only with position_embedding_type "rope"
         return () if hf.get("position_embedding_type") == "rope" else (True,) * hf["num_hidden_layers"]
+    if hf.get("model_type") == "nemotron_h":  # its attention has no positions
+        return (True,) * hf["num_hidden_layers"]
     if hf.get("model_type") not in ("smollm3", "llama4_text"):
         return ()
     n, interval = hf["num_hidden_layers"], hf.get("no_rope_layer_interval", 4)
@@ -499,19 +506,86 @@ def _mamba2_fields(hf: dict) -> dict:
     if len(kinds) != n or not set(kinds) <= linear | attention:
         raise ValueError(f"config.json layer_types={kinds!r}: expected {n} entries (num_hidden_layers), each "
                          "'mamba' / 'linear_attention' or 'attention' / 'full_attention'")
-    heads, groups = hf.get("mamba_n_heads", 128), hf.get("mamba_n_groups", 1)
+    heads = hf.get("mamba_n_heads", 128)
     width = hf.get("mamba_expand", 2) * d
     head_dim = hf.get("mamba_d_head", "auto")
     head_dim = width // heads if head_dim in (None, "auto") else head_dim
-    if head_dim * heads != width or heads % groups:
+    if head_dim * heads != width:
         raise ValueError(f"config.json mamba_n_heads={heads} x mamba_d_head={head_dim} must equal mamba_expand x "
-                         f"hidden_size={width}, and mamba_n_groups={groups} divide mamba_n_heads")
+                         f"hidden_size={width}")
     low, high = map(_json_float, hf.get("time_step_limit") or (0.0, math.inf))
-    return dict(linear_layers=tuple(k in linear for k in kinds), linear_kind="mamba2", linear_value_heads=heads,
-                linear_value_head_dim=head_dim, linear_key_heads=groups,
-                linear_key_head_dim=hf.get("mamba_d_state", 256), linear_conv_kernel=hf.get("mamba_d_conv", 4),
-                linear_conv_bias=bool(hf.get("mamba_conv_bias", True)),
-                linear_proj_bias=bool(hf.get("mamba_proj_bias", False)), linear_dt_limit=(low, high))
+    return dict(linear_layers=tuple(k in linear for k in kinds),
+                **_mamba2_shape(heads, head_dim, hf.get("mamba_n_groups", 1), hf.get("mamba_d_state", 256),
+                                hf.get("mamba_d_conv", 4), hf.get("mamba_conv_bias", True),
+                                hf.get("mamba_proj_bias", False), (low, high), ("mamba_n_heads", "mamba_n_groups")))
+
+
+def _mamba2_shape(heads: int, head_dim: int, groups: int, state: int, conv: int, conv_bias: bool, proj_bias: bool,
+                  dt_limit: tuple[float, float], keys: tuple[str, str]) -> dict:
+    """A Mamba-2 layer's shape in Config's linear-layer fields; an error names config.json's `keys` for the heads and
+    the groups."""
+    if heads % groups:
+        raise ValueError(f"config.json {keys[1]}={groups} must divide {keys[0]}={heads}")
+    return dict(linear_kind="mamba2", linear_value_heads=heads, linear_value_head_dim=head_dim,
+                linear_key_heads=groups, linear_key_head_dim=state, linear_conv_kernel=conv,
+                linear_conv_bias=bool(conv_bias), linear_proj_bias=bool(proj_bias), linear_dt_limit=dt_limit)
+
+
+# Nemotron-H's layer kinds: `layers_block_type` (older names "mamba", "attention"), or `hybrid_override_pattern`
+NEMOTRON_H_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+NEMOTRON_H_LEGACY = {"mamba": "linear_attention", "attention": "full_attention"}
+# NemotronHConfig's defaults for the keys the other families' defaults differ on
+NEMOTRON_H_DEFAULTS = dict(vocab_size=131072, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                           head_dim=128, intermediate_size=21504, max_position_embeddings=4096, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=2)
+
+
+def _nemotron_h_as_llama(hf: dict) -> dict:
+    """Nemotron-H's config.json under the keys the other families' say the same things with: its layer count from
+    its layer kinds, the MLPs' `mlp_hidden_act`, the norms' `layer_norm_epsilon`; attention never has biases (its
+    code ignores `attention_bias`)."""
+    pattern = hf.get("hybrid_override_pattern")
+    kinds = hf.get("layers_block_type") or hf.get("layer_types")
+    if not kinds and pattern:
+        if not set(pattern) <= set(NEMOTRON_H_PATTERN):
+            raise ValueError(f"config.json hybrid_override_pattern={pattern!r}: each character must be one of "
+                             f"{list(NEMOTRON_H_PATTERN)} ({', '.join(NEMOTRON_H_PATTERN.values())})")
+        kinds = [NEMOTRON_H_PATTERN[ch] for ch in pattern]
+    kinds = [NEMOTRON_H_LEGACY.get(k, k) for k in kinds or ["linear_attention", "moe", "full_attention", "mlp"]]
+    if not set(kinds) <= set(NEMOTRON_H_PATTERN.values()):
+        raise ValueError(f"config.json layers_block_type={kinds!r}: each entry must be one of "
+                         f"{list(NEMOTRON_H_PATTERN.values())}")
+    if "num_key_value_heads" in hf and hf["num_key_value_heads"] is None:  # None: one per query head
+        hf = {**hf, "num_key_value_heads": hf.get("num_attention_heads", NEMOTRON_H_DEFAULTS["num_attention_heads"])}
+    hf = {**NEMOTRON_H_DEFAULTS, **{k: v for k, v in hf.items() if v is not None or k not in NEMOTRON_H_DEFAULTS}}
+    return {**hf, "layers_block_type": kinds, "num_hidden_layers": len(kinds),
+            "hidden_act": hf.get("mlp_hidden_act", "relu2"), "rms_norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+            "attention_bias": False}
+
+
+def _nemotron_h_fields(hf: dict) -> dict:
+    """Nemotron-H's layers, each one block (Config.layer_blocks): Mamba-2 ("linear_attention"; its chunked scan's
+    steps clamped below at `time_step_min`, as transformers' NemotronHMamba2Mixer fixes its limit), attention
+    without positions ("full_attention"), a ReLU² MLP ("mlp") or DeepSeek-V3's router over ungated experts beside
+    a shared MLP ("moe"; the experts in `moe_latent_size` wide where it is set)."""
+    kinds = hf["layers_block_type"]
+    return dict(layer_blocks=tuple("mixer" if k.endswith("attention") else "ffn" for k in kinds),
+                linear_activation=hf.get("mamba_hidden_act", "silu"),
+                linear_layers=tuple(k == "linear_attention" for k in kinds),
+                **_mamba2_shape(hf.get("mamba_num_heads", 128), hf.get("mamba_head_dim", 64),
+                                hf.get("n_groups", hf.get("mamba_n_groups", 8)),
+                                hf.get("ssm_state_size", 128), hf.get("conv_kernel", hf.get("mamba_d_conv", 4)),
+                                hf.get("use_conv_bias", hf.get("mamba_conv_bias", True)), hf.get("use_bias", False),
+                                (_json_float(hf.get("time_step_min", hf.get("mamba_dt_min", 0.001))), math.inf),
+                                ("mamba_num_heads", "n_groups")),
+                moe_kind="grouped_sigmoid", num_experts=hf.get("n_routed_experts", 8),
+                experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=tuple(k == "moe" for k in kinds),
+                moe_intermediate_size=hf.get("moe_intermediate_size", 7688),
+                shared_expert_intermediate_size=hf.get("moe_shared_expert_intermediate_size", 7688),
+                moe_groups=hf.get("n_group", 1), moe_topk_groups=hf.get("topk_group", 1),
+                norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
+                routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+                moe_latent_size=hf.get("moe_latent_size") or 0)
 
 
 def _json_float(value) -> float:

@@ -96,7 +96,7 @@ class Mamba2(nnx.Module):
         self.D = nnx.Param(jnp.ones((H,), p.param_dtype), **axes(None))
         self.norm = GroupedGatedRMSNorm(width, c.linear_key_heads, c.rms_norm_eps, p)
         self.out_proj = dense(width, d, (None, "embed"), p, bias=c.linear_proj_bias, rngs=rngs)
-        self.act = activation(c.activation)
+        self.act = activation(c.linear_activation or c.activation)
 
     def __call__(self, x, mask, rope, *, layer, cache: KVCache | None, prefix_kv, prefix_mask, drop):
         c = self.c

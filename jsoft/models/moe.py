@@ -21,8 +21,9 @@ from flax import nnx
 
 from jsoft.models.layers import Fp32Buffer, Fp32Param, Precision, activation, axes, dense
 
-# an expert's (gate, up, down) projections as checkpoints name them
-EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "minimax_m2": ("w1", "w3", "w2")}
+# an expert's (gate, up, down) projections as checkpoints name them; (up, down) where experts have no gate
+EXPERT_NAMES = {"mixtral": ("w1", "w3", "w2"), "minimax_m2": ("w1", "w3", "w2"),
+                "nemotron_h": ("up_proj", "down_proj")}
 DEFAULT_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -40,21 +41,25 @@ def check_top_k(top_k: int, num_experts: int, key: str = "num_experts_per_tok") 
 
 
 class Experts(nnx.Module):
-    """E SiLU-gated MLPs `[E, D, F]`, `[E, D, F]`, `[E, F, D]` under their checkpoint names."""
+    """E MLPs under their checkpoint names: gated, `names` (gate, up, down), `[E, D, F]`, `[E, D, F]`, `[E, F, D]`
+    (SiLU-gated in most families); or ungated, `names` (up, down) (Nemotron-H's ReLU² experts)."""
 
-    def __init__(self, num_experts: int, d: int, f: int, names: tuple[str, str, str], act: str, p: Precision,
+    def __init__(self, num_experts: int, d: int, f: int, names: tuple[str, ...], act: str, p: Precision,
                  rngs: nnx.Rngs):
         self.names, self.act, self.dtype = names, activation(act), p.dtype
         init = nnx.initializers.normal(0.02)
-        for name, shape, axis_names in zip(names, [(d, f), (d, f), (f, d)],
-                                           [("embed", "mlp"), ("embed", "mlp"), ("mlp", "embed")]):
+        inputs = (("embed", "mlp"),) * (len(names) - 1)  # the gate's and up's, or the up's alone
+        for name, axis_names in zip(names, (*inputs, ("mlp", "embed"))):
+            shape = tuple({"embed": d, "mlp": f}[a] for a in axis_names)
             value = init(rngs.params(), (num_experts, *shape), p.param_dtype)
             setattr(self, name, nnx.Param(value, **axes("expert", *axis_names)))
 
     def __call__(self, x_NxD: jax.Array, groups: Groups) -> jax.Array:
         """Rows of `x` sorted by expert (`groups`) through their experts."""
-        gate, up, down = (getattr(self, n)[...] for n in self.names)
-        h = self.act(grouped_matmul(x_NxD, gate, groups)) * grouped_matmul(x_NxD, up, groups)
+        *inputs, down = (getattr(self, n)[...] for n in self.names)
+        h = self.act(grouped_matmul(x_NxD, inputs[0], groups))
+        if len(inputs) == 2:  # gate, up
+            h = h * grouped_matmul(x_NxD, inputs[1], groups)
         return grouped_matmul(h.astype(self.dtype), down, groups)
 
 
@@ -249,11 +254,13 @@ class GroupLimitedMoE(nnx.Module):
       (`statics`).
 
     Weights are then times `scale` (`routed_scaling_factor`); `shared_experts`, an MLP every token runs, is added
-    ungated."""
+    ungated. With a `latent` width (Nemotron-H's `moe_latent_size`), the experts work in it: `fc1_latent_proj` takes
+    the tokens there and `fc2_latent_proj` their weighted outputs back (both with biases under `latent_bias`)."""
 
     def __init__(self, d: int, num_experts: int, top_k: int, num_groups: int, topk_groups: int, scoring: str,
                  normalize: bool, scale: float, experts: nnx.Module, p: Precision, rngs: nnx.Rngs,
-                 shared_experts: nnx.Module | None = None, statics: bool = False, group_rank: int = 1):
+                 shared_experts: nnx.Module | None = None, statics: bool = False, group_rank: int = 1,
+                 latent: int = 0, latent_bias: bool = False):
         if num_groups < 1 or num_experts % num_groups or num_experts // num_groups < group_rank:
             raise ValueError(f"config.json n_group={num_groups} must split the {num_experts} experts into groups "
                              f"of at least {group_rank} (each group is ranked by its {group_rank} best)")
@@ -269,6 +276,10 @@ class GroupLimitedMoE(nnx.Module):
         self.moe_statics = MoeStatics(num_experts) if statics else None
         self.experts = experts
         self.shared_experts = shared_experts
+        self.latent = latent
+        if latent:
+            self.fc1_latent_proj = dense(d, latent, ("embed", None), p, bias=latent_bias, rngs=rngs)
+            self.fc2_latent_proj = dense(latent, d, (None, "embed"), p, bias=latent_bias, rngs=rngs)
 
     def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Each token's experts `[N, k]` and their weights `[N, k]` (fp32)."""
@@ -295,7 +306,10 @@ class GroupLimitedMoE(nnx.Module):
         B, T, D = x_BxTxD.shape
         x = x_BxTxD.reshape(B * T, D)
         experts, weights = self.route(x)
-        out = dispatch(x, experts, weights, self.gate.kernel.shape[-1], self.experts)
+        rows = self.fc1_latent_proj(x) if self.latent else x
+        out = dispatch(rows, experts, weights, self.gate.kernel.shape[-1], self.experts)
+        if self.latent:
+            out = self.fc2_latent_proj(out)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out.reshape(B, T, D)

@@ -161,6 +161,10 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     # Mamba-2 with biases on its projections, no convolution bias, one group, a clamped step size
     ("granitemoehybrid", "causal_lm", dict(mamba_proj_bias=True, mamba_conv_bias=False, mamba_n_groups=1,
                                            time_step_limit=(0.5, 2.0))),
+    # Nemotron 3's experts in a latent width, biases on the MLPs and latent projections; Mamba-2 with projection
+    # biases, no convolution bias, one group, its chunked steps clamped below at time_step_min
+    ("nemotron_h", "causal_lm", dict(moe_latent_size=16, mlp_bias=True)),
+    ("nemotron_h", "causal_lm", dict(time_step_min=0.7, use_bias=True, use_conv_bias=False, n_groups=1)),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
     ("glm4_moe", "causal_lm", dict(n_group=1, topk_group=1, norm_topk_prob=False, use_qk_norm=False,
                                    first_k_dense_replace=0, n_shared_experts=0, partial_rotary_factor=0.25)),
