@@ -47,7 +47,7 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "xglm": {"init_std": 0.5, "scale_embedding": False},
            "biogpt": {"initializer_range": 0.5, "scale_embedding": False}, "granitemoe": {},
            "granitemoeshared": {}, "granitemoehybrid": {"initializer_range": 0.5},
-           "bamba": {"initializer_range": 0.4},
+           "bamba": {"initializer_range": 0.4}, "nemotron_h": {"initializer_range": 0.4},
            "deepseek_v3": {"initializer_range": 0.3}, "glm4_moe": {"initializer_range": 0.3},
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
@@ -80,6 +80,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "m2m_100": "seq2seq_lm", "marian": "seq2seq_lm", "pegasus": "seq2seq_lm", "umt5": "seq2seq_lm",
         "xglm": "causal_lm", "biogpt": "causal_lm", "granitemoe": "causal_lm", "deepseek_v3": "causal_lm",
         "granitemoeshared": "causal_lm", "granitemoehybrid": "causal_lm", "bamba": "causal_lm",
+        "nemotron_h": "causal_lm",
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
         "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm",
         "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm",
@@ -165,6 +166,8 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("granitemoe", "prompt"), ("granitemoe", "prefix")]
           # Granite 4.0-H: Mamba-2 layers' recurrent states beside attention
           + [("granitemoeshared", "prefix_proj"), ("granitemoehybrid", "prompt"), ("granitemoehybrid", "ptuning_mlp")]
+          # Nemotron-H: MLP and expert layers that cache nothing between Mamba-2 and attention layers
+          + [("nemotron_h", "prompt"), ("nemotron_h", "ptuning_lstm")]
           # (Bamba: not against PEFT, which drops position_ids in generate; Bamba's forward then numbers each decoded
           # token 0, as it adds no cache offset. jsoft's Bamba decoding follows transformers' own generate, below)
           # DeepSeek-V3: latent attention's compressed cache (embedding prompts only); dots.llm1: past its window
@@ -337,7 +340,7 @@ def test_prompt_cache_equals_embedding_path(tiny_dir, kind, method):
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "t5", "bloom", "bart", "opt", "qwen3_5_text", "qwen3_next",
-                                  "granitemoehybrid", "bamba"])
+                                  "granitemoehybrid", "bamba", "nemotron_h"])
 def test_mixed_adapter_batch_equals_rows_alone(tiny_dir, kind):
     """Qwen3.5 / Qwen3-Next / Granite 4.0-H: recurrent layers read each row's prompt in the first pass, right before
     its first real token; no prefix fits them, so a P-Tuning (LSTM) adapter takes the prefix's place."""
@@ -535,7 +538,7 @@ def test_dynamic_rope_generation_matches_peft(tiny_dir, tmp_path):
         pm.generate(ids_batch(2, 8), max_new_tokens=2)
 
 
-@pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next", "granitemoehybrid", "bamba"])
+@pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next", "granitemoehybrid", "bamba", "nemotron_h"])
 def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     pm = jsoft.PeftModel(jsoft.from_pretrained(model_dir(tiny_dir, kind), task=TASK[kind]), None)  # no adapter
     ids = ids_batch(3, 6, seed=5)

@@ -428,7 +428,7 @@ def test_granite4_config_reads_its_layers_and_mamba2_shape():
         llama.Config.from_hf(hf | dict(layer_types=["mamba", "sliding_attention", "mamba"]))
     with pytest.raises(ValueError, match="mamba_n_heads=8 x mamba_d_head=10 must equal mamba_expand x hidden_size=96"):
         llama.Config.from_hf(hf | dict(mamba_d_head=10))
-    with pytest.raises(ValueError, match="mamba_n_groups=3 divide mamba_n_heads"):
+    with pytest.raises(ValueError, match="mamba_n_groups=3 must divide mamba_n_heads=8"):
         llama.Config.from_hf(hf | dict(mamba_n_groups=3))
     with pytest.raises(ValueError, match="shared_intermediate_size=0"):
         llama.Config.from_hf(hf | dict(shared_intermediate_size=0))
@@ -445,6 +445,38 @@ def test_bamba_config_reads_its_attention_layers_and_half_rotary():
     assert llama.Config.from_hf(hf | dict(attn_layer_indices=None)).linear_layers == (True,) * 3
     model = llama.build(c, "causal_lm", None, llama.Precision(), nnx.Rngs(0))
     assert hasattr(model.model, "final_layernorm") and not hasattr(model.model, "norm")
+
+
+def test_nemotron_h_config_reads_its_blocks_in_every_spelling():
+    """Nemotron-H: one block a layer from `layers_block_type` (older names "mamba" / "attention"), or from the released
+    checkpoints' `hybrid_override_pattern` ("M" Mamba-2, "*" attention, "-" MLP, "E" experts); attention without
+    positions or biases; Mamba-2's chunked steps clamped below at `time_step_min`; NemotronHConfig's defaults where
+    config.json is silent (8 key/value heads, 128-wide heads; None key/value heads: one per query head). Layers
+    without a mixer hold no norm or cache but the one before their block."""
+    hf = json.loads(tiny.CONFIGS["nemotron_h"]().to_json_string())
+    c = llama.Config.from_hf(hf | dict(attention_bias=True, time_step_min=0.01))
+    assert (c.layer_blocks, c.linear_layers, c.moe_layers) == (("mixer", "ffn", "mixer", "ffn", "mixer"),
+                                                               (True, False, False, False, True),
+                                                               (False, True, False, False, False))
+    assert (c.nope_layers, c.attention_bias, c.gated_mlp, c.activation, c.linear_activation) == (
+        (True,) * 5, False, False, "relu2", "silu")
+    assert c.linear_dt_limit == (0.01, float("inf")) and c.cacheless_layers == (False, True, False, True, False)
+    released = {k: v for k, v in hf.items() if k not in ("layers_block_type", "head_dim", "num_key_value_heads")}
+    c = llama.Config.from_hf(released | dict(hybrid_override_pattern="M-*E"))
+    assert (c.num_layers, c.layer_blocks, c.linear_layers, c.head_dim, c.num_kv_heads) == (
+        4, ("mixer", "ffn", "mixer", "ffn"), (True, False, False, False), 128, 8)
+    legacy = llama.Config.from_hf(hf | dict(layers_block_type=["mamba", "attention", "mlp"], num_key_value_heads=None))
+    assert (legacy.linear_layers, legacy.num_kv_heads) == ((True, False, False), 4)
+    with pytest.raises(ValueError, match=r"hybrid_override_pattern='M\+': each character must be one of"):
+        llama.Config.from_hf(released | dict(hybrid_override_pattern="M+"))
+    with pytest.raises(ValueError, match="layers_block_type=.*'sliding_attention'.* must be one of"):
+        llama.Config.from_hf(hf | dict(layers_block_type=["mamba", "sliding_attention"]))
+    with pytest.raises(ValueError, match="n_groups=3 must divide mamba_num_heads=8"):
+        llama.Config.from_hf(hf | dict(n_groups=3))
+    model = llama.build(llama.Config.from_hf(hf), "causal_lm", None, llama.Precision(), nnx.Rngs(0))
+    mlp_layer = model.model.layers[3]
+    assert mlp_layer.mixer_name is None and mlp_layer.ffn_names == ("mlp",) and hasattr(mlp_layer, "norm")
+    assert hasattr(model.model, "norm_f")
 
 
 def test_ministral3_needs_its_query_scaling_keys():
