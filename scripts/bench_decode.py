@@ -8,6 +8,7 @@
     python scripts/bench_decode.py --model deepseek_v3 --methods prompt   # latent attention, its compressed cache
     python scripts/bench_decode.py --model qwen3_5 --methods prompt       # Gated DeltaNet: recurrent state
     python scripts/bench_decode.py --model granite4 --methods prompt      # Mamba-2: recurrent state
+    python scripts/bench_decode.py --model nemotron_h --methods prompt    # one block a layer: MLPs cache nothing
 
 Both load the same randomly initialised GPT-2 (`GPT2Config(...)` saved with `save_pretrained`; with
 `--model t5` a T5 v1.1-style `T5Config`: 8 + 8 layers, d_model 512, 8 heads, gated GELU, untied LM head; with
@@ -19,7 +20,9 @@ convolution inputs and memory instead of keys and values; prompt tuning only; wi
 `GraniteMoeHybridConfig` of 8 x 1024 in Granite 4.0-H-micro's layout, three Mamba-2 layers (32 heads of 64, state 128,
 one group) to each attention one without RoPE, a 2816-wide shared MLP, no experts: both keep the Mamba-2 layers'
 convolution inputs and states; PyTorch runs transformers' torch fallback of the mamba_ssm kernels, which a CPU
-build has no other way to run) and the same adapter (made in jsoft,
+build has no other way to run; with `--model nemotron_h` a `NemotronHConfig` of 12 x 1024 in Nemotron-H's pattern
+"M-M-M*-M-M-": Mamba-2 (32 heads of 64, state 128, 8 groups), ReLU² MLPs (2816) that cache nothing, one attention
+layer without positions) and the same adapter (made in jsoft,
 saved in PEFT's format, loaded by `peft.PeftModel`). Each
 method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no padding); tokens/s
 counts new tokens of the whole batch. jsoft's first call (trace + compile) is reported apart;
@@ -47,7 +50,7 @@ import time
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="gpt2", choices=["gpt2", "t5", "deepseek_v3", "qwen3_5", "granite4"])
+    ap.add_argument("--model", default="gpt2", choices=list(MODELS))
     ap.add_argument("--layers", type=int, default=None,
                     help="default: 12 (GPT-2), 8 + 8 (T5), 8 (DeepSeek-V3, Qwen3.5)")
     ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
@@ -84,7 +87,8 @@ MODELS = {"gpt2": ("causal_lm", "CAUSAL_LM", tf.GPT2LMHeadModel),
           "t5": ("seq2seq_lm", "SEQ_2_SEQ_LM", tf.T5ForConditionalGeneration),
           "deepseek_v3": ("causal_lm", "CAUSAL_LM", tf.DeepseekV3ForCausalLM),
           "qwen3_5": ("causal_lm", "CAUSAL_LM", tf.Qwen3_5ForCausalLM),
-          "granite4": ("causal_lm", "CAUSAL_LM", tf.GraniteMoeHybridForCausalLM)}
+          "granite4": ("causal_lm", "CAUSAL_LM", tf.GraniteMoeHybridForCausalLM),
+          "nemotron_h": ("causal_lm", "CAUSAL_LM", tf.NemotronHForCausalLM)}
 
 
 def make_model(args, path: str) -> str:
@@ -127,6 +131,15 @@ def make_model(args, path: str) -> str:
         tf.GraniteMoeHybridForCausalLM(config).eval().save_pretrained(path)
         return (f"Granite-4.0-H-shaped {layers}x1024 ({kinds.count('mamba')} Mamba-2 layers, "
                 f"{kinds.count('attention')} attention), vocab 32000")
+    if args.model == "nemotron_h":
+        pattern = ("M-M-M*-M-M-" * 4)[:args.layers or 12]
+        config = tf.NemotronHConfig(vocab_size=32000, hidden_size=1024, hybrid_override_pattern=pattern,
+                                    intermediate_size=2816, num_attention_heads=8, num_key_value_heads=2, head_dim=128,
+                                    mamba_num_heads=32, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
+                                    conv_kernel=4, max_position_embeddings=4096, eos_token_id=31999)
+        tf.NemotronHForCausalLM(config).eval().save_pretrained(path)
+        return (f"Nemotron-H-shaped {len(pattern)}x1024 ({pattern}: {pattern.count('M')} Mamba-2, "
+                f"{pattern.count('-')} MLP, {pattern.count('*')} attention), vocab 32000")
     layers = args.layers or 8
     config = tf.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=layers,
                          num_decoder_layers=layers, num_heads=8, feed_forward_proj="gated-gelu",

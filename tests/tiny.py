@@ -206,6 +206,11 @@ CONFIGS = {
         "chunk_size": 8, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
         "moe_shared_expert_intermediate_size": 32, "n_group": 2, "topk_group": 1, "routed_scaling_factor": 1.5,
         "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "mamba2": lambda **kw: tf.Mamba2Config(**{  # Mamba-Codestral's layout, smaller: Mamba-2 layers only (heads 8 x 12,
+        # 2 groups of B / C, state 8)
+        "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "num_heads": 8, "head_dim": 12,
+        "state_size": 8, "n_groups": 2, "chunk_size": 8, "initializer_range": 0.2, "pad_token_id": 0,
+        "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
     "mixtral": lambda **kw: tf.MixtralConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 2,
@@ -628,7 +633,7 @@ CLASSES = {
     ("xglm", "causal_lm"): tf.XGLMForCausalLM, ("granitemoe", "causal_lm"): tf.GraniteMoeForCausalLM,
     ("granitemoeshared", "causal_lm"): tf.GraniteMoeSharedForCausalLM,
     ("granitemoehybrid", "causal_lm"): tf.GraniteMoeHybridForCausalLM, ("bamba", "causal_lm"): tf.BambaForCausalLM,
-    ("nemotron_h", "causal_lm"): tf.NemotronHForCausalLM,
+    ("nemotron_h", "causal_lm"): tf.NemotronHForCausalLM, ("mamba2", "causal_lm"): tf.Mamba2ForCausalLM,
     ("deepseek_v3", "causal_lm"): tf.DeepseekV3ForCausalLM,
     ("deepseek_v3", "seq_cls"): tf.DeepseekV3ForSequenceClassification,
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,

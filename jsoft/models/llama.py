@@ -10,8 +10,10 @@ GraniteMoeShared, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT
 head to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
 compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose "linear_attention" layers are
 Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate, and Granite 4.0-H and
-Bamba, whose "mamba" layers are Mamba-2 (jsoft.models.mamba2). How each family's config.json maps to `Config`:
-jsoft.models.llama_config; RoPE: jsoft.models.rotary.
+Bamba, whose "mamba" layers are Mamba-2 (jsoft.models.mamba2), and Nemotron-H and the pure Mamba-2 stacks
+(Mamba-Codestral), each of whose layers holds one block (`Config.layer_blocks`: Mamba-2, attention, an MLP or experts;
+jsoft.models.nemotron_h names them). How each family's config.json maps to `Config`: jsoft.models.llama_config; RoPE:
+jsoft.models.rotary.
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
@@ -103,6 +105,10 @@ class Config(TransformerConfig):
     # post_attention_layernorm is one of those), "glm4" (GLM-4-0414's sandwich, other names), "post" (OLMo 2 / 3:
     # on their outputs only)
     norm_placement: str = "pre"
+    # checkpoint names: a layer's feed-forward block (Mixtral's, GraniteMoE's, MiniMax-M2's `block_sparse_moe`; Llama
+    # 4's, Bamba's `feed_forward`), the final norm (Bamba's `final_layernorm`; Nemotron-H's, Mamba-2's `norm_f`)
+    ffn_name: str = "mlp"
+    final_norm_name: str = "norm"
     # the layers' and final norms: "rms" (eps `rms_norm_eps`), "layer" (LayerNorms with weight and bias, the same
     # eps: Jais 2), "weightless" (LayerNorms without weight or bias: OLMo), "weightless_rms" (RMS norms without a
     # weight: NanoChat)
@@ -596,10 +602,8 @@ class DecoderLayer(nnx.Module):
         # Granite's `shared_mlp` beside or in place of them
         self.ffn_names = ()
         if c.has_block(index, "ffn") and not (c.shared_mlp_intermediate_size and not c.is_sparse(index)):
-            name = ("block_sparse_moe" if c.model_type in ("mixtral", *llama_config.GRANITE_MOES, "minimax_m2")
-                    else "feed_forward" if c.model_type in ("llama4_text", "bamba") else "mlp")
-            setattr(self, name, feed_forward_block(c, p, rngs, index))
-            self.ffn_names += (name,)
+            setattr(self, c.ffn_name, feed_forward_block(c, p, rngs, index))
+            self.ffn_names += (c.ffn_name,)
         if c.has_block(index, "ffn") and c.shared_mlp_intermediate_size:
             self.shared_mlp = GraniteSharedMLP(c.hidden_size, c.shared_mlp_intermediate_size, c.activation, p, rngs)
             self.ffn_names += ("shared_mlp",)
@@ -640,9 +644,7 @@ class LlamaModel(nnx.Module):
         self.dtype = p.dtype
         self.embed_tokens = embed(c.vocab_size, c.hidden_size, p, rngs=rngs, scale=c.embed_scale)
         self.layers = nnx.List([DecoderLayer(c, p, rngs, i) for i in range(c.num_layers)])
-        # the final norm, under its checkpoint name (Bamba's `final_layernorm`, Nemotron-H's `norm_f`)
-        self.final_norm_name = {"bamba": "final_layernorm", "nemotron_h": "norm_f"}.get(c.model_type, "norm")
-        setattr(self, self.final_norm_name, stack_norm(c, p))
+        setattr(self, c.final_norm_name, stack_norm(c, p))
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                  prefix_kv=None, prefix_mask=None, cache: KVCache | None = None, drop=None):
@@ -651,7 +653,7 @@ class LlamaModel(nnx.Module):
                                             inputs_embeds, prefix_kv, cache, self.dtype)
         if self.c.embedding_multiplier != 1.0:
             x = x * jnp.asarray(self.c.embedding_multiplier, x.dtype)
-        final_norm = getattr(self, self.final_norm_name)
+        final_norm = getattr(self, self.c.final_norm_name)
         if self.c.embedding_norm:
             x = final_norm(x)
         x = drop(x, self.c.embd_dropout)

@@ -15,18 +15,17 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
                "apertus", "mistral4", "youtu", "minicpm3", "jais2",
                "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoeshared", "granitemoehybrid",
-               "bamba", "nemotron_h")
+               "bamba", "nemotron_h", "mamba2")
 
 
 def fields_from_hf(hf: dict) -> dict:
     """`llama.Config`'s fields from a Llama-like config.json."""
-    d, h = hf["hidden_size"], hf["num_attention_heads"]
     model_type = hf.get("model_type", "llama")
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
-    if model_type == "nemotron_h":
-        hf = _nemotron_h_as_llama(hf)
-        d, h = hf["hidden_size"], hf["num_attention_heads"]
+    if model_type in SINGLE_BLOCKS:
+        hf = _nemotron_h_as_llama(_mamba2_stack_as_nemotron_h(hf) if model_type == "mamba2" else hf)
+    d, h = hf["hidden_size"], hf["num_attention_heads"]
     rope, local_rope, sliding = rotary.from_hf(hf), _local_rope_theta(hf), sliding_layers(hf)
     gemma = model_type in ("gemma", *GEMMA2S, "gemma3_text")
     gemma2_style = model_type in (*GEMMA2S, "gemma3_text")  # query_pre_attn_scalar, the final cap
@@ -99,7 +98,7 @@ def fields_from_hf(hf: dict) -> dict:
         **(_position_query_scaling(rope, model_type) if model_type in ("ministral3", "mistral4") else {}),
         **(_linear_attention_fields(hf) if model_type in QWEN_HYBRIDS else {}),
         **(_mamba2_fields(hf) if model_type in MAMBA2_HYBRIDS else {}),
-        **(_nemotron_h_fields(hf) if model_type == "nemotron_h" else {}),
+        **(_nemotron_h_fields(hf) if model_type in SINGLE_BLOCKS else {}),
     )
 
 
@@ -134,9 +133,14 @@ FAMILIES: dict[str, dict] = {
     "nanochat": dict(norm_type="weightless_rms", embedding_norm=True, qk_l2_norm=True, rope_reversed=True,
                      gated_mlp=False),
     "gpt_oss": dict(attention_sinks=True, moe_kind="clamped_swiglu"),
-    "bamba": dict(norm_placement="bamba"),  # Mamba-2 (`mamba`) or attention, then `feed_forward`
-    "nemotron_h": dict(norm_placement="single", gated_mlp=False),  # one block a layer (`mixer`), after its `norm`
-    **dict.fromkeys(("granitemoe", "granitemoeshared", "granitemoehybrid"), dict(moe_kind="granite")),
+    # Mamba-2 (`mamba`) or attention, then `feed_forward`
+    "bamba": dict(norm_placement="bamba", ffn_name="feed_forward", final_norm_name="final_layernorm"),
+    # one block a layer (`mixer`), after its `norm`
+    **dict.fromkeys(("nemotron_h", "mamba2"), dict(norm_placement="single", gated_mlp=False,
+                                                   final_norm_name="norm_f")),
+    "mixtral": dict(ffn_name="block_sparse_moe"),
+    **dict.fromkeys(("granitemoe", "granitemoeshared", "granitemoehybrid"), dict(moe_kind="granite",
+                                                                                 ffn_name="block_sparse_moe")),
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
     "dots1": dict(qk_norm="head", moe_kind="grouped_sigmoid"),
     "deepseek_v3": dict(moe_kind="grouped_sigmoid"),
@@ -146,9 +150,10 @@ FAMILIES: dict[str, dict] = {
     "mistral4": dict(moe_kind="grouped_softmax", stored_experts=True),
     # Gated DeltaNet layers beside gated attention with query / key norms; norms scale by 1 + weight
     **dict.fromkeys(QWEN_HYBRIDS, dict(qk_norm="head", norm_offset=1.0, attention_output_gate=True)),
-    "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid"),  # one group: the corrected top k, renormalised
+    # one group: the corrected top k, renormalised
+    "minimax_m2": dict(qk_norm="width", moe_kind="grouped_sigmoid", ffn_name="block_sparse_moe"),
     "exaone_moe": dict(qk_norm="head", moe_kind="grouped_sigmoid"),  # EXAONE 4's attention in pre-norm layers
-    "llama4_text": dict(rope_interleaved=True, moe_kind="llama4"),
+    "llama4_text": dict(rope_interleaved=True, moe_kind="llama4", ffn_name="feed_forward"),
     # one group, moe_statics' correction
     "ernie4_5_moe": dict(rope_interleaved=True, moe_kind="grouped_softmax", moe_group_rank=1),
     "hunyuan_v1_dense": dict(qk_norm="rotated_head"),
@@ -481,7 +486,7 @@ def nope_layers(hf: dict) -> tuple[bool, ...]:
         return nope if hf.get("sliding_window") and any(nope) else ()
     if hf.get("model_type") == "granitemoehybrid":  # RoPE only with position_embedding_type "rope"
         return () if hf.get("position_embedding_type") == "rope" else (True,) * hf["num_hidden_layers"]
-    if hf.get("model_type") == "nemotron_h":  # its attention has no positions
+    if hf.get("model_type") in SINGLE_BLOCKS:  # Nemotron-H's attention has no positions
         return (True,) * hf["num_hidden_layers"]
     if hf.get("model_type") not in ("smollm3", "llama4_text"):
         return ()
@@ -531,6 +536,7 @@ def _mamba2_shape(heads: int, head_dim: int, groups: int, state: int, conv: int,
                 linear_conv_bias=bool(conv_bias), linear_proj_bias=bool(proj_bias), linear_dt_limit=dt_limit)
 
 
+SINGLE_BLOCKS = ("nemotron_h", "mamba2")  # one block a layer (Config.layer_blocks), NVIDIA's names
 # Nemotron-H's layer kinds: `layers_block_type` (older names "mamba", "attention"), or `hybrid_override_pattern`
 NEMOTRON_H_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
 NEMOTRON_H_LEGACY = {"mamba": "linear_attention", "attention": "full_attention"}
@@ -538,6 +544,22 @@ NEMOTRON_H_LEGACY = {"mamba": "linear_attention", "attention": "full_attention"}
 NEMOTRON_H_DEFAULTS = dict(vocab_size=131072, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
                            head_dim=128, intermediate_size=21504, max_position_embeddings=4096, pad_token_id=0,
                            bos_token_id=1, eos_token_id=2)
+
+
+def _mamba2_stack_as_nemotron_h(hf: dict) -> dict:
+    """A Mamba-2 stack's config.json (`mamba2`: Mamba-Codestral) as a Nemotron-H one of Mamba-2 layers only, with
+    Mamba2Config's defaults (its `num_heads`, `head_dim` and `state_size` are the Mamba-2 layers'); it has no attention,
+    whose fields then merely mirror them."""
+    heads, head_dim, d = hf.get("num_heads", 128), hf.get("head_dim", 64), hf.get("hidden_size", 4096)
+    if heads * head_dim != hf.get("expand", 2) * d:
+        raise ValueError(f"config.json num_heads={heads} x head_dim={head_dim} must equal expand x hidden_size="
+                         f"{hf.get('expand', 2) * d}")
+    return {"vocab_size": 32768, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "n_groups": 8,
+            "tie_word_embeddings": False, **hf, "hidden_size": d, "intermediate_size": 0,
+            "layers_block_type": ["linear_attention"] * hf.get("num_hidden_layers", 64),
+            "mamba_num_heads": heads, "mamba_head_dim": head_dim, "ssm_state_size": hf.get("state_size", 128),
+            "mamba_hidden_act": hf.get("hidden_act", "silu"), "num_attention_heads": heads,
+            "num_key_value_heads": heads, "head_dim": head_dim}
 
 
 def _nemotron_h_as_llama(hf: dict) -> dict:
@@ -576,8 +598,7 @@ def _nemotron_h_fields(hf: dict) -> dict:
                                 hf.get("n_groups", hf.get("mamba_n_groups", 8)),
                                 hf.get("ssm_state_size", 128), hf.get("conv_kernel", hf.get("mamba_d_conv", 4)),
                                 hf.get("use_conv_bias", hf.get("mamba_conv_bias", True)), hf.get("use_bias", False),
-                                (_json_float(hf.get("time_step_min", hf.get("mamba_dt_min", 0.001))), math.inf),
-                                ("mamba_num_heads", "n_groups")),
+                                _single_block_dt_limit(hf), ("mamba_num_heads", "n_groups")),
                 moe_kind="grouped_sigmoid", num_experts=hf.get("n_routed_experts", 8),
                 experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=tuple(k == "moe" for k in kinds),
                 moe_intermediate_size=hf.get("moe_intermediate_size", 7688),
@@ -586,6 +607,14 @@ def _nemotron_h_fields(hf: dict) -> dict:
                 norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
                 routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
                 moe_latent_size=hf.get("moe_latent_size") or 0)
+
+
+def _single_block_dt_limit(hf: dict) -> tuple[float, float]:
+    """The chunked scan's step-size clamp: Mamba2Config's `time_step_limit`; NemotronHMamba2Mixer fixes it at
+    (`time_step_min`, inf)."""
+    if hf["model_type"] == "mamba2":
+        return tuple(map(_json_float, hf.get("time_step_limit") or (0.0, math.inf)))
+    return _json_float(hf.get("time_step_min", hf.get("mamba_dt_min", 0.001))), math.inf
 
 
 def _json_float(value) -> float:

@@ -479,6 +479,19 @@ def test_nemotron_h_config_reads_its_blocks_in_every_spelling():
     assert hasattr(model.model, "norm_f")
 
 
+def test_mamba2_stack_config_reads_mamba2config_names():
+    """A pure Mamba-2 stack (`mamba2`): `num_heads` x `head_dim`, `state_size`, `n_groups`, `hidden_act` are the Mamba-2
+    layers'; its chunked steps clamped to `time_step_limit`; heads that do not fill expand x hidden_size refused."""
+    hf = json.loads(tiny.CONFIGS["mamba2"](time_step_limit=(0.1, 2.0)).to_json_string())
+    c = llama.Config.from_hf(hf)
+    assert (c.layer_blocks, c.linear_layers, c.linear_kind, c.cacheless_layers) == (
+        ("mixer",) * 3, (True,) * 3, "mamba2", (False,) * 3)
+    assert (c.linear_value_heads, c.linear_value_head_dim, c.linear_key_heads, c.linear_key_head_dim) == (8, 12, 2, 8)
+    assert (c.linear_dt_limit, c.linear_activation, c.final_norm_name) == ((0.1, 2.0), "silu", "norm_f")
+    with pytest.raises(ValueError, match="num_heads=8 x head_dim=10 must equal expand x hidden_size=96"):
+        llama.Config.from_hf(hf | dict(head_dim=10))
+
+
 def test_ministral3_needs_its_query_scaling_keys():
     hf = tiny.CONFIGS["ministral3"]().to_dict()
     rope = {k: v for k, v in hf["rope_parameters"].items() if k != "llama_4_scaling_beta"}

@@ -165,6 +165,9 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     # biases, no convolution bias, one group, its chunked steps clamped below at time_step_min
     ("nemotron_h", "causal_lm", dict(moe_latent_size=16, mlp_bias=True)),
     ("nemotron_h", "causal_lm", dict(time_step_min=0.7, use_bias=True, use_conv_bias=False, n_groups=1)),
+    # a pure Mamba-2 stack: the LM head tied, projection biases, one group, its chunked steps clamped to
+    # time_step_limit
+    ("mamba2", "causal_lm", dict(tie_word_embeddings=True, use_bias=True, n_groups=1, time_step_limit=(0.3, 1.5))),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
     ("glm4_moe", "causal_lm", dict(n_group=1, topk_group=1, norm_topk_prob=False, use_qk_norm=False,
                                    first_k_dense_replace=0, n_shared_experts=0, partial_rotary_factor=0.25)),
@@ -185,6 +188,20 @@ def test_config_variants_match_transformers(tiny_dir, kind, task, overrides):
         keep = mask.astype(bool)
         got, ref = got[keep], ref[keep]
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_mamba2_checkpoints_before_the_embeddings_rename_load(tiny_dir, tmp_path):
+    """Older Mamba-2 checkpoints name the word embeddings `backbone.embedding` (Mamba2Model's load hook renames it)."""
+    from safetensors.torch import load_file, save_file
+
+    path = tiny_dir("mamba2", "causal_lm")
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v
+             for k, v in load_file(f"{path}/model.safetensors").items()}
+    assert "backbone.embedding.weight" in state
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    ids, mask = batch("mamba2")
+    np.testing.assert_array_equal(jsoft_out(tmp_path, "causal_lm", ids, mask), jsoft_out(path, "causal_lm", ids, mask))
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
