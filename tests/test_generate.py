@@ -48,7 +48,8 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "biogpt": {"initializer_range": 0.5, "scale_embedding": False}, "granitemoe": {},
            "granitemoeshared": {}, "granitemoehybrid": {"initializer_range": 0.5},
            "bamba": {"initializer_range": 0.4}, "nemotron_h": {"initializer_range": 0.4},
-           "mamba2": {"initializer_range": 0.4},
+           "mamba2": {"initializer_range": 0.4}, "mamba": {"initializer_range": 0.4},
+           "falcon_mamba": {"initializer_range": 0.4},
            "deepseek_v3": {"initializer_range": 0.3}, "glm4_moe": {"initializer_range": 0.3},
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
@@ -81,7 +82,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "m2m_100": "seq2seq_lm", "marian": "seq2seq_lm", "pegasus": "seq2seq_lm", "umt5": "seq2seq_lm",
         "xglm": "causal_lm", "biogpt": "causal_lm", "granitemoe": "causal_lm", "deepseek_v3": "causal_lm",
         "granitemoeshared": "causal_lm", "granitemoehybrid": "causal_lm", "bamba": "causal_lm",
-        "nemotron_h": "causal_lm", "mamba2": "causal_lm",
+        "nemotron_h": "causal_lm", "mamba2": "causal_lm", "mamba": "causal_lm", "falcon_mamba": "causal_lm",
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
         "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm",
         "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm",
@@ -169,7 +170,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           + [("granitemoeshared", "prefix_proj"), ("granitemoehybrid", "prompt"), ("granitemoehybrid", "ptuning_mlp")]
           # Nemotron-H: MLP and expert layers that cache nothing between Mamba-2 and attention layers
           + [("nemotron_h", "prompt"), ("nemotron_h", "ptuning_lstm")]
-          # (Mamba-2 stacks: not against PEFT's generate, test_a_mamba2_stack_decodes_what_peft_full_passes_pick)
+          # (Mamba / Mamba-2 stacks: not against PEFT's generate, test_a_mamba_stack_decodes_what_peft_full_passes_pick)
           # (Bamba: not against PEFT, which drops position_ids in generate; Bamba's forward then numbers each decoded
           # token 0, as it adds no cache offset. jsoft's Bamba decoding follows transformers' own generate, below)
           # DeepSeek-V3: latent attention's compressed cache (embedding prompts only); dots.llm1: past its window
@@ -247,14 +248,16 @@ def test_greedy_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, ov
     assert len(set(got[:, -NEW:].ravel())) > 2, "degenerate output proves little"
 
 
-@pytest.mark.parametrize("method", ["prompt", "ptuning_mlp"])
-def test_a_mamba2_stack_decodes_what_peft_full_passes_pick(tiny_dir, tmp_path, method):
-    """A pure Mamba-2 stack (Mamba2ForCausalLM) with a soft prompt: each greedy token is the argmax of PEFT's full
-    forward pass over the prompt and the tokens before it (one pass over jsoft's output gives every step). PEFT's own
-    generate differs: it injects the prompt whenever `past_key_values` is empty, which Mamba2ForCausalLM never fills
-    (its cache is `cache_params`), so every decoding step feeds the prompt into the recurrent states again."""
-    pm = jsoft_model(tiny_dir, "mamba2", method)
-    ref = peft_model(tiny_dir, "mamba2", pm, tmp_path / "adapter")
+@pytest.mark.parametrize("kind,method", [("mamba2", "prompt"), ("mamba2", "ptuning_mlp"), ("mamba", "prompt"),
+                                         ("falcon_mamba", "ptuning_lstm")])
+def test_a_mamba_stack_decodes_what_peft_full_passes_pick(tiny_dir, tmp_path, kind, method):
+    """A stack of Mamba-2 (Mamba2ForCausalLM) or Mamba layers only (MambaForCausalLM, FalconMambaForCausalLM) with a
+    soft prompt: each greedy token is the argmax of PEFT's full forward pass over the prompt and the tokens before it
+    (one pass over jsoft's output gives every step). PEFT's own generate differs: it injects the prompt whenever
+    `past_key_values` is empty, which these models never fill (their cache is `cache_params`), so every decoding step
+    feeds the prompt into the recurrent states again."""
+    pm = jsoft_model(tiny_dir, kind, method)
+    ref = peft_model(tiny_dir, kind, pm, tmp_path / "adapter")
     ids = ids_batch()
     T = ids.shape[1]
     got = np.asarray(pm.generate(ids, max_new_tokens=NEW, eos_token_id=[]))
@@ -559,7 +562,8 @@ def test_dynamic_rope_generation_matches_peft(tiny_dir, tmp_path):
         pm.generate(ids_batch(2, 8), max_new_tokens=2)
 
 
-@pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next", "granitemoehybrid", "bamba", "nemotron_h", "mamba2"])
+@pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next", "granitemoehybrid", "bamba", "nemotron_h", "mamba2",
+                                  "mamba", "falcon_mamba"])
 def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     pm = jsoft.PeftModel(jsoft.from_pretrained(model_dir(tiny_dir, kind), task=TASK[kind]), None)  # no adapter
     ids = ids_batch(3, 6, seed=5)

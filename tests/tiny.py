@@ -211,6 +211,13 @@ CONFIGS = {
         "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "num_heads": 8, "head_dim": 12,
         "state_size": 8, "n_groups": 2, "chunk_size": 8, "initializer_range": 0.2, "pad_token_id": 0,
         "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "mamba": lambda **kw: tf.MambaConfig(**{  # mamba-130m's layout, smaller: Mamba layers only (96 channels, state 8,
+        # step rank 3)
+        "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "state_size": 8, "initializer_range": 0.2,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "falcon_mamba": lambda **kw: tf.FalconMambaConfig(**{  # Mamba with RMS-normed steps, B and C
+        "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "state_size": 8, "initializer_range": 0.2,
+        "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
     "mixtral": lambda **kw: tf.MixtralConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 2,
@@ -634,6 +641,7 @@ CLASSES = {
     ("granitemoeshared", "causal_lm"): tf.GraniteMoeSharedForCausalLM,
     ("granitemoehybrid", "causal_lm"): tf.GraniteMoeHybridForCausalLM, ("bamba", "causal_lm"): tf.BambaForCausalLM,
     ("nemotron_h", "causal_lm"): tf.NemotronHForCausalLM, ("mamba2", "causal_lm"): tf.Mamba2ForCausalLM,
+    ("mamba", "causal_lm"): tf.MambaForCausalLM, ("falcon_mamba", "causal_lm"): tf.FalconMambaForCausalLM,
     ("deepseek_v3", "causal_lm"): tf.DeepseekV3ForCausalLM,
     ("deepseek_v3", "seq_cls"): tf.DeepseekV3ForSequenceClassification,
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,

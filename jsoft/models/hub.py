@@ -55,7 +55,8 @@ ARCHITECTURES = {**dict.fromkeys(llama_config.MODEL_TYPES, "jsoft.models.llama")
                  "marian": "jsoft.models.bart", "pegasus": "jsoft.models.bart", "xglm": "jsoft.models.xglm",
                  "biogpt": "jsoft.models.biogpt", "llama4_text": "jsoft.models.llama4",
                  "mistral4": "jsoft.models.mistral4", "nanochat": "jsoft.models.nanochat",
-                 "nemotron_h": "jsoft.models.nemotron_h", "mamba2": "jsoft.models.nemotron_h"}
+                 "nemotron_h": "jsoft.models.nemotron_h", "mamba2": "jsoft.models.nemotron_h",
+                 "mamba": "jsoft.models.nemotron_h", "falcon_mamba": "jsoft.models.nemotron_h"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jsoft.models import gated_deltanet, heads, llama_config, mamba2, moe, ops, rotary
+from jsoft.models import gated_deltanet, heads, llama_config, mamba, mamba2, moe, ops, rotary
 from jsoft.models.base import TransformerConfig, hf_name, is_kernel
 from jsoft.models.layers import (
     Buffer,
@@ -179,12 +179,15 @@ class Config(TransformerConfig):
     linear_conv_kernel: int = 4
     linear_fused_projections: bool = False  # Qwen3-Next's in_proj_qkvz / in_proj_ba (Qwen3.5: four projections)
     # or Granite 4's Mamba-2 layers ("mamba2": jsoft.models.mamba2, `mamba`), shaped in the fields above: heads
-    # linear_value_heads x linear_value_head_dim, B / C groups linear_key_heads x state linear_key_head_dim
+    # linear_value_heads x linear_value_head_dim, B / C groups linear_key_heads x state linear_key_head_dim; or Mamba's
+    # ("mamba": jsoft.models.mamba): channels linear_value_heads of width 1, state linear_key_head_dim, no groups
     linear_kind: str = "gated_deltanet"
     linear_conv_bias: bool = False  # Mamba-2: `mamba_conv_bias`, `mamba_proj_bias`, `time_step_limit`
     linear_proj_bias: bool = False
     linear_dt_limit: tuple[float, float] = (0.0, math.inf)
-    linear_activation: str | None = None  # Mamba-2's convolution's (None: `activation`; Nemotron-H: its own)
+    linear_activation: str | None = None  # Mamba's convolution's (None: `activation`; Nemotron-H: its own)
+    linear_dt_rank: int = 0  # Mamba: the rank of its step sizes (`time_step_rank`)
+    linear_bcdt_norm_eps: float | None = None  # FalconMamba: RMS norms without weights on the steps, B and C
     # Nemotron-H: each layer one block, per layer "mixer" (Mamba-2 or attention) or "ffn" (an MLP or experts); ():
     # every layer a mixer then a feed-forward block
     layer_blocks: tuple[str, ...] = ()
@@ -581,9 +584,10 @@ def feed_forward_block(c: Config, p: Precision, rngs: nnx.Rngs, index: int) -> n
     return moe.SparseMoE(d, f, E, k, c.norm_topk_prob, names, c.activation, p, rngs, shared_expert=shared)
 
 
-LINEAR_NAMES = {"gated_deltanet": "linear-attention", "mamba2": "Mamba-2"}
+LINEAR_NAMES = {"gated_deltanet": "linear-attention", "mamba2": "Mamba-2", "mamba": "Mamba"}
 # each kind of linear layer's checkpoint name and module
-LINEAR_MIXERS = {"gated_deltanet": ("linear_attn", gated_deltanet.GatedDeltaNet), "mamba2": ("mamba", mamba2.Mamba2)}
+LINEAR_MIXERS = {"gated_deltanet": ("linear_attn", gated_deltanet.GatedDeltaNet), "mamba2": ("mamba", mamba2.Mamba2),
+                 "mamba": ("mamba", mamba.Mamba)}
 
 
 class DecoderLayer(nnx.Module):

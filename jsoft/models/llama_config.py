@@ -15,7 +15,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
                "apertus", "mistral4", "youtu", "minicpm3", "jais2",
                "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoeshared", "granitemoehybrid",
-               "bamba", "nemotron_h", "mamba2")
+               "bamba", "nemotron_h", "mamba2", "mamba", "falcon_mamba")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -24,7 +24,8 @@ def fields_from_hf(hf: dict) -> dict:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type={model_type!r} is not Llama-like; jsoft.models.llama reads {MODEL_TYPES}")
     if model_type in SINGLE_BLOCKS:
-        hf = _nemotron_h_as_llama(_mamba2_stack_as_nemotron_h(hf) if model_type == "mamba2" else hf)
+        hf = _nemotron_h_as_llama(_mamba2_stack_as_nemotron_h(hf) if model_type == "mamba2"
+                                  else _mamba_stack_as_nemotron_h(hf) if model_type in MAMBA_STACKS else hf)
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     rope, local_rope, sliding = rotary.from_hf(hf), _local_rope_theta(hf), sliding_layers(hf)
     gemma = model_type in ("gemma", *GEMMA2S, "gemma3_text")
@@ -136,8 +137,8 @@ FAMILIES: dict[str, dict] = {
     # Mamba-2 (`mamba`) or attention, then `feed_forward`
     "bamba": dict(norm_placement="bamba", ffn_name="feed_forward", final_norm_name="final_layernorm"),
     # one block a layer (`mixer`), after its `norm`
-    **dict.fromkeys(("nemotron_h", "mamba2"), dict(norm_placement="single", gated_mlp=False,
-                                                   final_norm_name="norm_f")),
+    **dict.fromkeys(("nemotron_h", "mamba2", "mamba", "falcon_mamba"), dict(norm_placement="single", gated_mlp=False,
+                                                                            final_norm_name="norm_f")),
     "mixtral": dict(ffn_name="block_sparse_moe"),
     **dict.fromkeys(("granitemoe", "granitemoeshared", "granitemoehybrid"), dict(moe_kind="granite",
                                                                                  ffn_name="block_sparse_moe")),
@@ -536,7 +537,8 @@ def _mamba2_shape(heads: int, head_dim: int, groups: int, state: int, conv: int,
                 linear_conv_bias=bool(conv_bias), linear_proj_bias=bool(proj_bias), linear_dt_limit=dt_limit)
 
 
-SINGLE_BLOCKS = ("nemotron_h", "mamba2")  # one block a layer (Config.layer_blocks), NVIDIA's names
+MAMBA_STACKS = ("mamba", "falcon_mamba")  # Mamba (-1) layers only
+SINGLE_BLOCKS = ("nemotron_h", "mamba2", *MAMBA_STACKS)  # one block a layer (Config.layer_blocks), NVIDIA's names
 # Nemotron-H's layer kinds: `layers_block_type` (older names "mamba", "attention"), or `hybrid_override_pattern`
 NEMOTRON_H_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
 NEMOTRON_H_LEGACY = {"mamba": "linear_attention", "attention": "full_attention"}
@@ -560,6 +562,29 @@ def _mamba2_stack_as_nemotron_h(hf: dict) -> dict:
             "mamba_num_heads": heads, "mamba_head_dim": head_dim, "ssm_state_size": hf.get("state_size", 128),
             "mamba_hidden_act": hf.get("hidden_act", "silu"), "num_attention_heads": heads,
             "num_key_value_heads": heads, "head_dim": head_dim}
+
+
+def _mamba_stack_as_nemotron_h(hf: dict) -> dict:
+    """A Mamba or FalconMamba stack's config.json as a Nemotron-H one of recurrent layers only, with MambaConfig's
+    defaults (its `intermediate_size`, default expand x hidden_size, is the layers' channels); it has no attention,
+    whose fields are then placeholders."""
+    d = hf.get("hidden_size", 768)
+    return {"vocab_size": 50280, "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, "tie_word_embeddings": True,
+            **hf, "hidden_size": d, "intermediate_size": hf.get("intermediate_size") or hf.get("expand", 2) * d,
+            "layers_block_type": ["linear_attention"] * hf.get("num_hidden_layers", 32),
+            "mamba_hidden_act": hf.get("hidden_act", "silu"), "num_attention_heads": 1, "num_key_value_heads": 1,
+            "head_dim": d}
+
+
+def _mamba_shape(hf: dict) -> dict:
+    """A Mamba layer's shape in Config's linear-layer fields (jsoft.models.mamba.Mamba)."""
+    rank = hf.get("time_step_rank", "auto")
+    return dict(linear_kind="mamba", linear_value_heads=hf["intermediate_size"], linear_value_head_dim=1,
+                linear_key_heads=0, linear_key_head_dim=hf.get("state_size", 16),
+                linear_dt_rank=math.ceil(hf["hidden_size"] / 16) if rank == "auto" else int(rank),
+                linear_conv_kernel=hf.get("conv_kernel", 4), linear_conv_bias=bool(hf.get("use_conv_bias", True)),
+                linear_proj_bias=bool(hf.get("use_bias", False)),
+                linear_bcdt_norm_eps=hf.get("mixer_rms_eps", 1e-6) if hf["model_type"] == "falcon_mamba" else None)
 
 
 def _nemotron_h_as_llama(hf: dict) -> dict:
@@ -589,16 +614,18 @@ def _nemotron_h_fields(hf: dict) -> dict:
     """Nemotron-H's layers, each one block (Config.layer_blocks): Mamba-2 ("linear_attention"; its chunked scan's
     steps clamped below at `time_step_min`, as transformers' NemotronHMamba2Mixer fixes its limit), attention
     without positions ("full_attention"), a ReLU² MLP ("mlp") or DeepSeek-V3's router over ungated experts beside
-    a shared MLP ("moe"; the experts in `moe_latent_size` wide where it is set)."""
+    a shared MLP ("moe"; the experts in `moe_latent_size` wide where it is set). A Mamba-2 stack's: Mamba-2 layers;
+    a Mamba or FalconMamba stack's: Mamba layers (`_mamba_shape`)."""
     kinds = hf["layers_block_type"]
     return dict(layer_blocks=tuple("mixer" if k.endswith("attention") else "ffn" for k in kinds),
                 linear_activation=hf.get("mamba_hidden_act", "silu"),
                 linear_layers=tuple(k == "linear_attention" for k in kinds),
-                **_mamba2_shape(hf.get("mamba_num_heads", 128), hf.get("mamba_head_dim", 64),
-                                hf.get("n_groups", hf.get("mamba_n_groups", 8)),
-                                hf.get("ssm_state_size", 128), hf.get("conv_kernel", hf.get("mamba_d_conv", 4)),
-                                hf.get("use_conv_bias", hf.get("mamba_conv_bias", True)), hf.get("use_bias", False),
-                                _single_block_dt_limit(hf), ("mamba_num_heads", "n_groups")),
+                **(_mamba_shape(hf) if hf["model_type"] in MAMBA_STACKS else _mamba2_shape(
+                    hf.get("mamba_num_heads", 128), hf.get("mamba_head_dim", 64),
+                    hf.get("n_groups", hf.get("mamba_n_groups", 8)), hf.get("ssm_state_size", 128),
+                    hf.get("conv_kernel", hf.get("mamba_d_conv", 4)),
+                    hf.get("use_conv_bias", hf.get("mamba_conv_bias", True)), hf.get("use_bias", False),
+                    _single_block_dt_limit(hf), ("mamba_num_heads", "n_groups"))),
                 moe_kind="grouped_sigmoid", num_experts=hf.get("n_routed_experts", 8),
                 experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=tuple(k == "moe" for k in kinds),
                 moe_intermediate_size=hf.get("moe_intermediate_size", 7688),

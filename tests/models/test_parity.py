@@ -168,6 +168,8 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     # a pure Mamba-2 stack: the LM head tied, projection biases, one group, its chunked steps clamped to
     # time_step_limit
     ("mamba2", "causal_lm", dict(tie_word_embeddings=True, use_bias=True, n_groups=1, time_step_limit=(0.3, 1.5))),
+    # Mamba with projection biases, no convolution bias, its own step rank, an untied LM head
+    ("mamba", "causal_lm", dict(use_bias=True, use_conv_bias=False, time_step_rank=5, tie_word_embeddings=False)),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert
     ("glm4_moe", "causal_lm", dict(n_group=1, topk_group=1, norm_topk_prob=False, use_qk_norm=False,
                                    first_k_dense_replace=0, n_shared_experts=0, partial_rotary_factor=0.25)),

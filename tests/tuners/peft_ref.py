@@ -66,7 +66,7 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("jais2", "causal_lm"), ("nanochat", "causal_lm"), ("qwen3_5_text", "causal_lm"),
           ("qwen3_next", "causal_lm"), ("qwen3_next", "seq_cls"), ("qwen3_5_moe_text", "causal_lm"),
           ("qwen3_5", "causal_lm"), ("qwen3_5", "token_cls"), ("nemotron_h", "causal_lm"),
-          ("mamba2", "causal_lm")]
+          ("mamba2", "causal_lm"), ("mamba", "causal_lm"), ("falcon_mamba", "causal_lm")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
@@ -74,16 +74,20 @@ NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", 
 PEFT_PREFIX_DOES_NOT_FIT = ("gpt_bigcode",)
 # multi-head latent attention, linear attention: no key/value prefix fits (jsoft refuses one; PEFT's fails), only
 # embedding prompts
+# stacks of Mamba or Mamba-2 layers only, whose transformers models keep their cache in `cache_params`, not
+# past_key_values: PEFT's generate injects soft prompts at every step
+MAMBA_STACKS = ("mamba2", "mamba", "falcon_mamba")
 # Gated DeltaNet layers (linear attention) and Mamba-2's, which keep a recurrent state instead of keys and values.
 # Their chunked fp32 sums depend on where a row's tokens fall in the chunks, so padding moves outputs by ~1e-5 relative
 LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5", "granitemoehybrid", "bamba",
-                    "nemotron_h", "mamba2")
+                    "nemotron_h", *MAMBA_STACKS)
 NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3", *LINEAR_ATTENTION)
 
 
 def configs(method: str, task: str, kind: str | None = None):
     """jsoft's and PEFT's config of a method; for `kind` (a backbone of tests/tiny.py) PEFT's gets what it
-    cannot derive itself (DistilBERT's dim, n_layers and n_heads; ALBERT's embedding width; XGLM's attention_heads)."""
+    cannot derive itself (DistilBERT's dim, n_layers and n_heads; ALBERT's embedding width; XGLM's attention_heads;
+    Mamba's heads, which it has none of)."""
     spec = dict(METHODS[method](TASK_TYPES[task]))
     cls = spec.pop("cls")
     dims = {}
@@ -94,6 +98,8 @@ def configs(method: str, task: str, kind: str | None = None):
         dims = dict(token_dim=tiny.CONFIGS[kind]().embedding_size)
     elif kind == "xglm":
         dims = dict(num_attention_heads=tiny.CONFIGS[kind]().attention_heads)
+    elif kind in ("mamba", "falcon_mamba"):  # no heads at all; PEFT asks for a number all the same
+        dims = dict(num_attention_heads=1)
     return getattr(jsoft, cls)(**spec), getattr(peft, cls)(**spec, **dims)
 
 

@@ -222,20 +222,23 @@ def test_prompt_as_wide_as_projected_word_embeddings(tiny_dir, tmp_path, kind, t
 @pytest.mark.parametrize("method", ["prefix", "prefix_proj"])
 def test_a_prefix_is_refused_where_none_fits_and_peft_fails(tiny_dir, kind, method):
     """Multi-head latent attention (DeepSeek-V3), linear attention (Qwen3.5), Mamba-2 (Granite 4.0-H): jsoft refuses
-    a key/value prefix by name; PEFT makes one and fails on the first forward (a pure Mamba-2 stack takes no
-    past_key_values: PEFT's prefix there silently changes nothing)."""
+    a key/value prefix by name; PEFT makes one and fails on the first forward (Mamba: on the mask it widens for the
+    prefix; a pure Mamba-2 stack takes no past_key_values and ignores that mask: PEFT's prefix there silently changes
+    nothing)."""
     model_dir = tiny_dir(kind, "causal_lm")
     jconfig, pconfig = peft_ref.configs(method, "causal_lm", kind)
-    refused = "PREFIX_TUNING does not fit .*(latent attention|linear-attention|Mamba-2).* use PROMPT_TUNING"
+    refused = "PREFIX_TUNING does not fit .*(latent attention|linear-attention|Mamba).* use PROMPT_TUNING"
     with pytest.raises(ValueError, match=refused):
         jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task="causal_lm"), jconfig)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, "causal_lm", model_dir), pconfig)
-    if kind == "mamba2":  # Mamba2ForCausalLM takes no past_key_values: PEFT's prefix silently does nothing
+    if kind == "mamba2":  # Mamba2ForCausalLM takes no past_key_values and ignores the longer mask: PEFT's prefix
+        # silently does nothing
         inputs = peft_ref.batch(kind)
         want = peft_ref.peft_logits(peft_ref.hf_base(kind, "causal_lm", model_dir), inputs)
         np.testing.assert_allclose(peft_ref.peft_logits(ref, inputs), want, atol=1e-6)
         return
     # latent attention: the prefix's keys are narrower than the model's; linear attention: a prefix cache holds no
-    # recurrent state
-    with pytest.raises((RuntimeError, ValueError), match="Sizes of tensors must match|Cannot get conv state"):
+    # recurrent state; Mamba: the mask is wider than the tokens
+    with pytest.raises((RuntimeError, ValueError),
+                       match="Sizes of tensors must match|Cannot get conv state|must match the size of tensor"):
         peft_ref.peft_logits(ref, peft_ref.batch(kind))
