@@ -335,7 +335,7 @@ ENGINE_OVERRIDES = {"t5": {"initializer_factor": 5.0}, "bart": {"init_std": 0.1,
                                             ("deepseek_v3", "seq_cls", "gpt"), ("qwen3_next", "seq_cls", "gpt"),
                                             ("qwen3_5_text", "causal_lm", "gpt"),
                                             ("granitemoehybrid", "causal_lm", "gpt"),
-                                            ("nemotron_h", "causal_lm", "gpt")])
+                                            ("nemotron_h", "causal_lm", "gpt"), ("mamba", "causal_lm", "gpt")])
 def test_engine_mixed_batch_equals_rows_alone(tmp_path, kind, task, post):
     """The other layouts: T5 (prompt into the encoder, prefix into the decoder), decoder-only
     classification (left padding, every adapter a key/value prefix), encoder token labels (prompts
