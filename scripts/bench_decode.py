@@ -20,8 +20,8 @@ convolution inputs and memory instead of keys and values; prompt tuning only; wi
 `GraniteMoeHybridConfig` of 8 x 1024 in Granite 4.0-H-micro's layout, three Mamba-2 layers (32 heads of 64, state 128,
 one group) to each attention one without RoPE, a 2816-wide shared MLP, no experts: both keep the Mamba-2 layers'
 convolution inputs and states; PyTorch runs transformers' torch fallback of the mamba_ssm kernels, which a CPU
-build has no other way to run; with `--model nemotron_h` a `NemotronHConfig` of 12 x 1024 in Nemotron-H's pattern
-"M-M-M*-M-M-": Mamba-2 (32 heads of 64, state 128, 8 groups), ReLU² MLPs (2816) that cache nothing, one attention
+build has no other way to run; with `--model nemotron_h` a `NemotronHConfig` of 12 x 1024 in Nemotron-H-8B's pattern
+"M-M-M-M*-M-M": Mamba-2 (32 heads of 64, state 128, 8 groups), ReLU² MLPs (2816) that cache nothing, one attention
 layer without positions) and the same adapter (made in jsoft,
 saved in PEFT's format, loaded by `peft.PeftModel`). Each
 method is timed end to end (prompt prefill + `--new` greedy tokens, fp32, no padding); tokens/s
@@ -50,7 +50,8 @@ import time
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="gpt2", choices=list(MODELS))
+    ap.add_argument("--model", default="gpt2",
+                    choices=["gpt2", "t5", "deepseek_v3", "qwen3_5", "granite4", "nemotron_h"])
     ap.add_argument("--layers", type=int, default=None,
                     help="default: 12 (GPT-2), 8 + 8 (T5), 8 (DeepSeek-V3, Qwen3.5)")
     ap.add_argument("--batch", default="1,8,32", help="batch sizes, comma-separated")
@@ -132,7 +133,7 @@ def make_model(args, path: str) -> str:
         return (f"Granite-4.0-H-shaped {layers}x1024 ({kinds.count('mamba')} Mamba-2 layers, "
                 f"{kinds.count('attention')} attention), vocab 32000")
     if args.model == "nemotron_h":
-        pattern = ("M-M-M*-M-M-" * 4)[:args.layers or 12]
+        pattern = ("M-M-M-M*-" * 8)[:args.layers or 12]  # Nemotron-H-8B's, its first 12 layers by default
         config = tf.NemotronHConfig(vocab_size=32000, hidden_size=1024, hybrid_override_pattern=pattern,
                                     intermediate_size=2816, num_attention_heads=8, num_key_value_heads=2, head_dim=128,
                                     mamba_num_heads=32, mamba_head_dim=64, n_groups=8, ssm_state_size=128,
