@@ -49,7 +49,7 @@ DIVERSE = {"gpt2": {"initializer_range": 0.3}, "llama": {"initializer_range": 0.
            "granitemoeshared": {}, "granitemoehybrid": {"initializer_range": 0.5},
            "bamba": {"initializer_range": 0.4}, "nemotron_h": {"initializer_range": 0.4},
            "mamba2": {"initializer_range": 0.4}, "mamba": {"initializer_range": 0.4},
-           "falcon_mamba": {"initializer_range": 0.4},
+           "falcon_mamba": {"initializer_range": 0.4}, "jamba": {"initializer_range": 0.4},
            "deepseek_v3": {"initializer_range": 0.3}, "glm4_moe": {"initializer_range": 0.3},
            "dots1": {"initializer_range": 0.3}, "glm4_moe_lite": {"initializer_range": 0.3},
            "deepseek_v2": {"initializer_range": 0.3}, "minimax_m2": {"initializer_range": 0.3},
@@ -83,6 +83,7 @@ TASK = {"gpt2": "causal_lm", "llama": "causal_lm", "t5": "seq2seq_lm", "bloom": 
         "xglm": "causal_lm", "biogpt": "causal_lm", "granitemoe": "causal_lm", "deepseek_v3": "causal_lm",
         "granitemoeshared": "causal_lm", "granitemoehybrid": "causal_lm", "bamba": "causal_lm",
         "nemotron_h": "causal_lm", "mamba2": "causal_lm", "mamba": "causal_lm", "falcon_mamba": "causal_lm",
+        "jamba": "causal_lm",
         "glm4_moe": "causal_lm", "dots1": "causal_lm", "glm4_moe_lite": "causal_lm",
         "deepseek_v2": "causal_lm", "minimax_m2": "causal_lm", "exaone_moe": "causal_lm",
         "llama4_text": "causal_lm", "ernie4_5_moe": "causal_lm", "hunyuan_v1_dense": "causal_lm",
@@ -169,7 +170,7 @@ PARITY = ([("gpt2", m) for m in peft_ref.METHODS] + [("llama", "prompt"), ("llam
           # Granite 4.0-H: Mamba-2 layers' recurrent states beside attention
           + [("granitemoeshared", "prefix_proj"), ("granitemoehybrid", "prompt"), ("granitemoehybrid", "ptuning_mlp")]
           # Nemotron-H: MLP and expert layers that cache nothing between Mamba-2 and attention layers
-          + [("nemotron_h", "prompt"), ("nemotron_h", "ptuning_lstm")]
+          + [("nemotron_h", "prompt"), ("nemotron_h", "ptuning_lstm"), ("jamba", "prompt"), ("jamba", "ptuning_mlp")]
           # (Mamba / Mamba-2 stacks: not against PEFT's generate, test_a_mamba_stack_decodes_what_peft_full_passes_pick)
           # (Bamba: not against PEFT, which drops position_ids in generate; Bamba's forward then numbers each decoded
           # token 0, as it adds no cache offset. jsoft's Bamba decoding follows transformers' own generate, below)
@@ -563,7 +564,7 @@ def test_dynamic_rope_generation_matches_peft(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["t5", "llama", "qwen3_next", "granitemoehybrid", "bamba", "nemotron_h", "mamba2",
-                                  "mamba", "falcon_mamba"])
+                                  "mamba", "falcon_mamba", "jamba"])
 def test_beam_search_on_base_model_matches_transformers(tiny_dir, kind):
     pm = jsoft.PeftModel(jsoft.from_pretrained(model_dir(tiny_dir, kind), task=TASK[kind]), None)  # no adapter
     ids = ids_batch(3, 6, seed=5)

@@ -218,6 +218,13 @@ CONFIGS = {
     "falcon_mamba": lambda **kw: tf.FalconMambaConfig(**{  # Mamba with RMS-normed steps, B and C
         "vocab_size": VOCAB, "hidden_size": 48, "num_hidden_layers": 3, "state_size": 8, "initializer_range": 0.2,
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kw}),
+    "jamba": lambda **kw: tf.JambaConfig(**{  # Jamba's layout, smaller: Mamba layers (96 channels, state 8) and
+        # attention every second layer, experts (4, 2 a token) every second layer from the first, gated MLPs between
+        "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2,
+        "attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 0,
+        "mamba_d_state": 8, "max_position_embeddings": 128, "initializer_range": 0.2, "pad_token_id": 0,
+        "bos_token_id": 1, "eos_token_id": 2, **kw}),
     # mixtures of experts: 4 experts, 2 per token (Qwen3-MoE: the second layer dense, top-k weights as they are)
     "mixtral": lambda **kw: tf.MixtralConfig(**{
         "vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 40, "num_hidden_layers": 2,
@@ -642,6 +649,7 @@ CLASSES = {
     ("granitemoehybrid", "causal_lm"): tf.GraniteMoeHybridForCausalLM, ("bamba", "causal_lm"): tf.BambaForCausalLM,
     ("nemotron_h", "causal_lm"): tf.NemotronHForCausalLM, ("mamba2", "causal_lm"): tf.Mamba2ForCausalLM,
     ("mamba", "causal_lm"): tf.MambaForCausalLM, ("falcon_mamba", "causal_lm"): tf.FalconMambaForCausalLM,
+    ("jamba", "causal_lm"): tf.JambaForCausalLM, ("jamba", "seq_cls"): tf.JambaForSequenceClassification,
     ("deepseek_v3", "causal_lm"): tf.DeepseekV3ForCausalLM,
     ("deepseek_v3", "seq_cls"): tf.DeepseekV3ForSequenceClassification,
     ("deepseek_v3", "token_cls"): tf.DeepseekV3ForTokenClassification,

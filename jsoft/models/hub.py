@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # each config.json model_type's module: every Llama-like family's (llama_config.MODEL_TYPES) jsoft.models.llama, but
 # those whose checkpoints name their weights otherwise (experts stored stacked: GPT-OSS, Llama 4, Mistral 4;
-# NanoChat's MLPs; Nemotron-H's `backbone` of `mixer`s), which have modules of their own
+# NanoChat's MLPs; Nemotron-H's `backbone` of `mixer`s; Jamba's `router`), which have modules of their own
 ARCHITECTURES = {**dict.fromkeys(llama_config.MODEL_TYPES, "jsoft.models.llama"),
                  "gpt2": "jsoft.models.gpt2", "bert": "jsoft.models.bert", "t5": "jsoft.models.t5",
                  "mt5": "jsoft.models.t5", "roberta": "jsoft.models.roberta", "xlm-roberta": "jsoft.models.roberta",
@@ -56,7 +56,8 @@ ARCHITECTURES = {**dict.fromkeys(llama_config.MODEL_TYPES, "jsoft.models.llama")
                  "biogpt": "jsoft.models.biogpt", "llama4_text": "jsoft.models.llama4",
                  "mistral4": "jsoft.models.mistral4", "nanochat": "jsoft.models.nanochat",
                  "nemotron_h": "jsoft.models.nemotron_h", "mamba2": "jsoft.models.nemotron_h",
-                 "mamba": "jsoft.models.nemotron_h", "falcon_mamba": "jsoft.models.nemotron_h"}
+                 "mamba": "jsoft.models.nemotron_h", "falcon_mamba": "jsoft.models.nemotron_h",
+                 "jamba": "jsoft.models.jamba"}
 TASKS = (None, "causal_lm", "seq2seq_lm", "seq_cls", "token_cls")
 # multimodal checkpoints whose language model jsoft runs alone (text in, as transformers' model given no image):
 # model_type -> how its checkpoints name the language model's tensors -> the text model's names (transformers 5

@@ -188,6 +188,7 @@ class Config(TransformerConfig):
     linear_activation: str | None = None  # Mamba's convolution's (None: `activation`; Nemotron-H: its own)
     linear_dt_rank: int = 0  # Mamba: the rank of its step sizes (`time_step_rank`)
     linear_bcdt_norm_eps: float | None = None  # FalconMamba: RMS norms without weights on the steps, B and C
+    linear_bcdt_norm_weights: bool = False  # Jamba: those norms with weights
     # Nemotron-H: each layer one block, per layer "mixer" (Mamba-2 or attention) or "ffn" (an MLP or experts); ():
     # every layer a mixer then a feed-forward block
     layer_blocks: tuple[str, ...] = ()

@@ -15,7 +15,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_
                "hunyuan_v1_dense", "hunyuan_v1_moe", "ministral3", "internlm3", "iquestcoder", "vaultgemma", "cwm",
                "apertus", "mistral4", "youtu", "minicpm3", "jais2",
                "nanochat", "qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "granitemoeshared", "granitemoehybrid",
-               "bamba", "nemotron_h", "mamba2", "mamba", "falcon_mamba")
+               "bamba", "nemotron_h", "mamba2", "mamba", "falcon_mamba", "jamba")
 
 
 def fields_from_hf(hf: dict) -> dict:
@@ -100,6 +100,7 @@ def fields_from_hf(hf: dict) -> dict:
         **(_linear_attention_fields(hf) if model_type in QWEN_HYBRIDS else {}),
         **(_mamba2_fields(hf) if model_type in MAMBA2_HYBRIDS else {}),
         **(_nemotron_h_fields(hf) if model_type in SINGLE_BLOCKS else {}),
+        **(_jamba_fields(hf) if model_type == "jamba" else {}),
     )
 
 
@@ -140,6 +141,8 @@ FAMILIES: dict[str, dict] = {
     **dict.fromkeys(("nemotron_h", "mamba2", "mamba", "falcon_mamba"), dict(norm_placement="single", gated_mlp=False,
                                                                             final_norm_name="norm_f")),
     "mixtral": dict(ffn_name="block_sparse_moe"),
+    # Mamba or attention, then `feed_forward` (an MLP or experts), Bamba's names
+    "jamba": dict(norm_placement="bamba", ffn_name="feed_forward", final_norm_name="final_layernorm"),
     **dict.fromkeys(("granitemoe", "granitemoeshared", "granitemoehybrid"), dict(moe_kind="granite",
                                                                                  ffn_name="block_sparse_moe")),
     "glm4_moe": dict(moe_kind="grouped_sigmoid"),  # use_qk_norm: qk_norm="head"
@@ -487,7 +490,7 @@ def nope_layers(hf: dict) -> tuple[bool, ...]:
         return nope if hf.get("sliding_window") and any(nope) else ()
     if hf.get("model_type") == "granitemoehybrid":  # RoPE only with position_embedding_type "rope"
         return () if hf.get("position_embedding_type") == "rope" else (True,) * hf["num_hidden_layers"]
-    if hf.get("model_type") in SINGLE_BLOCKS:  # Nemotron-H's attention has no positions
+    if hf.get("model_type") in (*SINGLE_BLOCKS, "jamba"):  # Nemotron-H's and Jamba's attention has no positions
         return (True,) * hf["num_hidden_layers"]
     if hf.get("model_type") not in ("smollm3", "llama4_text"):
         return ()
@@ -576,15 +579,39 @@ def _mamba_stack_as_nemotron_h(hf: dict) -> dict:
             "head_dim": d}
 
 
-def _mamba_shape(hf: dict) -> dict:
-    """A Mamba layer's shape in Config's linear-layer fields (jsoft.models.mamba.Mamba)."""
-    rank = hf.get("time_step_rank", "auto")
-    return dict(linear_kind="mamba", linear_value_heads=hf["intermediate_size"], linear_value_head_dim=1,
-                linear_key_heads=0, linear_key_head_dim=hf.get("state_size", 16),
-                linear_dt_rank=math.ceil(hf["hidden_size"] / 16) if rank == "auto" else int(rank),
-                linear_conv_kernel=hf.get("conv_kernel", 4), linear_conv_bias=bool(hf.get("use_conv_bias", True)),
-                linear_proj_bias=bool(hf.get("use_bias", False)),
-                linear_bcdt_norm_eps=hf.get("mixer_rms_eps", 1e-6) if hf["model_type"] == "falcon_mamba" else None)
+def _mamba_shape(channels: int, state: int, rank: int | str, hidden: int, conv: int, conv_bias: bool,
+                 proj_bias: bool, norm_eps: float | None = None, norm_weights: bool = False) -> dict:
+    """A Mamba layer's shape in Config's linear-layer fields (jsoft.models.mamba.Mamba); a step `rank` "auto" is
+    ceil(hidden / 16)."""
+    return dict(linear_kind="mamba", linear_value_heads=channels, linear_value_head_dim=1, linear_key_heads=0,
+                linear_key_head_dim=state, linear_dt_rank=math.ceil(hidden / 16) if rank == "auto" else int(rank),
+                linear_conv_kernel=conv, linear_conv_bias=bool(conv_bias), linear_proj_bias=bool(proj_bias),
+                linear_bcdt_norm_eps=norm_eps, linear_bcdt_norm_weights=norm_weights)
+
+
+def _jamba_fields(hf: dict) -> dict:
+    """Jamba's layers: attention where i % `attn_layer_period` == `attn_layer_offset`, Mamba elsewhere (its steps, B
+    and C RMS-normed with weights); experts (softmax top-k, not renormalised) where i % `expert_layer_period` ==
+    `expert_layer_offset` with more than one expert, a gated MLP elsewhere."""
+    n, d = hf["num_hidden_layers"], hf["hidden_size"]
+    periods = {k: hf.get(k, default) for k, default in (("attn_layer_period", 8), ("attn_layer_offset", 4),
+                                                         ("expert_layer_period", 2), ("expert_layer_offset", 1))}
+    for kind in ("attn", "expert"):
+        if not 0 <= periods[f"{kind}_layer_offset"] < periods[f"{kind}_layer_period"]:
+            raise ValueError(f"config.json {kind}_layer_offset={periods[f'{kind}_layer_offset']} must be below "
+                             f"{kind}_layer_period={periods[f'{kind}_layer_period']}")
+    experts = hf.get("num_experts", hf.get("num_local_experts", 16))
+    attention = tuple(i % periods["attn_layer_period"] == periods["attn_layer_offset"] for i in range(n))
+    sparse = tuple(experts > 1 and i % periods["expert_layer_period"] == periods["expert_layer_offset"]
+                   for i in range(n))
+    return dict(linear_layers=tuple(not a for a in attention),
+                **_mamba_shape(hf.get("mamba_expand", 2) * d, hf.get("mamba_d_state", 16),
+                               hf.get("mamba_dt_rank", "auto"), d, hf.get("mamba_d_conv", 4),
+                               hf.get("mamba_conv_bias", True), hf.get("mamba_proj_bias", False),
+                               hf.get("rms_norm_eps", 1e-6), norm_weights=True),
+                num_experts=experts if any(sparse) else 0, experts_per_token=hf.get("num_experts_per_tok", 2),
+                moe_layers=sparse if any(sparse) else (), moe_intermediate_size=hf["intermediate_size"],
+                norm_topk_prob=False)
 
 
 def _nemotron_h_as_llama(hf: dict) -> dict:
@@ -620,7 +647,11 @@ def _nemotron_h_fields(hf: dict) -> dict:
     return dict(layer_blocks=tuple("mixer" if k.endswith("attention") else "ffn" for k in kinds),
                 linear_activation=hf.get("mamba_hidden_act", "silu"),
                 linear_layers=tuple(k == "linear_attention" for k in kinds),
-                **(_mamba_shape(hf) if hf["model_type"] in MAMBA_STACKS else _mamba2_shape(
+                **(_mamba_shape(hf["intermediate_size"], hf.get("state_size", 16), hf.get("time_step_rank", "auto"),
+                                hf["hidden_size"], hf.get("conv_kernel", 4), hf.get("use_conv_bias", True),
+                                hf.get("use_bias", False), hf.get("mixer_rms_eps", 1e-6)
+                                if hf["model_type"] == "falcon_mamba" else None)
+                   if hf["model_type"] in MAMBA_STACKS else _mamba2_shape(
                     hf.get("mamba_num_heads", 128), hf.get("mamba_head_dim", 64),
                     hf.get("n_groups", hf.get("mamba_n_groups", 8)), hf.get("ssm_state_size", 128),
                     hf.get("conv_kernel", hf.get("mamba_d_conv", 4)),

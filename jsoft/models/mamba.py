@@ -1,12 +1,14 @@
-"""Mamba (Gu & Dao 2023, selective state spaces), the layers of Mamba and FalconMamba stacks, as transformers computes
-them (MambaMixer, FalconMambaMixer, with their torch fallbacks of the mamba_ssm kernels).
+"""Mamba (Gu & Dao 2023, selective state spaces), the layers of Mamba and FalconMamba stacks and of Jamba, as
+transformers computes them (MambaMixer, FalconMambaMixer, JambaMambaMixer, with their torch fallbacks of the mamba_ssm
+kernels).
 
 A layer projects each token to x and a gate z (`in_proj`), passes x through a depthwise causal convolution (with a
 bias) and the activation, and reads from it a low-rank step (`x_proj`'s first `time_step_rank` outputs, widened by
 `dt_proj`, whose bias is added before the softplus) and B, C `[N]` that every channel shares (FalconMamba RMS-normalises
-the step, B and C without weights first). Channel d keeps a memory `h [N]` that decays by exp(dt_d A_d) (A =
--exp(A_log), `[D, N]`: unlike Mamba-2's, a rate per state entry) and takes in dt_d B x_d; it reads C.h, plus D x; times
-SiLU(z), then `out_proj`. Padding tokens enter as zeros (before the projection and after the convolution).
+the step, B and C without weights first; Jamba with weights: `dt_layernorm`, `b_layernorm`, `c_layernorm`). Channel d
+keeps a memory `h [N]` that decays by exp(dt_d A_d) (A = -exp(A_log), `[D, N]`: unlike Mamba-2's, a rate per state
+entry) and takes in dt_d B x_d; it reads C.h, plus D x; times SiLU(z), then `out_proj`. Padding tokens enter as zeros
+(before the projection and after the convolution).
 
 The recurrence runs token by token over the pass (`selective_scan`, fp32, the memory carried in a scan), a decoding step
 once. The memory is kept `[B, D, N, 1]`: Mamba-2's `[B, H, N, P]` with a head a channel of width 1, so both share
@@ -20,7 +22,7 @@ from flax import nnx
 
 from jsoft.models import ops
 from jsoft.models.gated_deltanet import DepthwiseConv
-from jsoft.models.layers import KVCache, Precision, RecurrentState, activation, axes, dense, query_tokens
+from jsoft.models.layers import KVCache, Precision, RecurrentState, RMSNorm, activation, axes, dense, query_tokens
 
 Array = jax.Array
 
@@ -44,7 +46,8 @@ def selective_scan(x: Array, dt: Array, a: Array, b: Array, c: Array, memory: Ar
 class Mamba(nnx.Module):
     """A Mamba layer under transformers' module names (`mixer.in_proj`, `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`,
     `out_proj`). Its shape, in `Config`'s linear-layer fields: channels `linear_value_heads` (D), state
-    `linear_key_head_dim` (N), step rank `linear_dt_rank`; `linear_bcdt_norm_eps` FalconMamba's norms."""
+    `linear_key_head_dim` (N), step rank `linear_dt_rank`; `linear_bcdt_norm_eps` FalconMamba's norms (Jamba's, with
+    weights, under `linear_bcdt_norm_weights`)."""
 
     def __init__(self, c, p: Precision, rngs: nnx.Rngs):
         self.c, self.dtype = c, p.dtype
@@ -58,6 +61,10 @@ class Mamba(nnx.Module):
         self.D = nnx.Param(jnp.ones((D,), p.param_dtype), **axes("mlp"))
         self.out_proj = dense(D, d, ("mlp", "embed"), p, bias=c.linear_proj_bias, rngs=rngs)
         self.act = activation(c.linear_activation or c.activation)
+        if c.linear_bcdt_norm_weights:  # Jamba
+            eps = c.linear_bcdt_norm_eps
+            self.dt_layernorm, self.b_layernorm, self.c_layernorm = (
+                RMSNorm(width, eps, p, names=(None,)) for width in (R, N, N))
 
     def __call__(self, x, mask, rope, *, layer, cache: KVCache | None, prefix_kv, prefix_mask, drop):
         c = self.c
@@ -70,7 +77,9 @@ class Mamba(nnx.Module):
         xs, conv_after = self.conv1d(xs, conv_before)
         xs = self.act(xs).astype(x.dtype) * real  # padding zeroed again
         step, b, cs = jnp.split(self.x_proj(xs), [R, R + N], axis=-1)
-        if c.linear_bcdt_norm_eps is not None:  # FalconMamba
+        if c.linear_bcdt_norm_weights:  # Jamba
+            step, b, cs = self.dt_layernorm(step), self.b_layernorm(b), self.c_layernorm(cs)
+        elif c.linear_bcdt_norm_eps is not None:  # FalconMamba
             step, b, cs = (ops.rms_norm(t, jnp.ones((), jnp.float32), c.linear_bcdt_norm_eps).astype(t.dtype)
                            for t in (step, b, cs))
         dt = jax.nn.softplus(self.dt_proj(step).astype(jnp.float32))

@@ -6,6 +6,7 @@ import shutil
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jsoft
 from jsoft.models import llama
@@ -65,3 +66,16 @@ def test_mamba_config_reads_its_shape():
     falcon = json.loads(tiny.CONFIGS["falcon_mamba"](mixer_rms_eps=1e-4, time_step_rank=7).to_json_string())
     assert (llama.Config.from_hf(falcon).linear_bcdt_norm_eps, llama.Config.from_hf(falcon).linear_dt_rank) == (1e-4, 7)
     assert "mamba's Mamba layers keep a recurrent state" in llama.Config.from_hf(hf).no_prefix_reason
+
+
+def test_jamba_config_reads_its_layer_periods():
+    """Jamba: attention where i % attn_layer_period == attn_layer_offset, experts where i % expert_layer_period ==
+    expert_layer_offset (none with one expert); Mamba's steps, B and C normed with weights at rms_norm_eps."""
+    hf = json.loads(tiny.CONFIGS["jamba"]().to_json_string())
+    c = llama.Config.from_hf(hf)
+    assert (c.linear_layers, c.moe_layers, c.nope_layers) == ((True, False) * 2, (True, False) * 2, (True,) * 4)
+    assert (c.linear_kind, c.linear_value_heads, c.linear_dt_rank, c.linear_bcdt_norm_weights, c.norm_topk_prob) == (
+        "mamba", 96, 3, True, False)
+    assert llama.Config.from_hf(hf | dict(num_experts=1)).moe_layers == ()
+    with pytest.raises(ValueError, match="attn_layer_offset=2 must be below attn_layer_period=2"):
+        llama.Config.from_hf(hf | dict(attn_layer_offset=2))

@@ -168,6 +168,9 @@ CONFIG_VARIANTS = [  # (kind, task, config overrides): options real checkpoints 
     # a pure Mamba-2 stack: the LM head tied, projection biases, one group, its chunked steps clamped to
     # time_step_limit
     ("mamba2", "causal_lm", dict(tie_word_embeddings=True, use_bias=True, n_groups=1, time_step_limit=(0.3, 1.5))),
+    # Jamba without experts, attention first, Mamba with projection biases, no convolution bias, its own step rank
+    ("jamba", "causal_lm", dict(num_experts=1, attn_layer_offset=0, mamba_dt_rank=5, mamba_proj_bias=True,
+                                mamba_conv_bias=False)),
     # Mamba with projection biases, no convolution bias, its own step rank, an untied LM head
     ("mamba", "causal_lm", dict(use_bias=True, use_conv_bias=False, time_step_rank=5, tie_word_embeddings=False)),
     # one group (no group limit), weights as scored, no query / key norms, every layer sparse, no shared expert

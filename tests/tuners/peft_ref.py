@@ -66,7 +66,8 @@ MATRIX = [("gpt2", "causal_lm"), ("gpt2", "seq_cls"), ("gpt2", "token_cls"), ("l
           ("jais2", "causal_lm"), ("nanochat", "causal_lm"), ("qwen3_5_text", "causal_lm"),
           ("qwen3_next", "causal_lm"), ("qwen3_next", "seq_cls"), ("qwen3_5_moe_text", "causal_lm"),
           ("qwen3_5", "causal_lm"), ("qwen3_5", "token_cls"), ("nemotron_h", "causal_lm"),
-          ("mamba2", "causal_lm"), ("mamba", "causal_lm"), ("falcon_mamba", "causal_lm")]
+          ("mamba2", "causal_lm"), ("mamba", "causal_lm"), ("falcon_mamba", "causal_lm"),
+          ("jamba", "causal_lm"), ("jamba", "seq_cls")]
 # transformers' model takes no past_key_values, so PEFT runs only embedding prompts on it (prefixes are jsoft's)
 NO_PEFT_PREFIX = ("deberta", "deberta-v2", "distilbert", "modernbert", "mpnet", "albert")
 # multi-query attention without a `num_key_value_heads` in config.json: PEFT derives a prefix with a key per head,
@@ -80,7 +81,7 @@ MAMBA_STACKS = ("mamba2", "mamba", "falcon_mamba")
 # Gated DeltaNet layers (linear attention) and Mamba-2's, which keep a recurrent state instead of keys and values.
 # Their chunked fp32 sums depend on where a row's tokens fall in the chunks, so padding moves outputs by ~1e-5 relative
 LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5", "granitemoehybrid", "bamba",
-                    "nemotron_h", *MAMBA_STACKS)
+                    "nemotron_h", *MAMBA_STACKS, "jamba")
 NO_PREFIX = ("deepseek_v3", "glm4_moe_lite", "deepseek_v2", "mistral4", "youtu", "minicpm3", *LINEAR_ATTENTION)
 
 
