@@ -10,8 +10,8 @@ GraniteMoeShared, GLM-4.5, dots.llm1 and DeepSeek-V3 / R1 (jsoft.models.moe; GPT
 head to every attention softmax, and its checkpoints are read by jsoft.models.gpt_oss; DeepSeek-V3 attends through
 compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose "linear_attention" layers are
 Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate, and Granite 4.0-H and
-Bamba, whose "mamba" layers are Mamba-2 (jsoft.models.mamba2), and Nemotron-H and the pure Mamba-2 stacks
-(Mamba-Codestral), each of whose layers holds one block (`Config.layer_blocks`: Mamba-2, attention, an MLP or experts;
+Bamba, whose "mamba" layers are Mamba-2 (jsoft.models.mamba2), Jamba, whose are Mamba (jsoft.models.mamba), and
+Nemotron-H and the stacks of Mamba-2 (Mamba-Codestral) or Mamba layers only, each of whose layers holds one block (`Config.layer_blocks`: Mamba-2, attention, an MLP or experts;
 jsoft.models.nemotron_h names them). How each family's config.json maps to `Config`: jsoft.models.llama_config; RoPE:
 jsoft.models.rotary.
 
