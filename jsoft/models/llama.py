@@ -11,9 +11,9 @@ head to every attention softmax, and its checkpoints are read by jsoft.models.gp
 compressed latents, `LatentAttention`), and the hybrids Qwen3-Next / Qwen3.5, whose "linear_attention" layers are
 Gated DeltaNet (jsoft.models.gated_deltanet) beside attention with a sigmoid output gate, and Granite 4.0-H and
 Bamba, whose "mamba" layers are Mamba-2 (jsoft.models.mamba2), Jamba, whose are Mamba (jsoft.models.mamba), and
-Nemotron-H and the stacks of Mamba-2 (Mamba-Codestral) or Mamba layers only, each of whose layers holds one block (`Config.layer_blocks`: Mamba-2, attention, an MLP or experts;
-jsoft.models.nemotron_h names them). How each family's config.json maps to `Config`: jsoft.models.llama_config; RoPE:
-jsoft.models.rotary.
+Nemotron-H and the stacks of Mamba-2 (Mamba-Codestral) or Mamba layers only, each of whose layers holds one block
+(`Config.layer_blocks`: Mamba-2 or Mamba, attention, an MLP or experts; jsoft.models.nemotron_h names them). How each
+family's config.json maps to `Config`: jsoft.models.llama_config; RoPE: jsoft.models.rotary.
 
 Module tree mirrors transformers' (`model.layers.0.self_attn.q_proj`, `lm_head`, `score`) so
 checkpoint names map one to one; every weight is a torch nn.Linear (`[out, in]`), hence transposed."""
