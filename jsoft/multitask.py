@@ -27,7 +27,7 @@ import dataclasses
 import json
 import threading
 from collections.abc import Sequence
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
 
 import flax.struct
@@ -193,8 +193,10 @@ class MultiTaskModel:
         self._tables = self._empty_tables()
         self._graphdef, self._state = nnx.split(self.base)
         self._kv_of_prompt = jax.jit(partial(_kv_of_prompt, self._graphdef))
-        self._forward = jax.jit(partial(_forward, self._graphdef, self.decoder_only))
-        self._generate = jax.jit(partial(_generate, self._graphdef, self.decoder_only), static_argnames="cfg")
+        self._traces = 0  # of _forward and _generate: a jitted function traces once per program it compiles
+        self._forward = jax.jit(self._counted(partial(_forward, self._graphdef, self.decoder_only)))
+        self._generate = jax.jit(self._counted(partial(_generate, self._graphdef, self.decoder_only)),
+                                 static_argnames="cfg")
         self.stats = {"model_calls": 0, "rows": 0, "padded_rows": 0, "rows_per_call": {}}
         self.shapes: set[tuple] = set()
 
@@ -421,7 +423,17 @@ class MultiTaskModel:
         return [new[b, :n] for b, n in enumerate(max_new_tokens)]
 
     def compiled_programs(self) -> int:
-        return self._forward._cache_size() + self._generate._cache_size()
+        """The programs compiled for forward passes and generation: their traces (jit's own cache sizes undercount,
+        as its cache is one process-wide LRU whose entries other functions evict)."""
+        return self._traces
+
+    def _counted(self, fn):
+        """fn, counting its calls (under jit: its traces) in `_traces`."""
+        @wraps(fn)
+        def counted(*args, **kwargs):
+            self._traces += 1
+            return fn(*args, **kwargs)
+        return counted
 
 
 # --------------------------------------------------------------------------- compiled functions
