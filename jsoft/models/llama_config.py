@@ -642,21 +642,12 @@ def _nemotron_h_fields(hf: dict) -> dict:
     steps clamped below at `time_step_min`, as transformers' NemotronHMamba2Mixer fixes its limit), attention
     without positions ("full_attention"), a ReLU² MLP ("mlp") or DeepSeek-V3's router over ungated experts beside
     a shared MLP ("moe"; the experts in `moe_latent_size` wide where it is set). A Mamba-2 stack's: Mamba-2 layers;
-    a Mamba or FalconMamba stack's: Mamba layers (`_mamba_shape`)."""
+    a Mamba or FalconMamba stack's: Mamba layers (`_single_block_mixer_shape`)."""
     kinds = hf["layers_block_type"]
     return dict(layer_blocks=tuple("mixer" if k.endswith("attention") else "ffn" for k in kinds),
                 linear_activation=hf.get("mamba_hidden_act", "silu"),
                 linear_layers=tuple(k == "linear_attention" for k in kinds),
-                **(_mamba_shape(hf["intermediate_size"], hf.get("state_size", 16), hf.get("time_step_rank", "auto"),
-                                hf["hidden_size"], hf.get("conv_kernel", 4), hf.get("use_conv_bias", True),
-                                hf.get("use_bias", False), hf.get("mixer_rms_eps", 1e-6)
-                                if hf["model_type"] == "falcon_mamba" else None)
-                   if hf["model_type"] in MAMBA_STACKS else _mamba2_shape(
-                    hf.get("mamba_num_heads", 128), hf.get("mamba_head_dim", 64),
-                    hf.get("n_groups", hf.get("mamba_n_groups", 8)), hf.get("ssm_state_size", 128),
-                    hf.get("conv_kernel", hf.get("mamba_d_conv", 4)),
-                    hf.get("use_conv_bias", hf.get("mamba_conv_bias", True)), hf.get("use_bias", False),
-                    _single_block_dt_limit(hf), ("mamba_num_heads", "n_groups"))),
+                **_single_block_mixer_shape(hf),
                 moe_kind="grouped_sigmoid", num_experts=hf.get("n_routed_experts", 8),
                 experts_per_token=hf.get("num_experts_per_tok", 2), moe_layers=tuple(k == "moe" for k in kinds),
                 moe_intermediate_size=hf.get("moe_intermediate_size", 7688),
@@ -667,12 +658,23 @@ def _nemotron_h_fields(hf: dict) -> dict:
                 moe_latent_size=hf.get("moe_latent_size") or 0)
 
 
-def _single_block_dt_limit(hf: dict) -> tuple[float, float]:
-    """The chunked scan's step-size clamp: Mamba2Config's `time_step_limit`; NemotronHMamba2Mixer fixes it at
-    (`time_step_min`, inf)."""
+def _single_block_mixer_shape(hf: dict) -> dict:
+    """The recurrent layers' shape in a one-block-a-layer stack: Mamba's (Mamba, FalconMamba) or Mamba-2's, whose
+    chunked steps Mamba2Config clamps to `time_step_limit` and NemotronHMamba2Mixer to (`time_step_min`, inf)."""
+    if hf["model_type"] in MAMBA_STACKS:
+        return _mamba_shape(hf["intermediate_size"], hf.get("state_size", 16), hf.get("time_step_rank", "auto"),
+                            hf["hidden_size"], hf.get("conv_kernel", 4), hf.get("use_conv_bias", True),
+                            hf.get("use_bias", False),
+                            hf.get("mixer_rms_eps", 1e-6) if hf["model_type"] == "falcon_mamba" else None)
     if hf["model_type"] == "mamba2":
-        return tuple(map(_json_float, hf.get("time_step_limit") or (0.0, math.inf)))
-    return _json_float(hf.get("time_step_min", hf.get("mamba_dt_min", 0.001))), math.inf
+        dt_limit = tuple(map(_json_float, hf.get("time_step_limit") or (0.0, math.inf)))
+    else:
+        dt_limit = _json_float(hf.get("time_step_min", hf.get("mamba_dt_min", 0.001))), math.inf
+    return _mamba2_shape(hf.get("mamba_num_heads", 128), hf.get("mamba_head_dim", 64),
+                         hf.get("n_groups", hf.get("mamba_n_groups", 8)), hf.get("ssm_state_size", 128),
+                         hf.get("conv_kernel", hf.get("mamba_d_conv", 4)),
+                         hf.get("use_conv_bias", hf.get("mamba_conv_bias", True)), hf.get("use_bias", False),
+                         dt_limit, ("mamba_num_heads", "n_groups"))
 
 
 def _json_float(value) -> float:
