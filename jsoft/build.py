@@ -24,7 +24,7 @@ from ml_collections.config_dict import placeholder
 import jsoft
 from jsoft import data, optim, sharding
 from jsoft.models import hub
-from jsoft.models.layers import Precision
+from jsoft.models.layers import Precision, param_rngs
 from jsoft.tuners.config import CONFIG_CLASSES, TASK_OF, PeftType, PromptTuningInit, _enum
 
 PEFT_TASK_TYPES = {v: k.value for k, v in TASK_OF.items()}  # "seq_cls" -> "SEQ_CLS"
@@ -282,7 +282,7 @@ def random_backbone(name_or_path, task, num_labels, dtype, param_dtype, seed: in
     c.name_or_path = str(name_or_path)
     dtype = hub.as_dtype(dtype)
     precision = Precision(dtype=dtype, param_dtype=hub.as_dtype(param_dtype) or dtype)
-    return arch.build(c, task, num_labels, precision, nnx.Rngs(params=seed))
+    return arch.build(c, task, num_labels, precision, param_rngs(seed))
 
 
 def build_model(config, tokenizer, feat: data.Featurizer) -> jsoft.PeftModel:

@@ -55,7 +55,7 @@ import jsoft  # noqa: E402
 from jsoft import build, optim, sharding  # noqa: E402
 from jsoft import train as jtrain  # noqa: E402
 from jsoft.models import llama, t5  # noqa: E402
-from jsoft.models.layers import Precision  # noqa: E402
+from jsoft.models.layers import Precision, param_rngs  # noqa: E402
 
 GiB = 1024 ** 3
 
@@ -106,7 +106,7 @@ def abstract_peft_model(model: str, method: str, n_layers: int | None, dtype, pa
     p = Precision(dtype=dtype, param_dtype=param_dtype)
 
     def make():
-        return jsoft.get_peft_model(arch.build(cfg, task, None, p, nnx.Rngs(0)), METHODS[method](task))
+        return jsoft.get_peft_model(arch.build(cfg, task, None, p, param_rngs(0)), METHODS[method](task))
 
     pm = nnx.eval_shape(make)
     if remat:

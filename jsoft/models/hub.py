@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jsoft.models import llama_config
-from jsoft.models.layers import Fp32Buffer, Fp32Param, Precision
+from jsoft.models.layers import Fp32Buffer, Fp32Param, Precision, param_rngs
 
 log = logging.getLogger(__name__)
 
@@ -486,7 +486,7 @@ def from_pretrained(name_or_path, task: str | None = None, num_labels: int | Non
     ckpt = Checkpoint(model_dir, LANGUAGE_MODELS.get(hf.get("multimodal_type")))
 
     def build(key):
-        return arch.build(config, task, num_labels, precision, nnx.Rngs(params=key))
+        return arch.build(config, task, num_labels, precision, param_rngs(key))
 
     def init_fn(paths):
         def init(key):  # XLA drops every initialiser whose parameter is not returned

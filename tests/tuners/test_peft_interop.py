@@ -16,22 +16,22 @@ PEFT_MADE = [(kind, task, method) for kind, task, method in CASES
 
 
 @pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
-def test_jsoft_adapter_loads_in_peft(tiny_dir, tmp_path, kind, task, method):
-    model_dir = tiny_dir(kind, task)
-    config, _ = peft_ref.configs(method, task, kind)
-    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
-    assert pm.save_pretrained(tmp_path / "adapter") == "peft"
-    ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "adapter").eval()
-    inputs = peft_ref.batch(kind)
-    peft_ref.compare(peft_ref.jsoft_logits(pm, inputs), peft_ref.peft_logits(ref, inputs), task, inputs,
-                     config.num_virtual_tokens)
+def test_jsoft_adapter_loads_in_peft_with_the_same_logits_and_loss(tiny_dir, tmp_path, kind, task, method):
+    """PEFT runs the adapter jsoft saves with jsoft's logits, and the training loss from `labels` equals PEFT's,
+    virtual-token label padding included (causal LM computes its loss from its own LM head on the predicting
+    positions only)."""
+    _assert_logits_and_loss_match_peft(tiny_dir(kind, task), tmp_path, kind, task, method)
 
 
 @pytest.mark.parametrize("kind,task,method", PEFT_MADE, ids=lambda x: str(x))
-def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
+def test_peft_adapter_loads_in_jsoft_and_trainable_counts_match(tiny_dir, tmp_path, kind, task, method):
+    """jsoft runs the adapter PEFT saves with PEFT's logits; the same config trains as many parameters in jsoft as
+    in PEFT, of as many in all."""
     model_dir = tiny_dir(kind, task)
     jconfig, pconfig = peft_ref.configs(method, task, kind)
     ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
+    made = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig)
+    assert made.get_nb_trainable_parameters() == ref.get_nb_trainable_parameters()
     ref.save_pretrained(tmp_path / "adapter")
     ref.eval()
     pm = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model_dir, task=task, num_labels=3),
@@ -41,15 +41,6 @@ def test_peft_adapter_loads_in_jsoft(tiny_dir, tmp_path, kind, task, method):
     want = peft_ref.peft_logits(peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir),
                                                                 tmp_path / "adapter").eval(), inputs)
     peft_ref.compare(got, want, task, inputs, jconfig.num_virtual_tokens)
-
-
-@pytest.mark.parametrize("kind,task,method", PEFT_MADE, ids=lambda x: str(x))
-def test_trainable_parameter_counts_match_peft(tiny_dir, kind, task, method):
-    model_dir = tiny_dir(kind, task)
-    jconfig, pconfig = peft_ref.configs(method, task, kind)
-    ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
-    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig)
-    assert pm.get_nb_trainable_parameters() == ref.get_nb_trainable_parameters()
 
 
 TRAINED = [("gpt2", "causal_lm", "ptuning_lstm"), ("gpt2", "causal_lm", "prefix_proj"), ("bert", "seq_cls", "prefix"),
@@ -89,31 +80,27 @@ def _labels(kind, task, inputs):
     return np.array([0, 2, 1])
 
 
-@pytest.mark.parametrize("kind,task,method", CASES, ids=lambda x: str(x))
-def test_loss_matches_peft(tiny_dir, tmp_path, kind, task, method):
-    """The training loss from `labels` equals PEFT's, virtual-token label padding included (causal LM
-    computes its loss from its own LM head on the predicting positions only)."""
-    _assert_loss_matches_peft(tiny_dir(kind, task), tmp_path, kind, task, method)
-
-
 HEAD_VARIANTS = [("gpt2", dict(tie_word_embeddings=False)), ("llama", dict(tie_word_embeddings=True, head_dim=16))]
 
 
 @pytest.mark.parametrize("kind,overrides", HEAD_VARIANTS, ids=lambda x: str(x))
 @pytest.mark.parametrize("method", ["prompt", "prefix_proj", "ptuning_lstm"])
-def test_loss_matches_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, overrides, method):
-    """Untied GPT-2 and tied Llama heads: the causal LM loss from jsoft's own head equals PEFT's."""
-    _assert_loss_matches_peft(tiny_dir(kind, "causal_lm", **overrides), tmp_path, kind, "causal_lm", method)
+def test_logits_and_loss_match_peft_with_the_other_lm_head(tiny_dir, tmp_path, kind, overrides, method):
+    """Untied GPT-2 and tied Llama heads: the causal LM logits and loss from jsoft's own head equal PEFT's."""
+    _assert_logits_and_loss_match_peft(tiny_dir(kind, "causal_lm", **overrides), tmp_path, kind, "causal_lm",
+                                       method)
 
 
-def _assert_loss_matches_peft(model_dir, tmp_path, kind, task, method):
+def _assert_logits_and_loss_match_peft(model_dir, tmp_path, kind, task, method):
     import torch
 
     config, _ = peft_ref.configs(method, task, kind)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), config, seed=1)
-    pm.save_pretrained(tmp_path / "adapter")
+    assert pm.save_pretrained(tmp_path / "adapter") == "peft"
     ref = peft.PeftModel.from_pretrained(peft_ref.hf_base(kind, task, model_dir), tmp_path / "adapter").eval()
     inputs = peft_ref.batch(kind)
+    peft_ref.compare(peft_ref.jsoft_logits(pm, inputs), peft_ref.peft_logits(ref, inputs), task, inputs,
+                     config.num_virtual_tokens)
     labels = _labels(kind, task, inputs)
     got = float(pm(**inputs, labels=labels).loss)
     with torch.no_grad():
