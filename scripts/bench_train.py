@@ -20,6 +20,8 @@ by both):
   granite4-prompt Granite-4.0-H-shaped causal LM (12 x 1024: 9 Mamba-2 layers of 32 heads x 64, state 128, and 3
                  attention without RoPE; a 2816-wide shared MLP; vocab 32000), prompt tuning (PEFT runs
                  transformers' torch fallback of the mamba_ssm kernels)
+  mamba-prompt   Mamba-130m-shaped causal LM (24 Mamba layers of 1536 channels, state 16, step rank 48; vocab
+                 50280), prompt tuning (PEFT runs transformers' torch fallback, token by token)
 batch 8 x 128 tokens, 20 virtual tokens, AdamW (lr 1e-3). Each (case, framework) runs in its own subprocess,
 which reports its peak memory: RSS (VmHWM) on CPU, the device allocator's peak on a GPU. jsoft's compile
 time is measured separately (AOT lower + compile); the timed steps start after `--warmup` steps in both.
@@ -54,8 +56,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CASES = ("gpt2-prompt", "gpt2-prefix", "gpt2-ptuning", "bert-ptv2", "gpt2-verbalizer", "gpt2m-prompt",
-         "deberta-prompt", "qwen35-prompt", "granite4-prompt")
-CAUSAL = ("gpt2", "gpt2m", "qwen35", "granite4")  # the causal LM families
+         "deberta-prompt", "qwen35-prompt", "granite4-prompt", "mamba-prompt")
+CAUSAL = ("gpt2", "gpt2m", "qwen35", "granite4", "mamba")  # the causal LM families
 CPU_CASES = CASES[:5]
 VT = 20
 LR = 1e-3
@@ -71,6 +73,8 @@ def model_flops(case: str, cfg: dict, batch: int, length: int) -> float:
         return _hybrid_flops(cfg, batch, length)
     if case.startswith("granite4"):
         return _mamba_hybrid_flops(cfg, batch, length)
+    if case.startswith("mamba"):
+        return _mamba_flops(cfg, batch, length)
     if case.startswith("gpt2"):  # gpt2 or gpt2m
         d, n_layer, ff, vocab = cfg["n_embd"], cfg["n_layer"], cfg.get("n_inner") or 4 * cfg["n_embd"], cfg[
             "vocab_size"]
@@ -147,6 +151,16 @@ def _mamba_hybrid_flops(cfg: dict, batch: int, length: int) -> float:
     fwd = 2 * tokens * (n_mamba * mamba + n_att * attention + len(kinds) * 3 * d * ff)
     fwd += n_att * 4 * d * s * s * batch
     fwd += n_mamba * 2 * tokens * heads * (chunk * state + chunk * head_dim + 2 * state * head_dim)
+    return 3.0 * (fwd + 2 * vocab * d * batch * length)
+
+
+def _mamba_flops(cfg: dict, batch: int, length: int) -> float:
+    """Mamba with a prompt in front: every layer's matmuls (in_proj, x_proj, dt_proj, out_proj) and the selective
+    scan's read of its state (C.h: 2 D N per token; the decay and the input are elementwise), all 3 x forward."""
+    d, vocab, layers = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    D, N, R = cfg["intermediate_size"], cfg["state_size"], cfg["time_step_rank"]
+    tokens = batch * (length + VT)
+    fwd = 2 * tokens * layers * (d * 2 * D + D * (R + 2 * N) + R * D + D * d + D * N)
     return 3.0 * (fwd + 2 * vocab * d * batch * length)
 
 
@@ -294,6 +308,8 @@ def worker_torch(case, model_dir, batch, length, steps, warmup, device, dtype):
                                                              encoder_hidden_size=768),
             "ptv2": lambda: peft.PrefixTuningConfig(task_type=tt, num_virtual_tokens=VT,
                                                          prefix_projection=False)}[_config_kind(case)]()
+    if _family(case) == "mamba":  # MambaConfig names no attention heads, which PEFT asks for (a prompt needs none)
+        pcfg.num_attention_heads = 1
     kw = {"dtype": getattr(torch, dtype)}
     if task == "causal_lm":
         model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, **kw)
@@ -352,10 +368,13 @@ def make_models(d: str, families: set) -> dict:
                    vocab_size=32000, hidden_size=1024, num_hidden_layers=12, num_attention_heads=8,
                    num_key_value_heads=2, num_local_experts=0, shared_intermediate_size=2816,
                    layer_types=["attention" if (i + 1) % 4 == 0 else "mamba" for i in range(12)],
-                   position_embedding_type="nope", mamba_n_heads=32, mamba_n_groups=1, mamba_d_state=128)}
+                   position_embedding_type="nope", mamba_n_heads=32, mamba_n_groups=1, mamba_d_state=128),
+               "mamba": transformers.MambaConfig(vocab_size=50280, hidden_size=768, num_hidden_layers=24,
+                                                 state_size=16, expand=2)}
     classes = {"bert": transformers.BertForSequenceClassification,
                "deberta": transformers.DebertaV2ForSequenceClassification,
-               "qwen35": transformers.Qwen3_5ForCausalLM, "granite4": transformers.GraniteMoeHybridForCausalLM}
+               "qwen35": transformers.Qwen3_5ForCausalLM, "granite4": transformers.GraniteMoeHybridForCausalLM,
+               "mamba": transformers.MambaForCausalLM}
     for fam in families:
         classes.get(fam, transformers.GPT2LMHeadModel)(configs[fam]).save_pretrained(os.path.join(d, fam))
     return {fam: configs[fam].to_dict() for fam in families}
