@@ -30,17 +30,69 @@ Array = jax.Array
 def selective_scan(x: Array, dt: Array, a: Array, b: Array, c: Array, memory: Array | None) -> tuple[Array, Array]:
     """`h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t`, `y_t = h_t C_t` per channel, over T tokens: x, dt `[B, T, D]`,
     a `[D, N]`, b, c `[B, T, N]`, all fp32; memory `[B, D, N]` before the first token (None: zeros). Returns y
-    `[B, T, D]` and the memory after the last token."""
+    `[B, T, D]` and the memory after the last token.
+
+    The memory runs channels-minor (`[B, N, D]`: a token's update is elementwise over contiguous channels, the read
+    `C.h` a sum of N rows), and its gradient is written out (`_scan`'s reverse recurrence) rather than derived from
+    the scan: on this CPU a layer's forward and backward pass at Mamba-130m's width (8 x 148 tokens) took 1.7x less
+    time than JAX's transpose of the scan, which also kept more than the states for the backward pass."""
     if memory is None:
         memory = jnp.zeros((x.shape[0], *a.shape), jnp.float32)
+    y, memory = _scan(x, dt, a.T, b, c, jnp.swapaxes(memory, 1, 2))
+    return y, jnp.swapaxes(memory, 1, 2)
 
+
+def _tokens_major(*ts: Array) -> tuple[Array, ...]:
+    return tuple(jnp.swapaxes(t, 0, 1) for t in ts)
+
+
+def _scan_forward(x, dt, a, b, c, h):
+    """The recurrence in `[B, N, D]` (a `[N, D]`): y `[B, T, D]`, the last memory, and each token's memory before it
+    `[T, B, N, D]` (what the backward pass reads)."""
     def step(h, inputs):
         x, dt, b, c = inputs
-        h = jnp.exp(dt[..., None] * a) * h + (dt * x)[..., None] * b[:, None, :]
-        return h, jnp.einsum("bdn,bn->bd", h, c, precision=jax.lax.Precision.HIGHEST)
+        after = jnp.exp(dt[:, None, :] * a) * h + (dt * x)[:, None, :] * b[..., None]
+        return after, ((after * c[..., None]).sum(1), h)
 
-    memory, y = jax.lax.scan(step, memory, tuple(jnp.swapaxes(t, 0, 1) for t in (x, dt, b, c)))
-    return jnp.swapaxes(y, 0, 1), memory
+    h, (y, before) = jax.lax.scan(step, h, _tokens_major(x, dt, b, c))
+    return jnp.swapaxes(y, 0, 1), h, before
+
+
+@jax.custom_vjp
+def _scan(x, dt, a, b, c, h):
+    y, h, _ = _scan_forward(x, dt, a, b, c, h)
+    return y, h
+
+
+def _scan_fwd(x, dt, a, b, c, h):
+    y, last, before = _scan_forward(x, dt, a, b, c, h)
+    return (y, last), (x, dt, a, b, c, before)
+
+
+def _scan_bwd(residuals, grads):
+    """Backward through the tokens: the gradient reaching h_t is the next token's, decayed (exp(dt_{t+1} A)), plus
+    y_t's (`gy_t C_t`); from it, and the memory before the token, follow the gradients of that token's x, dt, B, C and
+    of A (summed over tokens)."""
+    x, dt, a, b, c, before = residuals
+    gy, g_last = grads
+
+    def step(carry, inputs):
+        g_after, ga = carry
+        gy, x, dt, b, c, h_before = inputs
+        decay = jnp.exp(dt[:, None, :] * a)
+        g = g_after + gy[:, None, :] * c[..., None]  # of h_t, [B, N, D]
+        g_decay = g * h_before * decay  # of dt_t A
+        g_input = (g * b[..., None]).sum(1)  # of dt_t x_t, [B, D]
+        gc = ((decay * h_before + (dt * x)[:, None, :] * b[..., None]) * gy[:, None, :]).sum(-1)
+        outputs = (g_input * dt, (g_decay * a).sum(1) + g_input * x, (g * (dt * x)[:, None, :]).sum(-1), gc)
+        return (g * decay, ga + g_decay * dt[:, None, :]), outputs  # A's summed over the batch once, after
+
+    (g_first, ga), (gx, gdt, gb, gc) = jax.lax.scan(
+        step, (g_last, jnp.zeros_like(g_last)), (*_tokens_major(gy, x, dt, b, c), before), reverse=True)
+    return (*_tokens_major(gx, gdt), ga.sum(0), *_tokens_major(gb, gc), g_first)
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 class Mamba(nnx.Module):
