@@ -211,3 +211,16 @@ def test_activation_matches_transformers(name):
 def test_unknown_activation_names_the_valid_ones():
     with pytest.raises(ValueError, match="unsupported activation 'prelu'.*'quick_gelu'"):
         layers.activation("prelu")
+
+
+def test_param_rngs_draws_nnx_rngs_keys_and_traces():
+    """`layers.param_rngs(key)` hands out `nnx.Rngs(params=key)`'s keys in the same order, eagerly and traced."""
+    from flax import nnx
+
+    ours, theirs = layers.param_rngs(3), nnx.Rngs(params=3)
+    for _ in range(3):
+        np.testing.assert_array_equal(jax.random.key_data(ours.params()), jax.random.key_data(theirs.params()))
+    p = layers.Precision()
+    built = jax.jit(lambda: nnx.state(layers.dense(4, 5, ("embed", "mlp"), p, rngs=layers.param_rngs(7))))()
+    want = nnx.state(layers.dense(4, 5, ("embed", "mlp"), p, rngs=nnx.Rngs(params=7)))
+    np.testing.assert_allclose(built["kernel"].get_value(), want["kernel"].get_value(), rtol=1e-5, atol=1e-7)
