@@ -187,10 +187,7 @@ def peft_config(config, tokenizer_path: str | None = None):
     fields = dict(config.peft.to_dict() if hasattr(config.peft, "to_dict") else config.peft)
     if "peft_type" not in fields:
         raise ValueError(f"peft.peft_type is required; choose one of {[p.value for p in PeftType]}")
-    try:
-        peft_type = _enum(PeftType, fields.pop("peft_type"), "peft.peft_type")
-    except ValueError as e:
-        raise ValueError(str(e).replace("peft_type", "peft.peft_type", 1)) from None
+    peft_type = _enum(PeftType, fields.pop("peft_type"), "peft.peft_type")
     cls = CONFIG_CLASSES[peft_type]
     task_type = PEFT_TASK_TYPES.get(config.model.task)
     given = fields.setdefault("task_type", task_type)

@@ -67,7 +67,7 @@ def test_check_config_names_unknown_keys(bert, files):
 @pytest.mark.parametrize("peft,match", [
     (dict(peft_type="PREFIX_TUNING", num_virtual_token=4), r"peft\.num_virtual_token is not a field of "
                                                            r"PrefixTuningConfig.*peft\.num_virtual_tokens"),
-    (dict(peft_type="LORA", num_virtual_tokens=4), r"peft\.peft_type='LORA' is not valid"),
+    (dict(peft_type="LORA", num_virtual_tokens=4), r"^peft\.peft_type='LORA' is not valid"),
     (dict(num_virtual_tokens=4), r"peft\.peft_type is required"),
     (dict(peft_type="PROMPT_TUNING", num_virtual_tokens=0), r"peft: num_virtual_tokens=0"),
     (dict(peft_type="P_TUNING", num_virtual_tokens=4, encoder_reparameterization_type="GRU"),
