@@ -142,6 +142,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     m, t = config.model, config.train
     if not m.name_or_path:
         raise ValueError("model.name_or_path is required (a Hub id or a local directory)")
+    for key in ("name_or_path", "tokenizer"):
+        path = m[key] and str(m[key])
+        if path and path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            raise ValueError(f"model.{key}={path!r}: no such directory (a local model directory, or a Hub id)")
     if m.task not in data.TASKS:
         raise ValueError(f"model.task={m.task!r} is not valid; choose one of {list(data.TASKS)}")
     if not config.data.train or "path" not in config.data.train:
@@ -203,6 +207,8 @@ def peft_config(config, tokenizer_path: str | None = None):
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"did you mean peft.{close[0]}?" if close else f"valid: {sorted(known)}"
+            if not close and any(key in {f.name for f in dataclasses.fields(c)} for c in CONFIG_CLASSES.values()):
+                hint = f"unset it (--config.peft.{key}=None) or drop it; {hint}"
             raise ValueError(f"peft.{key} is not a field of {cls.__name__} (peft_type={peft_type.value}); {hint}")
     if peft_type == PeftType.PROMPT_TUNING:
         init = str(fields.get("prompt_tuning_init", "RANDOM")).upper()
@@ -335,8 +341,10 @@ def check_positions(config, pm: jsoft.PeftModel) -> None:
     V = pm.active_peft_config.num_virtual_tokens
     if limit is not None and config.data.max_length + V > limit:
         raise ValueError(f"data.max_length={config.data.max_length} + peft.num_virtual_tokens={V} positions exceed "
-                         f"the {limit} position embeddings of {config.model.name_or_path!r}; set data.max_length "
-                         f"<= {limit - V}")
+                         f"the {limit} position embeddings of {config.model.name_or_path!r}; "
+                         + (f"set data.max_length <= {limit - V}" if V < limit else
+                            f"set peft.num_virtual_tokens <= {limit - config.data.max_length}"
+                            if config.data.max_length < limit else "lower both"))
 
 
 def build(config, train_ds=None):

@@ -73,6 +73,10 @@ def test_check_config_names_unknown_keys(bert, files):
     (dict(peft_type="P_TUNING", num_virtual_tokens=4, encoder_reparameterization_type="GRU"),
      r"encoder_reparameterization_type='GRU'"),
     (dict(peft_type="PREFIX_TUNING", num_virtual_tokens=4, task_type="CAUSAL_LM"), r"peft\.task_type"),
+    # another method's field, left over when a config's peft_type is switched on the command line
+    (dict(peft_type="PROMPT_TUNING", num_virtual_tokens=4, prefix_projection=False),
+     r"^peft\.prefix_projection is not a field of PromptTuningConfig \(peft_type=PROMPT_TUNING\); unset it "
+     r"\(--config\.peft\.prefix_projection=None\) or drop it; valid: \["),
 ])
 def test_peft_errors_name_the_field(bert, files, peft, match):
     with pytest.raises(ValueError, match=match):
@@ -88,6 +92,8 @@ def test_peft_errors_name_the_field(bert, files, peft, match):
     (dict(train=dict(remat=True, remat_policy="dots")), r"train\.remat_policy='dots' is not valid"),
     (dict(model=dict(problem_type="multi_label")), r"model\.problem_type='multi_label' is not valid; .*regression"),
     (dict(model=dict(task="token_cls", problem_type="regression")), r"only seq_cls has one"),
+    (dict(model=dict(name_or_path="/no/such/model")), r"^model\.name_or_path='/no/such/model': no such directory"),
+    (dict(model=dict(tokenizer="./no-such-tokenizer")), r"^model\.tokenizer='\./no-such-tokenizer': no such dir"),
 ])
 def test_config_value_errors(bert, files, sections, match):
     with pytest.raises(ValueError, match=match):
@@ -132,11 +138,16 @@ def test_data_errors_before_training(bert, tmp_path, monkeypatch, case, match):
         train.train(c, tmp_path / "wd")
 
 
-def test_inputs_longer_than_the_position_table_are_refused_before_training(tiny_dir, files, tmp_path):
+@pytest.mark.parametrize("max_length,virtual,hint", [(60, 20, r"set data\.max_length <= 44$"),
+                                                      (32, 70, r"set peft\.num_virtual_tokens <= 32$"),
+                                                      (64, 64, r"lower both$")])
+def test_inputs_longer_than_the_position_table_are_refused_before_training(tiny_dir, files, tmp_path, max_length,
+                                                                            virtual, hint):
     model = tu.model_dir(tiny_dir, "gpt2", "seq_cls", num_labels=2)  # 64 learned positions
-    c = tu.config(model, *files, peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=20), data=dict(max_length=60))
-    with pytest.raises(ValueError, match=r"data\.max_length=60 \+ peft\.num_virtual_tokens=20 positions exceed the "
-                                         r"64 position embeddings .* set data\.max_length <= 44"):
+    c = tu.config(model, *files, peft=dict(peft_type="PROMPT_TUNING", num_virtual_tokens=virtual),
+                  data=dict(max_length=max_length))
+    with pytest.raises(ValueError, match=rf"^data\.max_length={max_length} \+ peft\.num_virtual_tokens={virtual} "
+                                         rf"positions exceed the 64 position embeddings .*; {hint}"):
         train.train(c, tmp_path / "wd")
     assert not (tmp_path / "wd" / "checkpoints").exists()
 
