@@ -149,6 +149,8 @@ def prepare_config(config: PromptLearningConfig, model: nnx.Module) -> PromptLea
         config.encoder_hidden_size = config.token_dim
     if getattr(config, "prefix_targets", "decoder") == "all" and not mc.is_encoder_decoder:
         raise ValueError("prefix_targets='all' is for encoder-decoder models; use 'decoder' (the default)")
+    if config.peft_type == PeftType.PREFIX_TUNING and mc.is_encoder_decoder and config.prefix_targets == "decoder":
+        peft_decoder_layers(config.num_layers, mc.num_decoder_layers)  # refuses a decoder deeper than the encoder
     if isinstance(config, PromptEncoderConfig) and config.template and mc.is_encoder_decoder:
         raise ValueError("PromptEncoderConfig.template is supported for encoder-only and decoder-only models")
     head = getattr(model, "head_name", None)

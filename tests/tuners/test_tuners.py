@@ -392,6 +392,27 @@ def test_config_roundtrip_keeps_peft_fields():
     assert torch is not None and jnp is not None
 
 
+@pytest.mark.parametrize("kind,deeper", [("t5", dict(num_layers=1, num_decoder_layers=2)),
+                                         ("bart", dict(encoder_layers=1, decoder_layers=2))])
+def test_a_decoder_deeper_than_the_encoder_refuses_peft_prefixes_when_made(tiny_dir, kind, deeper):
+    """PEFT sizes an encoder-decoder prefix by the encoder's layers (num_layers), so a deeper decoder's extra layers
+    have none: PEFT fails there on its first forward, and jsoft refuses such a config when it is made (not at the
+    first call); prefix_targets='all' gives every layer its own prefix."""
+    model_dir = tiny_dir(kind, "seq2seq_lm", **deeper)
+    cfg = jsoft.PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3)
+    with pytest.raises(ValueError, match=r"^the decoder has 2 layers but the prefix stores 1 \(num_layers\); .*"
+                                         r"prefix_targets='all'"):
+        jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task="seq2seq_lm"), cfg)
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, "seq2seq_lm", model_dir), peft.PrefixTuningConfig(
+        task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3))
+    inputs = peft_ref.batch(kind)
+    with pytest.raises(IndexError):  # its cache has no layer for the decoder's second self-attention
+        ref(**{k: torch.tensor(v) for k, v in inputs.items()})
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task="seq2seq_lm"),
+                              dataclasses.replace(cfg, prefix_targets="all"))
+    assert np.isfinite(np.asarray(pm(**inputs).logits)).all()
+
+
 @pytest.mark.parametrize("kind", tiny.ENCODER_DECODER)
 def test_encoder_decoder_prefixes_everywhere_paper_form(tiny_dir, tmp_path, kind):
     model_dir = tiny_dir(kind, "seq2seq_lm")
