@@ -231,24 +231,17 @@ def named_seed(seed: int, name: str) -> int:
 # ============================================================================================ building
 
 
-# byte-level BPE (DeBERTa v1: GPT-2's; StarCoder's)
-PREFIX_SPACE_TYPES = ("gpt2", "gpt_neo", "gpt_bigcode", "roberta", "bloom", "deberta")
-
-
 def load_tokenizer(config):
-    """The run's tokenizer. For token_cls on a byte-level BPE model (GPT-2, RoBERTa) it adds a space before each
-    word, as transformers' run_ner does: otherwise every word is tokenized as if it began the text. For seq_cls on a
-    decoder-only model it pads on the left, so the last position (what PEFT's prompt tuning and P-tuning
-    classify from: it cannot see pads in embeddings) is each row's last real token."""
+    """The run's tokenizer. For seq_cls on a decoder-only model it pads on the left, so the last position (what
+    PEFT's prompt tuning and P-tuning classify from: it cannot see pads in embeddings) is each row's last real token.
+    (token_cls words get their leading space from the featurizer: `data.words_need_a_space`.)"""
     from transformers import AutoTokenizer
 
     path = config.model.tokenizer or config.model.name_or_path
     model_type = hub.model_type(config.model.name_or_path)
-    kwargs = {"add_prefix_space": True} if config.model.task == "token_cls" and model_type in PREFIX_SPACE_TYPES \
-        else {}
     try:
         tok = AutoTokenizer.from_pretrained(str(hub.resolve(path)) if Path(str(path)).expanduser().is_dir()
-                                            else path, **kwargs)
+                                            else path)
     except Exception as e:
         raise ValueError(f"model.tokenizer: no tokenizer could be loaded from {str(path)!r} "
                          f"({type(e).__name__}: {e})") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,20 @@ _DEFAULT_COLUMNS = {  # task -> (text_columns, label_column); causal_lm: "label"
     "causal_lm": (("text",), None),
     "seq2seq_lm": (("text",), "target"),
 }
+
+
+def words_need_a_space(tokenizer) -> bool:
+    """Whether each word of a token_cls row must be given its leading space: a byte-level BPE tokenizer (GPT-2,
+    RoBERTa, DeBERTa v1, BLOOM, GPT-NeoX, Falcon, Llama 3, Qwen2, ...) tokenizes a word differently after a space, and
+    `is_split_into_words` tokenizes each word as if it began the text, unless the pre-tokenizer adds that space itself.
+    transformers' run_ner loads the byte-level tokenizers it knows with `add_prefix_space=True`; most others ignore
+    that flag, so jsoft adds the space to the words, which gives the same tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return False
+    spec = json.loads(backend.pre_tokenizer.__getstate__())
+    byte_level = [p for p in spec.get("pretokenizers", [spec]) if p.get("type") == "ByteLevel"]
+    return bool(byte_level) and not any(p.get("add_prefix_space") for p in byte_level)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,6 +367,8 @@ class Featurizer:
                 if len(w) != len(t):
                     raise ValueError(f"{key} row {i}: {len(w)} words in {self.text_columns[0]!r} but "
                                      f"{len(t)} tags in {self.label_column!r}")
+            if words_need_a_space(self.tokenizer):
+                words = [[" " + w for w in row] for row in words]
             enc = self._tokenize(words, is_split_into_words=True, **trunc)
             labels = [_align(word_ids, row_tags) for word_ids, row_tags in zip(enc["word_ids"], tags)]
         elif self.task == "causal_lm" and self.verbalizer is None and self.label_column is None:

@@ -309,31 +309,40 @@ def test_ner_first_piece_gets_the_tag(minilm):
     assert short.labels[0].tolist() == [-100, 1, 0, -100]
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "deberta"])
-def test_ner_words_get_a_prefix_space_with_byte_level_bpe(tmp_path, kind):
-    """GPT-2's byte-level BPE (DeBERTa v1's too) tokenizes a word differently after a space; run_ner loads it with
-    add_prefix_space, so each word of a token_cls row is tokenized as it is inside a text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+@pytest.mark.parametrize("kind,pre", [("gpt2", "byte_level"), ("deberta", "byte_level"), ("falcon", "byte_level"),
+                                      ("llama", "split_then_byte_level")])
+def test_ner_words_get_a_prefix_space_with_byte_level_bpe(tmp_path, kind, pre):
+    """A byte-level BPE (GPT-2's, DeBERTa v1's; Falcon's and Llama 3's as generic fast tokenizers, the latter
+    splitting by a regex first) tokenizes a word differently after a space; run_ner loads the first kind with
+    add_prefix_space, which generic tokenizers ignore. Each word of a token_cls row is tokenized as it is inside a
+    text, whatever the tokenizer class."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from jsoft import build
     from tests import train_utils as tu
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    specials = ["<|endoftext|>"] if kind == "gpt2" else ["[CLS]", "[SEP]", "[PAD]", "[UNK]"]
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if pre == "byte_level" else \
+        pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" ?[a-z]+| +"), behavior="isolated"),
+                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>"] if kind != "deberta" else ["[CLS]", "[SEP]", "[PAD]", "[UNK]"]
     bpe.train_from_iterator([" ".join(r["tokens"]) for r in tu.ner(200)] * 3, trainers.BpeTrainer(
         vocab_size=120, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     model = tmp_path / kind
     tiny.save(kind, "token_cls", model, vocab_size=120)
     if kind == "gpt2":
         transformers.GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(model)
-    else:  # [CLS] words [SEP]
+    elif kind == "deberta":  # [CLS] words [SEP]
         names = dict(bos_token="[CLS]", eos_token="[SEP]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
                      unk_token="[UNK]")
         transformers.DebertaTokenizerFast(tokenizer_object=bpe, **names).save_pretrained(model)
+    else:
+        transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>").save_pretrained(model)
     config = build.default_config()
     config.model.name_or_path, config.model.task = str(model), "token_cls"
     tok = build.load_tokenizer(config)
+    assert data.words_need_a_space(tok)
     words = ["john", "smith", "lives", "in", "paris"]
     ds = datasets.Dataset.from_dict({"tokens": [words], "ner_tags": [[1, 2, 0, 0, 3]]})
     enc = data.Featurizer(tok, "token_cls", max_length=32, num_labels=5)(ds)
@@ -343,6 +352,32 @@ def test_ner_words_get_a_prefix_space_with_byte_level_bpe(tmp_path, kind):
     assert [t for t in enc.labels[0].tolist() if t != -100] == [1, 2, 0, 0, 3]
     config.model.task = "seq_cls"  # text is tokenized as it is
     assert build.load_tokenizer(config)(" ".join(words))["input_ids"] == plain(" ".join(words))["input_ids"]
+    # a tokenizer that adds the space itself gets none from jsoft
+    if kind == "gpt2":  # run_ner's way
+        spaced = transformers.AutoTokenizer.from_pretrained(model, add_prefix_space=True)
+        assert not data.words_need_a_space(spaced)
+        assert data.Featurizer(spaced, "token_cls", max_length=32, num_labels=5)(ds).input_ids[0].tolist() == \
+            enc.input_ids[0].tolist()
+
+
+def test_ner_words_of_word_piece_and_sentencepiece_tokenizers_are_left_as_they_are(tok, minilm):
+    """WordPiece splits on whitespace and Metaspace (T5, Llama 2) marks every word's start itself: no space added,
+    and the words are tokenized as the text is."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from tests import train_utils as tu
+
+    sp = Tokenizer(models.BPE())
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    sp.train_from_iterator([" ".join(r["tokens"]) for r in tu.ner(200)] * 3,
+                           trainers.BpeTrainer(vocab_size=80, special_tokens=["<pad>"]))
+    metaspace = transformers.PreTrainedTokenizerFast(tokenizer_object=sp, pad_token="<pad>")
+    words = ["john", "smith", "lives", "in", "paris"]
+    ds = datasets.Dataset.from_dict({"tokens": [words], "ner_tags": [[1, 2, 0, 0, 3]]})
+    for t in (tok, minilm, metaspace):
+        assert not data.words_need_a_space(t)
+        enc = data.Featurizer(t, "token_cls", max_length=32, num_labels=5)(ds)
+        assert enc.input_ids[0].tolist() == t(" ".join(words))["input_ids"]
 
 
 def test_ner_string_tags_and_errors(tok):
