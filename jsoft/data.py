@@ -196,7 +196,8 @@ class Featurizer:
 
     def fit(self, ds: datasets.Dataset) -> Featurizer:
         """A copy whose `label2id` / `num_labels` come from the training split's label feature (a float
-        column: regression, one label)."""
+        column: regression, one label); integer class ids without a class count give one class per id up to the
+        largest (ids 0..K-1: K classes)."""
         if not self._has_class_labels():
             return self
         if self._regression(ds, "data.train"):
@@ -210,8 +211,12 @@ class Featurizer:
                                  f"has {feature.num_classes} classes: {feature.names}")
             return dataclasses.replace(self, label2id=label2id, num_labels=num_labels)
         values = _flat(ds[self.label_column]) if self._label_lists(ds) else list(ds[self.label_column])
-        if self.label2id is not None or not any(isinstance(v, str) for v in values):
+        if self.label2id is not None:
             return self
+        if not any(isinstance(v, str) for v in values):
+            if self.num_labels is not None or self.verbalizer is not None:
+                return self
+            return dataclasses.replace(self, num_labels=_count_class_ids(values))
         names = sorted({v for v in values if isinstance(v, str)})
         if self.num_labels not in (None, len(names)):
             raise ValueError(f"num_labels={self.num_labels}, but data.label_column={self.label_column!r} "
@@ -257,7 +262,8 @@ class Featurizer:
                              + (" (a float label trains regression with num_labels=1)" if isinstance(value, float)
                                 else ""))
         if n is None:
-            raise ValueError(f"{key} has integer labels; set num_labels")
+            raise ValueError(f"{key} has integer labels but no class count; call Featurizer.fit(train) first or "
+                             "set num_labels (model.num_labels in a config)")
         if not 0 <= value < n:
             raise ValueError(f"{key} row {row}: label {value} is outside the valid range [0, {n}) "
                              f"(num_labels={n})")
@@ -454,6 +460,18 @@ def generation_rows(data: Encoded) -> Encoded:
 
 def _flat(rows) -> list:
     return [v for row in rows for v in row]
+
+
+def _count_class_ids(values) -> int | None:
+    """Classes for the training split's integer ids (bools are 0 / 1; -100 marks an ignored token): the largest
+    id + 1. None where there is no id (or a value that is none: encoding names its row)."""
+    ids = [v for v in values if not (isinstance(v, int | np.integer) and v == IGNORE_INDEX)]
+    if not ids or not all(isinstance(v, int | np.integer) for v in ids):
+        return None
+    if min(ids) < 0:
+        raise ValueError(f"data.train has a negative label ({min(ids)}), which is no class id: ids count from 0 "
+                         "(-100 ignores a token)")
+    return int(max(ids)) + 1
 
 
 def _align(word_ids: Sequence[int | None], tags: Sequence[int]) -> list[int]:

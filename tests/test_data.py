@@ -172,8 +172,29 @@ def test_integer_label_out_of_range(tok):
     ds = datasets.Dataset.from_dict({"text": ["good", "bad", "the plot"], "label": [0, 1, 5]})
     with pytest.raises(ValueError, match=r"data.eval row 2: label 5 is outside the valid range \[0, 2\)"):
         data.Featurizer(tok, "seq_cls", 16, num_labels=2)(ds, key="data.eval")
-    with pytest.raises(ValueError, match="set num_labels"):
-        data.Featurizer(tok, "seq_cls", 16)(ds)
+    with pytest.raises(ValueError, match=r"data.train has integer labels but no class count; call Featurizer.fit"):
+        data.Featurizer(tok, "seq_cls", 16)(ds)  # not fitted
+
+
+def test_integer_class_ids_count_their_classes_when_num_labels_is_unset(tok):
+    """Ids 0..K-1 in a plain integer column (JSON, CSV): K classes, each id its own (an id with no training row still
+    counts below the largest); bools are 2; tag lists skip -100; a negative id is refused."""
+    ds = datasets.Dataset.from_dict({"text": ["good", "bad", "fine", "the"], "label": [0, 3, 1, 0]})
+    feat = data.Featurizer(tok, "seq_cls", 16).fit(ds)
+    assert feat.num_labels == 4 and feat.label2id is None
+    assert feat(ds).labels.tolist() == [0, 3, 1, 0]
+    with pytest.raises(ValueError, match=r"data.eval row 0: label 4 is outside the valid range \[0, 4\)"):
+        feat(datasets.Dataset.from_dict({"text": ["good"], "label": [4]}), key="data.eval")
+    assert data.Featurizer(tok, "seq_cls", 16, num_labels=6).fit(ds).num_labels == 6  # given: kept
+    bools = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [True, False]})
+    assert data.Featurizer(tok, "seq_cls", 16).fit(bools).num_labels == 2
+    lists = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [[0, 2], []]})
+    assert data.Featurizer(tok, "seq_cls", 16).fit(lists).num_labels == 3
+    tags = datasets.Dataset.from_dict({"tokens": [["the", "eu"], ["lamb"]], "tags": [[0, -100], [2]]})
+    assert data.Featurizer(tok, "token_cls", 16, label_column="tags").fit(tags).num_labels == 3
+    negative = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": [1, -1]})
+    with pytest.raises(ValueError, match=r"data.train has a negative label \(-1\), which is no class id"):
+        data.Featurizer(tok, "seq_cls", 16).fit(negative)
 
 
 def test_string_labels_use_the_sorted_train_labels(tok):

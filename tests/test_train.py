@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import safetensors.numpy
 
-from jsoft import build, optim, train
+from jsoft import build, export, optim, train
 from tests import train_utils as tu
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -385,6 +386,21 @@ def test_gradient_accumulation_matches_one_big_batch(bert, files, tmp_path):
     train.train(tu.config(bert, files[0], None, peft=peft, train=dict(grad_accum_steps=2, remat=True, **common)),
                 tmp_path / "b")
     assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a"), rel=1e-5)
+
+
+def test_integer_labels_without_num_labels_count_their_classes(tiny_dir, tmp_path):
+    """A JSON set of class ids 0..2 and no model.num_labels: three classes (run_glue counts a plain label column
+    too); the resolved count is saved with the run, so its export has a three-class head."""
+    model = tu.model_dir(tiny_dir, "bert", "seq_cls", num_labels=3)
+    rows = [{"text": r["text"], "label": i % 3} for i, r in enumerate(tu.sentiment(24))]
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", rows), tu.write_jsonl(tmp_path / "e.jsonl", rows[:7]),
+                  model=dict(num_labels=None), train=dict(num_steps=2))
+    train.train(c, tmp_path / "wd")
+    assert build.load_config(tmp_path / "wd").model.num_labels == 3
+    export.export(tmp_path / "wd", tmp_path / "adapter")
+    head = safetensors.numpy.load_file(tmp_path / "adapter/adapter_model.safetensors")
+    assert {k: v.shape for k, v in head.items() if k.endswith("classifier.weight")} == {
+        "base_model.classifier.weight": (3, 40)}
 
 
 def test_token_classification_reports_entity_f1(tiny_dir, tmp_path):
