@@ -413,14 +413,78 @@ def test_token_classification_reports_entity_f1(tiny_dir, tmp_path):
     assert s["best_metric"] == "f1" and 0.0 <= s["eval"]["f1"] <= 1.0
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):
+SHIPPED_CONFIGS = sorted((ROOT / "configs").glob("*.py"))
+
+
+def _shipped_config(path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    module = _shipped_config(path)
     assert "python -m jsoft.train --config configs/" + path.name in module.__doc__
     config = module.get_config()
     build.check_config(config)
     assert config.is_locked
+
+
+# a tests/tiny.py family for each shipped config's backbone (the quickstart, on the real MiniLM, is the README's
+# first command)
+FAMILY = {"gpt2": "gpt2", "gpt2-medium": "gpt2", "google/flan-t5-base": "t5", "Qwen/Qwen3-0.6B": "qwen3",
+          "FacebookAI/roberta-large": "roberta", "bert-base-cased": "bert", "bert-base-uncased": "bert",
+          "microsoft/deberta-v3-large": "deberta-v2"}
+
+
+def _rows_like(config, feat, n: int, seed: int) -> list[dict]:
+    """Rows in the columns a config reads (`feat`, its featurizer, knows the defaults): text (words for token_cls),
+    and class ids, tags or target text (no ClassLabel feature: the class count comes from the ids or
+    model.num_labels)."""
+    task, texts, label = config.model.task, feat.text_columns, feat.label_column
+    rng = np.random.default_rng(seed)
+    words = lambda: [str(w) for w in rng.choice(tu.WORDS, size=int(rng.integers(2, 12)))]
+    rows = []
+    for i in range(n):
+        row = {c: (words() if task == "token_cls" else " ".join(words())) for c in texts}
+        if task == "token_cls":
+            row[label] = [int(t) for t in rng.integers(0, config.model.num_labels, len(row[texts[0]]))]
+        elif task == "seq_cls" or feat.verbalizer:
+            row[label] = i % (len(feat.verbalizer) if feat.verbalizer else 2)
+        else:
+            row[label] = " ".join(words()[:4])
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED_CONFIGS if p.stem != "quickstart"], ids=lambda p: p.name)
+def test_shipped_configs_train_and_export_on_a_tiny_model_of_their_family(tiny_dir, tmp_path, path):
+    """Each recipe as shipped (its method, template, verbalizer, labels, eval generation, dtype), on a tiny model
+    of its backbone's family and rows in its data set's columns, for two steps with an eval, then exported."""
+    config = _shipped_config(path).get_config()
+    kind = FAMILY[config.model.name_or_path]
+    classes = {"num_labels": config.model.num_labels or 2} if config.model.task in ("seq_cls", "token_cls") else {}
+    model = tu.model_dir(tiny_dir, kind, config.model.task, **classes)
+    feat = build.featurizer(config, tu.tokenizer(kind))
+    with config.unlocked():
+        config.model.name_or_path = str(model)
+        for key, n, seed in (("train", 16, 0), ("eval", 5, 1)):
+            rows = tu.write_jsonl(tmp_path / f"{key}.jsonl", _rows_like(config, feat, n, seed))
+            config.data[key] = dict(path="json", data_files=str(rows), split="train")
+        config.data.max_length = 24
+        config.data.target_max_length = config.data.target_max_length and 8
+        config.peft.num_virtual_tokens = min(config.peft.num_virtual_tokens, 8)
+        config.train.update(num_steps=2, num_epochs=None, batch_size=8, warmup_steps=0, eval_every=0,
+                            checkpoint_every=0, progress=False, dropout=False,
+                            eval_generate_tokens=config.train.eval_generate_tokens and 3)
+    summary = train.train(config, tmp_path / "wd")
+    assert summary["step"] == 2 and np.isfinite(summary["eval"]["loss"])
+    best = config.train.best_metric or "loss"
+    assert best in summary["eval"]
+    result = export.export(tmp_path / "wd", tmp_path / "adapter")
+    assert (tmp_path / "adapter/adapter_config.json").is_file()
+    assert result["format"] == ("jsoft" if kind == "deberta-v2" else "peft")  # transformers' DeBERTa takes no prefixes
