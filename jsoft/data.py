@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import string
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,9 @@ class Featurizer:
                 a verbalizer is given, -> labels.
 
     `template` (e.g. "Review: {sentence} Sentiment:") is filled with the text columns by name; it
-    replaces the text for every task but token_cls. Class labels: integers are used as they are (checked
+    replaces the text for every task but token_cls. A filled template longer than its budget loses text, not
+    the template's end after its last field (" Sentiment:", the cue the answer follows) nor the special
+    tokens after it. Class labels: integers are used as they are (checked
     against `num_labels`), `ClassLabel` features are respected, strings are mapped with `label2id`, which
     `fit(train)` sets to the sorted label list when it is not given. Verbalizer words are used verbatim:
     give " positive" with its leading space where the tokenizer needs it (GPT-2).
@@ -320,6 +323,42 @@ class Featurizer:
             raise ValueError(f"data.template={self.template!r} names {e}, but only data.text_columns "
                              f"{list(self.text_columns)} are filled in") from e
 
+    def _template_tail(self) -> int:
+        """Tokens of the template after its last field (0 without a template)."""
+        if self.template is None:
+            return 0
+        tail = ""
+        for literal, field, _, _ in string.Formatter().parse(self.template):
+            tail = tail + literal if field is None else ""
+        return len(self.tokenizer(tail, add_special_tokens=False)["input_ids"]) if tail else 0
+
+    def _cut(self, ids: list[int], limit: int, tail: int) -> list[int]:
+        """`ids` in `limit` tokens, cut before their last `tail` tokens and the special tokens after those."""
+        head, end = self._kept(ids, limit, tail)
+        return ids[:head] + ids[len(ids) - end:]
+
+    def _kept(self, ids: list[int], limit: int, tail: int) -> tuple[int, int]:
+        """`(head, end)`: `ids` in `limit` tokens are its first `head` and last `end` tokens."""
+        if len(ids) <= limit:
+            return len(ids), 0
+        special, end = set(self.tokenizer.all_special_ids), 0
+        while end < len(ids) and ids[len(ids) - 1 - end] in special:
+            end += 1
+        end = min(tail + end, limit)
+        return limit - end, end
+
+    def _tokenize_within(self, texts: list[list[str]], limit: int) -> dict[str, list[list[int]]]:
+        """The tokenizer's truncation (the longer of a text pair first); a filled template is cut in its text."""
+        tail = self._template_tail()
+        if not tail:
+            return self._tokenize(*texts, truncation=True, max_length=limit)
+        enc = self._tokenize(*texts)
+        for i, ids in enumerate(enc["input_ids"]):
+            head, end = self._kept(ids, limit, tail)
+            for rows in enc.values():
+                rows[i] = rows[i][:head] + rows[i][len(rows[i]) - end:]
+        return enc
+
     def _tokenize(self, *texts: list, **kwargs) -> dict[str, list[list[int]]]:
         out: dict[str, list] = {}
         for start in range(0, len(texts[0]), _CHUNK):
@@ -363,7 +402,7 @@ class Featurizer:
         target_max_length = None
         if self.task == "seq_cls":
             labels = self._class_ids(ds, key)  # first: label errors before tokenizing
-            enc = self._tokenize(*self._texts(ds, key), **trunc)
+            enc = self._tokenize_within(self._texts(ds, key), self.max_length)
         elif self.task == "token_cls":
             n = self._num_classes(ds, key)  # first: a missing label column is named before tokenizing
             tags = [[self._class_id(t, i, key, n) for t in row]
@@ -389,15 +428,16 @@ class Featurizer:
                 eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
                 texts = self._tokenize(self._target_texts(ds, key), add_special_tokens=False)["input_ids"]
                 targets = [t[:self.max_length - 1 - len(eos)] + eos for t in texts]
-            prompt_ids = self._tokenize(prompts)["input_ids"]
+            prompt_ids, tail = self._tokenize(prompts)["input_ids"], self._template_tail()
             ids, labels = [], []
             for i, (prompt, target) in enumerate(zip(prompt_ids, targets)):
                 keep = self.max_length - len(target)  # truncate the prompt, never a verbalizer word
                 if keep < 1:
                     raise ValueError(f"{key} row {i}: the target {self.tokenizer.decode(target)!r} needs "
                                      f"{len(target)} tokens; data.max_length={self.max_length} is too small")
-                ids.append(prompt[:keep] + target)
-                labels.append([IGNORE_INDEX] * len(prompt[:keep]) + target)
+                prompt = self._cut(prompt, keep, tail)
+                ids.append(prompt + target)
+                labels.append([IGNORE_INDEX] * len(prompt) + target)
             enc = {"input_ids": ids}
         else:  # seq2seq_lm
             target_max_length = self.target_max_length or self.max_length
@@ -406,7 +446,7 @@ class Featurizer:
                 targets = [self.verbalizer[c] for c in self._class_ids(ds, key)]
             else:
                 targets = self._target_texts(ds, key)
-            enc = self._tokenize(sources, **trunc)
+            enc = self._tokenize_within([sources], self.max_length)
             labels = self._tokenize(targets, truncation=True, max_length=target_max_length)["input_ids"]
         as_arrays = lambda rows: [np.asarray(r, np.int32) for r in rows]
         return Encoded(

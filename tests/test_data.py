@@ -481,6 +481,30 @@ def test_causal_targets_get_label_positions_in_training_batches(side):
     assert "label_positions" not in next(data.Batches(long_targets, 4, train=True))  # 10 of 16: no saving
 
 
+def test_a_long_filled_template_loses_text_not_its_end():
+    """The template's words after its last field (the cue the answer follows) and the special tokens after them
+    survive truncation in every task; a template that ends in its field, and text pairs, truncate as the tokenizer
+    does."""
+    ids = lambda tok, s, **kw: tok(s, **kw)["input_ids"]
+    text = "the movie was very very good and the plot was great"
+    ds = datasets.Dataset.from_dict({"text": [text, "awful"], "label": [1, 0], "target": ["good", "bad"]})
+    bert = wordpiece("bert")
+    enc = data.Featurizer(bert, "seq_cls", 8, num_labels=2, template="review : {text} sentiment :")(ds)
+    full = ids(bert, f"review : {text} sentiment :")
+    assert enc.input_ids[0].tolist() == full[:5] + ids(bert, "sentiment : [SEP]", add_special_tokens=False)
+    assert enc.token_type_ids[0].tolist() == [0] * 8
+    assert enc.input_ids[1].tolist() == ids(bert, "review : awful sentiment :")  # short: as it was
+    head = data.Featurizer(bert, "seq_cls", 8, num_labels=2, template="review : {text}")(ds)
+    assert head.input_ids[0].tolist() == ids(bert, f"review : {text}", truncation=True, max_length=8)
+    gpt = wordpiece("gpt", pad=False)
+    causal = data.Featurizer(gpt, "causal_lm", 8, template="review : {text} sentiment :",
+                             verbalizer=["negative", "positive"])(ds)
+    assert causal.input_ids[0].tolist() == ids(gpt, "review : the movie was sentiment : positive")
+    t5 = wordpiece("t5")
+    s2s = data.Featurizer(t5, "seq2seq_lm", 6, template="{text} sentiment :", label_column="target")(ds)
+    assert s2s.input_ids[0].tolist() == ids(t5, "the movie was sentiment :")  # its </s> too
+
+
 def test_causal_target_text_takes_loss_and_becomes_the_generation_reference():
     tok = wordpiece("gpt", pad=False)
     ds = datasets.Dataset.from_dict({"text": ["the movie", "a very very long plot"], "target": ["good", "bad film"]})
@@ -490,10 +514,12 @@ def test_causal_target_text_takes_loss_and_becomes_the_generation_reference():
     enc = feat(ds)
     assert enc.input_ids[0].tolist() == ids("the movie :") + ids("good") + [eos]
     assert enc.labels[0].tolist() == [-100] * len(ids("the movie :")) + ids("good") + [eos]
-    assert enc.input_ids[1].tolist() == ids("a very very long plot :")[:5] + ids("bad film") + [eos]  # prompt cut
+    long = ids("a very very long plot :")
+    cut = long[:4] + long[-1:]  # the prompt loses text, not the template's ":"
+    assert enc.input_ids[1].tolist() == cut + ids("bad film") + [eos]
     gen = data.generation_rows(enc)
     assert enc.label_slots and not gen.label_slots  # generation batches feed prompts only: no label slots
-    assert [r.tolist() for r in gen.input_ids] == [ids("the movie :"), ids("a very very long plot :")[:5]]
+    assert [r.tolist() for r in gen.input_ids] == [ids("the movie :"), cut]
     assert [r.tolist() for r in gen.labels] == [ids("good") + [eos], ids("bad film") + [eos]]
     batch = next(data.Batches(gen, 2, train=False))
     assert batch["attention_mask"][0].tolist() == [0] * (8 - 3) + [1] * 3  # left-padded prompts
