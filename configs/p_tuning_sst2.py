@@ -5,7 +5,9 @@ by a bidirectional LSTM + MLP prompt encoder, read as a cloze with a verbalizer 
   python -m jsoft.export --workdir runs/p_tuning_sst2 --best --out adapters/p_tuning_sst2
 
 The PEFT export stores the encoder's output (PEFT's inference form); `--format jsoft` keeps the LSTM for
-further training.
+further training. The paper's template, virtual tokens around the sentence (exported in jsoft's format):
+  python -m jsoft.train --config configs/p_tuning_sst2.py --workdir runs/p_tuning_sst2_template \
+      --config.peft.num_virtual_tokens=6 "--config.peft.template=[P][P][P] [X] [P][P][P]"
 """
 
 from jsoft.build import default_config

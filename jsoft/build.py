@@ -198,9 +198,6 @@ def peft_config(config, tokenizer_path: str | None = None):
     if given is not None and str(given).upper() != task_type:
         raise ValueError(f"peft.task_type={given!r} does not match model.task={config.model.task!r} "
                          f"(which is {task_type!r}); drop peft.task_type")
-    if fields.get("template"):
-        raise ValueError("peft.template (P-Tuning virtual tokens inside the input) is not supported by "
-                         "jsoft.train, whose batches put the prompt in front; drop peft.template")
     known = {f.name for f in dataclasses.fields(cls)}
     fields = {k: v for k, v in fields.items() if v is not None or k in known}  # peft.KEY=None: unset (CLI)
     for key in fields:
@@ -258,7 +255,8 @@ def featurizer(config, tokenizer) -> data.Featurizer:
         tokenizer, config.model.task, max_length=d.max_length, text_columns=tup(d.text_columns),
         label_column=d.label_column, num_labels=config.model.num_labels,
         label2id=None if names is None else {n: i for i, n in enumerate(names)},
-        template=d.template, verbalizer=tup(d.verbalizer), target_max_length=d.target_max_length)
+        template=d.template, verbalizer=tup(d.verbalizer), target_max_length=d.target_max_length,
+        prompt_template=config.peft.get("template"))
 
 
 def num_labels_of(config, feat: data.Featurizer) -> int | None:

@@ -29,6 +29,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from jsoft.tuners.p_tuning import TemplateRows
+
 TASKS = ("seq_cls", "token_cls", "causal_lm", "seq2seq_lm")
 IGNORE_INDEX = -100  # labels that take no loss (PyTorch / transformers convention)
 BUNDLED = {"jsoft:sentiment": ("train", "eval")}  # jsoft/assets/<name>/<split>.jsonl
@@ -95,6 +97,7 @@ class Encoded:
     padding_side: str = "right"
     target_max_length: int | None = None  # seq2seq_lm: labels have their own length and buckets
     label_slots: bool = False  # causal_lm with labels on a target only: batches carry `label_positions`
+    prompt_positions: list[np.ndarray] | None = None  # a P-Tuning template's virtual-token indices per row
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -166,6 +169,7 @@ class Featurizer:
     template: str | None = None
     verbalizer: Sequence[str] | None = None
     target_max_length: int | None = None
+    prompt_template: str | None = None  # P-Tuning's "[P][P] [X] It was [P]": virtual tokens inside the input
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -190,6 +194,13 @@ class Featurizer:
                              f"{self.num_labels}; give one word per class")
         if self.max_length < 2:
             raise ValueError(f"data.max_length={self.max_length} is too small")
+        if self.prompt_template is not None:
+            if self.task not in ("causal_lm", "seq_cls"):
+                raise ValueError(f"peft.template applies to causal_lm and seq_cls, not {self.task}")
+            if len(self.text_columns) > 1 and self.template is None:
+                raise ValueError(f"peft.template has one [X] but data.text_columns={list(self.text_columns)}; "
+                                 "join them with data.template")
+            TemplateRows(self.prompt_template, self.tokenizer)  # a bad template is named here
 
     # -- labels
 
@@ -400,7 +411,12 @@ class Featurizer:
         keep_types = self.task in ("seq_cls", "token_cls") and "token_type_ids" in getattr(
             self.tokenizer, "model_input_names", ())
         target_max_length = None
-        if self.task == "seq_cls":
+        if self.task == "seq_cls" and self.prompt_template is not None:
+            labels = self._class_ids(ds, key)
+            (texts,) = self._texts(ds, key)
+            enc = self._in_prompt_template(self._tokenize(texts, add_special_tokens=False)["input_ids"],
+                                           [self.max_length] * len(texts), key)
+        elif self.task == "seq_cls":
             labels = self._class_ids(ds, key)  # first: label errors before tokenizing
             enc = self._tokenize_within(self._texts(ds, key), self.max_length)
         elif self.task == "token_cls":
@@ -417,8 +433,15 @@ class Featurizer:
             enc = self._tokenize(words, is_split_into_words=True, **trunc)
             labels = [_align(word_ids, row_tags) for word_ids, row_tags in zip(enc["word_ids"], tags)]
         elif self.task == "causal_lm" and self.verbalizer is None and self.label_column is None:
-            enc = self._tokenize(*self._texts(ds, key), **trunc)
-            labels = enc["input_ids"]
+            if self.prompt_template is not None:
+                (texts,) = self._texts(ds, key)
+                enc = self._in_prompt_template(self._tokenize(texts, add_special_tokens=False)["input_ids"],
+                                               [self.max_length] * len(texts), key)
+                labels = [np.where(np.isin(np.arange(len(ids)), pos), IGNORE_INDEX, ids)
+                          for ids, pos in zip(enc["input_ids"], enc["prompt_positions"])]
+            else:
+                enc = self._tokenize(*self._texts(ds, key), **trunc)
+                labels = enc["input_ids"]
         elif self.task == "causal_lm":
             (prompts,) = self._prompts(ds, key)
             if self.verbalizer is not None:
@@ -428,17 +451,21 @@ class Featurizer:
                 eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
                 texts = self._tokenize(self._target_texts(ds, key), add_special_tokens=False)["input_ids"]
                 targets = [t[:self.max_length - 1 - len(eos)] + eos for t in texts]
-            prompt_ids, tail = self._tokenize(prompts)["input_ids"], self._template_tail()
-            ids, labels = [], []
-            for i, (prompt, target) in enumerate(zip(prompt_ids, targets)):
-                keep = self.max_length - len(target)  # truncate the prompt, never a verbalizer word
+            templated = self.prompt_template is not None
+            prompt_ids = self._tokenize(prompts, add_special_tokens=not templated)["input_ids"]
+            keeps = [self.max_length - len(target) for target in targets]  # the prompt is cut, never a target
+            for i, (keep, target) in enumerate(zip(keeps, targets)):
                 if keep < 1:
                     raise ValueError(f"{key} row {i}: the target {self.tokenizer.decode(target)!r} needs "
                                      f"{len(target)} tokens; data.max_length={self.max_length} is too small")
-                prompt = self._cut(prompt, keep, tail)
-                ids.append(prompt + target)
-                labels.append([IGNORE_INDEX] * len(prompt) + target)
-            enc = {"input_ids": ids}
+            if templated:
+                enc = self._in_prompt_template(prompt_ids, keeps, key)
+                prompt_ids = enc["input_ids"]
+            else:
+                prompt_ids = [self._cut(p, keep, self._template_tail()) for p, keep in zip(prompt_ids, keeps)]
+                enc = {}
+            enc["input_ids"] = [prompt + target for prompt, target in zip(prompt_ids, targets)]
+            labels = [[IGNORE_INDEX] * len(prompt) + target for prompt, target in zip(prompt_ids, targets)]
         else:  # seq2seq_lm
             target_max_length = self.target_max_length or self.max_length
             (sources,) = self._prompts(ds, key)
@@ -449,17 +476,35 @@ class Featurizer:
             enc = self._tokenize_within([sources], self.max_length)
             labels = self._tokenize(targets, truncation=True, max_length=target_max_length)["input_ids"]
         as_arrays = lambda rows: [np.asarray(r, np.int32) for r in rows]
+        virtual = 0 if self.prompt_template is None else len(enc["prompt_positions"][0])
         return Encoded(
             input_ids=as_arrays(enc["input_ids"]),
             labels=labels if isinstance(labels, np.ndarray) else as_arrays(labels),
             token_type_ids=as_arrays(enc["token_type_ids"]) if keep_types and "token_type_ids" in enc
             else None,
             pad_id=pad_token_id(self.tokenizer),
-            max_length=self.max_length,
+            max_length=self.max_length + virtual,  # a template's virtual tokens come on top of the text's
             padding_side=getattr(self.tokenizer, "padding_side", "right"),
             target_max_length=target_max_length,
             label_slots=self.task == "causal_lm" and (self.verbalizer is not None or self.label_column is not None),
+            prompt_positions=as_arrays(enc["prompt_positions"]) if virtual else None,
         )
+
+    def _in_prompt_template(self, texts: list[list[int]], budgets: list[int], key: str) -> dict[str, list]:
+        """Each text's tokens (no special tokens) at the P-Tuning template's [X], cut so that the row holds at
+        most `budgets[i]` real tokens (not counting the virtual ones): `input_ids` and `prompt_positions`."""
+        make = TemplateRows(self.prompt_template, self.tokenizer)
+        ids, positions, tail = [], [], self._template_tail()
+        for i, (text, budget) in enumerate(zip(texts, budgets)):
+            room = budget - make.fixed
+            if room < 1:
+                raise ValueError(f"{key} row {i}: data.max_length={self.max_length} leaves no room for the text in "
+                                 f"peft.template={self.prompt_template!r} ({make.fixed} tokens of its own and the "
+                                 "special tokens)")
+            row, slots = make(self._cut(text, room, tail))
+            ids.append(row)
+            positions.append(slots)
+        return {"input_ids": ids, "prompt_positions": positions}
 
     def _target_texts(self, ds: datasets.Dataset, key: str) -> list[str]:
         if self.label_column not in ds.column_names:
@@ -485,6 +530,9 @@ def generation_rows(data: Encoded) -> Encoded:
     decoding, the target becoming the label."""
     if data.target_max_length is not None:
         return data
+    if data.prompt_positions is not None:
+        raise ValueError("generation-based eval (train.eval_generate_tokens) does not take peft.template: "
+                         "generation puts the prompt in front")
     prompts, targets = [], []
     for i, (ids, labels) in enumerate(zip(data.input_ids, data.labels)):
         start = int(np.argmax(labels != IGNORE_INDEX))
@@ -578,6 +626,9 @@ def collate(data: Encoded, rows: Sequence[int], length: int | None = None,
         batch["labels"] = _pad(labels, target_length, IGNORE_INDEX, "right")
     else:
         batch["labels"] = _pad([data.labels[i] for i in rows], length, IGNORE_INDEX, side)
+    if data.prompt_positions is not None:  # indices into each row, moved by its left padding
+        shift = [length - len(r) if side == "left" else 0 for r in ids]
+        batch["prompt_positions"] = np.stack([data.prompt_positions[i] + s for i, s in zip(rows, shift)])
     if label_slots is not None:
         batch["label_positions"] = _pad([np.flatnonzero(r != IGNORE_INDEX) for r in batch["labels"]],
                                         label_slots, -1, "right")

@@ -44,7 +44,7 @@ IGNORE = data.IGNORE_INDEX
 # ============================================================================================ the steps
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "prompt_positions")
 
 
 def model_inputs(batch) -> dict:

@@ -505,6 +505,43 @@ def test_a_long_filled_template_loses_text_not_its_end():
     assert s2s.input_ids[0].tolist() == ids(t5, "the movie was sentiment :")  # its </s> too
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_p_tuning_template_rows_keep_every_virtual_token(side):
+    """peft.template: each row is the template around its text (special tokens outside), the virtual tokens at
+    `prompt_positions` (moved by left padding in batches); data.max_length counts the real tokens, so a long
+    text is cut and the template's own words and virtual tokens stay."""
+    tok = wordpiece("bert", padding_side=side)
+    ds = datasets.Dataset.from_dict({"text": ["the movie was very very good and the plot was great", "awful"],
+                                     "label": [1, 0]})
+    feat = data.Featurizer(tok, "seq_cls", 9, num_labels=2, prompt_template="[P][P] [X] it was [P]")
+    enc = feat(ds)
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+    P = enc.input_ids[0][1]  # the placeholder: an ordinary token, not the pad id
+    assert P not in tok.all_special_ids
+    assert enc.input_ids[1].tolist() == [tok.cls_token_id, P, P, *ids("awful it was"), P, tok.sep_token_id]
+    assert enc.input_ids[0].tolist() == [tok.cls_token_id, P, P, *ids("the movie was very very"), *ids("it was"), P,
+                                         tok.sep_token_id]  # 9 real tokens
+    assert [p.tolist() for p in enc.prompt_positions] == [[1, 2, 10], [1, 2, 6]] and enc.max_length == 12
+    batch = next(data.Batches(enc, 2, train=False))
+    shift = 0 if side == "right" else 12 - 8
+    assert batch["prompt_positions"].tolist() == [[1, 2, 10], [1 + shift, 2 + shift, 6 + shift]]
+    assert (np.take_along_axis(batch["input_ids"], batch["prompt_positions"], 1) == P).all()
+    with pytest.raises(ValueError, match=r"row 0: data.max_length=4 leaves no room for the text in peft.template"):
+        data.Featurizer(tok, "seq_cls", 4, num_labels=2, prompt_template="[P][P] [X] it was [P]")(ds)
+    with pytest.raises(ValueError, match="peft.template applies to causal_lm and seq_cls, not token_cls"):
+        data.Featurizer(tok, "token_cls", 9, num_labels=2, prompt_template="[P] [X]")
+    with pytest.raises(ValueError, match=r"peft.template has one \[X\] but data.text_columns=\['a', 'b'\]"):
+        data.Featurizer(tok, "seq_cls", 9, num_labels=2, text_columns=("a", "b"), prompt_template="[P] [X]")
+    with pytest.raises(ValueError, match="exactly one"):
+        data.Featurizer(tok, "seq_cls", 9, num_labels=2, prompt_template="[P] no text")
+    gpt = wordpiece("gpt", pad=False)
+    causal = data.Featurizer(gpt, "causal_lm", 9, template="{text} :", label_column="target",
+                             prompt_template="[P] [X] [P]")
+    rows = datasets.Dataset.from_dict({"text": ["the movie"], "target": ["good"]})
+    with pytest.raises(ValueError, match="eval_generate_tokens.* does not take peft.template"):
+        data.generation_rows(causal(rows))
+
+
 def test_causal_target_text_takes_loss_and_becomes_the_generation_reference():
     tok = wordpiece("gpt", pad=False)
     ds = datasets.Dataset.from_dict({"text": ["the movie", "a very very long plot"], "target": ["good", "bad film"]})

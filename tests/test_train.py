@@ -16,6 +16,7 @@ import optax
 import pytest
 import safetensors.numpy
 
+import jsoft
 from jsoft import build, export, optim, train
 from tests import train_utils as tu
 
@@ -401,6 +402,49 @@ def test_integer_labels_without_num_labels_count_their_classes(tiny_dir, tmp_pat
     head = safetensors.numpy.load_file(tmp_path / "adapter/adapter_model.safetensors")
     assert {k: v.shape for k, v in head.items() if k.endswith("classifier.weight")} == {
         "base_model.classifier.weight": (3, 40)}
+
+
+@pytest.mark.parametrize("kind,task,side,template", [
+    ("gpt2", "causal_lm", "right", "[P][P] [X] the movie was [P]"),
+    ("gpt2", "causal_lm", "left", "[P] [X] [P]"),
+    ("bert", "seq_cls", "right", "[P][P] [X] it was [P]"),
+    ("llama", "seq_cls", "right", "[P] [X] it was [P]"),  # a decoder-only classifier reads the last virtual token
+])
+def test_p_tuning_templates_train_and_score_as_each_row_alone(tiny_dir, tmp_path, kind, task, side, template):
+    """peft.template (P-Tuning's virtual tokens inside the input): the run's eval loss equals the exported adapter's
+    on each eval row alone, built by `p_tuning.apply_template` (a causal LM: the row, then its verbalizer word)."""
+    from jsoft import data
+    from jsoft.tuners.p_tuning import apply_template
+
+    model = tu.model_dir(tiny_dir, kind, task, **({"num_labels": 2} if task == "seq_cls" else {}))
+    verbalizer = ("negative", "positive") if task == "causal_lm" else None
+    c = tu.config(model, tu.write_jsonl(tmp_path / "t.jsonl", tu.sentiment(24)),
+                  tu.write_jsonl(tmp_path / "e.jsonl", tu.sentiment(9, 1)), task=task,
+                  peft=dict(peft_type="P_TUNING", num_virtual_tokens=template.count("[P]"), encoder_hidden_size=16,
+                            template=template),
+                  data=dict(max_length=24, template="{text} :" if verbalizer else None, verbalizer=verbalizer),
+                  train=dict(num_steps=3, learning_rate=0.1))
+    c.model.num_labels = 2 if task == "seq_cls" else None
+    with c.unlocked():
+        c.model.tokenizer = str(tmp_path / "tok")
+    tok = tu.tokenizer(kind)
+    tok.padding_side = side
+    tok.save_pretrained(tmp_path / "tok")
+    summary = train.train(c, tmp_path / "wd")
+    assert export.export(tmp_path / "wd", tmp_path / "adapter")["format"] == "jsoft"  # PEFT only prepends
+    pm = jsoft.PeftModel.from_pretrained(jsoft.from_pretrained(model, task=task, num_labels=c.model.num_labels),
+                                         tmp_path / "adapter")
+    feat = build.featurizer(build.load_config(tmp_path / "wd"), tok)
+    nll = []
+    for row in data.load(c.data.eval, "data.eval"):
+        ids, _, pos = apply_template(template, [feat.template.format(**row) if verbalizer else row["text"]], tok)
+        if verbalizer:
+            ids = np.concatenate([ids, [feat.verbalizer_token_ids()[row["label"]]]], axis=1)
+        logits = np.asarray(pm(input_ids=ids, prompt_positions=pos).logits, np.float64)[0]
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        nll.append(-logp[-2, ids[0, -1]] if verbalizer else -logp[row["label"]])
+    assert summary["eval"]["loss"] == pytest.approx(np.mean(nll), rel=1e-5)
 
 
 def test_token_classification_reports_entity_f1(tiny_dir, tmp_path):

@@ -133,28 +133,58 @@ def parse_template(template: str) -> list[str | None]:
     return parts
 
 
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single text (BERT: [CLS] / [SEP]; T5: none /
+    </s>; GPT-2: none), read from how it encodes a probe."""
+    probe = "hello world"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i], full[i + len(bare):]
+    return [], []
+
+
+class TemplateRows:
+    """Rows of a P-Tuning template: the literal pieces tokenized once, each text's tokens (no special tokens) at
+    [X], the tokenizer's special tokens around. Each [P] holds the first id above 0 that is no special token:
+    its embedding is replaced, but a decoder-only classifier reads the last token that is not the pad id (which
+    may be a virtual one), and a model's pad id is 0 or a special token."""
+
+    def __init__(self, template: str, tokenizer):
+        special = set(tokenizer.all_special_ids)
+        placeholder = next(i for i in range(1, len(tokenizer) + 1) if i not in special)
+        self.parts = parse_template(template)
+        self.pieces = [p if p in (None, "[X]") else tokenizer(p, add_special_tokens=False)["input_ids"]
+                       for p in self.parts]
+        self.before, self.after = special_tokens_around(tokenizer)
+        self.placeholder = placeholder
+        self.virtual = self.parts.count(None)
+        self.fixed = sum(len(p) for p in self.pieces if isinstance(p, list)) + len(self.before) + len(self.after)
+
+    def __call__(self, text: list[int]) -> tuple[list[int], list[int]]:
+        """`(input_ids, positions of the virtual tokens)`."""
+        ids, slots = list(self.before), []
+        for piece in self.pieces:
+            if piece is None:
+                slots.append(len(ids))
+                ids.append(self.placeholder)
+            else:
+                ids.extend(text if piece == "[X]" else piece)
+        return ids + self.after, slots
+
+
 def apply_template(template: str, texts: list[str], tokenizer, *, max_length: int | None = None):
     """Tokenize `texts` into `template`: returns (input_ids, attention_mask, prompt_positions) as
     right-padded int32 arrays; `prompt_positions[b, v]` is where virtual token v sits in row b.
-    Virtual-token slots hold the pad id in `input_ids` (their embeddings are replaced)."""
-    parts = parse_template(template)
+    Virtual-token slots hold an ordinary token id (`TemplateRows`; their embeddings are replaced)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    make = TemplateRows(template, tokenizer)
     rows, positions = [], []
     for text in texts:
-        ids: list[int] = []
-        slots: list[int] = []
-        for part in parts:
-            if part is None:
-                slots.append(len(ids))
-                ids.append(pad)
-            else:
-                piece = text if part == "[X]" else part
-                ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
-        ids = tokenizer.build_inputs_with_special_tokens(ids) if hasattr(
-            tokenizer, "build_inputs_with_special_tokens") else ids
-        shift = _special_prefix_len(tokenizer)
+        ids, slots = make(tokenizer(text, add_special_tokens=False)["input_ids"])
         rows.append(ids[:max_length] if max_length else ids)
-        positions.append([s + shift for s in slots])
+        positions.append(slots)
     T = max(len(r) for r in rows)
     if max_length and any(p >= max_length for ps in positions for p in ps):
         raise ValueError(f"max_length={max_length} cuts off virtual tokens of the template")
@@ -164,11 +194,3 @@ def apply_template(template: str, texts: list[str], tokenizer, *, max_length: in
         input_ids[b, :len(r)] = r
         mask[b, :len(r)] = 1
     return input_ids, mask, np.asarray(positions, np.int32)
-
-
-def _special_prefix_len(tokenizer) -> int:
-    """How many special tokens the tokenizer puts in front (e.g. [CLS])."""
-    if not hasattr(tokenizer, "build_inputs_with_special_tokens"):
-        return 0
-    probe = tokenizer.build_inputs_with_special_tokens([-7])
-    return probe.index(-7)

@@ -417,6 +417,10 @@ class PeftModel(nnx.Module):
                 inputs_embeds = token_embeds(base, input_ids, p.embeds_mask.sum(-1))
             if prompt_positions is not None:
                 inputs_embeds = _scatter_prompt(inputs_embeds, p.embeds, prompt_positions)
+            elif getattr(config, "template", None):
+                raise ValueError(f"adapter {names[0]!r} places its virtual tokens inside the template "
+                                 f"{config.template!r}: pass prompt_positions (jsoft.tuners.p_tuning.apply_template "
+                                 "builds the inputs and them)")
             else:
                 Ve = p.embeds.shape[1]
                 inputs_embeds = jnp.concatenate([p.embeds.astype(inputs_embeds.dtype), inputs_embeds], axis=1)

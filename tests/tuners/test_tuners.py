@@ -223,6 +223,8 @@ def test_template_puts_virtual_tokens_inside_the_input(tiny_dir, tmp_path):
     pm.adapters["default"].prompt.embedding[...] = pm.adapters["default"].prompt.embedding[...] + 1
     assert not np.allclose(np.asarray(pm(input_ids=ids, attention_mask=mask, prompt_positions=pos).logits),
                            np.asarray(out.logits))
+    with pytest.raises(ValueError, match=r"inside the template .*: pass prompt_positions"):
+        pm(input_ids=ids, attention_mask=mask)  # not prepended as if there were no template
     with pytest.raises(ValueError, match="PEFT cannot run"):
         pm.save_pretrained(tmp_path / "peft", format="peft")
     assert pm.save_pretrained(tmp_path / "own") == "jsoft"
