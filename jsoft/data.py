@@ -462,7 +462,8 @@ class Featurizer:
                 enc = self._in_prompt_template(prompt_ids, keeps, key)
                 prompt_ids = enc["input_ids"]
             else:
-                prompt_ids = [self._cut(p, keep, self._template_tail()) for p, keep in zip(prompt_ids, keeps)]
+                tail = self._template_tail()
+                prompt_ids = [self._cut(p, keep, tail) for p, keep in zip(prompt_ids, keeps)]
                 enc = {}
             enc["input_ids"] = [prompt + target for prompt, target in zip(prompt_ids, targets)]
             labels = [[IGNORE_INDEX] * len(prompt) + target for prompt, target in zip(prompt_ids, targets)]

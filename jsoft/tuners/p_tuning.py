@@ -159,7 +159,6 @@ class TemplateRows:
                        for p in self.parts]
         self.before, self.after = special_tokens_around(tokenizer)
         self.placeholder = placeholder
-        self.virtual = self.parts.count(None)
         self.fixed = sum(len(p) for p in self.pieces if isinstance(p, list)) + len(self.before) + len(self.after)
 
     def __call__(self, text: list[int]) -> tuple[list[int], list[int]]:
