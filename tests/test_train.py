@@ -527,8 +527,8 @@ def test_shipped_configs_train_and_export_on_a_tiny_model_of_their_family(tiny_d
                             eval_generate_tokens=config.train.eval_generate_tokens and 3)
     summary = train.train(config, tmp_path / "wd")
     assert summary["step"] == 2 and np.isfinite(summary["eval"]["loss"])
-    best = config.train.best_metric or "loss"
-    assert best in summary["eval"]
+    best = summary["best_metric"]  # the config's, or the task's default
+    assert best in summary["eval"] and best == (config.train.best_metric or best)
     result = export.export(tmp_path / "wd", tmp_path / "adapter")
     assert (tmp_path / "adapter/adapter_config.json").is_file()
     assert result["format"] == ("jsoft" if kind == "deberta-v2" else "peft")  # transformers' DeBERTa takes no prefixes
