@@ -413,9 +413,7 @@ class Featurizer:
         target_max_length = None
         if self.task == "seq_cls" and self.prompt_template is not None:
             labels = self._class_ids(ds, key)
-            (texts,) = self._texts(ds, key)
-            enc = self._in_prompt_template(self._tokenize(texts, add_special_tokens=False)["input_ids"],
-                                           [self.max_length] * len(texts), key)
+            enc = self._texts_in_prompt_template(ds, key)
         elif self.task == "seq_cls":
             labels = self._class_ids(ds, key)  # first: label errors before tokenizing
             enc = self._tokenize_within(self._texts(ds, key), self.max_length)
@@ -434,9 +432,7 @@ class Featurizer:
             labels = [_align(word_ids, row_tags) for word_ids, row_tags in zip(enc["word_ids"], tags)]
         elif self.task == "causal_lm" and self.verbalizer is None and self.label_column is None:
             if self.prompt_template is not None:
-                (texts,) = self._texts(ds, key)
-                enc = self._in_prompt_template(self._tokenize(texts, add_special_tokens=False)["input_ids"],
-                                               [self.max_length] * len(texts), key)
+                enc = self._texts_in_prompt_template(ds, key)
                 labels = [np.where(np.isin(np.arange(len(ids)), pos), IGNORE_INDEX, ids)
                           for ids, pos in zip(enc["input_ids"], enc["prompt_positions"])]
             else:
@@ -490,6 +486,12 @@ class Featurizer:
             label_slots=self.task == "causal_lm" and (self.verbalizer is not None or self.label_column is not None),
             prompt_positions=as_arrays(enc["prompt_positions"]) if virtual else None,
         )
+
+    def _texts_in_prompt_template(self, ds: datasets.Dataset, key: str) -> dict[str, list]:
+        """Each row's text (or filled data.template) in the P-Tuning template, within data.max_length."""
+        (texts,) = self._texts(ds, key)
+        ids = self._tokenize(texts, add_special_tokens=False)["input_ids"]
+        return self._in_prompt_template(ids, [self.max_length] * len(ids), key)
 
     def _in_prompt_template(self, texts: list[list[int]], budgets: list[int], key: str) -> dict[str, list]:
         """Each text's tokens (no special tokens) at the P-Tuning template's [X], cut so that the row holds at
