@@ -19,6 +19,7 @@ that fits its longest row, so a run compiles a handful of programs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import json
 import string
@@ -348,11 +349,15 @@ class Featurizer:
         head, end = self._kept(ids, limit, tail)
         return ids[:head] + ids[len(ids) - end:]
 
+    @functools.cached_property
+    def _special_ids(self) -> frozenset[int]:  # read once, not for every row cut
+        return frozenset(self.tokenizer.all_special_ids)
+
     def _kept(self, ids: list[int], limit: int, tail: int) -> tuple[int, int]:
         """`(head, end)`: `ids` in `limit` tokens are its first `head` and last `end` tokens."""
         if len(ids) <= limit:
             return len(ids), 0
-        special, end = set(self.tokenizer.all_special_ids), 0
+        special, end = self._special_ids, 0
         while end < len(ids) and ids[len(ids) - 1 - end] in special:
             end += 1
         end = min(tail + end, limit)
