@@ -92,7 +92,9 @@ def test_gradients_reach_every_trainable_leaf_and_only_them(tiny_dir, kind, task
 # every backbone once (its layers hold the half matmuls; heads are shared code), and per-token heads on GPT-2 and BERT
 BF16_CASES = [*dict(reversed(peft_ref.MATRIX)).items(), ("gpt2", "token_cls"), ("bert", "token_cls")]
 # A prefix meets the half keys and values in one shared cast (`layers.with_prefix`); it runs in bf16 on the backbones
-# that place or bias its slots in their own code (the fp32 prefix of every backbone is in the PEFT matrix)
+# that place or bias its slots in their own code, and on one of each other attention layout (GPT-2, BERT, Llama,
+# Phi-3's fused projections, Cohere's parallel block, Mixtral's experts); the fp32 prefix of every backbone is in the
+# PEFT matrix
 BF16_PREFIX_KINDS = ("gpt2", "bert", "t5", "bart", "llama", "bloom", "falcon", "gpt_bigcode", "opt", "deberta",
                      "deberta-v2", "modernbert", "mpnet", "albert", "gemma2", "gpt_neo", "gpt_oss", "cohere", "phi3",
                      "mixtral")
