@@ -71,3 +71,12 @@ def _bounded_compiled_programs():
     yield
     if MAX_MAP_COUNT is not None:
         _drop_compiled_programs_above(MAX_MAP_COUNT * 3 // 4)
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist's `--dist loadgroup` (the README's `-n auto`), a file's tests of one backbone stay in one
+    worker: they share its tiny model and the programs compiled for it, which another worker would build again."""
+    for item in items:
+        kind = item.callspec.params.get("kind") if hasattr(item, "callspec") else None
+        path = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(f"{path}:{kind}" if kind is not None else path))

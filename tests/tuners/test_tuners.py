@@ -91,15 +91,15 @@ def test_gradients_reach_every_trainable_leaf_and_only_them(tiny_dir, kind, task
 
 # every backbone once (its layers hold the half matmuls; heads are shared code), and per-token heads on GPT-2 and BERT
 BF16_CASES = [*dict(reversed(peft_ref.MATRIX)).items(), ("gpt2", "token_cls"), ("bert", "token_cls")]
-# A prefix meets the half keys and values in one shared cast (`layers.with_prefix`); it runs in bf16 on the backbones
-# that place or bias its slots in their own code, and on one of each other attention layout (GPT-2, BERT, Llama,
-# Phi-3's fused projections, Cohere's parallel block, Mixtral's experts); the fp32 prefix of every backbone is in the
-# PEFT matrix
-BF16_PREFIX_KINDS = ("gpt2", "bert", "t5", "bart", "llama", "bloom", "falcon", "gpt_bigcode", "opt", "deberta",
+# The backbones that place or bias prefix slots in their own code, and one of each other attention layout (GPT-2,
+# BERT, Llama, Phi-3's fused projections, Cohere's parallel block, Mixtral's experts). A prefix meets the half keys and
+# values in one shared cast (`layers.with_prefix`), so it runs in bf16 on these; the fp32 prefix of every backbone is
+# in the PEFT matrix
+LAYOUT_KINDS = ("gpt2", "bert", "t5", "bart", "llama", "bloom", "falcon", "gpt_bigcode", "opt", "deberta",
                      "deberta-v2", "modernbert", "mpnet", "albert", "gemma2", "gpt_neo", "gpt_oss", "cohere", "phi3",
                      "mixtral")
 BF16_METHOD_CASES = [(kind, task, method) for kind, task in BF16_CASES for method in ("prompt", "prefix")
-                     if method == "prompt" or kind in BF16_PREFIX_KINDS]
+                     if method == "prompt" or kind in LAYOUT_KINDS]
 
 
 @pytest.mark.parametrize("kind,task,method", BF16_METHOD_CASES, ids=lambda x: str(x))
@@ -167,10 +167,16 @@ def test_jsoft_format_keeps_encoders_for_more_training(tiny_dir, tmp_path, metho
 # ------------------------------------------------------------------ many adapters
 
 
-@pytest.mark.parametrize("kind,task", peft_ref.MATRIX, ids=lambda x: str(x))
+# Choosing each row's adapter is shared code: it runs on the layouts above, on multi-head latent attention
+# (DeepSeek-V3), Llama 4's chunked attention and every stack with a recurrent state, each with all its heads
+MIXED_CASES = [(kind, task) for kind, task in peft_ref.MATRIX
+               if kind in (*LAYOUT_KINDS, "deepseek_v3", "llama4_text", *peft_ref.LINEAR_ATTENTION)]
+
+
+@pytest.mark.parametrize("kind,task", MIXED_CASES, ids=lambda x: str(x))
 def test_mixed_adapter_batch_equals_each_row_alone(tiny_dir, kind, task):
     """Rows of different methods and virtual-token counts in one batch: each row's output equals
-    that row run alone with its adapter (right-padded rows included), on every backbone and head."""
+    that row run alone with its adapter (right-padded rows included), on every head."""
     if (kind, task) == ("gpt_neo", "seq_cls"):
         pytest.skip("a prompt row's classifier reads its last slot, here a pad whose 4-slot local window holds only "
                     "pads: transformers then averages every slot of the batch, so the result depends on the batch")
