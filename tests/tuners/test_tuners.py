@@ -96,8 +96,8 @@ BF16_CASES = [*dict(reversed(peft_ref.MATRIX)).items(), ("gpt2", "token_cls"), (
 # values in one shared cast (`layers.with_prefix`), so it runs in bf16 on these; the fp32 prefix of every backbone is
 # in the PEFT matrix
 LAYOUT_KINDS = ("gpt2", "bert", "t5", "bart", "llama", "bloom", "falcon", "gpt_bigcode", "opt", "deberta",
-                     "deberta-v2", "modernbert", "mpnet", "albert", "gemma2", "gpt_neo", "gpt_oss", "cohere", "phi3",
-                     "mixtral")
+                "deberta-v2", "modernbert", "mpnet", "albert", "gemma2", "gpt_neo", "gpt_oss", "cohere", "phi3",
+                "mixtral")
 BF16_METHOD_CASES = [(kind, task, method) for kind, task in BF16_CASES for method in ("prompt", "prefix")
                      if method == "prompt" or kind in LAYOUT_KINDS]
 
