@@ -154,7 +154,10 @@ def _read_config(path: Path) -> tuple[PromptLearningConfig | None, str | None]:
 
 
 class MultiTaskModel:
-    """A frozen backbone, its tokenizer, and lazily loaded adapters from `adapters_dir/<name>/`."""
+    """A frozen backbone, its tokenizer, and lazily loaded adapters from `adapters_dir/<name>/`.
+
+    `classify` and `generate` take any number of rows and run them `max_batch_size` at a time (each compiled
+    program's batch is a bucket up to that size)."""
 
     def __init__(self, model: str | Path, adapters_dir: str | Path, task: str | None = None,
                  dtype: str = "float32", max_batch_size: int = 16):
@@ -335,10 +338,20 @@ class MultiTaskModel:
     # ------------------------------------------------------------------ batches
 
     def _slots(self, names: Sequence[str]) -> list[int]:
-        for n in names:
-            if not self._adapters[n].loaded:
-                raise RuntimeError(f"adapter {n!r} is not loaded; call ensure_loaded first")
+        for n in dict.fromkeys(names):  # the server loads them before batching; a direct call here
+            self.ensure_loaded(n)
         return [self._adapters[n].slot for n in names]
+
+    @staticmethod
+    def _rows_of(names: Sequence[str], ids: Sequence[Sequence[int]]) -> tuple[list[str], list[Sequence[int]]]:
+        names, ids = list(names), list(ids)
+        if len(names) != len(ids):
+            raise ValueError(f"{len(ids)} rows of ids need one adapter name each, not {len(names)}")
+        return names, ids
+
+    def _chunks(self, n: int) -> list[slice]:
+        """Rows 0..n-1 in calls of at most max_batch_size rows."""
+        return [slice(i, i + self.max_batch_size) for i in range(0, n, self.max_batch_size)]
 
     def _batch(self, names: Sequence[str], ids: Sequence[Sequence[int]], left: bool):
         """Bucketed arrays: ids/mask [Bb, Tb] padded on the left or right, slots [Bb]; rows past
@@ -346,8 +359,6 @@ class MultiTaskModel:
         if not ids or any(len(x) == 0 for x in ids):
             raise ValueError("every row needs at least one token")
         B = len(ids)
-        if B > self.max_batch_size:
-            raise ValueError(f"{B} rows exceed max_batch_size={self.max_batch_size}")
         Bb = bucket(B, self.max_batch_size)
         Tb = length_bucket(max(map(len, ids)), self.max_positions)
         arr = np.full((Bb, Tb), self.pad_token_id, np.int32)
@@ -387,6 +398,9 @@ class MultiTaskModel:
         multi-label; the predicted value `[1]` for regression) or `[tokens, C]` (token_cls)."""
         if self.task not in CLASSIFY_TASKS:
             raise ValueError(f"classify needs a seq_cls or token_cls model, not task={self.task!r}")
+        names, ids = self._rows_of(names, ids)
+        if len(ids) > self.max_batch_size:
+            return [r for s in self._chunks(len(ids)) for r in self.classify(names[s], ids[s])]
         arr, mask, slots = self._batch(names, ids, left=self.decoder_only)
         self.shapes.add(("classify", *arr.shape))
         logits = np.asarray(self._forward(self._state, self._tables, arr, mask, slots))
@@ -406,6 +420,15 @@ class MultiTaskModel:
         (0, b)), so what it draws does not depend on the rows batched with it."""
         if self.task not in GENERATE_TASKS:
             raise ValueError(f"generate needs a causal_lm or seq2seq_lm model, not task={self.task!r}")
+        names, ids = self._rows_of(names, ids)
+        max_new_tokens = list(max_new_tokens)
+        seeds = list(seeds or [(0, b) for b in range(len(ids))])
+        if len(max_new_tokens) != len(ids) or len(seeds) != len(ids):
+            raise ValueError(f"{len(ids)} rows need as many max_new_tokens and seeds, not {len(max_new_tokens)} "
+                             f"and {len(seeds)}")
+        if len(ids) > self.max_batch_size:  # in chunks: each row's tokens do not depend on the rows beside it
+            return [r for s in self._chunks(len(ids))
+                    for r in self.generate(names[s], ids[s], max_new_tokens[s], sampling, seeds[s])]
         arr, mask, slots = self._batch(names, ids, left=self.decoder_only)
         N = bucket(max(max_new_tokens))
         if self.task == "causal_lm":  # stay inside the position table for every row's real tokens
@@ -416,7 +439,6 @@ class MultiTaskModel:
         last = [n - 1 for n in max_new_tokens] + [N - 1] * (arr.shape[0] - len(ids))  # each row's forced EOS
         cfg, knobs = _decoding(N, sampling, self.eos_token_ids, self.pad_token_id, self.forced_token_ids, last)
         self.shapes.add(("generate", *arr.shape, cfg))
-        seeds = list(seeds or [(0, b) for b in range(len(ids))])
         seeds = np.asarray(seeds + seeds[:1] * (arr.shape[0] - len(seeds)), np.int64)  # like _batch's extra rows
         keys = gen.row_keys(seeds[:, 0], seeds[:, 1])
         new = np.asarray(self._generate(self._state, self._tables, arr, mask, slots, keys, knobs, cfg=cfg))

@@ -21,7 +21,7 @@ httpx = pytest.importorskip("httpx")  # the optional `serve` extra
 uvicorn = pytest.importorskip("uvicorn")
 TestClient = pytest.importorskip("fastapi.testclient").TestClient
 
-from jsoft.multitask import MultiTaskModel, bucket, length_bucket  # noqa: E402
+from jsoft.multitask import MultiTaskModel, Sampling, bucket, length_bucket  # noqa: E402
 from jsoft.serve import create_app  # noqa: E402
 from tests import tiny  # noqa: E402
 from tests.tuners import peft_ref  # noqa: E402
@@ -209,6 +209,30 @@ def test_classify_equals_peft_model_on_each_row(bert, bert_expected):
         single = c.post("/classify", json={"adapter": "c2", "text": TEXTS[1]}).json()
         alone = class_probs(ref, tok, "c2", TEXTS[1:2])  # a single row
         np.testing.assert_allclose(np.asarray(single["probabilities"]), alone, atol=1e-5, rtol=0)
+
+
+def test_direct_calls_past_max_batch_size_run_in_chunks(gpt, gpt_expected, bert, bert_expected):
+    model, _ = gpt
+    pairs = [(f"a{i % 16}", PROMPTS[i % len(PROMPTS)]) for i in range(model.max_batch_size + 3)]
+    names, ids = [n for n, _ in pairs], [model.tokenizer(p)["input_ids"] for _, p in pairs]
+    got = [g.tolist() for g in model.generate(names, ids, [NEW] * len(pairs))]
+    assert [g[:g.index(4)] if 4 in g else g for g in got] == [gpt_expected[p] for p in pairs]
+    sampling = Sampling(do_sample=True, temperature=0.8)
+    drawn = model.generate(names, ids, [NEW] * len(pairs), sampling)  # row b draws from (0, b) in any chunk
+    tail = model.generate(names[-3:], ids[-3:], [NEW] * 3, sampling, [(0, b) for b in range(len(pairs) - 3,
+                                                                                            len(pairs))])
+    np.testing.assert_array_equal(np.stack(drawn[-3:]), np.stack(tail))
+    with pytest.raises(ValueError, match="need as many max_new_tokens"):
+        model.generate(names, ids, [NEW])
+    model, _ = bert
+    rows = [(f"c{i % 4}", TEXTS[i // 4 % len(TEXTS)]) for i in range(model.max_batch_size + 5)]
+    ids = [model.tokenizer(t)["input_ids"] for _, t in rows]
+    got = model.classify([n for n, _ in rows], ids)
+    np.testing.assert_allclose(np.stack(got), np.stack([bert_expected[r] for r in rows]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one adapter name each"):
+        model.classify(["c0"], ids[:2])
+    with pytest.raises(KeyError, match="unknown adapter 'nope'"):
+        model.classify(["nope"], ids[:1])
 
 
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(gpt, bert):
