@@ -338,7 +338,7 @@ class MultiTaskModel:
     # ------------------------------------------------------------------ batches
 
     def _slots(self, names: Sequence[str]) -> list[int]:
-        for n in dict.fromkeys(names):  # the server loads them before batching; a direct call here
+        for n in dict.fromkeys(names):  # the server loads each before batching; direct calls load here
             self.ensure_loaded(n)
         return [self._adapters[n].slot for n in names]
 
@@ -422,7 +422,7 @@ class MultiTaskModel:
             raise ValueError(f"generate needs a causal_lm or seq2seq_lm model, not task={self.task!r}")
         names, ids = self._rows_of(names, ids)
         max_new_tokens = list(max_new_tokens)
-        seeds = list(seeds or [(0, b) for b in range(len(ids))])
+        seeds = [(0, b) for b in range(len(ids))] if seeds is None else [tuple(x) for x in seeds]
         if len(max_new_tokens) != len(ids) or len(seeds) != len(ids):
             raise ValueError(f"{len(ids)} rows need as many max_new_tokens and seeds, not {len(max_new_tokens)} "
                              f"and {len(seeds)}")
