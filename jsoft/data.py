@@ -194,7 +194,7 @@ class Featurizer:
             raise ValueError(f"data.verbalizer has {len(self.verbalizer)} entries but num_labels="
                              f"{self.num_labels}; give one word per class")
         if self.max_length < 2:
-            raise ValueError(f"data.max_length={self.max_length} is too small")
+            raise ValueError(f"data.max_length={self.max_length} is too small; it must be an integer >= 2")
         if self.prompt_template is not None:
             if self.task not in ("causal_lm", "seq_cls"):
                 raise ValueError(f"peft.template applies to causal_lm and seq_cls, not {self.task}")

@@ -301,6 +301,8 @@ def test_config_errors(tok):
         data.Featurizer(tok, "seq_cls", 16, text_columns=("a", "b", "c"))
     with pytest.raises(ValueError, match="data.verbalizer"):
         data.Featurizer(tok, "seq_cls", 16, verbalizer=["bad", "good"])
+    with pytest.raises(ValueError, match=r"data.max_length=1 is too small; it must be an integer >= 2"):
+        data.Featurizer(tok, "seq_cls", 1)
 
 
 # ---------------------------------------------------------------------------------------- NER
