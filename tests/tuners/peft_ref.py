@@ -140,3 +140,34 @@ def compare(got: np.ndarray, ref: np.ndarray, task: str, inputs, virtual: int, a
         keep = np.concatenate([np.ones((mask.shape[0], got.shape[1] - mask.shape[1]), bool), mask], axis=1)
         got, ref = got[keep], ref[keep]
     np.testing.assert_allclose(got, ref, atol=atol, rtol=0)
+
+
+def encoder_weights(ref_encoder) -> dict[tuple, tuple[torch.nn.Parameter, bool]]:
+    """The parameters of PEFT's prompt module (PromptEmbedding, PromptEncoder with its MLP or LSTM, PrefixEncoder
+    with or without its projection) keyed by the variable paths of jsoft's counterpart, each with whether jsoft
+    stores it transposed (jsoft's kernels are `[in, out]`)."""
+    def linear(layer) -> dict:
+        return {"kernel": (layer.weight, True), "bias": (layer.bias, False)}
+
+    weights = {("embedding",): (ref_encoder.embedding.weight, False)}
+    if isinstance(getattr(ref_encoder, "transform", None), torch.nn.Sequential):  # prefix projection
+        weights |= {("transform_in", k): v for k, v in linear(ref_encoder.transform[0]).items()}
+        weights |= {("transform_out", k): v for k, v in linear(ref_encoder.transform[2]).items()}
+    if hasattr(ref_encoder, "mlp_head"):
+        mlp = [m for m in ref_encoder.mlp_head if isinstance(m, torch.nn.Linear)]
+        for i, layer in enumerate(mlp):
+            weights |= {("mlp_head", "layers", i, k): v for k, v in linear(layer).items()}
+    if hasattr(ref_encoder, "lstm_head"):
+        lstm = ref_encoder.lstm_head
+        for l in range(lstm.num_layers):
+            for direction, suffix in (("forward", ""), ("backward", "_reverse")):
+                weights |= {(("lstm_head", direction, l, f"{ours}_{part}")):
+                            (getattr(lstm, f"{theirs}_{part}_l{l}{suffix}"), ours == "kernel")
+                            for ours, theirs in (("kernel", "weight"), ("bias", "bias")) for part in ("ih", "hh")}
+    return weights
+
+
+def torch_value(tensor: torch.Tensor, transposed: bool) -> np.ndarray:
+    """A PEFT weight (or its gradient) as jsoft stores it."""
+    value = tensor.detach().numpy()
+    return value.T if transposed else value

@@ -1,6 +1,7 @@
 """Adapters move both ways between jsoft and PEFT with the same logits, for every method x
 backbone x task PEFT supports; trainable-parameter counts equal PEFT's."""
 
+import jax
 import numpy as np
 import peft
 import pytest
@@ -229,3 +230,76 @@ def test_a_prefix_is_refused_where_none_fits_and_peft_fails(tiny_dir, kind, meth
     with pytest.raises((RuntimeError, ValueError),
                        match="Sizes of tensors must match|Cannot get conv state|must match the size of tensor"):
         peft_ref.peft_logits(ref, peft_ref.batch(kind))
+
+
+# one of each method; a trained head (seq_cls, token_cls) and an encoder-decoder among them
+TRAJECTORIES = [("gpt2", "causal_lm", "prefix_proj"), ("gpt2", "causal_lm", "ptuning_lstm"),
+                ("llama", "causal_lm", "prompt"), ("bert", "seq_cls", "prefix"), ("roberta", "token_cls", "prefix"),
+                ("t5", "seq2seq_lm", "ptuning_mlp")]
+
+
+@pytest.mark.parametrize("kind,task,method", TRAJECTORIES, ids=lambda x: str(x))
+def test_training_follows_peft_with_torch_adamw(tiny_dir, tmp_path, kind, task, method):
+    """From the same start (encoders and heads included), jsoft's train step with the train config's defaults
+    (AdamW, global-norm clipping at 1.0) and a linear schedule with warmup takes the steps that PEFT takes with
+    torch.optim.AdamW, `clip_grad_norm_` and transformers' `get_linear_schedule_with_warmup`: the same losses
+    and the same adapter (and head) at the end."""
+    import torch
+    import transformers
+    from flax import nnx
+    from safetensors.numpy import load_file
+
+    from jsoft import build, optim, train
+
+    steps, lr = 4, 0.05
+    model_dir = tiny_dir(kind, task)
+    jconfig, pconfig = peft_ref.configs(method, task, kind)
+    pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig, seed=1)
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig).eval()  # eval: no dropout
+    pm.save_pretrained(tmp_path / "start")  # the head under PEFT's names; the prompt is set below
+    start = {k: torch.tensor(v) for k, v in load_file(tmp_path / "start" / "adapter_model.safetensors").items()}
+    start["prompt_embeddings"] = ref.prompt_encoder["default"].embedding.weight.detach()
+    # (PEFT loads the prompt into its encoder by hand: a key the base model does not take)
+    assert set(peft.set_peft_model_state_dict(ref, start).unexpected_keys) <= {"prompt_embeddings"}
+    prompt = dict(nnx.to_flat_state(nnx.state(pm.adapters["default"].prompt)))
+    with torch.no_grad():
+        for path, (tensor, transposed) in peft_ref.encoder_weights(ref.prompt_encoder["default"]).items():
+            tensor.copy_(torch.tensor(peft_ref.torch_value(torch.tensor(np.asarray(prompt[path].get_value())),
+                                                           transposed)))
+
+    inputs = peft_ref.batch(kind)
+    labels = _labels(kind, task, inputs)
+    cfg = build.default_config().train
+    cfg.learning_rate, cfg.warmup_steps, cfg.schedule = lr, 1, "linear"
+    tx, schedule = optim.make(cfg, steps)
+    graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
+    step = jax.jit(train.make_train_step(graphdef, tx, schedule, dropout=False))
+    state, jsoft_losses = train.initial_state(trainable, tx, seed=0), []
+    for _ in range(steps):
+        state, out = step(state, frozen, {**inputs, "labels": labels})
+        jsoft_losses.append(float(out["loss"]))
+    nnx.update(pm, state["params"])
+
+    params = [p for p in ref.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0)
+    sched = transformers.get_linear_schedule_with_warmup(opt, 1, steps)
+    torch_inputs = {k: torch.tensor(v) for k, v in inputs.items()}
+    peft_losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ref(**torch_inputs, labels=torch.tensor(labels)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        peft_losses.append(float(loss))
+
+    np.testing.assert_allclose(jsoft_losses, peft_losses, rtol=1e-5)
+    # the first step is warmup's (learning rate 0); each later one moves the prompt
+    assert jsoft_losses[0] == jsoft_losses[1] and len(set(jsoft_losses)) == steps - 1
+    pm.save_pretrained(tmp_path / "jsoft")
+    ref.save_pretrained(tmp_path / "peft")
+    got, want = (load_file(tmp_path / side / "adapter_model.safetensors") for side in ("jsoft", "peft"))
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=2e-5, rtol=1e-4, err_msg=key)
