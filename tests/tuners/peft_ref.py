@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import peft
 import torch
+from flax import nnx
 
 import jsoft
 from tests import tiny
@@ -171,3 +173,92 @@ def torch_value(tensor: torch.Tensor, transposed: bool) -> np.ndarray:
     """A PEFT weight (or its gradient) as jsoft stores it."""
     value = tensor.detach().numpy()
     return value.T if transposed else value
+
+
+def task_labels(kind: str, task: str, inputs: dict) -> np.ndarray:
+    """Training labels for `batch(kind)` (seq2seq: its decoder ids, which this pops from `inputs`)."""
+    if task in ("causal_lm", "token_cls"):  # padded positions and one real token ignored
+        labels = np.where(inputs["attention_mask"].astype(bool), inputs["input_ids"], -100)
+        labels[0, 1] = -100
+        return labels if task == "causal_lm" else np.where(labels >= 0, labels % 3, -100)
+    if task == "seq2seq_lm":
+        return inputs.pop("decoder_input_ids")
+    return np.array([0, 2, 1])
+
+
+# ---------------------------------------------------------------- training side by side
+
+
+def start_peft_from_jsoft(pm, ref, tmp_path) -> None:
+    """Gives PEFT's model `ref` the trainable weights of jsoft's `pm`: the prompt module weight by weight (an
+    encoder unfolded) and the task head through the adapter jsoft saves."""
+    from safetensors.numpy import load_file
+
+    pm.save_pretrained(tmp_path / "start")
+    start = {k: torch.tensor(v) for k, v in load_file(tmp_path / "start" / "adapter_model.safetensors").items()}
+    start["prompt_embeddings"] = ref.prompt_encoder["default"].embedding.weight.detach()  # set below
+    # (PEFT loads the prompt into its encoder by hand: a key the base model does not take)
+    assert set(peft.set_peft_model_state_dict(ref, start).unexpected_keys) <= {"prompt_embeddings"}
+    ours = dict(nnx.to_flat_state(nnx.state(pm.adapters["default"].prompt)))
+    weights = encoder_weights(ref.prompt_encoder["default"])
+    assert set(weights) == set(ours), "jsoft's prompt module and PEFT's hold different weights"
+    with torch.no_grad():
+        for path, (tensor, transposed) in weights.items():
+            value = np.asarray(ours[path].get_value())
+            tensor.copy_(torch.tensor(value.T if transposed else value))
+
+
+TORCH_SCHEDULES = {"linear": "get_linear_schedule_with_warmup", "cosine": "get_cosine_schedule_with_warmup",
+                   "constant": "get_constant_schedule_with_warmup"}
+
+
+def train_both(pm, ref, inputs: dict, labels: np.ndarray, *, steps: int, train_config) -> tuple[list, list]:
+    """`steps` training steps on one batch in each framework: jsoft's train step with `train_config`'s optimizer
+    (adamw or sgd), schedule, warmup, weight decay and clipping, and PEFT's model with torch.optim's optimizer of
+    that name, `clip_grad_norm_` and transformers' schedule of that name. Both run without dropout (`ref` in eval
+    mode). Returns each side's losses; `pm` and `ref` hold the trained weights."""
+    import transformers
+
+    from jsoft import optim, train
+
+    c = train_config
+    tx, schedule = optim.make(c, steps)
+    graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
+    step = jax.jit(train.make_train_step(graphdef, tx, schedule, dropout=False))
+    state, jsoft_losses = train.initial_state(trainable, tx, seed=0), []
+    for _ in range(steps):
+        state, out = step(state, frozen, {**inputs, "labels": labels})
+        jsoft_losses.append(float(out["loss"]))
+    nnx.update(pm, state["params"])
+
+    ref.eval()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    wd = c.weight_decay or 0.0
+    opt = (torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.b1, c.b2), eps=c.eps, weight_decay=wd)
+           if c.optimizer == "adamw" else torch.optim.SGD(params, lr=c.learning_rate, weight_decay=wd))
+    make_schedule = getattr(transformers, TORCH_SCHEDULES[c.schedule])
+    sched = make_schedule(opt, c.warmup_steps, **({} if c.schedule == "constant" else {"num_training_steps": steps}))
+    torch_inputs = {k: torch.tensor(v) for k, v in inputs.items()}
+    peft_losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ref(**torch_inputs, labels=torch.tensor(labels)).loss
+        loss.backward()
+        if c.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+        opt.step()
+        sched.step()
+        peft_losses.append(float(loss))
+    return jsoft_losses, peft_losses
+
+
+def assert_same_adapters(pm, ref, tmp_path, atol: float = 2e-5, rtol: float = 1e-4) -> None:
+    """The PEFT adapters the two models save hold the same tensors (folded prompts, heads)."""
+    from safetensors.numpy import load_file
+
+    pm.save_pretrained(tmp_path / "jsoft")
+    ref.save_pretrained(tmp_path / "peft")
+    got, want = (load_file(tmp_path / side / "adapter_model.safetensors") for side in ("jsoft", "peft"))
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=rtol, err_msg=key)

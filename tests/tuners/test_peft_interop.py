@@ -1,7 +1,6 @@
 """Adapters move both ways between jsoft and PEFT with the same logits, for every method x
 backbone x task PEFT supports; trainable-parameter counts equal PEFT's."""
 
-import jax
 import numpy as np
 import peft
 import pytest
@@ -71,16 +70,6 @@ def test_adapter_trained_in_peft_loads_in_jsoft(tiny_dir, tmp_path, kind, task, 
                      jconfig.num_virtual_tokens)
 
 
-def _labels(kind, task, inputs):
-    if task in ("causal_lm", "token_cls"):  # padded positions and one real token ignored
-        labels = np.where(inputs["attention_mask"].astype(bool), inputs["input_ids"], -100)
-        labels[0, 1] = -100
-        return labels if task == "causal_lm" else np.where(labels >= 0, labels % 3, -100)
-    if task == "seq2seq_lm":
-        return inputs.pop("decoder_input_ids")
-    return np.array([0, 2, 1])
-
-
 HEAD_VARIANTS = [("gpt2", dict(tie_word_embeddings=False)), ("llama", dict(tie_word_embeddings=True, head_dim=16))]
 
 
@@ -102,7 +91,7 @@ def _assert_logits_and_loss_match_peft(model_dir, tmp_path, kind, task, method):
     inputs = peft_ref.batch(kind)
     peft_ref.compare(peft_ref.jsoft_logits(pm, inputs), peft_ref.peft_logits(ref, inputs), task, inputs,
                      config.num_virtual_tokens)
-    labels = _labels(kind, task, inputs)
+    labels = peft_ref.task_labels(kind, task, inputs)
     got = float(pm(**inputs, labels=labels).loss)
     with torch.no_grad():
         torch_inputs = {k: torch.tensor(v) for k, v in inputs.items()}
@@ -244,62 +233,19 @@ def test_training_follows_peft_with_torch_adamw(tiny_dir, tmp_path, kind, task, 
     (AdamW, global-norm clipping at 1.0) and a linear schedule with warmup takes the steps that PEFT takes with
     torch.optim.AdamW, `clip_grad_norm_` and transformers' `get_linear_schedule_with_warmup`: the same losses
     and the same adapter (and head) at the end."""
-    import torch
-    import transformers
-    from flax import nnx
-    from safetensors.numpy import load_file
+    from jsoft import build
 
-    from jsoft import build, optim, train
-
-    steps, lr = 4, 0.05
     model_dir = tiny_dir(kind, task)
     jconfig, pconfig = peft_ref.configs(method, task, kind)
     pm = jsoft.get_peft_model(jsoft.from_pretrained(model_dir, task=task, num_labels=3), jconfig, seed=1)
-    ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig).eval()  # eval: no dropout
-    pm.save_pretrained(tmp_path / "start")  # the head under PEFT's names; the prompt is set below
-    start = {k: torch.tensor(v) for k, v in load_file(tmp_path / "start" / "adapter_model.safetensors").items()}
-    start["prompt_embeddings"] = ref.prompt_encoder["default"].embedding.weight.detach()
-    # (PEFT loads the prompt into its encoder by hand: a key the base model does not take)
-    assert set(peft.set_peft_model_state_dict(ref, start).unexpected_keys) <= {"prompt_embeddings"}
-    prompt = dict(nnx.to_flat_state(nnx.state(pm.adapters["default"].prompt)))
-    with torch.no_grad():
-        for path, (tensor, transposed) in peft_ref.encoder_weights(ref.prompt_encoder["default"]).items():
-            tensor.copy_(torch.tensor(peft_ref.torch_value(torch.tensor(np.asarray(prompt[path].get_value())),
-                                                           transposed)))
-
+    ref = peft.get_peft_model(peft_ref.hf_base(kind, task, model_dir), pconfig)
+    peft_ref.start_peft_from_jsoft(pm, ref, tmp_path)
     inputs = peft_ref.batch(kind)
-    labels = _labels(kind, task, inputs)
-    cfg = build.default_config().train
-    cfg.learning_rate, cfg.warmup_steps, cfg.schedule = lr, 1, "linear"
-    tx, schedule = optim.make(cfg, steps)
-    graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
-    step = jax.jit(train.make_train_step(graphdef, tx, schedule, dropout=False))
-    state, jsoft_losses = train.initial_state(trainable, tx, seed=0), []
-    for _ in range(steps):
-        state, out = step(state, frozen, {**inputs, "labels": labels})
-        jsoft_losses.append(float(out["loss"]))
-    nnx.update(pm, state["params"])
-
-    params = [p for p in ref.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=0.0)
-    sched = transformers.get_linear_schedule_with_warmup(opt, 1, steps)
-    torch_inputs = {k: torch.tensor(v) for k, v in inputs.items()}
-    peft_losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = ref(**torch_inputs, labels=torch.tensor(labels)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        peft_losses.append(float(loss))
-
+    labels = peft_ref.task_labels(kind, task, inputs)
+    train_config = build.default_config().train
+    train_config.learning_rate, train_config.warmup_steps, train_config.schedule = 0.05, 1, "linear"
+    jsoft_losses, peft_losses = peft_ref.train_both(pm, ref, inputs, labels, steps=4, train_config=train_config)
     np.testing.assert_allclose(jsoft_losses, peft_losses, rtol=1e-5)
     # the first step is warmup's (learning rate 0); each later one moves the prompt
-    assert jsoft_losses[0] == jsoft_losses[1] and len(set(jsoft_losses)) == steps - 1
-    pm.save_pretrained(tmp_path / "jsoft")
-    ref.save_pretrained(tmp_path / "peft")
-    got, want = (load_file(tmp_path / side / "adapter_model.safetensors") for side in ("jsoft", "peft"))
-    assert set(got) == set(want)
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], atol=2e-5, rtol=1e-4, err_msg=key)
+    assert jsoft_losses[0] == jsoft_losses[1] and len(set(jsoft_losses)) == 3
+    peft_ref.assert_same_adapters(pm, ref, tmp_path)
