@@ -182,7 +182,13 @@ def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
     forms ("Unsupported element type for DotThunk"), and it folds a transpose that leaves the batch axes in
     place (or an output transpose of interleaved axes) back into the dot. Grouping keeps the output
     transpose separate; an `a` that would need such a transpose (the contracted axes major, as in a
-    weight-style gradient) is multiplied in fp32 instead."""
+    weight-style gradient) is multiplied in fp32 instead.
+
+    GPUs and TPUs take the einsum as it stands: their dots read half operands in any layout. There the
+    fp32 fallback ran two of attention's four backward products on fp32 copies, and grouping added
+    transposes: the einsum as written made an H200's GPT-2-medium train step 1.2% faster."""
+    if jax.default_backend() != "cpu":
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
     inputs, out = spec.split("->")
     sa, sb = inputs.split(",")
     batch = [c for c in sa if c in sb and c in out]

@@ -184,6 +184,37 @@ def test_half_einsum_values_and_gradients_match_fp32(spec):
     np.testing.assert_array_equal(ops.einsum(spec, a, b), jnp.einsum(spec, a, b))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_half_attention_backward_form_per_backend(backend, monkeypatch):
+    """A bf16 attention's forward and backward products as each backend runs them: on a GPU or TPU every dot
+    reads bf16 operands as the einsum states them and accumulates in fp32; XLA:CPU multiplies the two
+    gradients whose contracted axis is major (dk and dv) on fp32 copies. Both forms compute the same."""
+    import re
+
+    Bq, T, H, G, K = 2, 6, 4, 2, 8
+    ks = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(ks[0], (Bq, T, H, K), jnp.bfloat16)
+    k, v = (jax.random.normal(x, (Bq, G, T, K), jnp.bfloat16) for x in ks[1:3])
+    w = jax.random.normal(ks[3], (Bq, T, H, K))
+    mask = layers.causal_mask(jnp.arange(T), jnp.arange(T))[None, None]
+
+    def loss(q, k, v):
+        out = layers.dot_product_attention(q, k, v, mask, scale=K ** -0.5)
+        return jnp.sum(w * out.astype(jnp.float32))
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    want = grad(q, k, v)  # this machine's form
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    hlo = jax.jit(grad).lower(q, k, v).as_text()
+    dots = re.findall(r"stablehlo.dot_general.*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)", hlo)
+    assert len(dots) == 6, dots  # scores and output, forward; dq, dk, dprobs, dv
+    half = [a.endswith("bf16>") and b.endswith("bf16>") and out.endswith("f32>") for a, b, out in dots]
+    assert sum(half) == (4 if backend == "cpu" else 6), dots
+    got = grad(q, k, v)
+    for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), atol=0.02, rtol=0.02)
+
+
 @pytest.mark.parametrize("dn, shapes", [
     ((((1,), (0,)), ((), ())), ((3, 4), (4, 5))),
     ((((2,), (1,)), ((0,), (0,))), ((2, 3, 4), (2, 4, 5))),
