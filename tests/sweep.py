@@ -154,7 +154,13 @@ def train_case(rng: random.Random, i: int):
         labels = peft_ref.task_labels(kind, task, inputs)
         got, want = peft_ref.train_both(pm, ref, inputs, labels, steps=steps, train_config=train_config)
         np.testing.assert_allclose(got, want, rtol=1e-4)
-        peft_ref.assert_same_adapters(pm, ref, Path(tmp), atol=1e-4, rtol=1e-3)
+        # The adapters' tolerance is wider than the losses': fp32 noise between the frameworks grows over a few
+        # steps where the drawn optimizer amplifies it. AdamW turns gradient components at noise level into
+        # updates of up to lr (g / (|g| + eps)): seed 3304 case 9 (bert token_cls prefix_proj, lr 0.05) ended
+        # 4.3e-4 apart at eps 1e-8, 1.3e-4 at 1e-6 and 6.9e-5 at 1e-5. SGD at lr 0.5 can overshoot (case 7,
+        # qwen3_5_text, loss 4.64 -> 4.83): 1.5e-6, 3e-5, 4.8e-4 after steps 1, 2, 3. A wrong schedule, clip or
+        # decay moves the losses past their 1e-4.
+        peft_ref.assert_same_adapters(pm, ref, Path(tmp), atol=1e-3, rtol=1e-2)
 
     return f"{kind} {task} {method} virtual={virtual} steps={steps} {drawn} {overrides}", run
 
