@@ -148,8 +148,13 @@ def train_case(rng: random.Random, i: int):
         pm, _ = made(kind, task, overrides, method, virtual, i, tmp)
         _, pconfig = peft_ref.configs(method, task, kind)
         pconfig.num_virtual_tokens = virtual
+        carried = getattr(pm.base_model, "adapter_carries", ())  # frozen modules jsoft's adapter saves
+        pconfig.modules_to_save = [*(pconfig.modules_to_save or []), *carried] or None
         ref = peft.get_peft_model(peft_ref.hf_base(kind, task, f"{tmp}/model"), pconfig)
         peft_ref.start_peft_from_jsoft(pm, ref, Path(tmp))
+        for name, param in ref.named_parameters():  # saved by both, trained by neither
+            if any(f".{module}." in name for module in carried):
+                param.requires_grad_(False)
         inputs = peft_ref.batch(kind, seed=i)
         labels = peft_ref.task_labels(kind, task, inputs)
         got, want = peft_ref.train_both(pm, ref, inputs, labels, steps=steps, train_config=train_config)
