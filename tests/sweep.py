@@ -142,7 +142,7 @@ def train_case(rng: random.Random, i: int):
     drawn = {k: train_config[k] for k in ("optimizer", "learning_rate", "schedule", "warmup_steps", "weight_decay",
                                           "max_grad_norm")}
 
-    def run(tmp: str) -> None:
+    def run(tmp: str) -> str:
         from pathlib import Path
 
         pm, _ = made(kind, task, overrides, method, virtual, i, tmp)
@@ -150,22 +150,39 @@ def train_case(rng: random.Random, i: int):
         pconfig.num_virtual_tokens = virtual
         carried = getattr(pm.base_model, "adapter_carries", ())  # frozen modules jsoft's adapter saves
         pconfig.modules_to_save = [*(pconfig.modules_to_save or []), *carried] or None
-        ref = peft.get_peft_model(peft_ref.hf_base(kind, task, f"{tmp}/model"), pconfig)
-        peft_ref.start_peft_from_jsoft(pm, ref, Path(tmp))
-        for name, param in ref.named_parameters():  # saved by both, trained by neither
-            if any(f".{module}." in name for module in carried):
-                param.requires_grad_(False)
+
+        def peft_at_jsoft_start():
+            ref = peft.get_peft_model(peft_ref.hf_base(kind, task, f"{tmp}/model"), pconfig)
+            peft_ref.start_peft_from_jsoft(pm, ref, Path(tmp))
+            for name, param in ref.named_parameters():  # saved by both, trained by neither
+                if any(f".{module}." in name for module in carried):
+                    param.requires_grad_(False)
+            return ref
+
+        ref, nudged = peft_at_jsoft_start(), peft_at_jsoft_start()
         inputs = peft_ref.batch(kind, seed=i)
         labels = peft_ref.task_labels(kind, task, inputs)
-        got, want = peft_ref.train_both(pm, ref, inputs, labels, steps=steps, train_config=train_config)
-        np.testing.assert_allclose(got, want, rtol=1e-4)
-        # The adapters' tolerance is wider than the losses': fp32 noise between the frameworks grows over a few
-        # steps where the drawn optimizer amplifies it. AdamW turns gradient components at noise level into
-        # updates of up to lr (g / (|g| + eps)): seed 3304 case 9 (bert token_cls prefix_proj, lr 0.05) ended
-        # 4.3e-4 apart at eps 1e-8, 1.3e-4 at 1e-6 and 6.9e-5 at 1e-5. SGD at lr 0.5 can overshoot (case 7,
-        # qwen3_5_text, loss 4.64 -> 4.83): 1.5e-6, 3e-5, 4.8e-4 after steps 1, 2, 3. A wrong schedule, clip or
-        # decay moves the losses past their 1e-4.
-        peft_ref.assert_same_adapters(pm, ref, Path(tmp), atol=1e-3, rtol=1e-2)
+
+        def trained(model, train, name: str) -> dict[str, np.ndarray]:
+            losses = train(model, inputs, labels, steps=steps, train_config=train_config)
+            return {"losses": np.asarray(losses), **peft_ref.adapter_tensors(model, Path(tmp) / name)}
+
+        got, want = trained(pm, peft_ref.train_jsoft, "jsoft"), trained(ref, peft_ref.train_peft, "peft")
+        assert set(got) == set(want), f"the adapters hold different tensors: {sorted(set(got) ^ set(want))}"
+        tolerance = {key: (0.0, 1e-4) if key == "losses" else (2e-5, 1e-4) for key in want}  # (atol, rtol)
+        if all(np.allclose(got[k], want[k], atol=a, rtol=r) for k, (a, r) in tolerance.items()):
+            return ""
+        # A few steps can amplify fp32 rounding far past those tolerances: SGD at lr 0.5 overshoots (seed 3404
+        # case 16, qwen3_5 P-tuning: PEFT from a start nudged by 1e-7 ended 1e-3 from itself in 4 steps), and AdamW
+        # turns gradient components at noise level into updates of up to lr (g / (|g| + eps)). There jsoft must
+        # stay within 3x PEFT's own spread from a start nudged by 1e-6; a wrong schedule, clip or decay does not.
+        peft_ref.nudge(nudged, 1e-6)
+        spread = trained(nudged, peft_ref.train_peft, "nudged")
+        floors = {key: float(np.max(np.abs(spread[key] - want[key]))) for key in want}
+        for key, (atol, rtol) in tolerance.items():
+            np.testing.assert_allclose(got[key], want[key], atol=atol + 3 * floors[key], rtol=rtol,
+                                       err_msg=f"{key}, past 3x PEFT's spread {floors[key]:.2g} from a nudged start")
+        return f" (within 3x PEFT's spread from a start nudged by 1e-6: losses {floors['losses']:.2g})"
 
     return f"{kind} {task} {method} virtual={virtual} steps={steps} {drawn} {overrides}", run
 
@@ -183,8 +200,8 @@ def main(argv=None) -> int:
             if args.sweep == "train" else generate_case(rng, i, beams=args.sweep == "beams")
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                run(tmp)
-                print(f"ok   {i} {drawn}", flush=True)
+                note = run(tmp)
+                print(f"ok   {i} {drawn}{note or ''}", flush=True)
             except Exception as e:  # noqa: BLE001 (report every case, then the count)
                 failures += 1
                 print(f"FAIL {i} {drawn}: {type(e).__name__}: {str(e)[:600]!r}", flush=True)

@@ -212,25 +212,29 @@ TORCH_SCHEDULES = {"linear": "get_linear_schedule_with_warmup", "cosine": "get_c
                    "constant": "get_constant_schedule_with_warmup"}
 
 
-def train_both(pm, ref, inputs: dict, labels: np.ndarray, *, steps: int, train_config) -> tuple[list, list]:
-    """`steps` training steps on one batch in each framework: jsoft's train step with `train_config`'s optimizer
-    (adamw or sgd), schedule, warmup, weight decay and clipping, and PEFT's model with torch.optim's optimizer of
-    that name, `clip_grad_norm_` and transformers' schedule of that name. Both run without dropout (`ref` in eval
-    mode). Returns each side's losses; `pm` and `ref` hold the trained weights."""
-    import transformers
-
+def train_jsoft(pm, inputs: dict, labels: np.ndarray, *, steps: int, train_config) -> list[float]:
+    """`steps` of jsoft's train step on one batch, without dropout, with `train_config`'s optimizer (adamw or sgd),
+    schedule, warmup, weight decay and clipping. Returns the losses; `pm` holds the trained weights."""
     from jsoft import optim, train
 
-    c = train_config
-    tx, schedule = optim.make(c, steps)
+    tx, schedule = optim.make(train_config, steps)
     graphdef, trainable, frozen = nnx.split(pm, jsoft.Trainable, ...)
     step = jax.jit(train.make_train_step(graphdef, tx, schedule, dropout=False))
-    state, jsoft_losses = train.initial_state(trainable, tx, seed=0), []
+    state, losses = train.initial_state(trainable, tx, seed=0), []
     for _ in range(steps):
         state, out = step(state, frozen, {**inputs, "labels": labels})
-        jsoft_losses.append(float(out["loss"]))
+        losses.append(float(out["loss"]))
     nnx.update(pm, state["params"])
+    return losses
 
+
+def train_peft(ref, inputs: dict, labels: np.ndarray, *, steps: int, train_config) -> list[float]:
+    """The same steps for PEFT's model `ref` (in eval mode: no dropout) with torch.optim's optimizer of that name,
+    `clip_grad_norm_` and transformers' schedule of that name. Returns the losses; `ref` holds the trained
+    weights."""
+    import transformers
+
+    c = train_config
     ref.eval()
     params = [p for p in ref.parameters() if p.requires_grad]
     wd = c.weight_decay or 0.0
@@ -239,7 +243,7 @@ def train_both(pm, ref, inputs: dict, labels: np.ndarray, *, steps: int, train_c
     make_schedule = getattr(transformers, TORCH_SCHEDULES[c.schedule])
     sched = make_schedule(opt, c.warmup_steps, **({} if c.schedule == "constant" else {"num_training_steps": steps}))
     torch_inputs = {k: torch.tensor(v) for k, v in inputs.items()}
-    peft_losses = []
+    losses = []
     for _ in range(steps):
         opt.zero_grad()
         loss = ref(**torch_inputs, labels=torch.tensor(labels)).loss
@@ -248,17 +252,31 @@ def train_both(pm, ref, inputs: dict, labels: np.ndarray, *, steps: int, train_c
             torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
         opt.step()
         sched.step()
-        peft_losses.append(float(loss))
-    return jsoft_losses, peft_losses
+        losses.append(loss.item())
+    return losses
+
+
+def nudge(ref, scale: float, seed: int = 0) -> None:
+    """Multiplies each trainable weight of PEFT's model `ref` by 1 + scale * N(0, 1): a start as far from the
+    original as rounding puts two frameworks (fp32 epsilon is 1.2e-7)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in ref.parameters():
+            if param.requires_grad:
+                param.mul_(1 + scale * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+
+
+def adapter_tensors(model, directory) -> dict[str, np.ndarray]:
+    """The tensors of the PEFT adapter `model` (jsoft's or PEFT's) saves to `directory`."""
+    from safetensors.numpy import load_file
+
+    model.save_pretrained(directory)
+    return load_file(directory / "adapter_model.safetensors")
 
 
 def assert_same_adapters(pm, ref, tmp_path, atol: float = 2e-5, rtol: float = 1e-4) -> None:
     """The PEFT adapters the two models save hold the same tensors (folded prompts, heads)."""
-    from safetensors.numpy import load_file
-
-    pm.save_pretrained(tmp_path / "jsoft")
-    ref.save_pretrained(tmp_path / "peft")
-    got, want = (load_file(tmp_path / side / "adapter_model.safetensors") for side in ("jsoft", "peft"))
+    got, want = adapter_tensors(pm, tmp_path / "jsoft"), adapter_tensors(ref, tmp_path / "peft")
     assert set(got) == set(want)
     for key in want:
         np.testing.assert_allclose(got[key], want[key], atol=atol, rtol=rtol, err_msg=key)

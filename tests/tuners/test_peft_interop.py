@@ -244,7 +244,8 @@ def test_training_follows_peft_with_torch_adamw(tiny_dir, tmp_path, kind, task, 
     labels = peft_ref.task_labels(kind, task, inputs)
     train_config = build.default_config().train
     train_config.learning_rate, train_config.warmup_steps, train_config.schedule = 0.05, 1, "linear"
-    jsoft_losses, peft_losses = peft_ref.train_both(pm, ref, inputs, labels, steps=4, train_config=train_config)
+    jsoft_losses = peft_ref.train_jsoft(pm, inputs, labels, steps=4, train_config=train_config)
+    peft_losses = peft_ref.train_peft(ref, inputs, labels, steps=4, train_config=train_config)
     np.testing.assert_allclose(jsoft_losses, peft_losses, rtol=1e-5)
     # the first step is warmup's (learning rate 0); each later one moves the prompt
     assert jsoft_losses[0] == jsoft_losses[1] and len(set(jsoft_losses)) == 3
