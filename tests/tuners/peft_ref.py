@@ -257,13 +257,12 @@ def train_peft(ref, inputs: dict, labels: np.ndarray, *, steps: int, train_confi
 
 
 def nudge(ref, scale: float, seed: int = 0) -> None:
-    """Multiplies each trainable weight of PEFT's model `ref` by 1 + scale * N(0, 1): a start as far from the
-    original as rounding puts two frameworks (fp32 epsilon is 1.2e-7)."""
+    """Multiplies every weight of PEFT's model `ref`, frozen ones too, by 1 + scale * N(0, 1): a start about as far
+    from the original as two frameworks' rounding puts their computations (fp32 epsilon is 1.2e-7)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in ref.parameters():
-            if param.requires_grad:
-                param.mul_(1 + scale * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+            param.mul_(1 + scale * torch.randn(param.shape, generator=generator, dtype=param.dtype))
 
 
 def adapter_tensors(model, directory) -> dict[str, np.ndarray]:
