@@ -14,6 +14,7 @@ Each case prints `ok` or `FAIL` with what it drew; the exit status is the number
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import random
 import sys
@@ -150,16 +151,12 @@ def train_case(rng: random.Random, i: int):
         pconfig.num_virtual_tokens = virtual
         carried = getattr(pm.base_model, "adapter_carries", ())  # frozen modules jsoft's adapter saves
         pconfig.modules_to_save = [*(pconfig.modules_to_save or []), *carried] or None
-
-        def peft_at_jsoft_start():
-            ref = peft.get_peft_model(peft_ref.hf_base(kind, task, f"{tmp}/model"), pconfig)
-            peft_ref.start_peft_from_jsoft(pm, ref, Path(tmp))
-            for name, param in ref.named_parameters():  # saved by both, trained by neither
-                if any(f".{module}." in name for module in carried):
-                    param.requires_grad_(False)
-            return ref
-
-        ref, nudged = peft_at_jsoft_start(), peft_at_jsoft_start()
+        ref = peft.get_peft_model(peft_ref.hf_base(kind, task, f"{tmp}/model"), pconfig)
+        peft_ref.start_peft_from_jsoft(pm, ref, Path(tmp))
+        for name, param in ref.named_parameters():  # saved by both, trained by neither
+            if any(f".{module}." in name for module in carried):
+                param.requires_grad_(False)
+        start = copy.deepcopy(ref)  # for the spread below
         inputs = peft_ref.batch(kind, seed=i)
         labels = peft_ref.task_labels(kind, task, inputs)
 
@@ -179,8 +176,8 @@ def train_case(rng: random.Random, i: int):
         # steps. There jsoft must stay within 3x PEFT's own spread from a start whose every weight (frozen ones too:
         # rounding differs in the whole computation) is nudged by 1e-6. A 1.5x SGD weight decay fails it in 5 of 5
         # cases, and a 1.2x clipping norm in each SGD case whose gradients it clips.
-        peft_ref.nudge(nudged, 1e-6)
-        spread = trained(nudged, peft_ref.train_peft, "nudged")
+        peft_ref.nudge(start, 1e-6)
+        spread = trained(start, peft_ref.train_peft, "nudged")
         floors = {key: float(np.max(np.abs(spread[key] - want[key]))) for key in want}
         for key, (atol, rtol) in tolerance.items():
             np.testing.assert_allclose(got[key], want[key], atol=atol + 3 * floors[key], rtol=rtol,
